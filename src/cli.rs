@@ -1,0 +1,82 @@
+//! Command-line types only (clap derive). Parsing happens in `main.rs`; every
+//! command's behaviour lives in its domain module, so the daemon's scheduler and
+//! these commands call the same functions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Safe PostgreSQL schema releases: proven snapshots, rehearsed migrations,
+/// windowed apply, restore on failure.
+#[derive(Debug, Parser)]
+#[command(name = "pgrehearse", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "PGREHEARSE_CONFIG",
+        default_value = "/etc/pgrehearse/pgrehearse.toml",
+        global = true
+    )]
+    pub config: PathBuf,
+
+    /// Print one JSON document on stdout instead of human text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// The target to act on (optional when the config has exactly one).
+    #[arg(long, global = true)]
+    pub target: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Take a snapshot of the target's live database now.
+    Snapshot(SnapshotArgs),
+    /// List the target's snapshots, newest first.
+    Snapshots,
+    /// Download a snapshot, check its SHA-256, decrypt and decompress it into a
+    /// plain `pg_dump -Fc` archive that `pg_restore` reads.
+    Download(DownloadArgs),
+    /// Apply the retention policy: delete snapshots the policy no longer keeps.
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print it with secrets redacted.
+    Check,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Why this snapshot is taken (recorded in the manifest).
+    #[arg(long, value_enum, default_value = "manual")]
+    pub reason: crate::snapshot::Reason,
+}
+
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// Snapshot id, or `latest`.
+    pub snapshot: String,
+    /// Where to write the `pg_dump -Fc` archive (must not exist).
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// age identity file for encrypted snapshots (overrides `[store] identity_file`).
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Show what would be deleted without deleting anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}

@@ -1,0 +1,280 @@
+//! Configuration in two stages: the TOML file is read into the raw structs of
+//! `raw.rs` (unknown keys rejected), then validated in one pass into a
+//! [`Config`] whose durations, windows, paths and secrets are resolved. Every
+//! error names the file, the line and the key, and all errors are reported at
+//! once so an operator fixes the file in one go.
+
+mod locate;
+mod raw;
+pub mod secret;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use secret::Secret;
+
+use crate::pg::ConnUrl;
+
+/// The validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// The file this came from (for messages).
+    #[serde(skip)]
+    pub path: PathBuf,
+    pub state_dir: PathBuf,
+    pub store: StoreConfig,
+    pub snapshot: SnapshotConfig,
+    pub email: Option<EmailConfig>,
+    pub api: Option<ApiConfig>,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StoreKind {
+    Local { path: PathBuf },
+    S3(S3Config),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreConfig {
+    #[serde(flatten)]
+    pub kind: StoreKind,
+    /// age recipients (`age1…`); empty = no client-side encryption.
+    pub encrypt_to: Vec<String>,
+    /// age identity file used to decrypt (resolved when needed, not at load:
+    /// the identity often lives only on the host that restores).
+    pub identity_file: Option<PathBuf>,
+    /// Uploads and partial files of dead runs are removed at start-up; ones
+    /// we cannot attribute (another host) once older than this.
+    #[serde(with = "humantime_serde_compat")]
+    pub abort_incomplete_after: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct S3Config {
+    pub bucket: String,
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub force_path_style: bool,
+    pub checksums: Checksums,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub upload_concurrency: usize,
+    /// Smallest part size; parts grow with the expected total.
+    pub min_part_size: u64,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Checksums {
+    WhenRequired,
+    WhenSupported,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotConfig {
+    pub zstd_level: i32,
+    /// Where pg_dump/pg_restore live; detected when unset.
+    pub pg_bindir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EmailConfig {
+    pub transport: String,
+    pub smtp_url: Option<String>,
+    pub smtp_password: Option<Secret>,
+    pub dir: PathBuf,
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiConfig {
+    pub listen: std::net::SocketAddr,
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub live_url: ConnUrl,
+    pub shadow_url: Option<ConnUrl>,
+    pub shadow_on_live_server: bool,
+    pub migrations: Option<MigrationsConfig>,
+    pub snapshot_schedule: Option<String>,
+    pub verify_schedule: Option<String>,
+    pub windows: Vec<WindowConfig>,
+    #[serde(with = "humantime_serde_compat")]
+    pub lock_timeout: Duration,
+    #[serde(with = "humantime_serde_compat::option")]
+    pub statement_timeout: Option<Duration>,
+    pub on_failure: OnFailure,
+    pub retention: Retention,
+    pub dump_globals: bool,
+    pub pg_bindir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationsConfig {
+    pub kind: MigrationKind,
+    pub dir: Option<PathBuf>,
+    pub table: Option<String>,
+    pub apply: Option<String>,
+    pub pending: Option<String>,
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationKind {
+    Sqlx,
+    Diesel,
+    Payload,
+    Command,
+}
+
+impl MigrationKind {
+    /// The history table the tool keeps, used to record in each manifest
+    /// which migrations were applied at dump time.
+    pub fn history_table(self) -> Option<&'static str> {
+        match self {
+            MigrationKind::Sqlx => Some("_sqlx_migrations"),
+            MigrationKind::Diesel => Some("__diesel_schema_migrations"),
+            MigrationKind::Payload => Some("payload_migrations"),
+            MigrationKind::Command => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowConfig {
+    pub cron: String,
+    #[serde(with = "humantime_serde_compat")]
+    pub duration: Duration,
+    pub timezone: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    Restore,
+    Down,
+    Halt,
+}
+
+/// How many snapshots to keep; see `store::retention`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Retention {
+    pub keep_last: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { keep_last: 7, keep_daily: 14, keep_weekly: 8, keep_monthly: 6 }
+    }
+}
+
+/// One configuration problem, located.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": key `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+/// The configuration could not be used. Exit code 78.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}; pass another with -c or PGREHEARSE_CONFIG")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("configuration is invalid:\n{}", problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { problems: Vec<Problem> },
+    #[error("no target named `{name}`; the config has: {known}")]
+    UnknownTarget { name: String, known: String },
+    #[error("the config has {count} targets ({known}); choose one with --target NAME")]
+    AmbiguousTarget { count: usize, known: String },
+}
+
+impl Config {
+    /// Reads and validates the file; all problems at once.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        validate::from_source(path, &src).map_err(|problems| ConfigError::Invalid { problems })
+    }
+
+    /// The target named by `--target`, or the only one.
+    pub fn target(&self, name: Option<&str>) -> Result<&Target, ConfigError> {
+        let known = self.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ");
+        match name {
+            Some(n) => self
+                .targets
+                .iter()
+                .find(|t| t.name == n)
+                .ok_or_else(|| ConfigError::UnknownTarget { name: n.to_string(), known }),
+            None if self.targets.len() == 1 => Ok(&self.targets[0]),
+            None => Err(ConfigError::AmbiguousTarget { count: self.targets.len(), known }),
+        }
+    }
+
+    /// SQLite state file.
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir.join("state.sqlite")
+    }
+
+    /// Staging for downloads and restores.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.state_dir.join("staging")
+    }
+}
+
+/// Serde helpers printing durations the way they are written (`3s`, `2h`).
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub mod option {
+        use super::*;
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The configuration file exactly as written: serde structs with
+//! `deny_unknown_fields` and no interpretation. `config::validate` turns these
+//! into a `Config` whose values cannot be wrong.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub snapshot: RawSnapshot,
+    pub email: Option<RawEmail>,
+    pub api: Option<RawApi>,
+    #[serde(default)]
+    pub targets: Vec<RawTarget>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub kind: Option<String>,
+    pub path: Option<PathBuf>,
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: Option<bool>,
+    pub checksums: Option<String>,
+    #[serde(default)]
+    pub encrypt_to: Vec<String>,
+    pub identity_file: Option<PathBuf>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key_file: Option<PathBuf>,
+    pub upload_concurrency: Option<usize>,
+    pub part_size: Option<String>,
+    pub max_attempts: Option<u32>,
+    pub abort_incomplete_after: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSnapshot {
+    pub zstd_level: Option<i32>,
+    pub pg_bindir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmail {
+    pub transport: Option<String>,
+    pub smtp_url: Option<String>,
+    pub smtp_password_file: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    pub listen: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub name: Option<String>,
+    pub live_url: Option<String>,
+    pub live_url_file: Option<PathBuf>,
+    pub shadow_url: Option<String>,
+    pub shadow_url_file: Option<PathBuf>,
+    pub shadow_on_live_server: Option<bool>,
+    pub migrations: Option<RawMigrations>,
+    pub snapshot_schedule: Option<String>,
+    pub verify_schedule: Option<String>,
+    #[serde(default)]
+    pub windows: Vec<RawWindow>,
+    pub lock_timeout: Option<String>,
+    pub statement_timeout: Option<String>,
+    pub on_failure: Option<String>,
+    pub retention: Option<RawRetention>,
+    pub dump_globals: Option<bool>,
+    pub pg_bindir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMigrations {
+    pub kind: Option<String>,
+    pub dir: Option<PathBuf>,
+    pub table: Option<String>,
+    pub apply: Option<String>,
+    pub pending: Option<String>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    pub cron: Option<String>,
+    pub duration: Option<String>,
+    pub timezone: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub keep_last: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+}

@@ -1,0 +1,433 @@
+//! The one validation pass from `RawConfig` to `Config`. Problems are collected
+//! (not returned at the first) and each is located with `locate`.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::locate::{self, KeyPath};
+use super::raw::*;
+use super::secret::{self, Secret};
+use super::*;
+
+struct Ctx<'a> {
+    file: &'a Path,
+    src: &'a str,
+    dir: PathBuf,
+    problems: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn problem(&mut self, path: &KeyPath, message: impl Into<String>) {
+        let (line, column) = match locate::span_of(self.src, path) {
+            Some(span) => {
+                let (l, c) = locate::line_col(self.src, span.start);
+                (Some(l), Some(c))
+            }
+            None => (Some(1), None),
+        };
+        self.problems.push(Problem {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn path(&self, p: &Path) -> PathBuf {
+        if p.is_relative() { self.dir.join(p) } else { p.to_path_buf() }
+    }
+
+    fn duration(&mut self, path: &KeyPath, v: Option<&str>, default: Option<Duration>) -> Option<Duration> {
+        match v {
+            None => default,
+            Some(s) => match humantime::parse_duration(s.trim()) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.problem(path, format!("`{s}` is not a duration ({e}); write e.g. \"3s\", \"500ms\", \"2h\""));
+                    default
+                }
+            },
+        }
+    }
+
+    fn secret_file(&mut self, path: &KeyPath, file: &Path) -> Option<Secret> {
+        match secret::read_secret_file(file, &self.dir) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.problem(path, e);
+                None
+            }
+        }
+    }
+}
+
+/// Parses and validates the text of a config file.
+pub fn from_source(file: &Path, src: &str) -> Result<Config, Vec<Problem>> {
+    let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+    let mut cx = Ctx { file, src, dir, problems: Vec::new() };
+
+    let raw: RawConfig = match toml::from_str(src) {
+        Ok(r) => r,
+        Err(e) => {
+            let (line, column, key) = match e.span() {
+                Some(span) => {
+                    let (l, c) = locate::line_col(src, span.start);
+                    let key = locate::path_at(src, span.start).map(|p| p.to_string()).unwrap_or_default();
+                    (Some(l), Some(c), key)
+                }
+                None => (None, None, String::new()),
+            };
+            return Err(vec![Problem {
+                file: file.to_path_buf(),
+                line,
+                column,
+                key,
+                message: e.message().trim().to_string(),
+            }]);
+        }
+    };
+
+    let root = KeyPath::root();
+    let state_dir = cx.path(raw.state_dir.as_deref().unwrap_or(Path::new("/var/lib/pgrehearse")));
+    let store = store(&mut cx, &raw.store, &state_dir);
+    let snapshot = SnapshotConfig {
+        zstd_level: match raw.snapshot.zstd_level {
+            Some(l) if !(1..=19).contains(&l) => {
+                cx.problem(&root.key("snapshot").key("zstd_level"), "must be between 1 and 19 (1 is fastest)");
+                1
+            }
+            Some(l) => l,
+            None => 1,
+        },
+        pg_bindir: raw.snapshot.pg_bindir.as_deref().map(|p| cx.path(p)),
+    };
+    let email = raw.email.as_ref().map(|e| email(&mut cx, e, &state_dir));
+    let api = raw.api.as_ref().and_then(|a| api(&mut cx, a));
+
+    if raw.targets.is_empty() {
+        cx.problem(&root.key("targets"), "no target is configured; add a [[targets]] table with name and live_url");
+    }
+    let mut targets = Vec::new();
+    for (i, t) in raw.targets.iter().enumerate() {
+        let p = root.key("targets").index(i);
+        if let Some(t) = target(&mut cx, &p, t) {
+            if targets.iter().any(|o: &Target| o.name == t.name) {
+                cx.problem(&p.key("name"), format!("target name `{}` is used twice", t.name));
+            }
+            targets.push(t);
+        }
+    }
+
+    if !cx.problems.is_empty() {
+        return Err(cx.problems);
+    }
+    Ok(Config { path: file.to_path_buf(), state_dir, store, snapshot, email, api, targets })
+}
+
+fn store(cx: &mut Ctx, raw: &RawStore, state_dir: &Path) -> StoreConfig {
+    let p = KeyPath::root().key("store");
+    let kind = match raw.kind.as_deref().unwrap_or("local") {
+        "local" => {
+            for (key, set) in [("bucket", raw.bucket.is_some()), ("endpoint", raw.endpoint.is_some())] {
+                if set {
+                    cx.problem(&p.key(key), "only applies to kind = \"s3\"");
+                }
+            }
+            let path = raw.path.as_deref().map(|d| cx.path(d)).unwrap_or_else(|| state_dir.join("snapshots"));
+            StoreKind::Local { path }
+        }
+        "s3" => StoreKind::S3(s3(cx, &p, raw)),
+        other => {
+            cx.problem(&p.key("kind"), format!("unknown store kind `{other}`; use \"local\" or \"s3\""));
+            StoreKind::Local { path: state_dir.join("snapshots") }
+        }
+    };
+    for (i, r) in raw.encrypt_to.iter().enumerate() {
+        if age::x25519::Recipient::from_str(r.trim()).is_err() {
+            cx.problem(&p.key("encrypt_to").index(i), "not an age X25519 recipient (age1…); create one with age-keygen");
+        }
+    }
+    let abort_incomplete_after = cx
+        .duration(&p.key("abort_incomplete_after"), raw.abort_incomplete_after.as_deref(), Some(Duration::from_secs(86400)))
+        .unwrap_or(Duration::from_secs(86400));
+    StoreConfig {
+        kind,
+        encrypt_to: raw.encrypt_to.iter().map(|r| r.trim().to_string()).collect(),
+        identity_file: raw.identity_file.as_deref().map(|f| secret::secret_path(f, &cx.dir)),
+        abort_incomplete_after,
+    }
+}
+
+fn s3(cx: &mut Ctx, p: &KeyPath, raw: &RawStore) -> S3Config {
+    let bucket = raw.bucket.clone().unwrap_or_default();
+    if bucket.is_empty() {
+        cx.problem(&p.key("bucket"), "kind = \"s3\" needs a bucket");
+    }
+    let checksums = match raw.checksums.as_deref().unwrap_or("when_required") {
+        "when_required" => Checksums::WhenRequired,
+        "when_supported" => Checksums::WhenSupported,
+        other => {
+            cx.problem(&p.key("checksums"), format!("`{other}`: use \"when_required\" or \"when_supported\""));
+            Checksums::WhenRequired
+        }
+    };
+    if let Some(e) = &raw.endpoint
+        && url::Url::parse(e).is_err()
+    {
+        cx.problem(&p.key("endpoint"), format!("`{e}` is not a URL; write e.g. \"http://127.0.0.1:9000\""));
+    }
+    let secret_access_key = raw.secret_access_key_file.as_deref().and_then(|f| cx.secret_file(&p.key("secret_access_key_file"), f));
+    if secret_access_key.is_some() != raw.access_key_id.is_some() {
+        cx.problem(&p.key("access_key_id"), "access_key_id and secret_access_key_file go together; set both or neither (then the standard AWS chain is used)");
+    }
+    let min_part_size = match raw.part_size.as_deref() {
+        None => 8 << 20,
+        Some(s) => match parse_size(s) {
+            Some(n) if (5 << 20..=5u64 << 30).contains(&n) => n,
+            _ => {
+                cx.problem(&p.key("part_size"), format!("`{s}`: write a size between \"5MiB\" and \"5GiB\""));
+                8 << 20
+            }
+        },
+    };
+    let upload_concurrency = raw.upload_concurrency.unwrap_or(3);
+    if !(1..=64).contains(&upload_concurrency) {
+        cx.problem(&p.key("upload_concurrency"), "must be between 1 and 64");
+    }
+    S3Config {
+        bucket,
+        prefix: raw.prefix.clone().unwrap_or_else(|| "pgrehearse".into()).trim_matches('/').to_string(),
+        endpoint: raw.endpoint.clone(),
+        region: raw.region.clone().unwrap_or_else(|| "us-east-1".into()),
+        force_path_style: raw.force_path_style.unwrap_or(false),
+        checksums,
+        access_key_id: raw.access_key_id.clone(),
+        secret_access_key,
+        upload_concurrency: upload_concurrency.clamp(1, 64),
+        min_part_size,
+        max_attempts: raw.max_attempts.unwrap_or(5).max(1),
+    }
+}
+
+/// `8MiB`, `16 MB`, `1048576`.
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "kb" => 1000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn email(cx: &mut Ctx, raw: &RawEmail, state_dir: &Path) -> EmailConfig {
+    let p = KeyPath::root().key("email");
+    let transport = raw.transport.clone().unwrap_or_else(|| "file".into());
+    match transport.as_str() {
+        "smtp" => match &raw.smtp_url {
+            Some(u) if url::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "smtp" | "smtps")) => {}
+            Some(u) => cx.problem(&p.key("smtp_url"), format!("`{u}`: write smtp://host:port or smtps://host:port")),
+            None => cx.problem(&p.key("smtp_url"), "transport = \"smtp\" needs smtp_url"),
+        },
+        "file" => {}
+        other => cx.problem(&p.key("transport"), format!("`{other}`: use \"smtp\" or \"file\"")),
+    }
+    let from = raw.from.clone().unwrap_or_else(|| "pgrehearse@localhost".into());
+    for (i, addr) in std::iter::once(&from).chain(raw.to.iter()).enumerate() {
+        if !addr.contains('@') {
+            let key = if i == 0 { p.key("from") } else { p.key("to").index(i - 1) };
+            cx.problem(&key, format!("`{addr}` is not an email address"));
+        }
+    }
+    let smtp_password = raw.smtp_password_file.as_deref().and_then(|f| cx.secret_file(&p.key("smtp_password_file"), f));
+    EmailConfig {
+        transport,
+        smtp_url: raw.smtp_url.clone(),
+        smtp_password,
+        dir: raw.dir.as_deref().map(|d| cx.path(d)).unwrap_or_else(|| state_dir.join("mail")),
+        from,
+        to: raw.to.clone(),
+    }
+}
+
+fn api(cx: &mut Ctx, raw: &RawApi) -> Option<ApiConfig> {
+    let p = KeyPath::root().key("api");
+    let listen = raw.listen.as_deref().unwrap_or("127.0.0.1:9187");
+    let token = raw.token_file.as_deref().and_then(|f| cx.secret_file(&p.key("token_file"), f));
+    match listen.parse() {
+        Ok(listen) => Some(ApiConfig { listen, token }),
+        Err(_) => {
+            cx.problem(&p.key("listen"), format!("`{listen}` is not an address:port such as \"127.0.0.1:9187\""));
+            None
+        }
+    }
+}
+
+fn url_secret(cx: &mut Ctx, p: &KeyPath, name: &str, key: &str, inline: Option<&str>, file: Option<&Path>) -> Option<ConnUrl> {
+    let file_key = format!("{key}_file");
+    let text = match (inline, file) {
+        (Some(_), Some(_)) => {
+            cx.problem(&p.key(&file_key), format!("set either {key} or {file_key}, not both"));
+            return None;
+        }
+        (Some(s), None) => Secret::new(s),
+        (None, Some(f)) => cx.secret_file(&p.key(&file_key), f)?,
+        (None, None) => match std::env::var(secret::env_name(name, key)) {
+            Ok(v) if !v.is_empty() => Secret::new(v),
+            _ => return None,
+        },
+    };
+    match ConnUrl::parse(text.expose()) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            let k = if file.is_some() { file_key } else { key.to_string() };
+            // Never echo the value: it may hold a password.
+            cx.problem(&p.key(&k), format!("the URL is invalid: {e}"));
+            None
+        }
+    }
+}
+
+fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
+    let name = match raw.name.as_deref() {
+        Some(n) if !n.is_empty() && n.len() <= 40 && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') => n.to_string(),
+        Some(n) => {
+            cx.problem(&p.key("name"), format!("`{n}`: use 1–40 characters of a-z, 0-9, '_' and '-' (it becomes part of object keys and database names)"));
+            n.to_string()
+        }
+        None => {
+            cx.problem(&p.key("name"), "every target needs a name");
+            String::new()
+        }
+    };
+    let live_url = url_secret(cx, p, &name, "live_url", raw.live_url.as_deref(), raw.live_url_file.as_deref());
+    if live_url.is_none() && raw.live_url.is_none() && raw.live_url_file.is_none() {
+        cx.problem(&p.key("live_url"), format!("missing; set live_url, live_url_file, or the environment variable {}", secret::env_name(&name, "live_url")));
+    }
+    if let Some(u) = &live_url
+        && u.database().is_empty()
+    {
+        cx.problem(&p.key("live_url"), "the URL names no database; write postgres://user@host/DATABASE");
+    }
+    let shadow_url = url_secret(cx, p, &name, "shadow_url", raw.shadow_url.as_deref(), raw.shadow_url_file.as_deref());
+    let shadow_on_live_server = raw.shadow_on_live_server.unwrap_or(false);
+    if let (Some(live), Some(shadow)) = (&live_url, &shadow_url) {
+        let same_server = live.server_key() == shadow.server_key();
+        let key = if raw.shadow_url.is_some() { "shadow_url" } else { "shadow_url_file" };
+        if same_server && (live.database() == shadow.database() || shadow.database().is_empty()) {
+            cx.problem(&p.key(key), "points at the live database itself; the shadow must be another server (scratch databases are created and dropped there)");
+        } else if same_server && !shadow_on_live_server {
+            cx.problem(&p.key(key), "is on the live server: restores and rehearsals would load production; use another server or set shadow_on_live_server = true");
+        }
+    }
+    let migrations = raw.migrations.as_ref().and_then(|m| migrations(cx, &p.key("migrations"), m));
+    for (key, expr) in [("snapshot_schedule", &raw.snapshot_schedule), ("verify_schedule", &raw.verify_schedule)] {
+        if let Some(e) = expr
+            && let Err(msg) = check_cron(e)
+        {
+            cx.problem(&p.key(key), msg);
+        }
+    }
+    let mut windows = Vec::new();
+    for (i, w) in raw.windows.iter().enumerate() {
+        let wp = p.key("windows").index(i);
+        let cron = w.cron.clone().unwrap_or_default();
+        if let Err(msg) = check_cron(&cron) {
+            cx.problem(&wp.key("cron"), msg);
+        }
+        let duration = match cx.duration(&wp.key("duration"), w.duration.as_deref(), None) {
+            Some(d) => d,
+            None => {
+                if w.duration.is_none() {
+                    cx.problem(&wp.key("duration"), "a window needs a duration, e.g. \"2h\"");
+                }
+                Duration::ZERO
+            }
+        };
+        let timezone = w.timezone.clone().unwrap_or_else(|| "UTC".into());
+        if timezone.parse::<chrono_tz::Tz>().is_err() {
+            cx.problem(&wp.key("timezone"), format!("`{timezone}` is not an IANA time zone such as \"Europe/Berlin\""));
+        }
+        windows.push(WindowConfig { cron, duration, timezone });
+    }
+    let lock_timeout = cx.duration(&p.key("lock_timeout"), raw.lock_timeout.as_deref(), Some(Duration::from_secs(3))).unwrap_or(Duration::from_secs(3));
+    let statement_timeout = cx.duration(&p.key("statement_timeout"), raw.statement_timeout.as_deref(), None);
+    let on_failure = match raw.on_failure.as_deref().unwrap_or("restore") {
+        "restore" => OnFailure::Restore,
+        "down" => OnFailure::Down,
+        "halt" => OnFailure::Halt,
+        other => {
+            cx.problem(&p.key("on_failure"), format!("`{other}`: use \"restore\", \"down\" or \"halt\""));
+            OnFailure::Restore
+        }
+    };
+    let d = Retention::default();
+    let retention = raw.retention.as_ref().map_or(d, |r| Retention {
+        keep_last: r.keep_last.unwrap_or(d.keep_last),
+        keep_daily: r.keep_daily.unwrap_or(d.keep_daily),
+        keep_weekly: r.keep_weekly.unwrap_or(d.keep_weekly),
+        keep_monthly: r.keep_monthly.unwrap_or(d.keep_monthly),
+    });
+    Some(Target {
+        name,
+        live_url: live_url?,
+        shadow_url,
+        shadow_on_live_server,
+        migrations,
+        snapshot_schedule: raw.snapshot_schedule.clone(),
+        verify_schedule: raw.verify_schedule.clone(),
+        windows,
+        lock_timeout,
+        statement_timeout,
+        on_failure,
+        retention,
+        dump_globals: raw.dump_globals.unwrap_or(false),
+        pg_bindir: raw.pg_bindir.as_deref().map(|d| cx.path(d)),
+    })
+}
+
+fn migrations(cx: &mut Ctx, p: &KeyPath, raw: &RawMigrations) -> Option<MigrationsConfig> {
+    let kind = match raw.kind.as_deref() {
+        Some("sqlx" | "sql") => MigrationKind::Sqlx,
+        Some("diesel") => MigrationKind::Diesel,
+        Some("payload") => MigrationKind::Payload,
+        Some("command") => MigrationKind::Command,
+        Some(other) => {
+            cx.problem(&p.key("kind"), format!("`{other}`: use \"sqlx\", \"diesel\", \"payload\" or \"command\""));
+            return None;
+        }
+        None => {
+            cx.problem(&p.key("kind"), "missing; use \"sqlx\", \"diesel\", \"payload\" or \"command\"");
+            return None;
+        }
+    };
+    let dir = raw.dir.as_deref().map(|d| cx.path(d));
+    if kind != MigrationKind::Command && dir.is_none() {
+        cx.problem(&p.key("dir"), "missing: the directory of the project's migrations");
+    }
+    if kind == MigrationKind::Command && raw.apply.is_none() {
+        cx.problem(&p.key("apply"), "kind = \"command\" needs the command that applies migrations");
+    }
+    let timeout = cx.duration(&p.key("timeout"), raw.timeout.as_deref(), Some(Duration::from_secs(3600))).unwrap_or(Duration::from_secs(3600));
+    Some(MigrationsConfig { kind, dir, table: raw.table.clone(), apply: raw.apply.clone(), pending: raw.pending.clone(), timeout })
+}
+
+/// Cron with seconds (six or seven fields), as the scheduler reads it.
+fn check_cron(expr: &str) -> Result<(), String> {
+    let fields = expr.split_whitespace().count();
+    if !(6..=7).contains(&fields) {
+        return Err(format!("`{expr}` has {fields} fields; write a cron expression with seconds, e.g. \"0 0 3 * * *\" (03:00 daily)"));
+    }
+    croner::Cron::from_str(expr).map(|_| ()).map_err(|e| format!("`{expr}` is not a valid cron expression: {e}"))
+}

@@ -1,0 +1,151 @@
+//! pgrehearse: parse the command line, set up logging, run the command, and
+//! map its result to a documented exit code. Nothing else lives here.
+
+mod cli;
+mod config;
+mod output;
+mod pg;
+mod snapshot;
+mod state;
+mod store;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command, ConfigCommand};
+use config::Config;
+
+/// Exit codes are API (see README).
+mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 64;
+    pub const UNAVAILABLE: u8 = 69;
+    pub const REFUSED: u8 = 75;
+    pub const CONFIG: u8 = 78;
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    let json = cli.json;
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            let code = classify(&err);
+            output::error(json, &err, code);
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,aws=warn,hyper=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Command::Config(ConfigCommand::Check) = cli.command {
+        return Ok(output::config_check(&cli.config, cli.json));
+    }
+    let config = Config::load(&cli.config)?;
+    let target = config.target(cli.target.as_deref())?;
+    match cli.command {
+        Command::Config(_) => unreachable!("handled above"),
+        Command::Snapshot(args) => {
+            let outcome = snapshot::take(&config, target, args.reason).await?;
+            output::snapshot(cli.json, &outcome);
+            Ok(exit::OK)
+        }
+        Command::Snapshots => {
+            let list = snapshot::catalog::list(&config, target).await?;
+            output::snapshots(cli.json, &list);
+            Ok(exit::OK)
+        }
+        Command::Download(args) => {
+            let d = snapshot::catalog::download(&config, target, &args.snapshot, &args.output, args.identity.as_deref()).await?;
+            output::downloaded(cli.json, &d);
+            Ok(exit::OK)
+        }
+        Command::Prune(args) => {
+            let outcome = snapshot::catalog::prune(&config, target, args.dry_run).await?;
+            output::pruned(cli.json, &outcome);
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// Maps an error to its exit code by the first domain error in its chain.
+/// (`#[error(transparent)]` hides wrapped errors from `chain()`, so each
+/// domain enum is unwrapped by hand.)
+fn classify(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.downcast_ref::<config::ConfigError>().is_some() {
+            return exit::CONFIG;
+        }
+        if let Some(e) = cause.downcast_ref::<snapshot::catalog::CatalogError>() {
+            return catalog_code(e);
+        }
+        if let Some(e) = cause.downcast_ref::<snapshot::SnapshotError>() {
+            return snapshot_code(e);
+        }
+        if let Some(e) = cause.downcast_ref::<store::StoreError>() {
+            return store_code(e);
+        }
+        if let Some(e) = cause.downcast_ref::<pg::PgError>() {
+            return pg_code(e);
+        }
+    }
+    exit::FAILED
+}
+
+fn store_code(e: &store::StoreError) -> u8 {
+    if e.is_unavailable() { exit::UNAVAILABLE } else { exit::FAILED }
+}
+
+fn pg_code(e: &pg::PgError) -> u8 {
+    if e.is_unavailable() { exit::UNAVAILABLE } else { exit::FAILED }
+}
+
+fn snapshot_code(e: &snapshot::SnapshotError) -> u8 {
+    use pg::lock::LockError;
+    use snapshot::SnapshotError as S;
+    match e {
+        S::Pg(p) | S::Lock(LockError::Pg(p)) => pg_code(p),
+        S::Lock(LockError::Held { .. }) => exit::REFUSED,
+        S::Store(s) => store_code(s),
+        S::DumpFailed { .. } | S::SizeMismatch { .. } | S::Pipeline(_) | S::Tool(_) | S::State(_) => exit::FAILED,
+    }
+}
+
+fn catalog_code(e: &snapshot::catalog::CatalogError) -> u8 {
+    use snapshot::catalog::CatalogError as C;
+    match e {
+        C::Store(s) => store_code(s),
+        C::Snapshot(s) => snapshot_code(s),
+        C::LatestRunFailed { .. } => exit::REFUSED,
+        C::OutputExists { .. } | C::NoIdentity { .. } => exit::USAGE,
+        _ => exit::FAILED,
+    }
+}

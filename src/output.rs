@@ -1,0 +1,155 @@
+//! What commands print: one JSON document on stdout with `--json`, human text
+//! otherwise. Errors always go to stderr as a sentence; with `--json` stdout
+//! also gets `{"ok": false, "error": …, "exit_code": …}` so scripts can parse
+//! every outcome.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::config::{Config, ConfigError};
+use crate::snapshot::Outcome;
+use crate::snapshot::catalog::{Downloaded, Listed, PruneOutcome};
+
+fn print_json<T: Serialize>(value: &T) {
+    println!("{}", serde_json::to_string_pretty(value).expect("serializable"));
+}
+
+/// The error and its causes as one sentence, skipping causes whose text the
+/// message already contains (our errors quote their source themselves).
+fn describe(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&c);
+        }
+    }
+    text
+}
+
+pub fn error(json: bool, err: &anyhow::Error, code: u8) {
+    let text = describe(err);
+    eprintln!("error: {text}");
+    if json {
+        print_json(&json!({ "ok": false, "error": text, "exit_code": code }));
+    }
+}
+
+/// `config check`: validates, prints the effective config with secrets
+/// redacted; returns the exit code (78 when invalid).
+pub fn config_check(path: &Path, json: bool) -> u8 {
+    match Config::load(path) {
+        Ok(cfg) => {
+            if json {
+                print_json(&json!({ "ok": true, "errors": [], "config": cfg }));
+            } else {
+                let text = toml::to_string_pretty(&cfg)
+                    .unwrap_or_else(|_| serde_json::to_string_pretty(&cfg).expect("serializable"));
+                println!("# {} is valid. Effective configuration (secrets redacted):\n", path.display());
+                println!("{text}");
+            }
+            0
+        }
+        Err(e) => {
+            let errors: Vec<String> = match &e {
+                ConfigError::Invalid { problems } => problems.iter().map(|p| p.to_string()).collect(),
+                other => vec![other.to_string()],
+            };
+            if json {
+                let problems = match &e {
+                    ConfigError::Invalid { problems } => serde_json::to_value(problems).expect("serializable"),
+                    _ => json!([]),
+                };
+                print_json(&json!({ "ok": false, "errors": errors, "problems": problems }));
+            }
+            eprintln!("error: {e}");
+            78
+        }
+    }
+}
+
+pub fn snapshot(json: bool, o: &Outcome) {
+    if json {
+        return print_json(o);
+    }
+    let ratio = if o.bytes_stored > 0 { o.bytes_raw as f64 / o.bytes_stored as f64 } else { 0.0 };
+    println!("Snapshot {} of target {} stored.", o.id, o.target);
+    println!("  dump:     {}", o.key);
+    println!("  manifest: {}", o.manifest_key);
+    if let Some(g) = &o.globals_key {
+        println!("  globals:  {g}");
+    }
+    println!("  size:     {} raw, {} stored ({ratio:.1}x)", human_bytes(o.bytes_raw), human_bytes(o.bytes_stored));
+    println!("  sha256:   {}", o.sha256);
+    println!("  tables:   {} ({} rows, counted in the dump's snapshot)", o.tables, o.rows);
+    println!("  took:     {:.1} s", o.duration_ms as f64 / 1000.0);
+}
+
+pub fn snapshots(json: bool, list: &[Listed]) {
+    if json {
+        return print_json(&list);
+    }
+    if list.is_empty() {
+        println!("No snapshots yet. Take one with `pgrehearse snapshot`.");
+        return;
+    }
+    println!("{:<22} {:<20} {:>10} {:>10}  {:<11} VERIFIED", "ID", "CREATED (UTC)", "RAW", "STORED", "REASON");
+    for s in list {
+        println!(
+            "{:<22} {:<20} {:>10} {:>10}  {:<11} {}",
+            s.id,
+            s.created_at.format("%Y-%m-%d %H:%M:%S"),
+            human_bytes(s.bytes_raw),
+            human_bytes(s.bytes_stored),
+            s.reason.as_str(),
+            s.verified_at.as_deref().unwrap_or("never")
+        );
+    }
+}
+
+pub fn downloaded(json: bool, d: &Downloaded) {
+    if json {
+        return print_json(d);
+    }
+    println!(
+        "Snapshot {} written to {} ({}); SHA-256 of the stored object verified.\nRestore it with: pg_restore -d DBNAME {}",
+        d.snapshot_id,
+        d.path.display(),
+        human_bytes(d.bytes),
+        d.path.display()
+    );
+}
+
+pub fn pruned(json: bool, o: &PruneOutcome) {
+    if json {
+        return print_json(o);
+    }
+    let verb = if o.dry_run { "Would delete" } else { "Deleted" };
+    if o.deleted.is_empty() {
+        println!("Nothing to prune for target {}; {} snapshots kept.", o.target, o.kept.len());
+    } else {
+        println!("{verb} {} snapshots of target {}:", o.deleted.len(), o.target);
+        for id in &o.deleted {
+            println!("  {id}");
+        }
+    }
+    for id in &o.kept {
+        println!("  keep {id} ({})", o.reasons.get(id).map(|r| r.join(", ")).unwrap_or_default());
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}

@@ -1,0 +1,81 @@
+//! Everything that talks to PostgreSQL: connection URLs, sessions, the
+//! client programs (pg_dump, pg_dumpall, pg_restore) and the per-target
+//! advisory lock that keeps heavy jobs from overlapping.
+
+pub mod lock;
+pub mod tools;
+mod url;
+
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row};
+
+pub use self::url::ConnUrl;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("cannot connect to {url}: {source}; check that the server runs and the URL and password are right")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("query on {url} failed: {source}")]
+    Query { url: String, source: sqlx::Error },
+}
+
+impl PgError {
+    /// Connection failures are a dependency being unavailable (exit 69).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            PgError::Connect { .. } => true,
+            PgError::Query { source, .. } => matches!(source, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut),
+        }
+    }
+}
+
+/// Opens a session; `application_name` makes it visible in pg_stat_activity.
+pub async fn connect(url: &ConnUrl, application_name: &str) -> Result<PgConnection, PgError> {
+    let opts = url
+        .connect_options(application_name)
+        .map_err(|source| PgError::Connect { url: url.redacted(), source })?;
+    PgConnection::connect_with(&opts).await.map_err(|source| PgError::Connect { url: url.redacted(), source })
+}
+
+/// Facts about a server and database, read once per job.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// `server_version_num`, e.g. 150004.
+    pub version_num: u32,
+    /// `server_version`, e.g. "15.4 (Debian 15.4-1)".
+    pub version: String,
+    pub database: String,
+    pub database_size: u64,
+    /// `pg_control_system().system_identifier`: the same cluster whatever the
+    /// host name it is reached by.
+    pub system_identifier: String,
+}
+
+impl ServerInfo {
+    pub fn major(&self) -> u32 {
+        self.version_num / 10000
+    }
+}
+
+pub async fn server_info(conn: &mut PgConnection, url: &ConnUrl) -> Result<ServerInfo, PgError> {
+    let row = sqlx::query(
+        "SELECT current_setting('server_version_num')::int4 AS num, current_setting('server_version') AS ver, \
+         current_database() AS db, pg_database_size(current_database()) AS size, \
+         (SELECT system_identifier::text FROM pg_control_system()) AS sysid",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|source| PgError::Query { url: url.redacted(), source })?;
+    Ok(ServerInfo {
+        version_num: row.get::<i32, _>("num") as u32,
+        version: row.get("ver"),
+        database: row.get("db"),
+        database_size: row.get::<i64, _>("size").max(0) as u64,
+        system_identifier: row.get("sysid"),
+    })
+}
+
+/// Quotes an identifier for SQL text.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}

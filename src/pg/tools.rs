@@ -1,0 +1,127 @@
+//! The PostgreSQL client programs: finding them, checking their versions,
+//! and building their command lines and environments so that a password is
+//! passed by `PGPASSWORD` in the child's environment, never in argv.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+use super::ConnUrl;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("{tool} not found (looked in {looked}); install the PostgreSQL client for server {server_major} (apt-get install postgresql-client-{server_major}) or set pg_bindir")]
+    NotFound { tool: String, looked: String, server_major: u32 },
+    #[error("{tool} {client_major} is older than the server ({server_major}) and cannot dump it; install postgresql-client-{server_major} or point pg_bindir at a newer bindir")]
+    TooOld { tool: String, client_major: u32, server_major: u32 },
+    #[error("cannot run {path}: {source}")]
+    Spawn { path: String, source: std::io::Error },
+    #[error("cannot read the version of {path} (it printed `{output}`)")]
+    Version { path: String, output: String },
+}
+
+/// A located client program and its major version.
+#[derive(Debug, Clone)]
+pub struct Tool {
+    pub path: PathBuf,
+    pub version: String,
+    pub major: u32,
+}
+
+/// Candidate bindirs, best first: the configured one; Debian's versioned
+/// dirs from the newest down; `pg_config --bindir`; then `$PATH`.
+fn candidates(configured: Option<&Path>) -> Vec<PathBuf> {
+    if let Some(dir) = configured {
+        return vec![dir.to_path_buf()];
+    }
+    let mut dirs = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versioned: Vec<(u32, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+            .collect();
+        versioned.sort_by(|a, b| b.0.cmp(&a.0));
+        dirs.extend(versioned.into_iter().map(|(_, p)| p));
+    }
+    if let Ok(out) = std::process::Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        dirs.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    dirs
+}
+
+/// `pg_dump (PostgreSQL) 15.4 (Debian …)` → ("15.4", 15).
+fn parse_version(out: &str) -> Option<(String, u32)> {
+    let v = out.split_whitespace().find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))?;
+    let major = v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+    Some((v.to_string(), major))
+}
+
+/// Finds `name` (pg_dump, pg_restore, …) whose major version is at least the
+/// server's: a client older than the server cannot dump it.
+pub async fn find(name: &str, configured: Option<&Path>, server_major: u32) -> Result<Tool, ToolError> {
+    let dirs = candidates(configured);
+    let mut older: Option<Tool> = None;
+    for dir in &dirs {
+        let path = dir.join(name);
+        if !path.is_file() {
+            continue;
+        }
+        let out = Command::new(&path)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|source| ToolError::Spawn { path: path.display().to_string(), source })?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (version, major) = parse_version(&text)
+            .ok_or_else(|| ToolError::Version { path: path.display().to_string(), output: text.trim().to_string() })?;
+        let tool = Tool { path, version, major };
+        if major >= server_major {
+            return Ok(tool);
+        }
+        older.get_or_insert(tool);
+    }
+    match older {
+        Some(t) => Err(ToolError::TooOld { tool: name.into(), client_major: t.major, server_major }),
+        None => Err(ToolError::NotFound {
+            tool: name.into(),
+            looked: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+            server_major,
+        }),
+    }
+}
+
+/// A command for a client program connecting with `url`: the URL without
+/// password goes in `--dbname`, the password in `PGPASSWORD`.
+pub fn command(tool: &Tool, url: &ConnUrl, application_name: &str) -> Command {
+    let mut cmd = Command::new(&tool.path);
+    cmd.arg(format!("--dbname={}", url.without_password()));
+    cmd.env("PGAPPNAME", application_name);
+    // A password in the environment of the caller must not leak into a
+    // connection that did not ask for it, nor a stale one override ours.
+    cmd.env_remove("PGPASSWORD");
+    if let Some(pw) = url.password() {
+        cmd.env("PGPASSWORD", pw);
+    }
+    cmd.stdin(Stdio::null());
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_client_versions() {
+        assert_eq!(parse_version("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"), Some(("15.18".into(), 15)));
+        assert_eq!(parse_version("pg_dump (PostgreSQL) 17beta1"), Some(("17beta1".into(), 17)));
+        assert_eq!(parse_version("garbage"), None);
+    }
+}

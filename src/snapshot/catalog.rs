@@ -1,0 +1,288 @@
+//! The snapshots that exist (those with a manifest): listing, lookup,
+//! retention pruning, and download into a plain `pg_dump -Fc` archive.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio_util::io::SyncIoBridge;
+
+use super::manifest::Manifest;
+use super::{SnapshotError, open_stores};
+use crate::config::{Config, Target};
+use crate::state::RunStatus;
+use crate::store::{self, Store, StoreError, retention};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("target `{target}` has no snapshot yet; take one with `pgrehearse snapshot`")]
+    NoSnapshots { target: String },
+    #[error("snapshot `{id}` of target `{target}` does not exist; list them with `pgrehearse snapshots`")]
+    NotFound { target: String, id: String },
+    #[error("prune refused: the latest snapshot run of `{target}` ({id}) failed: {error}. Nothing is deleted while backups are failing; fix the snapshot job first")]
+    LatestRunFailed { target: String, id: String, error: String },
+    #[error("{path} already exists; choose another output path")]
+    OutputExists { path: PathBuf },
+    #[error("snapshot {id} is encrypted; give the age identity with --identity FILE or [store] identity_file")]
+    NoIdentity { id: String },
+    #[error("cannot read the age identity {path}: {reason}")]
+    BadIdentity { path: PathBuf, reason: String },
+    #[error("the age identity {path} cannot decrypt snapshot {id} (it is encrypted to {recipients}); use the matching identity file")]
+    WrongIdentity { path: PathBuf, id: String, recipients: String },
+    #[error("snapshot {id} is corrupt in the store: SHA-256 {actual} ({actual_bytes} bytes) differs from the manifest's {expected} ({expected_bytes} bytes); use an older snapshot")]
+    ChecksumMismatch { id: String, expected: String, actual: String, expected_bytes: u64, actual_bytes: u64 },
+    #[error("snapshot {id} could not be decoded: {reason}")]
+    Decode { id: String, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// One row of `pgrehearse snapshots`.
+#[derive(Debug, Serialize)]
+pub struct Listed {
+    pub id: String,
+    pub target: String,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub reason: super::Reason,
+    pub key: String,
+    pub bytes_raw: u64,
+    pub bytes_stored: u64,
+    pub sha256: String,
+    pub encrypted: bool,
+    pub verified_at: Option<String>,
+}
+
+/// Every snapshot of `target`, newest first. Unreadable manifests are skipped
+/// with a warning (a listing must not fail because of one bad object).
+pub async fn manifests(store: &dyn Store, target: &str) -> Result<Vec<Manifest>, StoreError> {
+    let objects = store.list(&format!("{target}/")).await?;
+    let mut out = Vec::new();
+    for obj in objects.iter().filter(|o| o.key.ends_with(&format!("/{}", store::MANIFEST))) {
+        let body = store.get(&obj.key).await?;
+        match serde_json::from_slice::<Manifest>(&body) {
+            Ok(m) => out.push(m),
+            Err(e) => tracing::warn!(key = %store.locate(&obj.key), error = %e, "Skipping an unreadable manifest."),
+        }
+    }
+    out.sort_by(|a, b| b.started_at.cmp(&a.started_at).then_with(|| b.id.cmp(&a.id)));
+    Ok(out)
+}
+
+pub async fn list(config: &Config, target: &Target) -> Result<Vec<Listed>, CatalogError> {
+    let (_state, store) = open_stores(config).await?;
+    Ok(manifests(store.as_ref(), &target.name)
+        .await?
+        .into_iter()
+        .map(|m| Listed {
+            verified_at: m.verified_at(),
+            key: store.locate(&m.dump.key),
+            id: m.id,
+            target: m.target,
+            created_at: m.started_at,
+            finished_at: m.finished_at,
+            reason: m.reason,
+            bytes_raw: m.bytes_raw,
+            bytes_stored: m.bytes_stored,
+            sha256: m.sha256,
+            encrypted: m.encryption.is_some(),
+        })
+        .collect())
+}
+
+/// The manifest of `id`, or of the newest snapshot for `latest`.
+pub async fn resolve(store: &dyn Store, target: &str, id: &str) -> Result<Manifest, CatalogError> {
+    if id == "latest" {
+        return manifests(store, target)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| CatalogError::NoSnapshots { target: target.into() });
+    }
+    let key = store::snapshot_key(target, id, store::MANIFEST);
+    match store.get(&key).await {
+        Ok(body) => serde_json::from_slice(&body)
+            .map_err(|e| CatalogError::Decode { id: id.into(), reason: format!("manifest: {e}") }),
+        Err(StoreError::NotFound { .. }) => Err(CatalogError::NotFound { target: target.into(), id: id.into() }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct PruneOutcome {
+    pub target: String,
+    pub dry_run: bool,
+    pub deleted: Vec<String>,
+    pub kept: Vec<String>,
+    /// Why each kept snapshot is kept.
+    pub reasons: std::collections::BTreeMap<String, Vec<&'static str>>,
+}
+
+/// Applies the target's retention policy. Refuses to delete anything while
+/// the latest snapshot run failed. Deletes each snapshot's manifest first, so
+/// an interrupted prune leaves no half-deleted snapshot visible.
+pub async fn prune(config: &Config, target: &Target, dry_run: bool) -> Result<PruneOutcome, CatalogError> {
+    let (state, store) = open_stores(config).await?;
+    if let Some(run) = state.latest_snapshot_run(&target.name).await.map_err(SnapshotError::from)?
+        && run.status == RunStatus::Failed
+    {
+        return Err(CatalogError::LatestRunFailed {
+            target: target.name.clone(),
+            id: run.id,
+            error: run.error.unwrap_or_else(|| "unknown error".into()),
+        });
+    }
+    let all = manifests(store.as_ref(), &target.name).await?;
+    let pairs: Vec<(String, DateTime<Utc>)> = all.iter().map(|m| (m.id.clone(), m.started_at)).collect();
+    let decisions = retention::apply(&target.retention, &pairs);
+    let mut out = PruneOutcome { target: target.name.clone(), dry_run, deleted: vec![], kept: vec![], reasons: Default::default() };
+    for d in decisions {
+        if d.keep {
+            out.reasons.insert(d.id.clone(), d.reasons);
+            out.kept.push(d.id);
+            continue;
+        }
+        if !dry_run {
+            delete_snapshot(store.as_ref(), &target.name, &d.id).await?;
+            tracing::info!(snapshot = %d.id, target = %target.name, "Snapshot deleted by retention.");
+        }
+        out.deleted.push(d.id);
+    }
+    Ok(out)
+}
+
+async fn delete_snapshot(store: &dyn Store, target: &str, id: &str) -> Result<(), StoreError> {
+    store.delete(&store::snapshot_key(target, id, store::MANIFEST)).await?;
+    for obj in store.list(&format!("{target}/{id}/")).await? {
+        store.delete(&obj.key).await?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+pub struct Downloaded {
+    pub snapshot_id: String,
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Downloads a snapshot into `output` as a plain `pg_dump -Fc` archive,
+/// checking the stored bytes' SHA-256 against the manifest on the way. The
+/// file appears under its name only when everything checked out.
+pub async fn download(config: &Config, target: &Target, id: &str, output: &Path, identity: Option<&Path>) -> Result<Downloaded, CatalogError> {
+    if output.exists() {
+        return Err(CatalogError::OutputExists { path: output.into() });
+    }
+    let (_state, store) = open_stores(config).await?;
+    let m = resolve(store.as_ref(), &target.name, id).await?;
+    // Identities are not `Send`: they are loaded on the decoding thread.
+    let identity = match &m.encryption {
+        None => None,
+        Some(enc) => {
+            let path = identity
+                .map(Path::to_path_buf)
+                .or_else(|| config.store.identity_file.clone())
+                .ok_or_else(|| CatalogError::NoIdentity { id: m.id.clone() })?;
+            Some((path, enc.recipients.join(", ")))
+        }
+    };
+    let reader = store.open(&m.dump.key).await?;
+    let partial = PathBuf::from(format!("{}.partial", output.display()));
+    let file = std::fs::File::create(&partial).map_err(|source| CatalogError::Write { path: partial.clone(), source })?;
+    let hash = Arc::new(Mutex::new((Sha256::new(), 0u64)));
+    let h = hash.clone();
+    let mid = m.id.clone();
+    let result = tokio::task::spawn_blocking(move || -> Result<u64, CatalogError> {
+        let hashed = Hashed { inner: SyncIoBridge::new(reader), state: h };
+        let mut out = io::BufWriter::with_capacity(1 << 20, file);
+        let decode = |e: io::Error| CatalogError::Decode { id: mid.clone(), reason: e.to_string() };
+        let written = match identity {
+            None => {
+                let mut z = zstd::Decoder::new(hashed).map_err(decode)?;
+                let n = io::copy(&mut z, &mut out).map_err(decode)?;
+                // Whatever follows the last frame still counts for the hash.
+                io::copy(&mut z.finish(), &mut io::sink()).map_err(decode)?;
+                n
+            }
+            Some((path, recipients)) => {
+                let ids = load_identities(&path)?;
+                let dec = age::Decryptor::new(hashed).map_err(|e| CatalogError::Decode { id: mid.clone(), reason: e.to_string() })?;
+                let plain = dec.decrypt(ids.iter().map(|i| i.as_ref() as &dyn age::Identity)).map_err(|e| match e {
+                    age::DecryptError::NoMatchingKeys => CatalogError::WrongIdentity { path: path.clone(), id: mid.clone(), recipients: recipients.clone() },
+                    other => CatalogError::Decode { id: mid.clone(), reason: other.to_string() },
+                })?;
+                let mut z = zstd::Decoder::new(plain).map_err(decode)?;
+                let n = io::copy(&mut z, &mut out).map_err(decode)?;
+                io::copy(&mut z.finish(), &mut io::sink()).map_err(decode)?;
+                n
+            }
+        };
+        let file = out.into_inner().map_err(|e| decode(e.into_error()))?;
+        file.sync_all().map_err(decode)?;
+        Ok(written)
+    })
+    .await
+    .map_err(|e| CatalogError::Decode { id: m.id.clone(), reason: e.to_string() })
+    .and_then(|r| r);
+
+    let (sha, count) = {
+        let g = hash.lock().expect("not poisoned");
+        (hex::encode(g.0.clone().finalize()), g.1)
+    };
+    let checked = result.and_then(|bytes| {
+        if sha != m.sha256 || count != m.bytes_stored {
+            Err(CatalogError::ChecksumMismatch {
+                id: m.id.clone(),
+                expected: m.sha256.clone(),
+                actual: sha.clone(),
+                expected_bytes: m.bytes_stored,
+                actual_bytes: count,
+            })
+        } else {
+            Ok(bytes)
+        }
+    });
+    match checked {
+        Ok(bytes) => {
+            std::fs::rename(&partial, output).map_err(|source| CatalogError::Write { path: output.into(), source })?;
+            Ok(Downloaded { snapshot_id: m.id, path: output.into(), bytes, sha256: sha })
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e)
+        }
+    }
+}
+
+fn load_identities(path: &Path) -> Result<Vec<Box<dyn age::Identity>>, CatalogError> {
+    let bad = |reason: String| CatalogError::BadIdentity { path: path.to_path_buf(), reason };
+    age::IdentityFile::from_file(path.display().to_string())
+        .map_err(|e| bad(e.to_string()))?
+        .into_identities()
+        .map_err(|e| bad(e.to_string()))
+}
+
+/// Hashes what passes through (shared so the hash survives the decoders that
+/// take ownership of the reader).
+struct Hashed<R> {
+    inner: R,
+    state: Arc<Mutex<(Sha256, u64)>>,
+}
+
+impl<R: Read> Read for Hashed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut g = self.state.lock().expect("not poisoned");
+        g.0.update(&buf[..n]);
+        g.1 += n as u64;
+        Ok(n)
+    }
+}

@@ -1,0 +1,215 @@
+//! The daemon's own state: a SQLite file under `state_dir`, schema from
+//! `migrations/` (applied on open). It lives outside the live database on
+//! purpose: pgrehearse may restore that database, and must still remember
+//! what it did. This issue records snapshot runs; later ones add rehearsals,
+//! approvals and the release journal.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Row;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot create the state directory {path}: {source}; check state_dir and its permissions")]
+    Dir { path: String, source: std::io::Error },
+    #[error("cannot open the state store {path}: {source}")]
+    Open { path: String, source: sqlx::Error },
+    #[error("cannot migrate the state store {path}: {source}; was it written by a newer pgrehearse?")]
+    Migrate { path: String, source: sqlx::migrate::MigrateError },
+    #[error("state store query failed: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+/// Outcome of a snapshot run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Running,
+    Ok,
+    Failed,
+}
+
+impl RunStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Ok => "ok",
+            RunStatus::Failed => "failed",
+        }
+    }
+    fn parse(s: &str) -> RunStatus {
+        match s {
+            "ok" => RunStatus::Ok,
+            "running" => RunStatus::Running,
+            _ => RunStatus::Failed,
+        }
+    }
+}
+
+/// One recorded snapshot run.
+#[derive(Debug, Clone)]
+pub struct SnapshotRun {
+    pub id: String,
+    pub target: String,
+    pub status: RunStatus,
+    pub started_at: DateTime<Utc>,
+    pub pid: u32,
+    pub host: String,
+    pub error: Option<String>,
+}
+
+/// The figures of a successful run.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub dump_key: String,
+    pub bytes_raw: u64,
+    pub bytes_stored: u64,
+    pub sha256: String,
+    pub duration_ms: u64,
+}
+
+/// Handle on the state file. Cheap to clone.
+#[derive(Clone)]
+pub struct State {
+    pool: SqlitePool,
+}
+
+impl State {
+    /// Opens (creating if needed) the state file and applies pending schema
+    /// migrations.
+    pub async fn open(state_dir: &Path) -> Result<State, StateError> {
+        std::fs::create_dir_all(state_dir)
+            .map_err(|source| StateError::Dir { path: state_dir.display().to_string(), source })?;
+        let file = state_dir.join("state.sqlite");
+        let path = file.display().to_string();
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
+            .map_err(|source| StateError::Open { path: path.clone(), source })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(|source| StateError::Open { path: path.clone(), source })?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|source| StateError::Migrate { path, source })?;
+        Ok(State { pool })
+    }
+
+    /// Records a run as started by this process.
+    pub async fn snapshot_started(&self, id: &str, target: &str, reason: &str, started_at: DateTime<Utc>) -> Result<(), StateError> {
+        sqlx::query(
+            "INSERT INTO snapshot_runs (id, target, reason, status, started_at, pid, host) VALUES (?, ?, ?, 'running', ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(target)
+        .bind(reason)
+        .bind(started_at.to_rfc3339())
+        .bind(std::process::id() as i64)
+        .bind(hostname())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn snapshot_succeeded(&self, id: &str, r: &RunResult) -> Result<(), StateError> {
+        sqlx::query(
+            "UPDATE snapshot_runs SET status = 'ok', finished_at = ?, dump_key = ?, bytes_raw = ?, bytes_stored = ?, sha256 = ?, duration_ms = ? WHERE id = ?",
+        )
+        .bind(Utc::now().to_rfc3339())
+        .bind(&r.dump_key)
+        .bind(r.bytes_raw as i64)
+        .bind(r.bytes_stored as i64)
+        .bind(&r.sha256)
+        .bind(r.duration_ms as i64)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn snapshot_failed(&self, id: &str, error: &str) -> Result<(), StateError> {
+        sqlx::query("UPDATE snapshot_runs SET status = 'failed', finished_at = ?, error = ? WHERE id = ?")
+            .bind(Utc::now().to_rfc3339())
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks runs of this host that say `running` but whose process is gone
+    /// (killed, crashed, host rebooted) as failed, and returns their ids.
+    pub async fn reap_dead_runs(&self) -> Result<Vec<String>, StateError> {
+        let host = hostname();
+        let rows = sqlx::query("SELECT id, pid FROM snapshot_runs WHERE status = 'running' AND host = ?")
+            .bind(&host)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut dead = Vec::new();
+        for row in rows {
+            let id: String = row.get("id");
+            let pid: i64 = row.get("pid");
+            if pid as u32 != std::process::id() && !process_alive(pid as u32) {
+                self.snapshot_failed(&id, "the process taking this snapshot died before it finished").await?;
+                dead.push(id);
+            }
+        }
+        Ok(dead)
+    }
+
+    pub async fn snapshot_run(&self, id: &str) -> Result<Option<SnapshotRun>, StateError> {
+        let row = sqlx::query("SELECT * FROM snapshot_runs WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| run_from_row(&r)))
+    }
+
+    /// The most recently started run of a target.
+    pub async fn latest_snapshot_run(&self, target: &str) -> Result<Option<SnapshotRun>, StateError> {
+        let row = sqlx::query("SELECT * FROM snapshot_runs WHERE target = ? ORDER BY started_at DESC, rowid DESC LIMIT 1")
+            .bind(target)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| run_from_row(&r)))
+    }
+}
+
+fn run_from_row(r: &sqlx::sqlite::SqliteRow) -> SnapshotRun {
+    let started: String = r.get("started_at");
+    SnapshotRun {
+        id: r.get("id"),
+        target: r.get("target"),
+        status: RunStatus::parse(r.get::<String, _>("status").as_str()),
+        started_at: DateTime::parse_from_rfc3339(&started).map(|d| d.with_timezone(&Utc)).unwrap_or_default(),
+        pid: r.get::<i64, _>("pid") as u32,
+        host: r.get("host"),
+        error: r.get("error"),
+    }
+}
+
+impl RunStatus {
+    pub fn label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+/// This host's name, for attributing runs (the state file may be on shared
+/// storage in an HA pair; a pid means nothing on another host).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Whether a process with this pid exists (signal 0 probes without sending).
+pub fn process_alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}

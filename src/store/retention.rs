@@ -1,0 +1,107 @@
+//! Retention: which snapshots a policy keeps. Pure logic, no I/O.
+//!
+//! Semantics (as restic and pgBackRest users know them): walk the snapshots
+//! newest first; `keep_last` keeps the N newest; `keep_daily` keeps the newest
+//! snapshot of each of the N most recent UTC days that have one; weekly by ISO
+//! week, monthly by calendar month. A snapshot kept by any rule is kept, and
+//! the newest snapshot is always kept whatever the policy says.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Datelike, Utc};
+
+use crate::config::Retention;
+
+/// What the policy decided for one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub id: String,
+    pub keep: bool,
+    /// The rules that keep it (`last`, `daily`, `weekly`, `monthly`, `newest`).
+    pub reasons: Vec<&'static str>,
+}
+
+/// Applies `policy` to `(id, created_at)` pairs (any order); returns the
+/// decisions newest first.
+pub fn apply(policy: &Retention, snapshots: &[(String, DateTime<Utc>)]) -> Vec<Decision> {
+    let mut sorted: Vec<&(String, DateTime<Utc>)> = snapshots.iter().collect();
+    sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+
+    let mut buckets: [(u32, &'static str, HashSet<(i32, u32)>); 3] =
+        [(policy.keep_daily, "daily", HashSet::new()), (policy.keep_weekly, "weekly", HashSet::new()), (policy.keep_monthly, "monthly", HashSet::new())];
+
+    sorted
+        .iter()
+        .enumerate()
+        .map(|(i, (id, at))| {
+            let mut reasons = Vec::new();
+            if i == 0 {
+                reasons.push("newest");
+            }
+            if (i as u32) < policy.keep_last {
+                reasons.push("last");
+            }
+            let periods = [
+                (at.year(), at.ordinal()),
+                (at.iso_week().year(), at.iso_week().week()),
+                (at.year(), at.month()),
+            ];
+            for ((limit, name, seen), period) in buckets.iter_mut().zip(periods) {
+                // The first (newest) snapshot seen in a period represents it,
+                // while fewer than `limit` periods have been taken.
+                if !seen.contains(&period) && (seen.len() as u32) < *limit {
+                    seen.insert(period);
+                    reasons.push(*name);
+                }
+            }
+            Decision { id: id.clone(), keep: !reasons.is_empty(), reasons }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn kept(policy: Retention, snaps: &[(&str, &str)]) -> Vec<String> {
+        let v: Vec<(String, DateTime<Utc>)> = snaps.iter().map(|(i, t)| (i.to_string(), at(t))).collect();
+        apply(&policy, &v).into_iter().filter(|d| d.keep).map(|d| d.id).collect()
+    }
+
+    #[test]
+    fn daily_keeps_newest_of_each_day() {
+        let p = Retention { keep_last: 1, keep_daily: 2, keep_weekly: 0, keep_monthly: 0 };
+        let snaps = [
+            ("a", "2026-11-20T03:00:00Z"),
+            ("b", "2026-11-20T15:00:00Z"),
+            ("c", "2026-11-21T03:00:00Z"),
+            ("d", "2026-11-22T03:00:00Z"),
+            ("e", "2026-11-22T09:00:00Z"),
+        ];
+        assert_eq!(kept(p, &snaps), vec!["e", "c"]);
+    }
+
+    #[test]
+    fn newest_is_kept_even_with_an_empty_policy() {
+        let p = Retention { keep_last: 0, keep_daily: 0, keep_weekly: 0, keep_monthly: 0 };
+        assert_eq!(kept(p, &[("x", "2026-01-01T00:00:00Z"), ("y", "2026-01-02T00:00:00Z")]), vec!["y"]);
+    }
+
+    #[test]
+    fn weekly_and_monthly_use_iso_weeks_and_months() {
+        let p = Retention { keep_last: 0, keep_daily: 0, keep_weekly: 2, keep_monthly: 3 };
+        let snaps = [
+            ("m9", "2026-09-15T00:00:00Z"),
+            ("m10", "2026-10-15T00:00:00Z"),
+            ("w1", "2026-11-02T00:00:00Z"), // Monday, ISO week 45
+            ("w1b", "2026-11-08T00:00:00Z"), // Sunday, still week 45
+            ("w2", "2026-11-09T00:00:00Z"), // week 46
+        ];
+        // weekly: w2 (wk46), w1b (wk45); monthly: w2 (Nov), m10 (Oct), m9 (Sep).
+        assert_eq!(kept(p, &snaps), vec!["w2", "w1b", "m10", "m9"]);
+    }
+}

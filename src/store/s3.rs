@@ -1,0 +1,452 @@
+//! The S3 store (aws-sdk-s3). Streaming multipart upload: equal-size parts
+//! (except the last) sized from the expected total so even a 5 TB dump stays
+//! under S3's 10,000-part limit; a bounded number of parts in flight, which
+//! both bounds memory and applies backpressure to pg_dump; the SDK's standard
+//! retry (backoff with jitter on 5xx, throttling, timeouts and connection
+//! resets); and an abort of the multipart upload on any failure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::{Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+use tokio::io::AsyncRead;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::{Incomplete, ObjectInfo, Store, StoreError, Upload};
+use crate::config::{Checksums, S3Config};
+
+/// S3 allows at most 10,000 parts; we size parts for 9,000 at twice the
+/// expected size so growth during the dump never hits the limit.
+const MAX_PARTS: u32 = 10_000;
+const PLANNED_PARTS: u64 = 9_000;
+const MAX_PART_SIZE: u64 = 5 << 30;
+/// Memory budget for buffered parts: the part being filled plus those in
+/// flight. Parts larger than this (dumps over ~18 TB) upload one at a time.
+const BUFFER_BUDGET: u64 = 32 << 20;
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    min_part_size: u64,
+    concurrency: usize,
+}
+
+/// Classifies an SDK error: unreachable/5xx/timeout is "unavailable" (exit 69).
+fn classify<E, R>(op: &str, err: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let text = format!("{op}: {}", DisplayErrorContext(&err));
+    match &err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => StoreError::Unavailable(text),
+        SdkError::ResponseError(_) => StoreError::Unavailable(text),
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or_default();
+            if matches!(code, "InternalError" | "ServiceUnavailable" | "SlowDown") {
+                StoreError::Unavailable(text)
+            } else if matches!(code, "NoSuchKey" | "NotFound") {
+                StoreError::NotFound { key: op.to_string() }
+            } else {
+                StoreError::Failed(text)
+            }
+        }
+        _ => StoreError::Failed(text),
+    }
+}
+
+impl S3Store {
+    pub async fn connect(cfg: &S3Config) -> Result<S3Store, StoreError> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(cfg.region.clone()));
+        if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
+            loader = loader.credentials_provider(Credentials::new(id, secret.expose(), None, None, "pgrehearse-config"));
+        }
+        let shared = loader.load().await;
+        let (req, resp) = match cfg.checksums {
+            Checksums::WhenRequired => (RequestChecksumCalculation::WhenRequired, ResponseChecksumValidation::WhenRequired),
+            Checksums::WhenSupported => (RequestChecksumCalculation::WhenSupported, ResponseChecksumValidation::WhenSupported),
+        };
+        let mut b = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(cfg.force_path_style)
+            .request_checksum_calculation(req)
+            .response_checksum_validation(resp)
+            .retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts).with_initial_backoff(Duration::from_millis(200)))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(120))
+                    .operation_attempt_timeout(Duration::from_secs(600))
+                    .build(),
+            );
+        if let Some(ep) = &cfg.endpoint {
+            b = b.endpoint_url(ep);
+        }
+        Ok(S3Store {
+            client: Client::from_conf(b.build()),
+            bucket: cfg.bucket.clone(),
+            prefix: cfg.prefix.clone(),
+            min_part_size: cfg.min_part_size,
+            concurrency: cfg.upload_concurrency,
+        })
+    }
+
+    fn full(&self, key: &str) -> String {
+        if self.prefix.is_empty() { key.to_string() } else { format!("{}/{key}", self.prefix) }
+    }
+
+    fn relative<'a>(&self, full: &'a str) -> Option<&'a str> {
+        if self.prefix.is_empty() { Some(full) } else { full.strip_prefix(&self.prefix)?.strip_prefix('/') }
+    }
+
+    /// Part size for a stream of about `expected` bytes: at least the
+    /// configured minimum, whole MiB.
+    pub fn part_size(min: u64, expected: u64) -> u64 {
+        let needed = (expected.saturating_mul(2)).div_ceil(PLANNED_PARTS);
+        needed.max(min).div_ceil(1 << 20).saturating_mul(1 << 20).min(MAX_PART_SIZE)
+    }
+}
+
+#[async_trait]
+impl Store for S3Store {
+    fn locate(&self, key: &str) -> String {
+        self.full(key)
+    }
+
+    async fn begin_upload(&self, key: &str, expected_size: u64) -> Result<Box<dyn Upload>, StoreError> {
+        let part_size = S3Store::part_size(self.min_part_size, expected_size);
+        let in_flight = ((BUFFER_BUDGET / part_size) as usize).clamp(1, self.concurrency);
+        tracing::debug!(key, part_size, in_flight, "Starting upload.");
+        Ok(Box::new(S3Upload {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: self.full(key),
+            part_size: part_size as usize,
+            buf: BytesMut::new(),
+            upload_id: None,
+            next_part: 1,
+            tasks: JoinSet::new(),
+            permits: Arc::new(Semaphore::new(in_flight)),
+            parts: Vec::new(),
+            size: 0,
+            done: false,
+        }))
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| classify("PutObject", e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let out = self.client.get_object().bucket(&self.bucket).key(self.full(key)).send().await.map_err(|e| {
+            match classify("GetObject", e) {
+                StoreError::NotFound { .. } => StoreError::NotFound { key: key.into() },
+                other => other,
+            }
+        })?;
+        let data = out.body.collect().await.map_err(|e| StoreError::Unavailable(format!("GetObject body: {e}")))?;
+        Ok(data.into_bytes())
+    }
+
+    async fn open(&self, key: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>, StoreError> {
+        let out = self.client.get_object().bucket(&self.bucket).key(self.full(key)).send().await.map_err(|e| {
+            match classify("GetObject", e) {
+                StoreError::NotFound { .. } => StoreError::NotFound { key: key.into() },
+                other => other,
+            }
+        })?;
+        Ok(Box::new(out.body.into_async_read()))
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        match self.client.head_object().bucket(&self.bucket).key(self.full(key)).send().await {
+            Ok(h) => Ok(Some(h.content_length.unwrap_or(0).max(0) as u64)),
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 404 => Ok(None),
+            Err(e) => Err(classify("HeadObject", e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(self.full(prefix)).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("ListObjectsV2", e))?;
+            for obj in page.contents() {
+                if let Some(rel) = obj.key().and_then(|k| self.relative(k)) {
+                    out.push(ObjectInfo { key: rel.to_string(), size: obj.size().unwrap_or(0).max(0) as u64 });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client.delete_object().bucket(&self.bucket).key(self.full(key)).send().await.map_err(|e| classify("DeleteObject", e))?;
+        Ok(())
+    }
+
+    async fn incomplete(&self) -> Result<Vec<Incomplete>, StoreError> {
+        let mut out = Vec::new();
+        let mut key_marker: Option<String> = None;
+        let mut id_marker: Option<String> = None;
+        loop {
+            let mut req = self.client.list_multipart_uploads().bucket(&self.bucket);
+            if !self.prefix.is_empty() {
+                req = req.prefix(format!("{}/", self.prefix));
+            }
+            let page = req
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(|e| classify("ListMultipartUploads", e))?;
+            for u in page.uploads() {
+                let (Some(key), Some(id)) = (u.key(), u.upload_id()) else { continue };
+                let Some(rel) = self.relative(key) else { continue };
+                out.push(Incomplete {
+                    key: rel.to_string(),
+                    upload_id: id.to_string(),
+                    initiated: u.initiated().and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), 0)),
+                });
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn abort_incomplete(&self, upload: &Incomplete) -> Result<(), StoreError> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.full(&upload.key))
+            .upload_id(&upload.upload_id)
+            .send()
+            .await
+            .map_err(|e| classify("AbortMultipartUpload", e))?;
+        Ok(())
+    }
+}
+
+struct S3Upload {
+    client: Client,
+    bucket: String,
+    key: String,
+    part_size: usize,
+    buf: BytesMut,
+    upload_id: Option<String>,
+    next_part: i32,
+    tasks: JoinSet<Result<CompletedPart, StoreError>>,
+    permits: Arc<Semaphore>,
+    parts: Vec<CompletedPart>,
+    size: u64,
+    done: bool,
+}
+
+impl S3Upload {
+    async fn upload_id(&mut self) -> Result<String, StoreError> {
+        if let Some(id) = &self.upload_id {
+            return Ok(id.clone());
+        }
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .send()
+            .await
+            .map_err(|e| classify("CreateMultipartUpload", e))?;
+        let id = out.upload_id().ok_or_else(|| StoreError::Failed("CreateMultipartUpload returned no upload id".into()))?;
+        self.upload_id = Some(id.to_string());
+        Ok(id.to_string())
+    }
+
+    /// Collects finished parts, surfacing the first failure early.
+    fn reap(&mut self) -> Result<(), StoreError> {
+        while let Some(res) = self.tasks.try_join_next() {
+            self.parts.push(res.map_err(|e| StoreError::Failed(format!("upload task: {e}")))??);
+        }
+        Ok(())
+    }
+
+    async fn send_part(&mut self, body: Bytes) -> Result<(), StoreError> {
+        self.reap()?;
+        let number = self.next_part;
+        if number as u32 > MAX_PARTS {
+            return Err(StoreError::TooManyParts { parts: MAX_PARTS, part_size: self.part_size as u64 });
+        }
+        let upload_id = self.upload_id().await?;
+        // Waiting here is the backpressure that bounds memory.
+        let permit = self.permits.clone().acquire_owned().await.expect("semaphore never closed");
+        self.next_part += 1;
+        let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), self.key.clone());
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            let out = client
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .map_err(|e| classify("UploadPart", e))?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
+                .set_checksum_crc32_c(out.checksum_crc32_c().map(str::to_string))
+                .set_checksum_crc64_nvme(out.checksum_crc64_nvme().map(str::to_string))
+                .set_checksum_sha1(out.checksum_sha1().map(str::to_string))
+                .set_checksum_sha256(out.checksum_sha256().map(str::to_string))
+                .build())
+        });
+        Ok(())
+    }
+
+    async fn complete(&mut self) -> Result<u64, StoreError> {
+        if self.upload_id.is_none() {
+            // Smaller than one part: a single PUT.
+            let body = self.buf.split().freeze();
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .map_err(|e| classify("PutObject", e))?;
+            return Ok(self.size);
+        }
+        if !self.buf.is_empty() {
+            let last = self.buf.split().freeze();
+            self.send_part(last).await?;
+        }
+        while let Some(res) = self.tasks.join_next().await {
+            self.parts.push(res.map_err(|e| StoreError::Failed(format!("upload task: {e}")))??);
+        }
+        self.parts.sort_by_key(|p| p.part_number());
+        let id = self.upload_id.clone().expect("checked above");
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(std::mem::take(&mut self.parts))).build())
+            .send()
+            .await
+            .map_err(|e| classify("CompleteMultipartUpload", e))?;
+        Ok(self.size)
+    }
+
+    async fn abort_now(&mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        if let Some(id) = self.upload_id.take() {
+            let res = self.client.abort_multipart_upload().bucket(&self.bucket).key(&self.key).upload_id(&id).send().await;
+            match res {
+                Ok(_) => tracing::info!(key = %self.key, "Aborted the multipart upload."),
+                Err(e) => tracing::warn!(
+                    key = %self.key, upload_id = %id, error = %DisplayErrorContext(&e),
+                    "Could not abort the multipart upload; the start-up sweeper will."
+                ),
+            }
+        }
+        self.done = true;
+    }
+}
+
+#[async_trait]
+impl Upload for S3Upload {
+    async fn write(&mut self, mut data: Bytes) -> Result<(), StoreError> {
+        self.size += data.len() as u64;
+        while !data.is_empty() {
+            if self.buf.capacity() == 0 {
+                self.buf.reserve(self.part_size);
+            }
+            let take = (self.part_size - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data.split_to(take));
+            if self.buf.len() == self.part_size {
+                let part = self.buf.split().freeze();
+                self.send_part(part).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<u64, StoreError> {
+        match self.complete().await {
+            Ok(n) => {
+                self.done = true;
+                Ok(n)
+            }
+            Err(e) => {
+                self.abort_now().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.abort_now().await;
+    }
+}
+
+impl Drop for S3Upload {
+    fn drop(&mut self) {
+        // Dropped without finish or abort (an error path or a cancelled task):
+        // abort in the background; if the process dies first, the start-up
+        // sweeper aborts it.
+        if !self.done
+            && let Some(id) = self.upload_id.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), self.key.clone());
+            rt.spawn(async move {
+                let _ = client.abort_multipart_upload().bucket(bucket).key(key).upload_id(id).send().await;
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_stay_under_the_limit_and_equal() {
+        let min = 8 << 20;
+        assert_eq!(S3Store::part_size(min, 500 << 20), min);
+        for total in [1u64 << 30, 100 << 30, 5u64 << 40] {
+            let p = S3Store::part_size(min, total);
+            assert_eq!(p % (1 << 20), 0);
+            // Even at twice the expected size the part count stays in range.
+            assert!((2 * total).div_ceil(p) <= MAX_PARTS as u64, "total {total} part {p}");
+        }
+    }
+}
