@@ -13,6 +13,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -42,19 +43,38 @@ pub struct S3Store {
     concurrency: usize,
 }
 
-/// Classifies an SDK error: unreachable/5xx/timeout is "unavailable" (exit 69).
-fn classify<E, R>(op: &str, err: SdkError<E, R>) -> StoreError
+/// Classifies an SDK error (unreachable, 5xx, timeout: "unavailable", exit
+/// 69) and words it for an operator: the S3 error code and message, not the
+/// SDK's debug dump (that goes to the debug log).
+fn classify<E>(op: &str, err: SdkError<E, HttpResponse>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
-    let text = format!("{op}: {}", DisplayErrorContext(&err));
+    tracing::debug!(op, error = %DisplayErrorContext(&err), "S3 request failed.");
     match &err {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => StoreError::Unavailable(text),
-        SdkError::ResponseError(_) => StoreError::Unavailable(text),
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            let chain = source_chain(&err);
+            if chain.contains("credentials") {
+                StoreError::Unavailable(format!(
+                    "{op}: no usable AWS credentials ({chain}); set [store] access_key_id and secret_access_key_file, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or an AWS profile"
+                ))
+            } else {
+                StoreError::Unavailable(format!("{op}: {chain}"))
+            }
+        }
         SdkError::ServiceError(se) => {
-            let code = se.err().code().unwrap_or_default();
-            if matches!(code, "InternalError" | "ServiceUnavailable" | "SlowDown") {
+            let status = se.raw().status().as_u16();
+            let code = se.err().code().unwrap_or("unknown");
+            let message = se.err().message().unwrap_or_default();
+            let hint = match code {
+                "NoSuchBucket" => "; create the bucket or fix [store] bucket",
+                "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" => {
+                    "; check the credentials (access_key_id/secret_access_key_file or the AWS environment) and the bucket policy"
+                }
+                _ => "",
+            };
+            let text = format!("{op}: {code} (HTTP {status}): {message}{hint}");
+            if status >= 500 || matches!(code, "SlowDown" | "ServiceUnavailable" | "InternalError") {
                 StoreError::Unavailable(text)
             } else if matches!(code, "NoSuchKey" | "NotFound") {
                 StoreError::NotFound { key: op.to_string() }
@@ -62,8 +82,29 @@ where
                 StoreError::Failed(text)
             }
         }
-        _ => StoreError::Failed(text),
+        _ => StoreError::Failed(format!("{op}: {}", source_chain(&err))),
     }
+}
+
+/// "dispatch failure: io error: connection refused" from nested sources.
+/// Some SDK errors append their `Debug` form in parentheses; that is cut.
+fn source_chain(err: &dyn std::error::Error) -> String {
+    let clean = |s: String| -> String {
+        match s.find(" (").filter(|&i| s[i + 2..].starts_with(|c: char| c.is_ascii_uppercase())) {
+            Some(i) => s[..i].to_string(),
+            None => s,
+        }
+    };
+    let mut parts = vec![clean(err.to_string())];
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = clean(e.to_string());
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
 }
 
 impl S3Store {
