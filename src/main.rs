@@ -74,7 +74,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Config(_) => unreachable!("handled above"),
         Command::Snapshot(args) => {
-            let outcome = snapshot::take(&config, target, args.reason).await?;
+            let cancel = cancel_on_signal();
+            let outcome = snapshot::take(&config, target, args.reason, &cancel).await?;
             output::snapshot(cli.json, &outcome);
             Ok(exit::OK)
         }
@@ -94,6 +95,24 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+/// A token cancelled by the first SIGINT or SIGTERM, so that work in flight
+/// stops cleanly (uploads aborted, runs recorded as failed) instead of dying
+/// mid-way.
+fn cancel_on_signal() -> tokio_util::sync::CancellationToken {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = tokio_util::sync::CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            return;
+        };
+        let name = tokio::select! { _ = int.recv() => "SIGINT", _ = term.recv() => "SIGTERM" };
+        tracing::warn!(signal = name, "Stopping: the current operation is being cancelled cleanly.");
+        t.cancel();
+    });
+    token
 }
 
 /// Maps an error to its exit code by the first domain error in its chain.
@@ -135,7 +154,7 @@ fn snapshot_code(e: &snapshot::SnapshotError) -> u8 {
         S::Pg(p) | S::Lock(LockError::Pg(p)) => pg_code(p),
         S::Lock(LockError::Held { .. }) => exit::REFUSED,
         S::Store(s) => store_code(s),
-        S::DumpFailed { .. } | S::SizeMismatch { .. } | S::Pipeline(_) | S::Tool(_) | S::State(_) => exit::FAILED,
+        S::DumpFailed { .. } | S::SizeMismatch { .. } | S::Pipeline(_) | S::Tool(_) | S::State(_) | S::Cancelled => exit::FAILED,
     }
 }
 

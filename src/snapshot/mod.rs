@@ -22,6 +22,7 @@ use sqlx::{Executor, Row};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::io::SyncIoBridge;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Target};
 use crate::pg::lock::{HeavyLock, LockError};
@@ -56,6 +57,8 @@ pub enum SnapshotError {
     DumpFailed { status: String, stderr_tail: String },
     #[error("the stored object {key} has {actual} bytes but {expected} were written; the store corrupted the upload, nothing was made visible")]
     SizeMismatch { key: String, expected: u64, actual: u64 },
+    #[error("interrupted; the upload was aborted and nothing was stored")]
+    Cancelled,
     #[error("the compression pipeline failed: {0}")]
     Pipeline(std::io::Error),
     #[error(transparent)]
@@ -107,13 +110,15 @@ pub async fn open_stores(config: &Config) -> Result<(State, Box<dyn Store>), Sna
 
 /// Takes a snapshot of `target` now. Records the run (and its failure) in the
 /// state store. Takes the target's heavy-job lock for the duration.
-pub async fn take(config: &Config, target: &Target, reason: Reason) -> Result<Outcome, SnapshotError> {
+/// `cancel` (SIGINT/SIGTERM, daemon shutdown) stops the dump, aborts the
+/// upload and records the run as failed.
+pub async fn take(config: &Config, target: &Target, reason: Reason, cancel: &CancellationToken) -> Result<Outcome, SnapshotError> {
     let (state, store) = open_stores(config).await?;
     let started_at = Utc::now();
     let id = new_id(started_at);
     state.snapshot_started(&id, &target.name, reason.as_str(), started_at).await?;
     let span = tracing::info_span!("snapshot", run_id = %id, target = %target.name, job = "snapshot");
-    let result = tracing::Instrument::instrument(run(config, target, reason, &id, started_at, store.as_ref()), span).await;
+    let result = tracing::Instrument::instrument(run(config, target, reason, &id, started_at, store.as_ref(), cancel), span).await;
     match &result {
         Ok(o) => {
             state
@@ -138,6 +143,7 @@ async fn run(
     id: &str,
     started_at: chrono::DateTime<Utc>,
     store: &dyn Store,
+    cancel: &CancellationToken,
 ) -> Result<Outcome, SnapshotError> {
     let t0 = Instant::now();
     let live = &target.live_url;
@@ -196,7 +202,17 @@ async fn run(
         }
     };
     let counts = count_rows(&mut conn, &tables);
-    let ((encoded, status), fed, counted) = tokio::join!(dump, feed, counts);
+    let joined = tokio::select! {
+        r = async { tokio::join!(dump, feed, counts) } => Some(r),
+        _ = cancel.cancelled() => None,
+    };
+    let Some(((encoded, status), fed, counted)) = joined else {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        upload.abort().await;
+        tracing::warn!("Snapshot interrupted; the upload was aborted and nothing is visible.");
+        return Err(SnapshotError::Cancelled);
+    };
 
     let stderr_tail = stderr_task.await.unwrap_or_default();
     let status = status.map_err(|source| ToolError::Spawn { path: pg_dump.path.display().to_string(), source })?;
