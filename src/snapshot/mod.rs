@@ -216,10 +216,12 @@ async fn run(
 
     let stderr_tail = stderr_task.await.unwrap_or_default();
     let status = status.map_err(|source| ToolError::Spawn { path: pg_dump.path.display().to_string(), source })?;
-    let failure = if !status.success() {
+    // The first cause wins: when the upload fails, the encoder stops and
+    // pg_dump is killed, so their errors are consequences, not causes.
+    let failure = if let Err(e) = fed {
+        Some(SnapshotError::from(e))
+    } else if !status.success() {
         Some(SnapshotError::DumpFailed { status: describe(status), stderr_tail })
-    } else if let Err(e) = fed {
-        Some(e.into())
     } else if let Err(e) = &encoded {
         Some(SnapshotError::Pipeline(std::io::Error::new(e.kind(), e.to_string())))
     } else if let Err(e) = &counted {
@@ -229,7 +231,7 @@ async fn run(
     };
     if let Some(err) = failure {
         upload.abort().await;
-        tracing::error!(error = %err, "Snapshot failed; the upload was aborted and nothing is visible.");
+        tracing::error!(error = %err, "Snapshot failed; no manifest was written, so nothing is visible.");
         return Err(err);
     }
     let totals = encoded.map_err(SnapshotError::Pipeline)?;

@@ -37,6 +37,8 @@ const BUFFER_BUDGET: u64 = 32 << 20;
 
 pub struct S3Store {
     client: Client,
+    /// "bucket b at http://…" for messages.
+    place: String,
     bucket: String,
     prefix: String,
     min_part_size: u64,
@@ -46,11 +48,12 @@ pub struct S3Store {
 /// Classifies an SDK error (unreachable, 5xx, timeout: "unavailable", exit
 /// 69) and words it for an operator: the S3 error code and message, not the
 /// SDK's debug dump (that goes to the debug log).
-fn classify<E>(op: &str, err: SdkError<E, HttpResponse>) -> StoreError
+fn classify<E>(place: &str, op: &str, err: SdkError<E, HttpResponse>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     tracing::debug!(op, error = %DisplayErrorContext(&err), "S3 request failed.");
+    let op = format!("S3 {place}: {op}");
     match &err {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
             let chain = source_chain(&err);
@@ -133,8 +136,10 @@ impl S3Store {
         if let Some(ep) = &cfg.endpoint {
             b = b.endpoint_url(ep);
         }
+        let place = format!("bucket {} at {}", cfg.bucket, cfg.endpoint.as_deref().unwrap_or("AWS"));
         Ok(S3Store {
             client: Client::from_conf(b.build()),
+            place,
             bucket: cfg.bucket.clone(),
             prefix: cfg.prefix.clone(),
             min_part_size: cfg.min_part_size,
@@ -170,6 +175,7 @@ impl Store for S3Store {
         tracing::debug!(key, part_size, in_flight, "Starting upload.");
         Ok(Box::new(S3Upload {
             client: self.client.clone(),
+            place: self.place.clone(),
             bucket: self.bucket.clone(),
             key: self.full(key),
             part_size: part_size as usize,
@@ -192,13 +198,13 @@ impl Store for S3Store {
             .body(ByteStream::from(data))
             .send()
             .await
-            .map_err(|e| classify("PutObject", e))?;
+            .map_err(|e| classify(&self.place, "PutObject", e))?;
         Ok(())
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         let out = self.client.get_object().bucket(&self.bucket).key(self.full(key)).send().await.map_err(|e| {
-            match classify("GetObject", e) {
+            match classify(&self.place, "GetObject", e) {
                 StoreError::NotFound { .. } => StoreError::NotFound { key: key.into() },
                 other => other,
             }
@@ -209,7 +215,7 @@ impl Store for S3Store {
 
     async fn open(&self, key: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>, StoreError> {
         let out = self.client.get_object().bucket(&self.bucket).key(self.full(key)).send().await.map_err(|e| {
-            match classify("GetObject", e) {
+            match classify(&self.place, "GetObject", e) {
                 StoreError::NotFound { .. } => StoreError::NotFound { key: key.into() },
                 other => other,
             }
@@ -221,7 +227,7 @@ impl Store for S3Store {
         match self.client.head_object().bucket(&self.bucket).key(self.full(key)).send().await {
             Ok(h) => Ok(Some(h.content_length.unwrap_or(0).max(0) as u64)),
             Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 404 => Ok(None),
-            Err(e) => Err(classify("HeadObject", e)),
+            Err(e) => Err(classify(&self.place, "HeadObject", e)),
         }
     }
 
@@ -229,7 +235,7 @@ impl Store for S3Store {
         let mut out = Vec::new();
         let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(self.full(prefix)).into_paginator().send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| classify("ListObjectsV2", e))?;
+            let page = page.map_err(|e| classify(&self.place, "ListObjectsV2", e))?;
             for obj in page.contents() {
                 if let Some(rel) = obj.key().and_then(|k| self.relative(k)) {
                     out.push(ObjectInfo { key: rel.to_string(), size: obj.size().unwrap_or(0).max(0) as u64 });
@@ -240,7 +246,7 @@ impl Store for S3Store {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.client.delete_object().bucket(&self.bucket).key(self.full(key)).send().await.map_err(|e| classify("DeleteObject", e))?;
+        self.client.delete_object().bucket(&self.bucket).key(self.full(key)).send().await.map_err(|e| classify(&self.place, "DeleteObject", e))?;
         Ok(())
     }
 
@@ -258,7 +264,7 @@ impl Store for S3Store {
                 .set_upload_id_marker(id_marker.clone())
                 .send()
                 .await
-                .map_err(|e| classify("ListMultipartUploads", e))?;
+                .map_err(|e| classify(&self.place, "ListMultipartUploads", e))?;
             for u in page.uploads() {
                 let (Some(key), Some(id)) = (u.key(), u.upload_id()) else { continue };
                 let Some(rel) = self.relative(key) else { continue };
@@ -288,13 +294,14 @@ impl Store for S3Store {
             .upload_id(&upload.upload_id)
             .send()
             .await
-            .map_err(|e| classify("AbortMultipartUpload", e))?;
+            .map_err(|e| classify(&self.place, "AbortMultipartUpload", e))?;
         Ok(())
     }
 }
 
 struct S3Upload {
     client: Client,
+    place: String,
     bucket: String,
     key: String,
     part_size: usize,
@@ -320,7 +327,7 @@ impl S3Upload {
             .key(&self.key)
             .send()
             .await
-            .map_err(|e| classify("CreateMultipartUpload", e))?;
+            .map_err(|e| classify(&self.place, "CreateMultipartUpload", e))?;
         let id = out.upload_id().ok_or_else(|| StoreError::Failed("CreateMultipartUpload returned no upload id".into()))?;
         self.upload_id = Some(id.to_string());
         Ok(id.to_string())
@@ -344,7 +351,7 @@ impl S3Upload {
         // Waiting here is the backpressure that bounds memory.
         let permit = self.permits.clone().acquire_owned().await.expect("semaphore never closed");
         self.next_part += 1;
-        let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), self.key.clone());
+        let (client, bucket, key, place) = (self.client.clone(), self.bucket.clone(), self.key.clone(), self.place.clone());
         self.tasks.spawn(async move {
             let _permit = permit;
             let out = client
@@ -356,7 +363,7 @@ impl S3Upload {
                 .body(ByteStream::from(body))
                 .send()
                 .await
-                .map_err(|e| classify("UploadPart", e))?;
+                .map_err(|e| classify(&place, "UploadPart", e))?;
             Ok(CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(out.e_tag().map(str::to_string))
@@ -381,7 +388,7 @@ impl S3Upload {
                 .body(ByteStream::from(body))
                 .send()
                 .await
-                .map_err(|e| classify("PutObject", e))?;
+                .map_err(|e| classify(&self.place, "PutObject", e))?;
             return Ok(self.size);
         }
         if !self.buf.is_empty() {
@@ -401,7 +408,7 @@ impl S3Upload {
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(std::mem::take(&mut self.parts))).build())
             .send()
             .await
-            .map_err(|e| classify("CompleteMultipartUpload", e))?;
+            .map_err(|e| classify(&self.place, "CompleteMultipartUpload", e))?;
         Ok(self.size)
     }
 
@@ -413,7 +420,7 @@ impl S3Upload {
             match res {
                 Ok(_) => tracing::info!(key = %self.key, "Aborted the multipart upload."),
                 Err(e) => tracing::warn!(
-                    key = %self.key, upload_id = %id, error = %DisplayErrorContext(&e),
+                    key = %self.key, upload_id = %id, error = %source_chain(&e),
                     "Could not abort the multipart upload; the start-up sweeper will."
                 ),
             }

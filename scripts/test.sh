@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the integration tests need on a
+# fresh Debian 12 machine (as root), then runs the whole suite.
+#
+# Idempotent and quick when everything is already there: each step checks
+# before it installs.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" = 0 ]; then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+
+# PostgreSQL 15: server binaries for throwaway clusters, client tools for
+# reading results back (psql, pg_dump, pg_restore).
+if ! command -v pg_config >/dev/null 2>&1 || [ ! -x "$(pg_config --bindir)/initdb" ]; then
+    apt_install postgresql-15 postgresql-client-15
+fi
+# initdb refuses to run as root: the tests drop to this user.
+if ! id postgres >/dev/null 2>&1; then
+    echo "the postgres user is missing although PostgreSQL is installed" >&2
+    exit 1
+fi
+
+# zstd decompresses stored dumps; age-keygen makes test keys.
+command -v zstd >/dev/null 2>&1 || apt_install zstd
+command -v age-keygen >/dev/null 2>&1 || apt_install age
+# Debian's python3 needs python3-venv for `python3 -m venv`.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3 python3-venv
+fi
+
+# A virtualenv with moto (>= 5.2.5: 5.2.1 breaks the Rust SDK's
+# CompleteMultipartUpload), aiosmtpd and the AWS CLI (the independent client
+# that reads objects back).
+export PGREHEARSE_VENV="${PGREHEARSE_VENV:-$HOME/.cache/pgrehearse-venv}"
+if [ ! -x "$PGREHEARSE_VENV/bin/python" ]; then
+    python3 -m venv "$PGREHEARSE_VENV"
+fi
+venv_ok() {
+    "$PGREHEARSE_VENV/bin/python" - <<'PY'
+import importlib.metadata as m, sys
+def v(name):
+    try:
+        return tuple(int(x) for x in m.version(name).split(".")[:3] if x.isdigit())
+    except m.PackageNotFoundError:
+        return None
+ok = (v("moto") or (0,)) >= (5, 2, 5) and v("aiosmtpd") and v("awscli") and v("flask")
+sys.exit(0 if ok else 1)
+PY
+}
+if ! venv_ok; then
+    "$PGREHEARSE_VENV/bin/pip" install -q 'moto[server]>=5.2.5' aiosmtpd awscli
+fi
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pgrehearse-target}"
+exec cargo test --locked "$@"

@@ -1,0 +1,18 @@
+//! The integration test binary: every test runs the real `pgrehearse`
+//! executable (or the harness itself) against real PostgreSQL clusters and a
+//! real S3 server, and reads results back with independent tools (AWS CLI,
+//! `zstd`, `pg_restore`, `psql`).
+//!
+//! Prerequisites are installed by `scripts/test.sh`.
+
+mod harness;
+
+mod config;
+mod encryption;
+mod prune;
+mod roundtrip;
+mod secrets;
+mod smoke;
+mod snapshot_failures;
+mod snapshot_local;
+mod snapshot_s3;
