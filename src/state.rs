@@ -33,13 +33,6 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Running => "running",
-            RunStatus::Ok => "ok",
-            RunStatus::Failed => "failed",
-        }
-    }
     fn parse(s: &str) -> RunStatus {
         match s {
             "ok" => RunStatus::Ok,
@@ -190,12 +183,6 @@ fn run_from_row(r: &sqlx::sqlite::SqliteRow) -> SnapshotRun {
         pid: r.get::<i64, _>("pid") as u32,
         host: r.get("host"),
         error: r.get("error"),
-    }
-}
-
-impl RunStatus {
-    pub fn label(self) -> &'static str {
-        self.as_str()
     }
 }
 

@@ -22,9 +22,6 @@ use crate::pg::ConnUrl;
 /// The validated configuration.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
-    /// The file this came from (for messages).
-    #[serde(skip)]
-    pub path: PathBuf,
     pub state_dir: PathBuf,
     pub store: StoreConfig,
     pub snapshot: SnapshotConfig,
@@ -245,16 +242,6 @@ impl Config {
             None if self.targets.len() == 1 => Ok(&self.targets[0]),
             None => Err(ConfigError::AmbiguousTarget { count: self.targets.len(), known }),
         }
-    }
-
-    /// SQLite state file.
-    pub fn state_file(&self) -> PathBuf {
-        self.state_dir.join("state.sqlite")
-    }
-
-    /// Staging for downloads and restores.
-    pub fn staging_dir(&self) -> PathBuf {
-        self.state_dir.join("staging")
     }
 }
 

@@ -124,7 +124,7 @@ pub fn from_source(file: &Path, src: &str) -> Result<Config, Vec<Problem>> {
     if !cx.problems.is_empty() {
         return Err(cx.problems);
     }
-    Ok(Config { path: file.to_path_buf(), state_dir, store, snapshot, email, api, targets })
+    Ok(Config { state_dir, store, snapshot, email, api, targets })
 }
 
 fn store(cx: &mut Ctx, raw: &RawStore, state_dir: &Path) -> StoreConfig {

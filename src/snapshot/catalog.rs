@@ -22,8 +22,8 @@ pub enum CatalogError {
     NoSnapshots { target: String },
     #[error("snapshot `{id}` of target `{target}` does not exist; list them with `pgrehearse snapshots`")]
     NotFound { target: String, id: String },
-    #[error("prune refused: the latest snapshot run of `{target}` ({id}) failed: {error}. Nothing is deleted while backups are failing; fix the snapshot job first")]
-    LatestRunFailed { target: String, id: String, error: String },
+    #[error("prune refused: the latest snapshot run of `{target}` ({id}, started {started_at}) failed: {error}. Nothing is deleted while backups are failing; fix the snapshot job first")]
+    LatestRunFailed { target: String, id: String, started_at: String, error: String },
     #[error("{path} already exists; choose another output path")]
     OutputExists { path: PathBuf },
     #[error("snapshot {id} is encrypted; give the age identity with --identity FILE or [store] identity_file")]
@@ -134,8 +134,9 @@ pub async fn prune(config: &Config, target: &Target, dry_run: bool) -> Result<Pr
         && run.status == RunStatus::Failed
     {
         return Err(CatalogError::LatestRunFailed {
-            target: target.name.clone(),
+            target: run.target,
             id: run.id,
+            started_at: run.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             error: run.error.unwrap_or_else(|| "unknown error".into()),
         });
     }

@@ -44,6 +44,9 @@ pub struct Manifest {
     /// `pg_database_size` when the dump started (restore staging estimate).
     #[serde(default)]
     pub database_size: u64,
+    /// `pg_control_system().system_identifier` of the dumped cluster.
+    #[serde(default)]
+    pub system_identifier: String,
     /// The exported snapshot id pg_dump used.
     #[serde(default)]
     pub mvcc_snapshot: String,

@@ -277,6 +277,7 @@ async fn run(
         migrations,
         tables: counts.clone(),
         database_size: info.database_size,
+        system_identifier: info.system_identifier.clone(),
         mvcc_snapshot: mvcc,
         verification: None,
     };

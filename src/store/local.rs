@@ -133,9 +133,9 @@ impl Store for LocalStore {
         .map_err(io(&self.root))?;
         let mut objects: Vec<ObjectInfo> = files
             .into_iter()
-            .filter_map(|(p, m)| {
+            .filter_map(|(p, _)| {
                 let rel = p.strip_prefix(&self.root).ok()?.to_str()?.to_string();
-                (rel.starts_with(prefix) && !rel.ends_with(PARTIAL)).then_some(ObjectInfo { key: rel, size: m.len() })
+                (rel.starts_with(prefix) && !rel.ends_with(PARTIAL)).then_some(ObjectInfo { key: rel })
             })
             .collect();
         objects.sort_by(|a, b| a.key.cmp(&b.key));

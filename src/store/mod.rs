@@ -52,7 +52,6 @@ impl StoreError {
 pub struct ObjectInfo {
     /// Relative key.
     pub key: String,
-    pub size: u64,
 }
 
 /// An upload that was started and neither completed nor aborted.

@@ -238,7 +238,7 @@ impl Store for S3Store {
             let page = page.map_err(|e| classify(&self.place, "ListObjectsV2", e))?;
             for obj in page.contents() {
                 if let Some(rel) = obj.key().and_then(|k| self.relative(k)) {
-                    out.push(ObjectInfo { key: rel.to_string(), size: obj.size().unwrap_or(0).max(0) as u64 });
+                    out.push(ObjectInfo { key: rel.to_string() });
                 }
             }
         }
