@@ -34,12 +34,14 @@ TITLE = "Snapshot: pg_dump -Fc -Z0 → zstd → store"
 SPEEDUP_GOAL = 3.0     # pg_dump -Fc time / pgrehearse time, at least
 CEILING_GOAL = 1.4     # pgrehearse time / pg_dump -Z0 time, at most
 RSS_GOAL_MIB = 64      # pgrehearse peak RSS, at most
+# For experiments: BENCH_ZSTD_LEVEL=3 overrides pgrehearse's default level.
+LEVEL = f"zstd_level = {int(os.environ['BENCH_ZSTD_LEVEL'])}" if os.environ.get("BENCH_ZSTD_LEVEL") else ""
 
 
 def write_config(path, state_dir, store_toml, cluster, db):
     path.write_text(
         f'state_dir = "{state_dir}"\n\n[store]\n{store_toml}\n\n'
-        f'[snapshot]\npg_bindir = "{cluster.bindir}"\n\n'
+        f'[snapshot]\npg_bindir = "{cluster.bindir}"\n{LEVEL}\n'
         f'[[targets]]\nname = "bench"\nlive_url = "{cluster.url(db)}"\n')
     return path
 

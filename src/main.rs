@@ -144,7 +144,13 @@ fn store_code(e: &store::StoreError) -> u8 {
 }
 
 fn pg_code(e: &pg::PgError) -> u8 {
-    if e.is_unavailable() { exit::UNAVAILABLE } else { exit::FAILED }
+    if e.is_config() {
+        exit::CONFIG
+    } else if e.is_unavailable() {
+        exit::UNAVAILABLE
+    } else {
+        exit::FAILED
+    }
 }
 
 fn snapshot_code(e: &snapshot::SnapshotError) -> u8 {

@@ -138,6 +138,13 @@ impl State {
         Ok(())
     }
 
+    /// Removes the record of a run that never started its work (refused
+    /// because another heavy job of the target held the lock).
+    pub async fn snapshot_forget(&self, id: &str) -> Result<(), StateError> {
+        sqlx::query("DELETE FROM snapshot_runs WHERE id = ? AND status = 'running'").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Marks runs of this host that say `running` but whose process is gone
     /// (killed, crashed, host rebooted) as failed, and returns their ids.
     pub async fn reap_dead_runs(&self) -> Result<Vec<String>, StateError> {

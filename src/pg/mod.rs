@@ -13,13 +13,21 @@ pub use self::url::ConnUrl;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("cannot connect to {url}: {source}; check that the server runs and the URL and password are right")]
+    #[error("cannot connect to {url}: {source}; check that the server runs and that the URL, role and password are right")]
     Connect { url: String, source: sqlx::Error },
     #[error("query on {url} failed: {source}")]
     Query { url: String, source: sqlx::Error },
 }
 
 impl PgError {
+    /// The server answered but refused who we are or what we asked for
+    /// (wrong password, no such role or database): the configuration is
+    /// wrong, not the server down.
+    pub fn is_config(&self) -> bool {
+        let (PgError::Connect { source, .. } | PgError::Query { source, .. }) = self;
+        matches!(source, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("28P01" | "28000" | "3D000")))
+    }
+
     /// Connection failures are a dependency being unavailable (exit 69).
     pub fn is_unavailable(&self) -> bool {
         match self {

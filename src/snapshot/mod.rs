@@ -21,7 +21,6 @@ use sqlx::postgres::PgConnection;
 use sqlx::{Executor, Row};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
-use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Target};
@@ -131,6 +130,9 @@ pub async fn take(config: &Config, target: &Target, reason: Reason, cancel: &Can
                 })
                 .await?;
         }
+        // Refused because another heavy job runs: no attempt was made, so it
+        // must not count as a failed backup (prune would stop).
+        Err(SnapshotError::Lock(LockError::Held { .. })) => state.snapshot_forget(&id).await?,
         Err(e) => state.snapshot_failed(&id, &e.to_string()).await?,
     }
     result
@@ -179,7 +181,8 @@ async fn run(
 
     let (tx, mut rx) = mpsc::channel::<Bytes>(4);
     let level = config.snapshot.zstd_level;
-    let encoder = tokio::task::spawn_blocking(move || pipeline::encode(SyncIoBridge::new(stdout), level, &recipients, tx));
+    let raw = pipeline::read_ahead(stdout);
+    let encoder = tokio::task::spawn_blocking(move || pipeline::encode(raw, level, &recipients, tx));
     let mut upload = store.begin_upload(&dump_key, info.database_size).await?;
 
     let dump = async {

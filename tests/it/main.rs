@@ -8,6 +8,7 @@
 mod harness;
 
 mod config;
+mod crash;
 mod encryption;
 mod prune;
 mod roundtrip;
@@ -16,3 +17,4 @@ mod smoke;
 mod snapshot_failures;
 mod snapshot_local;
 mod snapshot_s3;
+mod targets;

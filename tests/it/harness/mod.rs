@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod data;
+pub mod dump;
 pub mod pg;
 pub mod proc;
 pub mod proxy;
