@@ -215,7 +215,7 @@ fn sigkill_mid_upload_s3_reaped_swept_and_prune_refuses() {
 #[test]
 fn sigkill_mid_write_local_partial_removed_at_next_start() {
     let c = app_cluster();
-    data::create_blob_table(&c, "app", "app", 40);
+    data::create_blob_table(&c, "app", "app", 96);
     let pgr = local_pgr(&c);
     let store = local_store_path(&pgr);
 

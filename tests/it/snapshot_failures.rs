@@ -8,79 +8,19 @@
 //! (a part uploaded, bytes written); only then does it inject the fault.
 
 use crate::harness::cli::{
-    Background, Pgr, local_store_path, local_store_toml, s3_store_toml, target_toml,
+    Pgr, local_store_path, local_store_toml, s3_store_toml, target_toml,
 };
 use crate::harness::pg::Cluster;
-use crate::harness::proc::{bytes_written, cmdline, descendants_named, state, try_signal};
+use crate::harness::dump::{final_error, step_until, stopped_pg_dump};
+use crate::harness::proc::{bytes_written, try_signal};
 use crate::harness::proxy::Proxy;
 use crate::harness::s3::S3Server;
-use crate::harness::{data, files_under, wait_for};
-use std::time::{Duration, Instant};
+use crate::harness::{data, files_under};
+use std::time::Duration;
 
 const PASSWORD: &str = "failure-test-pw";
 
-/// Waits for the dumping `pg_dump` that `bg` spawned (not a short
-/// `pg_dump --version` probe) and freezes it.
-fn stopped_pg_dump(bg: &mut Background) -> u32 {
-    wait_for(
-        "pgrehearse to start pg_dump",
-        Duration::from_secs(60),
-        Duration::from_millis(2),
-        || {
-            assert!(
-                bg.running(),
-                "pgrehearse exited before starting pg_dump:\n{}",
-                bg.stderr_so_far()
-            );
-            descendants_named(bg.pid(), "pg_dump")
-                .into_iter()
-                .find(|&pid| {
-                    // A finished probe lingers as a zombie with an empty
-                    // argv, and a zombie accepts signals: skip those too.
-                    let argv = cmdline(pid).unwrap_or_default();
-                    let probe = argv.split(' ').any(|a| a == "--version" || a == "-V");
-                    let zombie = matches!(state(pid), None | Some('Z' | 'X'));
-                    // It may exit between the scan and the signal: then look again.
-                    !argv.trim().is_empty()
-                        && !probe
-                        && !zombie
-                        && try_signal(pid, libc::SIGSTOP)
-                        && state(pid) != Some('Z')
-                })
-        },
-    )
-}
-
-/// Lets the stopped `pid` run in short steps until `reached()` holds, and
-/// leaves it stopped. Panics if it exits first (the data was too small).
-fn step_until(bg: &Background, pid: u32, what: &str, mut reached: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let gone = |bg: &Background| -> ! {
-        panic!(
-            "pg_dump {pid} exited before {what} (wrote {:?} bytes so far?); pgrehearse stderr:\n{}",
-            bytes_written(pid),
-            bg.stderr_so_far()
-        )
-    };
-    while !reached() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        if !try_signal(pid, libc::SIGCONT) {
-            gone(bg);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        if !try_signal(pid, libc::SIGSTOP) {
-            gone(bg);
-        }
-    }
-}
-
-/// The operator-facing error: from the last line that starts with `error:`.
-fn final_error(stderr: &str) -> &str {
-    stderr
-        .rfind("\nerror:")
-        .map(|i| &stderr[i + 1..])
-        .unwrap_or(stderr)
-}
+const SLICE: Duration = Duration::from_millis(100);
 
 /// A cluster with an app database whose dump is `mb` megabytes of
 /// incompressible data.
@@ -121,7 +61,7 @@ fn pg_dump_killed_mid_stream_s3() {
     ));
     let mut bg = pgr.spawn(&["snapshot"]);
     let dump = stopped_pg_dump(&mut bg);
-    step_until(&bg, dump, "a multipart upload with a part", || {
+    step_until(&bg, dump, SLICE, "a multipart upload with a part", || {
         has_uploaded_part(&s3, "snaps")
     });
     assert!(
@@ -174,7 +114,7 @@ fn pg_dump_killed_mid_stream_local() {
     ));
     let mut bg = pgr.spawn(&["snapshot"]);
     let dump = stopped_pg_dump(&mut bg);
-    step_until(&bg, dump, "pg_dump to write 32 MB", || {
+    step_until(&bg, dump, SLICE, "pg_dump to write 32 MB", || {
         bytes_written(dump).unwrap_or(0) >= 32 << 20
     });
     assert!(
@@ -221,7 +161,7 @@ fn s3_down_mid_upload_then_sweeper_aborts() {
     ));
     let mut bg = pgr.spawn(&["snapshot"]);
     let dump = stopped_pg_dump(&mut bg);
-    step_until(&bg, dump, "a multipart upload with a part", || {
+    step_until(&bg, dump, SLICE, "a multipart upload with a part", || {
         has_uploaded_part(&s3, "snaps")
     });
     proxy.set_down(true);
