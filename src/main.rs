@@ -56,7 +56,9 @@ fn main() -> ExitCode {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,aws_config=error,aws_smithy_runtime=warn,aws_sdk_s3=warn,hyper=warn"));
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,sqlx=warn,aws_config=error,aws_smithy_runtime=warn,aws_sdk_s3=warn,hyper=warn")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -85,7 +87,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Download(args) => {
-            let d = snapshot::catalog::download(&config, target, &args.snapshot, &args.output, args.identity.as_deref()).await?;
+            let d =
+                snapshot::catalog::download(&config, target, &args.snapshot, &args.output, args.identity.as_deref())
+                    .await?;
             output::downloaded(cli.json, &d);
             Ok(exit::OK)
         }
@@ -160,7 +164,9 @@ fn snapshot_code(e: &snapshot::SnapshotError) -> u8 {
         S::Pg(p) | S::Lock(LockError::Pg(p)) => pg_code(p),
         S::Lock(LockError::Held { .. }) => exit::REFUSED,
         S::Store(s) => store_code(s),
-        S::DumpFailed { .. } | S::SizeMismatch { .. } | S::Pipeline(_) | S::Tool(_) | S::State(_) | S::Cancelled => exit::FAILED,
+        S::DumpFailed { .. } | S::SizeMismatch { .. } | S::Pipeline(_) | S::Tool(_) | S::State(_) | S::Cancelled => {
+            exit::FAILED
+        }
     }
 }
 

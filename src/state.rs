@@ -9,8 +9,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -89,15 +89,18 @@ impl State {
             .connect_with(opts)
             .await
             .map_err(|source| StateError::Open { path: path.clone(), source })?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|source| StateError::Migrate { path, source })?;
+        sqlx::migrate!("./migrations").run(&pool).await.map_err(|source| StateError::Migrate { path, source })?;
         Ok(State { pool })
     }
 
     /// Records a run as started by this process.
-    pub async fn snapshot_started(&self, id: &str, target: &str, reason: &str, started_at: DateTime<Utc>) -> Result<(), StateError> {
+    pub async fn snapshot_started(
+        &self,
+        id: &str,
+        target: &str,
+        reason: &str,
+        started_at: DateTime<Utc>,
+    ) -> Result<(), StateError> {
         sqlx::query(
             "INSERT INTO snapshot_runs (id, target, reason, status, started_at, pid, host) VALUES (?, ?, ?, 'running', ?, ?, ?)",
         )
@@ -141,7 +144,10 @@ impl State {
     /// Removes the record of a run that never started its work (refused
     /// because another heavy job of the target held the lock).
     pub async fn snapshot_forget(&self, id: &str) -> Result<(), StateError> {
-        sqlx::query("DELETE FROM snapshot_runs WHERE id = ? AND status = 'running'").bind(id).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM snapshot_runs WHERE id = ? AND status = 'running'")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -172,10 +178,11 @@ impl State {
 
     /// The most recently started run of a target.
     pub async fn latest_snapshot_run(&self, target: &str) -> Result<Option<SnapshotRun>, StateError> {
-        let row = sqlx::query("SELECT * FROM snapshot_runs WHERE target = ? ORDER BY started_at DESC, rowid DESC LIMIT 1")
-            .bind(target)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT * FROM snapshot_runs WHERE target = ? ORDER BY started_at DESC, rowid DESC LIMIT 1")
+                .bind(target)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(|r| run_from_row(&r)))
     }
 }

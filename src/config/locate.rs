@@ -96,13 +96,15 @@ fn value_span(mut v: &Value, rest: Vec<Seg>, mut best: Option<Range<usize>>) -> 
     best = v.span().or(best);
     for seg in rest {
         match (seg, v) {
-            (Seg::Key(k), Value::InlineTable(t)) => match t.get_key_value(&k).and_then(|(key, it)| Some((key, it.as_value()?))) {
-                Some((key, val)) => {
-                    best = key.span().or(best);
-                    v = val;
+            (Seg::Key(k), Value::InlineTable(t)) => {
+                match t.get_key_value(&k).and_then(|(key, it)| Some((key, it.as_value()?))) {
+                    Some((key, val)) => {
+                        best = key.span().or(best);
+                        v = val;
+                    }
+                    None => return best,
                 }
-                None => return best,
-            },
+            }
             (Seg::Index(i), Value::Array(a)) => match a.get(i) {
                 Some(val) => {
                     best = val.span().or(best);

@@ -225,8 +225,8 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates the file; all problems at once.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let src = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let src =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         validate::from_source(path, &src).map_err(|problems| ConfigError::Invalid { problems })
     }
 

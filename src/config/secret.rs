@@ -57,9 +57,8 @@ pub fn secret_path(value: &Path, config_dir: &Path) -> PathBuf {
 /// a 0644 file behind a 0700 directory, which is also safe.
 pub fn read_secret_file(value: &Path, config_dir: &Path) -> Result<Secret, String> {
     let path = secret_path(value, config_dir);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        format!("cannot read secret file {}: {e}; create it or fix its permissions", path.display())
-    })?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read secret file {}: {e}; create it or fix its permissions", path.display()))?;
     if let Ok(meta) = std::fs::metadata(&path)
         && meta.permissions().mode() & 0o004 != 0
     {
@@ -75,9 +74,7 @@ pub fn read_secret_file(value: &Path, config_dir: &Path) -> Result<Secret, Strin
 /// The environment variable that may hold a target's secret, e.g.
 /// `PGREHEARSE_APP_LIVE_URL` for target `app`, key `live_url`.
 pub fn env_name(target: &str, key: &str) -> String {
-    let t: String = target
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
-        .collect();
+    let t: String =
+        target.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
     format!("PGREHEARSE_{t}_{}", key.to_ascii_uppercase())
 }

@@ -147,11 +147,18 @@ fn store(cx: &mut Ctx, raw: &RawStore, state_dir: &Path) -> StoreConfig {
     };
     for (i, r) in raw.encrypt_to.iter().enumerate() {
         if age::x25519::Recipient::from_str(r.trim()).is_err() {
-            cx.problem(&p.key("encrypt_to").index(i), "not an age X25519 recipient (age1…); create one with age-keygen");
+            cx.problem(
+                &p.key("encrypt_to").index(i),
+                "not an age X25519 recipient (age1…); create one with age-keygen",
+            );
         }
     }
     let abort_incomplete_after = cx
-        .duration(&p.key("abort_incomplete_after"), raw.abort_incomplete_after.as_deref(), Some(Duration::from_secs(86400)))
+        .duration(
+            &p.key("abort_incomplete_after"),
+            raw.abort_incomplete_after.as_deref(),
+            Some(Duration::from_secs(86400)),
+        )
         .unwrap_or(Duration::from_secs(86400));
     StoreConfig {
         kind,
@@ -179,7 +186,8 @@ fn s3(cx: &mut Ctx, p: &KeyPath, raw: &RawStore) -> S3Config {
     {
         cx.problem(&p.key("endpoint"), format!("`{e}` is not a URL; write e.g. \"http://127.0.0.1:9000\""));
     }
-    let secret_access_key = raw.secret_access_key_file.as_deref().and_then(|f| cx.secret_file(&p.key("secret_access_key_file"), f));
+    let secret_access_key =
+        raw.secret_access_key_file.as_deref().and_then(|f| cx.secret_file(&p.key("secret_access_key_file"), f));
     if secret_access_key.is_some() != raw.access_key_id.is_some() {
         cx.problem(&p.key("access_key_id"), "access_key_id and secret_access_key_file go together; set both or neither (then the standard AWS chain is used)");
     }
@@ -274,7 +282,14 @@ fn api(cx: &mut Ctx, raw: &RawApi) -> Option<ApiConfig> {
     }
 }
 
-fn url_secret(cx: &mut Ctx, p: &KeyPath, name: &str, key: &str, inline: Option<&str>, file: Option<&Path>) -> Option<ConnUrl> {
+fn url_secret(
+    cx: &mut Ctx,
+    p: &KeyPath,
+    name: &str,
+    key: &str,
+    inline: Option<&str>,
+    file: Option<&Path>,
+) -> Option<ConnUrl> {
     let file_key = format!("{key}_file");
     let text = match (inline, file) {
         (Some(_), Some(_)) => {
@@ -301,7 +316,13 @@ fn url_secret(cx: &mut Ctx, p: &KeyPath, name: &str, key: &str, inline: Option<&
 
 fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
     let name = match raw.name.as_deref() {
-        Some(n) if !n.is_empty() && n.len() <= 40 && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') => n.to_string(),
+        Some(n)
+            if !n.is_empty()
+                && n.len() <= 40
+                && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') =>
+        {
+            n.to_string()
+        }
         Some(n) => {
             cx.problem(&p.key("name"), format!("`{n}`: use 1–40 characters of a-z, 0-9, '_' and '-' (it becomes part of object keys and database names)"));
             n.to_string()
@@ -313,7 +334,13 @@ fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
     };
     let live_url = url_secret(cx, p, &name, "live_url", raw.live_url.as_deref(), raw.live_url_file.as_deref());
     if live_url.is_none() && raw.live_url.is_none() && raw.live_url_file.is_none() {
-        cx.problem(&p.key("live_url"), format!("missing; set live_url, live_url_file, or the environment variable {}", secret::env_name(&name, "live_url")));
+        cx.problem(
+            &p.key("live_url"),
+            format!(
+                "missing; set live_url, live_url_file, or the environment variable {}",
+                secret::env_name(&name, "live_url")
+            ),
+        );
     }
     if let Some(u) = &live_url
         && u.database().is_empty()
@@ -361,7 +388,9 @@ fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
         }
         windows.push(WindowConfig { cron, duration, timezone });
     }
-    let lock_timeout = cx.duration(&p.key("lock_timeout"), raw.lock_timeout.as_deref(), Some(Duration::from_secs(3))).unwrap_or(Duration::from_secs(3));
+    let lock_timeout = cx
+        .duration(&p.key("lock_timeout"), raw.lock_timeout.as_deref(), Some(Duration::from_secs(3)))
+        .unwrap_or(Duration::from_secs(3));
     let statement_timeout = cx.duration(&p.key("statement_timeout"), raw.statement_timeout.as_deref(), None);
     let on_failure = match raw.on_failure.as_deref().unwrap_or("restore") {
         "restore" => OnFailure::Restore,
@@ -419,15 +448,26 @@ fn migrations(cx: &mut Ctx, p: &KeyPath, raw: &RawMigrations) -> Option<Migratio
     if kind == MigrationKind::Command && raw.apply.is_none() {
         cx.problem(&p.key("apply"), "kind = \"command\" needs the command that applies migrations");
     }
-    let timeout = cx.duration(&p.key("timeout"), raw.timeout.as_deref(), Some(Duration::from_secs(3600))).unwrap_or(Duration::from_secs(3600));
-    Some(MigrationsConfig { kind, dir, table: raw.table.clone(), apply: raw.apply.clone(), pending: raw.pending.clone(), timeout })
+    let timeout = cx
+        .duration(&p.key("timeout"), raw.timeout.as_deref(), Some(Duration::from_secs(3600)))
+        .unwrap_or(Duration::from_secs(3600));
+    Some(MigrationsConfig {
+        kind,
+        dir,
+        table: raw.table.clone(),
+        apply: raw.apply.clone(),
+        pending: raw.pending.clone(),
+        timeout,
+    })
 }
 
 /// Cron with seconds (six or seven fields), as the scheduler reads it.
 fn check_cron(expr: &str) -> Result<(), String> {
     let fields = expr.split_whitespace().count();
     if !(6..=7).contains(&fields) {
-        return Err(format!("`{expr}` has {fields} fields; write a cron expression with seconds, e.g. \"0 0 3 * * *\" (03:00 daily)"));
+        return Err(format!(
+            "`{expr}` has {fields} fields; write a cron expression with seconds, e.g. \"0 0 3 * * *\" (03:00 daily)"
+        ));
     }
     croner::Cron::from_str(expr).map(|_| ()).map_err(|e| format!("`{expr}` is not a valid cron expression: {e}"))
 }

@@ -4,8 +4,8 @@
 //! PostgreSQL, two pgrehearse processes on different hosts exclude each other.
 
 use sha2::{Digest, Sha256};
-use sqlx::postgres::PgConnection;
 use sqlx::Connection;
+use sqlx::postgres::PgConnection;
 
 use super::{ConnUrl, PgError};
 
@@ -17,7 +17,9 @@ pub fn key(target: &str) -> i64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("another heavy job of target `{target}` (snapshot, drill or release) is running{holder}; wait for it to finish")]
+    #[error(
+        "another heavy job of target `{target}` (snapshot, drill or release) is running{holder}; wait for it to finish"
+    )]
     Held { target: String, holder: String },
     #[error(transparent)]
     Pg(#[from] PgError),

@@ -13,7 +13,9 @@ pub use self::url::ConnUrl;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("cannot connect to {url}: {source}; check that the server runs and that the URL, role and password are right")]
+    #[error(
+        "cannot connect to {url}: {source}; check that the server runs and that the URL, role and password are right"
+    )]
     Connect { url: String, source: sqlx::Error },
     #[error("query on {url} failed: {source}")]
     Query { url: String, source: sqlx::Error },
@@ -39,9 +41,8 @@ impl PgError {
 
 /// Opens a session; `application_name` makes it visible in pg_stat_activity.
 pub async fn connect(url: &ConnUrl, application_name: &str) -> Result<PgConnection, PgError> {
-    let opts = url
-        .connect_options(application_name)
-        .map_err(|source| PgError::Connect { url: url.redacted(), source })?;
+    let opts =
+        url.connect_options(application_name).map_err(|source| PgError::Connect { url: url.redacted(), source })?;
     PgConnection::connect_with(&opts).await.map_err(|source| PgError::Connect { url: url.redacted(), source })
 }
 

@@ -11,9 +11,13 @@ use super::ConnUrl;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
-    #[error("{tool} not found (looked in {looked}); install the PostgreSQL client for server {server_major} (apt-get install postgresql-client-{server_major}) or set pg_bindir")]
+    #[error(
+        "{tool} not found (looked in {looked}); install the PostgreSQL client for server {server_major} (apt-get install postgresql-client-{server_major}) or set pg_bindir"
+    )]
     NotFound { tool: String, looked: String, server_major: u32 },
-    #[error("{tool} {client_major} is older than the server ({server_major}) and cannot dump it; install postgresql-client-{server_major} or point pg_bindir at a newer bindir")]
+    #[error(
+        "{tool} {client_major} is older than the server ({server_major}) and cannot dump it; install postgresql-client-{server_major} or point pg_bindir at a newer bindir"
+    )]
     TooOld { tool: String, client_major: u32, server_major: u32 },
     #[error("cannot run {path}: {source}")]
     Spawn { path: String, source: std::io::Error },
@@ -41,7 +45,7 @@ fn candidates(configured: Option<&Path>) -> Vec<PathBuf> {
             .filter_map(|e| e.ok())
             .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
             .collect();
-        versioned.sort_by(|a, b| b.0.cmp(&a.0));
+        versioned.sort_by_key(|v| std::cmp::Reverse(v.0));
         dirs.extend(versioned.into_iter().map(|(_, p)| p));
     }
     if let Ok(out) = std::process::Command::new("pg_config").arg("--bindir").output()

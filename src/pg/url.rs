@@ -19,10 +19,7 @@ impl ConnUrl {
     pub fn parse(s: &str) -> Result<Self, String> {
         let url = Url::parse(s.trim()).map_err(|e| format!("not a valid URL ({e})"))?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
-            return Err(format!(
-                "scheme `{}` is not supported; use postgres://user@host/database",
-                url.scheme()
-            ));
+            return Err(format!("scheme `{}` is not supported; use postgres://user@host/database", url.scheme()));
         }
         Ok(ConnUrl(url))
     }
@@ -79,11 +76,7 @@ impl ConnUrl {
                     .map(|h| percent_decode_str(h).decode_utf8_lossy().into_owned())
             })
             .unwrap_or_else(|| "/var/run/postgresql".to_string());
-        let port = self
-            .query("port")
-            .and_then(|p| p.parse().ok())
-            .or(self.0.port())
-            .unwrap_or(5432);
+        let port = self.query("port").and_then(|p| p.parse().ok()).or(self.0.port()).unwrap_or(5432);
         let host = if host == "127.0.0.1" || host == "::1" { "localhost".to_string() } else { host };
         (host, port)
     }
@@ -99,11 +92,8 @@ fn strip_query_password(u: &mut Url) {
     if u.query().is_none() {
         return;
     }
-    let kept: Vec<(String, String)> = u
-        .query_pairs()
-        .filter(|(k, _)| k != "password")
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let kept: Vec<(String, String)> =
+        u.query_pairs().filter(|(k, _)| k != "password").map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     if kept.is_empty() {
         u.set_query(None);
     } else {

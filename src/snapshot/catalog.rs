@@ -22,7 +22,9 @@ pub enum CatalogError {
     NoSnapshots { target: String },
     #[error("snapshot `{id}` of target `{target}` does not exist; list them with `pgrehearse snapshots`")]
     NotFound { target: String, id: String },
-    #[error("prune refused: the latest snapshot run of `{target}` ({id}, started {started_at}) failed: {error}. Nothing is deleted while backups are failing; fix the snapshot job first")]
+    #[error(
+        "prune refused: the latest snapshot run of `{target}` ({id}, started {started_at}) failed: {error}. Nothing is deleted while backups are failing; fix the snapshot job first"
+    )]
     LatestRunFailed { target: String, id: String, started_at: String, error: String },
     #[error("{path} already exists; choose another output path")]
     OutputExists { path: PathBuf },
@@ -30,9 +32,13 @@ pub enum CatalogError {
     NoIdentity { id: String },
     #[error("cannot read the age identity {path}: {reason}")]
     BadIdentity { path: PathBuf, reason: String },
-    #[error("the age identity {path} cannot decrypt snapshot {id} (it is encrypted to {recipients}); use the matching identity file")]
+    #[error(
+        "the age identity {path} cannot decrypt snapshot {id} (it is encrypted to {recipients}); use the matching identity file"
+    )]
     WrongIdentity { path: PathBuf, id: String, recipients: String },
-    #[error("snapshot {id} is corrupt in the store: SHA-256 {actual} ({actual_bytes} bytes) differs from the manifest's {expected} ({expected_bytes} bytes); use an older snapshot")]
+    #[error(
+        "snapshot {id} is corrupt in the store: SHA-256 {actual} ({actual_bytes} bytes) differs from the manifest's {expected} ({expected_bytes} bytes); use an older snapshot"
+    )]
     ChecksumMismatch { id: String, expected: String, actual: String, expected_bytes: u64, actual_bytes: u64 },
     #[error("snapshot {id} could not be decoded: {reason}")]
     Decode { id: String, reason: String },
@@ -143,7 +149,13 @@ pub async fn prune(config: &Config, target: &Target, dry_run: bool) -> Result<Pr
     let all = manifests(store.as_ref(), &target.name).await?;
     let pairs: Vec<(String, DateTime<Utc>)> = all.iter().map(|m| (m.id.clone(), m.started_at)).collect();
     let decisions = retention::apply(&target.retention, &pairs);
-    let mut out = PruneOutcome { target: target.name.clone(), dry_run, deleted: vec![], kept: vec![], reasons: Default::default() };
+    let mut out = PruneOutcome {
+        target: target.name.clone(),
+        dry_run,
+        deleted: vec![],
+        kept: vec![],
+        reasons: Default::default(),
+    };
     for d in decisions {
         if d.keep {
             out.reasons.insert(d.id.clone(), d.reasons);
@@ -178,7 +190,13 @@ pub struct Downloaded {
 /// Downloads a snapshot into `output` as a plain `pg_dump -Fc` archive,
 /// checking the stored bytes' SHA-256 against the manifest on the way. The
 /// file appears under its name only when everything checked out.
-pub async fn download(config: &Config, target: &Target, id: &str, output: &Path, identity: Option<&Path>) -> Result<Downloaded, CatalogError> {
+pub async fn download(
+    config: &Config,
+    target: &Target,
+    id: &str,
+    output: &Path,
+    identity: Option<&Path>,
+) -> Result<Downloaded, CatalogError> {
     if output.exists() {
         return Err(CatalogError::OutputExists { path: output.into() });
     }
@@ -197,7 +215,8 @@ pub async fn download(config: &Config, target: &Target, id: &str, output: &Path,
     };
     let reader = store.open(&m.dump.key).await?;
     let partial = PathBuf::from(format!("{}.partial", output.display()));
-    let file = std::fs::File::create(&partial).map_err(|source| CatalogError::Write { path: partial.clone(), source })?;
+    let file =
+        std::fs::File::create(&partial).map_err(|source| CatalogError::Write { path: partial.clone(), source })?;
     let hash = Arc::new(Mutex::new((Sha256::new(), 0u64)));
     let h = hash.clone();
     let mid = m.id.clone();
@@ -215,9 +234,14 @@ pub async fn download(config: &Config, target: &Target, id: &str, output: &Path,
             }
             Some((path, recipients)) => {
                 let ids = load_identities(&path)?;
-                let dec = age::Decryptor::new(hashed).map_err(|e| CatalogError::Decode { id: mid.clone(), reason: e.to_string() })?;
+                let dec = age::Decryptor::new(hashed)
+                    .map_err(|e| CatalogError::Decode { id: mid.clone(), reason: e.to_string() })?;
                 let plain = dec.decrypt(ids.iter().map(|i| i.as_ref() as &dyn age::Identity)).map_err(|e| match e {
-                    age::DecryptError::NoMatchingKeys => CatalogError::WrongIdentity { path: path.clone(), id: mid.clone(), recipients: recipients.clone() },
+                    age::DecryptError::NoMatchingKeys => CatalogError::WrongIdentity {
+                        path: path.clone(),
+                        id: mid.clone(),
+                        recipients: recipients.clone(),
+                    },
                     other => CatalogError::Decode { id: mid.clone(), reason: other.to_string() },
                 })?;
                 let mut z = zstd::Decoder::new(plain).map_err(decode)?;

@@ -54,7 +54,9 @@ impl Reason {
 pub enum SnapshotError {
     #[error("pg_dump failed ({status}); nothing was stored. Its last output:\n{stderr_tail}")]
     DumpFailed { status: String, stderr_tail: String },
-    #[error("the stored object {key} has {actual} bytes but {expected} were written; the store corrupted the upload, nothing was made visible")]
+    #[error(
+        "the stored object {key} has {actual} bytes but {expected} were written; the store corrupted the upload, nothing was made visible"
+    )]
     SizeMismatch { key: String, expected: u64, actual: u64 },
     #[error("interrupted; the upload was aborted and nothing was stored")]
     Cancelled,
@@ -111,23 +113,33 @@ pub async fn open_stores(config: &Config) -> Result<(State, Box<dyn Store>), Sna
 /// state store. Takes the target's heavy-job lock for the duration.
 /// `cancel` (SIGINT/SIGTERM, daemon shutdown) stops the dump, aborts the
 /// upload and records the run as failed.
-pub async fn take(config: &Config, target: &Target, reason: Reason, cancel: &CancellationToken) -> Result<Outcome, SnapshotError> {
+pub async fn take(
+    config: &Config,
+    target: &Target,
+    reason: Reason,
+    cancel: &CancellationToken,
+) -> Result<Outcome, SnapshotError> {
     let (state, store) = open_stores(config).await?;
     let started_at = Utc::now();
     let id = new_id(started_at);
     state.snapshot_started(&id, &target.name, reason.as_str(), started_at).await?;
     let span = tracing::info_span!("snapshot", run_id = %id, target = %target.name, job = "snapshot");
-    let result = tracing::Instrument::instrument(run(config, target, reason, &id, started_at, store.as_ref(), cancel), span).await;
+    let result =
+        tracing::Instrument::instrument(run(config, target, reason, &id, started_at, store.as_ref(), cancel), span)
+            .await;
     match &result {
         Ok(o) => {
             state
-                .snapshot_succeeded(&id, &RunResult {
-                    dump_key: o.key.clone(),
-                    bytes_raw: o.bytes_raw,
-                    bytes_stored: o.bytes_stored,
-                    sha256: o.sha256.clone(),
-                    duration_ms: o.duration_ms,
-                })
+                .snapshot_succeeded(
+                    &id,
+                    &RunResult {
+                        dump_key: o.key.clone(),
+                        bytes_raw: o.bytes_raw,
+                        bytes_stored: o.bytes_stored,
+                        sha256: o.sha256.clone(),
+                        duration_ms: o.duration_ms,
+                    },
+                )
                 .await?;
         }
         // Refused because another heavy job runs: no attempt was made, so it
@@ -169,7 +181,8 @@ async fn run(
     let mut cmd = tools::command(&pg_dump, live, "pgrehearse-snapshot");
     cmd.args(["--format=custom", "--compress=0", "--no-sync"]).arg(format!("--snapshot={mvcc}"));
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|source| ToolError::Spawn { path: pg_dump.path.display().to_string(), source })?;
+    let mut child =
+        cmd.spawn().map_err(|source| ToolError::Spawn { path: pg_dump.path.display().to_string(), source })?;
     tracing::info!(pid = child.id(), mvcc_snapshot = %mvcc, tables = tables.len(), "pg_dump started.");
     let stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
@@ -244,15 +257,16 @@ async fn run(
     let stored = store.size(&dump_key).await?.unwrap_or(0);
     if stored != totals.bytes_stored || written != totals.bytes_stored {
         let _ = store.delete(&dump_key).await;
-        return Err(SnapshotError::SizeMismatch { key: store.locate(&dump_key), expected: totals.bytes_stored, actual: stored });
+        return Err(SnapshotError::SizeMismatch {
+            key: store.locate(&dump_key),
+            expected: totals.bytes_stored,
+            actual: stored,
+        });
     }
     conn.execute("COMMIT").await.map_err(q)?;
 
-    let globals = if target.dump_globals {
-        Some(dump_globals(config, target, id, info.major(), store).await?)
-    } else {
-        None
-    };
+    let globals =
+        if target.dump_globals { Some(dump_globals(config, target, id, info.major(), store).await?) } else { None };
 
     let finished_at = Utc::now();
     let duration_ms = t0.elapsed().as_millis() as u64;
@@ -360,12 +374,17 @@ async fn migration_state(conn: &mut PgConnection, target: &Target) -> Result<Opt
     let Some(m) = &target.migrations else { return Ok(None) };
     let Some(default_table) = m.kind.history_table() else { return Ok(None) };
     let table = m.table.clone().unwrap_or_else(|| default_table.to_string());
-    let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text").bind(&table).fetch_one(&mut *conn).await?;
+    let exists: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass($1)::text").bind(&table).fetch_one(&mut *conn).await?;
     let Some(regclass) = exists else { return Ok(None) };
     let sql = match m.kind {
-        crate::config::MigrationKind::Sqlx => format!("SELECT version::text FROM {regclass} WHERE success ORDER BY version"),
+        crate::config::MigrationKind::Sqlx => {
+            format!("SELECT version::text FROM {regclass} WHERE success ORDER BY version")
+        }
         crate::config::MigrationKind::Diesel => format!("SELECT version::text FROM {regclass} ORDER BY version"),
-        crate::config::MigrationKind::Payload => format!("SELECT name::text FROM {regclass} WHERE batch <> -1 ORDER BY id"),
+        crate::config::MigrationKind::Payload => {
+            format!("SELECT name::text FROM {regclass} WHERE batch <> -1 ORDER BY id")
+        }
         crate::config::MigrationKind::Command => return Ok(None),
     };
     let applied: Vec<String> = sqlx::query_scalar(&sql).fetch_all(&mut *conn).await?;
@@ -373,13 +392,20 @@ async fn migration_state(conn: &mut PgConnection, target: &Target) -> Result<Opt
 }
 
 /// `pg_dumpall --globals-only --no-role-passwords` as a second object.
-async fn dump_globals(config: &Config, target: &Target, id: &str, server_major: u32, store: &dyn Store) -> Result<ObjectRef, SnapshotError> {
+async fn dump_globals(
+    config: &Config,
+    target: &Target,
+    id: &str,
+    server_major: u32,
+    store: &dyn Store,
+) -> Result<ObjectRef, SnapshotError> {
     let bindir = target.pg_bindir.as_deref().or(config.snapshot.pg_bindir.as_deref());
     let tool = tools::find("pg_dumpall", bindir, server_major).await?;
     let live: &ConnUrl = &target.live_url;
     let mut cmd = tools::command(&tool, live, "pgrehearse-globals");
     cmd.args(["--globals-only", "--no-role-passwords"]);
-    let out = cmd.output().await.map_err(|source| ToolError::Spawn { path: tool.path.display().to_string(), source })?;
+    let out =
+        cmd.output().await.map_err(|source| ToolError::Spawn { path: tool.path.display().to_string(), source })?;
     if !out.status.success() {
         return Err(SnapshotError::DumpFailed {
             status: format!("pg_dumpall {}", describe(out.status)),
@@ -396,7 +422,10 @@ async fn dump_globals(config: &Config, target: &Target, id: &str, server_major: 
     while let Some(chunk) = rx.recv().await {
         body.extend_from_slice(&chunk);
     }
-    let totals = encoder.await.map_err(|e| SnapshotError::Pipeline(std::io::Error::other(e)))?.map_err(SnapshotError::Pipeline)?;
+    let totals = encoder
+        .await
+        .map_err(|e| SnapshotError::Pipeline(std::io::Error::other(e)))?
+        .map_err(SnapshotError::Pipeline)?;
     store.put(&key, Bytes::from(body)).await?;
     Ok(ObjectRef { key, bytes: totals.bytes_stored, sha256: totals.sha256 })
 }

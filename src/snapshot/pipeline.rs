@@ -37,9 +37,7 @@ impl Sink {
         let chunk = self.buf.split().freeze();
         self.buf.reserve(CHUNK);
         // The receiver is gone only when the upload failed: stop reading.
-        self.tx
-            .blocking_send(chunk)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+        self.tx.blocking_send(chunk).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
     }
 }
 
@@ -134,13 +132,21 @@ impl Read for ChannelReader {
 /// Parses age recipients (validated at config load already).
 pub fn recipients(list: &[String]) -> io::Result<Vec<age::x25519::Recipient>> {
     list.iter()
-        .map(|r| r.parse::<age::x25519::Recipient>().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("age recipient {r}: {e}"))))
+        .map(|r| {
+            r.parse::<age::x25519::Recipient>()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("age recipient {r}: {e}")))
+        })
         .collect()
 }
 
 /// Compresses (and encrypts) everything `input` yields into `tx`. Blocking:
 /// run it on `spawn_blocking`.
-pub fn encode(mut input: impl Read, level: i32, recipients: &[age::x25519::Recipient], tx: mpsc::Sender<Bytes>) -> io::Result<Totals> {
+pub fn encode(
+    mut input: impl Read,
+    level: i32,
+    recipients: &[age::x25519::Recipient],
+    tx: mpsc::Sender<Bytes>,
+) -> io::Result<Totals> {
     let sink = Sink { hasher: Sha256::new(), count: 0, buf: BytesMut::with_capacity(CHUNK), tx };
     let stage = if recipients.is_empty() {
         Stage::Plain(sink)

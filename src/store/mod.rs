@@ -122,15 +122,20 @@ pub async fn open(cfg: &StoreConfig) -> Result<Box<dyn Store>, StoreError> {
 /// recorded it as failed or its process died; a run we know nothing of
 /// (another host's) once it started longer than `grace` ago. The id starts
 /// with its UTC start time, which dates even objects without metadata.
-async fn run_is_dead(state: &State, id: &str, fallback_start: Option<DateTime<Utc>>, grace: std::time::Duration) -> bool {
+async fn run_is_dead(
+    state: &State,
+    id: &str,
+    fallback_start: Option<DateTime<Utc>>,
+    grace: std::time::Duration,
+) -> bool {
     match state.snapshot_run(id).await.ok().flatten() {
         Some(r) => {
             r.status != crate::state::RunStatus::Running
                 || (r.host == crate::state::hostname() && !crate::state::process_alive(r.pid))
         }
-        None => id_started_at(id)
-            .or(fallback_start)
-            .is_some_and(|t| (Utc::now() - t).to_std().unwrap_or_default() >= grace),
+        None => {
+            id_started_at(id).or(fallback_start).is_some_and(|t| (Utc::now() - t).to_std().unwrap_or_default() >= grace)
+        }
     }
 }
 

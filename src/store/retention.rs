@@ -21,14 +21,25 @@ pub struct Decision {
     pub reasons: Vec<&'static str>,
 }
 
+/// One periodic rule: how many periods to keep, and those taken so far
+/// (a period is `(year, day of year | ISO week | month)`).
+struct Bucket {
+    limit: u32,
+    name: &'static str,
+    seen: HashSet<(i32, u32)>,
+}
+
 /// Applies `policy` to `(id, created_at)` pairs (any order); returns the
 /// decisions newest first.
 pub fn apply(policy: &Retention, snapshots: &[(String, DateTime<Utc>)]) -> Vec<Decision> {
     let mut sorted: Vec<&(String, DateTime<Utc>)> = snapshots.iter().collect();
     sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
 
-    let mut buckets: [(u32, &'static str, HashSet<(i32, u32)>); 3] =
-        [(policy.keep_daily, "daily", HashSet::new()), (policy.keep_weekly, "weekly", HashSet::new()), (policy.keep_monthly, "monthly", HashSet::new())];
+    let mut buckets = [
+        Bucket { limit: policy.keep_daily, name: "daily", seen: HashSet::new() },
+        Bucket { limit: policy.keep_weekly, name: "weekly", seen: HashSet::new() },
+        Bucket { limit: policy.keep_monthly, name: "monthly", seen: HashSet::new() },
+    ];
 
     sorted
         .iter()
@@ -41,17 +52,14 @@ pub fn apply(policy: &Retention, snapshots: &[(String, DateTime<Utc>)]) -> Vec<D
             if (i as u32) < policy.keep_last {
                 reasons.push("last");
             }
-            let periods = [
-                (at.year(), at.ordinal()),
-                (at.iso_week().year(), at.iso_week().week()),
-                (at.year(), at.month()),
-            ];
-            for ((limit, name, seen), period) in buckets.iter_mut().zip(periods) {
+            let periods =
+                [(at.year(), at.ordinal()), (at.iso_week().year(), at.iso_week().week()), (at.year(), at.month())];
+            for (b, period) in buckets.iter_mut().zip(periods) {
                 // The first (newest) snapshot seen in a period represents it,
                 // while fewer than `limit` periods have been taken.
-                if !seen.contains(&period) && (seen.len() as u32) < *limit {
-                    seen.insert(period);
-                    reasons.push(*name);
+                if !b.seen.contains(&period) && (b.seen.len() as u32) < b.limit {
+                    b.seen.insert(period);
+                    reasons.push(b.name);
                 }
             }
             Decision { id: id.clone(), keep: !reasons.is_empty(), reasons }
@@ -97,9 +105,9 @@ mod tests {
         let snaps = [
             ("m9", "2026-09-15T00:00:00Z"),
             ("m10", "2026-10-15T00:00:00Z"),
-            ("w1", "2026-11-02T00:00:00Z"), // Monday, ISO week 45
+            ("w1", "2026-11-02T00:00:00Z"),  // Monday, ISO week 45
             ("w1b", "2026-11-08T00:00:00Z"), // Sunday, still week 45
-            ("w2", "2026-11-09T00:00:00Z"), // week 46
+            ("w2", "2026-11-09T00:00:00Z"),  // week 46
         ];
         // weekly: w2 (wk46), w1b (wk45); monthly: w2 (Nov), m10 (Oct), m9 (Sep).
         assert_eq!(kept(p, &snaps), vec!["w2", "w1b", "m10", "m9"]);

@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -114,18 +116,27 @@ impl S3Store {
     pub async fn connect(cfg: &S3Config) -> Result<S3Store, StoreError> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(cfg.region.clone()));
         if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
-            loader = loader.credentials_provider(Credentials::new(id, secret.expose(), None, None, "pgrehearse-config"));
+            loader =
+                loader.credentials_provider(Credentials::new(id, secret.expose(), None, None, "pgrehearse-config"));
         }
         let shared = loader.load().await;
         let (req, resp) = match cfg.checksums {
-            Checksums::WhenRequired => (RequestChecksumCalculation::WhenRequired, ResponseChecksumValidation::WhenRequired),
-            Checksums::WhenSupported => (RequestChecksumCalculation::WhenSupported, ResponseChecksumValidation::WhenSupported),
+            Checksums::WhenRequired => {
+                (RequestChecksumCalculation::WhenRequired, ResponseChecksumValidation::WhenRequired)
+            }
+            Checksums::WhenSupported => {
+                (RequestChecksumCalculation::WhenSupported, ResponseChecksumValidation::WhenSupported)
+            }
         };
         let mut b = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(cfg.force_path_style)
             .request_checksum_calculation(req)
             .response_checksum_validation(resp)
-            .retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts).with_initial_backoff(Duration::from_millis(200)))
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(cfg.max_attempts)
+                    .with_initial_backoff(Duration::from_millis(200)),
+            )
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(10))
@@ -203,23 +214,25 @@ impl Store for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        let out = self.client.get_object().bucket(&self.bucket).key(self.full(key)).send().await.map_err(|e| {
-            match classify(&self.place, "GetObject", e) {
-                StoreError::NotFound { .. } => StoreError::NotFound { key: key.into() },
-                other => other,
-            }
-        })?;
+        let out =
+            self.client.get_object().bucket(&self.bucket).key(self.full(key)).send().await.map_err(
+                |e| match classify(&self.place, "GetObject", e) {
+                    StoreError::NotFound { .. } => StoreError::NotFound { key: key.into() },
+                    other => other,
+                },
+            )?;
         let data = out.body.collect().await.map_err(|e| StoreError::Unavailable(format!("GetObject body: {e}")))?;
         Ok(data.into_bytes())
     }
 
     async fn open(&self, key: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>, StoreError> {
-        let out = self.client.get_object().bucket(&self.bucket).key(self.full(key)).send().await.map_err(|e| {
-            match classify(&self.place, "GetObject", e) {
-                StoreError::NotFound { .. } => StoreError::NotFound { key: key.into() },
-                other => other,
-            }
-        })?;
+        let out =
+            self.client.get_object().bucket(&self.bucket).key(self.full(key)).send().await.map_err(
+                |e| match classify(&self.place, "GetObject", e) {
+                    StoreError::NotFound { .. } => StoreError::NotFound { key: key.into() },
+                    other => other,
+                },
+            )?;
         Ok(Box::new(out.body.into_async_read()))
     }
 
@@ -233,7 +246,8 @@ impl Store for S3Store {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let mut out = Vec::new();
-        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(self.full(prefix)).into_paginator().send();
+        let mut pages =
+            self.client.list_objects_v2().bucket(&self.bucket).prefix(self.full(prefix)).into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| classify(&self.place, "ListObjectsV2", e))?;
             for obj in page.contents() {
@@ -246,7 +260,13 @@ impl Store for S3Store {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.client.delete_object().bucket(&self.bucket).key(self.full(key)).send().await.map_err(|e| classify(&self.place, "DeleteObject", e))?;
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .send()
+            .await
+            .map_err(|e| classify(&self.place, "DeleteObject", e))?;
         Ok(())
     }
 
@@ -328,7 +348,8 @@ impl S3Upload {
             .send()
             .await
             .map_err(|e| classify(&self.place, "CreateMultipartUpload", e))?;
-        let id = out.upload_id().ok_or_else(|| StoreError::Failed("CreateMultipartUpload returned no upload id".into()))?;
+        let id =
+            out.upload_id().ok_or_else(|| StoreError::Failed("CreateMultipartUpload returned no upload id".into()))?;
         self.upload_id = Some(id.to_string());
         Ok(id.to_string())
     }
@@ -351,7 +372,8 @@ impl S3Upload {
         // Waiting here is the backpressure that bounds memory.
         let permit = self.permits.clone().acquire_owned().await.expect("semaphore never closed");
         self.next_part += 1;
-        let (client, bucket, key, place) = (self.client.clone(), self.bucket.clone(), self.key.clone(), self.place.clone());
+        let (client, bucket, key, place) =
+            (self.client.clone(), self.bucket.clone(), self.key.clone(), self.place.clone());
         self.tasks.spawn(async move {
             let _permit = permit;
             let out = client
@@ -405,7 +427,9 @@ impl S3Upload {
             .bucket(&self.bucket)
             .key(&self.key)
             .upload_id(id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(std::mem::take(&mut self.parts))).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder().set_parts(Some(std::mem::take(&mut self.parts))).build(),
+            )
             .send()
             .await
             .map_err(|e| classify(&self.place, "CompleteMultipartUpload", e))?;
@@ -416,7 +440,8 @@ impl S3Upload {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         if let Some(id) = self.upload_id.take() {
-            let res = self.client.abort_multipart_upload().bucket(&self.bucket).key(&self.key).upload_id(&id).send().await;
+            let res =
+                self.client.abort_multipart_upload().bucket(&self.bucket).key(&self.key).upload_id(&id).send().await;
             match res {
                 Ok(_) => tracing::info!(key = %self.key, "Aborted the multipart upload."),
                 Err(e) => tracing::warn!(

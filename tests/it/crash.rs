@@ -25,8 +25,7 @@ use std::time::{Duration, Instant};
 const PASSWORD: &str = "crash-test-pw";
 const BUCKET: &str = "snaps";
 /// A policy that keeps only what is always kept: the newest snapshot.
-const KEEP_NOTHING: &str =
-    "retention = { keep_last = 0, keep_daily = 0, keep_weekly = 0, keep_monthly = 0 }";
+const KEEP_NOTHING: &str = "retention = { keep_last = 0, keep_daily = 0, keep_weekly = 0, keep_monthly = 0 }";
 /// How long pg_dump runs per step while we wait for the wanted state.
 const SLICE: Duration = Duration::from_millis(50);
 
@@ -68,9 +67,7 @@ fn id_in_key(key: &str) -> String {
 fn uploads_with_parts(s3: &S3Server) -> Vec<(String, String)> {
     s3.list_multipart_uploads(BUCKET)
         .into_iter()
-        .filter(|(key, id)| {
-            key.starts_with("pgrehearse/app/") && !s3.list_parts(BUCKET, key, id).is_empty()
-        })
+        .filter(|(key, id)| key.starts_with("pgrehearse/app/") && !s3.list_parts(BUCKET, key, id).is_empty())
         .collect()
 }
 
@@ -105,10 +102,7 @@ fn partials(store: &Path) -> Vec<(PathBuf, u64)> {
 }
 
 fn manifests(store: &Path) -> Vec<PathBuf> {
-    files_under(store)
-        .into_iter()
-        .filter(|p| p.file_name().is_some_and(|n| n == "manifest.json"))
-        .collect()
+    files_under(store).into_iter().filter(|p| p.file_name().is_some_and(|n| n == "manifest.json")).collect()
 }
 
 /// Kills pg_dump left behind by a killed pgrehearse and waits until it is
@@ -116,12 +110,9 @@ fn manifests(store: &Path) -> Vec<PathBuf> {
 fn kill_orphan(pid: u32) {
     // If it already died with its parent, there is nothing to kill.
     try_signal(pid, libc::SIGKILL);
-    wait_for(
-        "the orphaned pg_dump to die",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || matches!(state(pid), None | Some('Z' | 'X')).then_some(()),
-    );
+    wait_for("the orphaned pg_dump to die", Duration::from_secs(10), Duration::from_millis(20), || {
+        matches!(state(pid), None | Some('Z' | 'X')).then_some(())
+    });
 }
 
 /// `prune` (or `--dry-run`) refuses with exit 75 because the run `id` is the
@@ -132,10 +123,7 @@ fn prune_refused(pgr: &Pgr, args: &[&str], id: &str) -> String {
     let v = r.json();
     assert_eq!(v["ok"], false, "prune --json after a failed run: {v}");
     let msg = v["error"].as_str().unwrap_or_default().to_string();
-    assert!(
-        msg.contains(id),
-        "the refusal does not name the failed run {id}: {msg}"
-    );
+    assert!(msg.contains(id), "the refusal does not name the failed run {id}: {msg}");
     msg
 }
 
@@ -161,9 +149,7 @@ fn sigkill_mid_upload_s3_reaped_swept_and_prune_refuses() {
     data::create_blob_table(&c, "app", "app", 40);
     let mut bg = pgr.spawn(&["snapshot"]);
     let dump = stopped_pg_dump(&mut bg);
-    step_until(&bg, dump, SLICE, "a multipart upload with a part", || {
-        !uploads_with_parts(&s3).is_empty()
-    });
+    step_until(&bg, dump, SLICE, "a multipart upload with a part", || !uploads_with_parts(&s3).is_empty());
     signal(bg.pid(), libc::SIGKILL);
     // Reaped here, so its pid is really gone for the next start's reaper.
     let run = bg.wait(Duration::from_secs(10));
@@ -171,17 +157,9 @@ fn sigkill_mid_upload_s3_reaped_swept_and_prune_refuses() {
     kill_orphan(dump);
 
     let uploads = s3.list_multipart_uploads(BUCKET);
-    assert_eq!(
-        uploads.len(),
-        1,
-        "after SIGKILL exactly the crashed run's upload should be open: {uploads:?}"
-    );
+    assert_eq!(uploads.len(), 1, "after SIGKILL exactly the crashed run's upload should be open: {uploads:?}");
     let crashed = id_in_key(&uploads[0].0);
-    assert!(
-        !crashed.is_empty() && crashed != first && crashed != second,
-        "unexpected upload key {}",
-        uploads[0].0
-    );
+    assert!(!crashed.is_empty() && crashed != first && crashed != second, "unexpected upload key {}", uploads[0].0);
     let objects = s3.list_objects(BUCKET, "pgrehearse/");
     assert!(
         !objects.iter().any(|(k, _)| k.contains(&crashed)),
@@ -189,16 +167,8 @@ fn sigkill_mid_upload_s3_reaped_swept_and_prune_refuses() {
     );
 
     // The next start: reaper marks the run failed, sweeper aborts its upload.
-    assert_eq!(
-        listed_ids(&pgr),
-        vec![second.clone(), first.clone()],
-        "snapshots after the crash"
-    );
-    assert_eq!(
-        s3.list_multipart_uploads(BUCKET),
-        vec![],
-        "the start-up sweeper left the dead run's upload open"
-    );
+    assert_eq!(listed_ids(&pgr), vec![second.clone(), first.clone()], "snapshots after the crash");
+    assert_eq!(s3.list_multipart_uploads(BUCKET), vec![], "the start-up sweeper left the dead run's upload open");
 
     // The latest run failed: prune refuses and deletes nothing.
     let msg = prune_refused(&pgr, &["prune"], &crashed);
@@ -221,9 +191,7 @@ fn sigkill_mid_write_local_partial_removed_at_next_start() {
 
     let mut bg = pgr.spawn(&["snapshot"]);
     let dump = stopped_pg_dump(&mut bg);
-    step_until(&bg, dump, SLICE, "a .partial file with data", || {
-        partials(&store).iter().any(|(_, len)| *len > 0)
-    });
+    step_until(&bg, dump, SLICE, "a .partial file with data", || partials(&store).iter().any(|(_, len)| *len > 0));
     signal(bg.pid(), libc::SIGKILL);
     let run = bg.wait(Duration::from_secs(10));
     assert_ne!(run.code, 0, "pgrehearse survived SIGKILL?\n{}", run.stderr);
@@ -239,28 +207,12 @@ fn sigkill_mid_write_local_partial_removed_at_next_start() {
         .and_then(|p| p.components().next())
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .expect("partial file under <store>/app/<id>/");
-    assert_eq!(
-        manifests(&store),
-        Vec::<PathBuf>::new(),
-        "manifest after a crash"
-    );
+    assert_eq!(manifests(&store), Vec::<PathBuf>::new(), "manifest after a crash");
 
     // The next start removes it; the run is recorded as failed.
-    assert_eq!(
-        listed_ids(&pgr),
-        Vec::<String>::new(),
-        "snapshots after the crash"
-    );
-    assert_eq!(
-        partials(&store),
-        vec![],
-        "the start-up sweeper left the dead run's .partial file"
-    );
-    assert_eq!(
-        manifests(&store),
-        Vec::<PathBuf>::new(),
-        "manifest after a crash"
-    );
+    assert_eq!(listed_ids(&pgr), Vec::<String>::new(), "snapshots after the crash");
+    assert_eq!(partials(&store), vec![], "the start-up sweeper left the dead run's .partial file");
+    assert_eq!(manifests(&store), Vec::<PathBuf>::new(), "manifest after a crash");
     prune_refused(&pgr, &["prune", "--dry-run"], &crashed);
 }
 
@@ -274,9 +226,7 @@ fn sigterm_mid_upload_aborts_cleanly() {
 
     let mut bg = pgr.spawn(&["snapshot"]);
     let dump = stopped_pg_dump(&mut bg);
-    step_until(&bg, dump, SLICE, "a multipart upload with a part", || {
-        !uploads_with_parts(&s3).is_empty()
-    });
+    step_until(&bg, dump, SLICE, "a multipart upload with a part", || !uploads_with_parts(&s3).is_empty());
     let crashed = id_in_key(&uploads_with_parts(&s3)[0].0);
     // pg_dump stays frozen: pgrehearse must stop it by itself.
     let t0 = Instant::now();
@@ -286,34 +236,18 @@ fn sigterm_mid_upload_aborts_cleanly() {
     eprintln!("exit {} after {took:?}; stderr:\n{}", run.code, run.stderr);
 
     run.expect_code(1);
+    assert!(took < Duration::from_secs(5), "pgrehearse took {took:?} to stop after SIGTERM");
     assert!(
-        took < Duration::from_secs(5),
-        "pgrehearse took {took:?} to stop after SIGTERM"
-    );
-    assert!(
-        final_error(&run.stderr)
-            .to_lowercase()
-            .contains("interrupted"),
+        final_error(&run.stderr).to_lowercase().contains("interrupted"),
         "the error does not say the snapshot was interrupted:\n{}",
         run.stderr
     );
     // Killed and reaped by pgrehearse (not left stopped, nor a zombie).
-    assert_eq!(
-        state(dump),
-        None,
-        "pg_dump {dump} is still there after pgrehearse exited"
-    );
+    assert_eq!(state(dump), None, "pg_dump {dump} is still there after pgrehearse exited");
     // Cleaned up by the process itself, before any later start.
-    assert_eq!(
-        s3.list_multipart_uploads(BUCKET),
-        vec![],
-        "the interrupted run left its multipart upload open"
-    );
+    assert_eq!(s3.list_multipart_uploads(BUCKET), vec![], "the interrupted run left its multipart upload open");
     let objects = s3.list_objects(BUCKET, "pgrehearse/");
-    assert!(
-        objects.is_empty(),
-        "objects left by an interrupted snapshot: {objects:?}"
-    );
+    assert!(objects.is_empty(), "objects left by an interrupted snapshot: {objects:?}");
     assert_eq!(listed_ids(&pgr), Vec::<String>::new());
     // Recorded as failed.
     prune_refused(&pgr, &["prune", "--dry-run"], &crashed);
@@ -328,9 +262,7 @@ fn second_snapshot_of_same_target_refused_while_first_runs() {
 
     let mut first = pgr.spawn(&["--json", "snapshot"]);
     let dump = stopped_pg_dump(&mut first);
-    step_until(&first, dump, SLICE, "a .partial file with data", || {
-        partials(&store).iter().any(|(_, len)| *len > 0)
-    });
+    step_until(&first, dump, SLICE, "a .partial file with data", || partials(&store).iter().any(|(_, len)| *len > 0));
     let partial = partials(&store);
 
     let second = pgr.run_json(&["snapshot"]);
@@ -345,19 +277,12 @@ fn second_snapshot_of_same_target_refused_while_first_runs() {
     assert_eq!(second.json()["exit_code"], 75, "--json error document");
     // The second run's start-up sweeper must leave the live run's file alone.
     assert_eq!(
-        partials(&store)
-            .into_iter()
-            .map(|p| p.0)
-            .collect::<Vec<_>>(),
+        partials(&store).into_iter().map(|p| p.0).collect::<Vec<_>>(),
         partial.into_iter().map(|p| p.0).collect::<Vec<_>>(),
         "the running snapshot's .partial file was touched"
     );
 
-    assert!(
-        try_signal(dump, libc::SIGCONT),
-        "pg_dump {dump} vanished while stopped:\n{}",
-        first.stderr_so_far()
-    );
+    assert!(try_signal(dump, libc::SIGCONT), "pg_dump {dump} vanished while stopped:\n{}", first.stderr_so_far());
     let run = first.wait(Duration::from_secs(60));
     run.ok();
     let id = run.json()["id"].as_str().expect("id").to_string();

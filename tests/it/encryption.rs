@@ -38,13 +38,7 @@ fn encrypted_snapshot_round_trip_and_wrong_identity() {
     let (wrong_key, _) = age_key(pgr.dir(), "other-key.txt");
     pgr.write_config(&format!(
         "{}{}",
-        local_store_toml(
-            &pgr,
-            &format!(
-                "encrypt_to = [\"{recipient}\"]\nidentity_file = \"{}\"",
-                key.display()
-            )
-        ),
+        local_store_toml(&pgr, &format!("encrypt_to = [\"{recipient}\"]\nidentity_file = \"{}\"", key.display())),
         target_toml("app", &c.url("app", "app", PASSWORD), "")
     ));
     let run = pgr.run_json(&["snapshot"]);
@@ -53,21 +47,14 @@ fn encrypted_snapshot_round_trip_and_wrong_identity() {
     let id = reported["id"].as_str().expect("id");
     let snap_dir = local_store_path(&pgr).join("app").join(id);
     let stored = snap_dir.join("dump.pgdump.zst.age");
-    assert_eq!(
-        PathBuf::from(reported["key"].as_str().expect("key")),
-        stored
-    );
-    assert!(
-        !snap_dir.join("dump.pgdump.zst").exists(),
-        "an unencrypted dump was stored too"
-    );
+    assert_eq!(PathBuf::from(reported["key"].as_str().expect("key")), stored);
+    assert!(!snap_dir.join("dump.pgdump.zst").exists(), "an unencrypted dump was stored too");
 
     // Stored bytes: an age file, not a dump, and what the manifest says.
     assert_eq!(file_head(&stored, 21), b"age-encryption.org/v1");
     let sha = sha256_file(&stored);
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(snap_dir.join("manifest.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(snap_dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["sha256"].as_str(), Some(sha.as_str()));
     assert_eq!(reported["sha256"].as_str(), Some(sha.as_str()));
     assert!(
@@ -77,45 +64,25 @@ fn encrypted_snapshot_round_trip_and_wrong_identity() {
     );
     let tmp = tempfile::tempdir().unwrap();
     assert!(
-        !output(Command::new("zstd").args(["-q", "-d", "-c"]).arg(&stored))
-            .status
-            .success(),
+        !output(Command::new("zstd").args(["-q", "-d", "-c"]).arg(&stored)).status.success(),
         "zstd -d decoded an encrypted object"
     );
     assert!(
-        !output(Command::new("pg_restore").arg("-l").arg(&stored))
-            .status
-            .success(),
+        !output(Command::new("pg_restore").arg("-l").arg(&stored)).status.success(),
         "pg_restore -l read an encrypted object"
     );
 
     // download with the configured identity: the plain archive.
     let plain = tmp.path().join("plain.pgdump");
-    pgr.run(&["download", id, "-o", plain.to_str().unwrap()])
-        .ok();
+    pgr.run(&["download", id, "-o", plain.to_str().unwrap()]).ok();
     assert_eq!(file_head(&plain, 5), b"PGDMP");
     // The age CLI agrees on the content.
     let by_age = tmp.path().join("by-age.zst");
-    run_ok(
-        Command::new("age")
-            .arg("-d")
-            .arg("-i")
-            .arg(&key)
-            .arg("-o")
-            .arg(&by_age)
-            .arg(&stored),
-    );
+    run_ok(Command::new("age").arg("-d").arg("-i").arg(&key).arg("-o").arg(&by_age).arg(&stored));
     let by_age_plain = tmp.path().join("by-age.pgdump");
     crate::harness::zstd_decompress(&by_age, &by_age_plain);
-    assert_eq!(
-        sha256_file(&plain),
-        sha256_file(&by_age_plain),
-        "download != age -d | zstd -d"
-    );
-    assert_eq!(
-        reported["bytes_raw"].as_u64(),
-        Some(std::fs::metadata(&plain).unwrap().len())
-    );
+    assert_eq!(sha256_file(&plain), sha256_file(&by_age_plain), "download != age -d | zstd -d");
+    assert_eq!(reported["bytes_raw"].as_u64(), Some(std::fs::metadata(&plain).unwrap().len()));
 
     data::restore_archive(&c, &plain, "restored");
     data::assert_same_database(&c, "app", "restored");
@@ -123,29 +90,15 @@ fn encrypted_snapshot_round_trip_and_wrong_identity() {
 
     // A wrong identity is refused and leaves no file behind.
     let refused = tmp.path().join("refused.pgdump");
-    let r = pgr.run(&[
-        "download",
-        id,
-        "-o",
-        refused.to_str().unwrap(),
-        "--identity",
-        wrong_key.to_str().unwrap(),
-    ]);
-    assert_ne!(
-        r.code, 0,
-        "download with a wrong identity succeeded:\n{}",
-        r.stderr
-    );
+    let r = pgr.run(&["download", id, "-o", refused.to_str().unwrap(), "--identity", wrong_key.to_str().unwrap()]);
+    assert_ne!(r.code, 0, "download with a wrong identity succeeded:\n{}", r.stderr);
     let msg = r.stderr.to_lowercase();
     assert!(
         msg.contains("identity") || msg.contains("decrypt"),
         "the refusal does not say what went wrong:\n{}",
         r.stderr
     );
-    assert!(
-        !refused.exists(),
-        "a file was created despite the wrong identity"
-    );
+    assert!(!refused.exists(), "a file was created despite the wrong identity");
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
         .flatten()

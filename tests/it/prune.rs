@@ -14,8 +14,7 @@ use serde_json::Value;
 use std::path::Path;
 
 const PASSWORD: &str = "prune-test-pw";
-const RETENTION: &str =
-    "retention = { keep_last = 2, keep_daily = 3, keep_weekly = 2, keep_monthly = 2 }";
+const RETENTION: &str = "retention = { keep_last = 2, keep_daily = 3, keep_weekly = 2, keep_monthly = 2 }";
 
 /// (name, started_at), newest first. Comments say which rule keeps it.
 /// 2024-06-17 is a Monday: ISO week 25 is 06-17..06-23, week 24 06-10..06-16.
@@ -37,10 +36,7 @@ const HISTORY: &[(&str, &str, bool)] = &[
 
 /// A snapshot id in pgrehearse's format (`20240620T150000Z-xxxx`) for a time.
 fn id_for(started_at: &str, n: usize) -> String {
-    let compact: String = started_at
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect();
+    let compact: String = started_at.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     format!("{compact}-{:04x}", 0xa000 + n)
 }
 
@@ -95,13 +91,7 @@ fn prune_keeps_exactly_the_policy_and_refuses_after_failure() {
     c.create_app_db("app", "app", PASSWORD);
     data::create_rich_schema(&c, "app", "app", 50);
     let pgr = Pgr::new();
-    let config = |live_url: &str| {
-        format!(
-            "{}{}",
-            local_store_toml(&pgr, ""),
-            target_toml("app", live_url, RETENTION)
-        )
-    };
+    let config = |live_url: &str| format!("{}{}", local_store_toml(&pgr, ""), target_toml("app", live_url, RETENTION));
     pgr.write_config(&config(&c.url("app", "app", PASSWORD)));
     let run = pgr.run_json(&["snapshot"]);
     run.ok();
@@ -109,11 +99,8 @@ fn prune_keeps_exactly_the_policy_and_refuses_after_failure() {
 
     // Replace the real snapshot by a synthetic history of clones.
     let target_dir = local_store_path(&pgr).join("app");
-    let history: Vec<(String, &str, bool)> = HISTORY
-        .iter()
-        .enumerate()
-        .map(|(n, (_, at, keep))| (id_for(at, n), *at, *keep))
-        .collect();
+    let history: Vec<(String, &str, bool)> =
+        HISTORY.iter().enumerate().map(|(n, (_, at, keep))| (id_for(at, n), *at, *keep)).collect();
     for (id, at, _) in &history {
         clone_snapshot(&target_dir, &real_id, id, at);
     }
@@ -123,31 +110,16 @@ fn prune_keeps_exactly_the_policy_and_refuses_after_failure() {
         v.sort();
         v
     };
-    let expect_kept: Vec<String> = all
-        .iter()
-        .filter(|id| history.iter().any(|h| &h.0 == *id && h.2))
-        .cloned()
-        .collect();
-    let expect_deleted: Vec<String> = all
-        .iter()
-        .filter(|id| !expect_kept.contains(id))
-        .cloned()
-        .collect();
+    let expect_kept: Vec<String> =
+        all.iter().filter(|id| history.iter().any(|h| &h.0 == *id && h.2)).cloned().collect();
+    let expect_deleted: Vec<String> = all.iter().filter(|id| !expect_kept.contains(id)).cloned().collect();
 
     let listed = pgr.run_json(&["snapshots"]);
     listed.ok();
-    let listed: Vec<String> = listed
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect();
+    let listed: Vec<String> =
+        listed.json().as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect();
     let newest_first: Vec<String> = history.iter().map(|h| h.0.clone()).collect();
-    assert_eq!(
-        listed, newest_first,
-        "snapshots --json does not list the history newest first"
-    );
+    assert_eq!(listed, newest_first, "snapshots --json does not list the history newest first");
 
     let dry = pgr.run_json(&["prune", "--dry-run"]);
     dry.ok();
@@ -161,39 +133,21 @@ fn prune_keeps_exactly_the_policy_and_refuses_after_failure() {
     let real = real.json();
     assert_eq!(ids(&real, "kept"), expect_kept, "prune kept");
     assert_eq!(ids(&real, "deleted"), expect_deleted, "prune deleted");
-    assert_eq!(
-        on_disk(&target_dir),
-        expect_kept,
-        "store content after prune"
-    );
+    assert_eq!(on_disk(&target_dir), expect_kept, "store content after prune");
     for id in &expect_deleted {
-        assert!(
-            !target_dir.join(id).exists(),
-            "{id} still has a directory after prune"
-        );
+        assert!(!target_dir.join(id).exists(), "{id} still has a directory after prune");
     }
 
     // Older snapshots that the policy would delete, then a failing run:
     // prune must refuse and leave everything in place.
-    for (n, at) in ["2023-01-10T03:00:00Z", "2023-02-10T03:00:00Z"]
-        .iter()
-        .enumerate()
-    {
+    for (n, at) in ["2023-01-10T03:00:00Z", "2023-02-10T03:00:00Z"].iter().enumerate() {
         clone_snapshot(&target_dir, &expect_kept[0], &id_for(at, 100 + n), at);
     }
     let before = on_disk(&target_dir);
     pgr.write_config(&config(&c.url("no_such_db", "app", PASSWORD)));
     let failed = pgr.run(&["snapshot"]);
-    assert_ne!(
-        failed.code, 0,
-        "a snapshot of a missing database succeeded:\n{}",
-        failed.stderr
-    );
+    assert_ne!(failed.code, 0, "a snapshot of a missing database succeeded:\n{}", failed.stderr);
     let refused = pgr.run_json(&["prune"]);
     refused.expect_code(75);
-    assert_eq!(
-        on_disk(&target_dir),
-        before,
-        "prune deleted snapshots after a failed run"
-    );
+    assert_eq!(on_disk(&target_dir), before, "prune deleted snapshots after a failed run");
 }

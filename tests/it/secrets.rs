@@ -54,46 +54,26 @@ fn password_never_in_argv_or_logs() {
         run
     });
     run.ok();
-    assert!(
-        saw_pg_dump.load(Ordering::SeqCst),
-        "never saw pg_dump running: the scan proved nothing"
-    );
+    assert!(saw_pg_dump.load(Ordering::SeqCst), "never saw pg_dump running: the scan proved nothing");
     let leaks = leaks.into_inner().unwrap();
     assert!(leaks.is_empty(), "password on a command line: {leaks:?}");
-    assert!(
-        run.stderr.contains("DEBUG"),
-        "RUST_LOG=debug produced no debug logs:\n{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("DEBUG"), "RUST_LOG=debug produced no debug logs:\n{}", run.stderr);
     for n in &needles {
-        assert!(
-            !run.stdout.contains(n.as_str()),
-            "password in stdout:\n{}",
-            run.stdout
-        );
-        assert!(
-            !run.stderr.contains(n.as_str()),
-            "password in logs:\n{}",
-            run.stderr
-        );
+        assert!(!run.stdout.contains(n.as_str()), "password in stdout:\n{}", run.stdout);
+        assert!(!run.stderr.contains(n.as_str()), "password in logs:\n{}", run.stderr);
     }
 
     // Nor in anything it wrote: state, manifest, dump metadata.
     for f in files_under(pgr.dir()) {
         // The dump itself holds table data, not connection settings; it is
         // big and compressed, so scanning it proves little and costs much.
-        let is_dump = f
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("dump.pgdump"));
+        let is_dump = f.file_name().is_some_and(|n| n.to_string_lossy().starts_with("dump.pgdump"));
         if f == url_file || f == pgr.config_path() || is_dump {
             continue;
         }
         let bytes = std::fs::read(&f).unwrap();
         for n in &needles {
-            assert!(
-                !bytes.windows(n.len()).any(|w| w == n.as_bytes()),
-                "password written to {f:?}"
-            );
+            assert!(!bytes.windows(n.len()).any(|w| w == n.as_bytes()), "password written to {f:?}");
         }
     }
 }

@@ -13,13 +13,7 @@ fn cluster_starts_and_enforces_passwords() {
     c.create_app_db("app", "app", "right pw");
     data::create_rich_schema(&c, "app", "app", 10);
     assert_eq!(c.psql("app", "SELECT count(*) FROM customers"), "10");
-    assert_eq!(
-        c.psql(
-            "app",
-            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'"
-        ),
-        "app"
-    );
+    assert_eq!(c.psql("app", "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'"), "app");
 
     // The app role really needs its password: right one works, wrong one and
     // none are refused.
@@ -31,11 +25,7 @@ fn cluster_starts_and_enforces_passwords() {
         output(&mut cmd)
     };
     let ok = try_login(Some("right pw"));
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "app");
     assert!(!try_login(Some("wrong")).status.success());
     assert!(!try_login(None).status.success());
@@ -51,21 +41,8 @@ fn moto_and_aws_cli_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("obj");
     std::fs::write(&src, b"hello moto").unwrap();
-    crate::harness::run_ok(
-        s3.aws(&[
-            "put-object",
-            "--bucket",
-            "smoke",
-            "--key",
-            "a/b.txt",
-            "--body",
-        ])
-        .arg(&src),
-    );
-    assert_eq!(
-        s3.list_objects("smoke", "a/"),
-        vec![("a/b.txt".to_string(), 10)]
-    );
+    crate::harness::run_ok(s3.aws(&["put-object", "--bucket", "smoke", "--key", "a/b.txt", "--body"]).arg(&src));
+    assert_eq!(s3.list_objects("smoke", "a/"), vec![("a/b.txt".to_string(), 10)]);
     let dst = dir.path().join("back");
     s3.download("smoke", "a/b.txt", &dst);
     assert_eq!(std::fs::read(&dst).unwrap(), b"hello moto");
@@ -78,8 +55,7 @@ fn proxy_forwards_and_cuts() {
     let proxy = Proxy::start(s3.addr());
     let through = |endpoint: &str| {
         let mut cmd = s3.aws_at(endpoint, &["list-buckets"]);
-        cmd.env("AWS_MAX_ATTEMPTS", "1")
-            .env("AWS_RETRY_MODE", "standard");
+        cmd.env("AWS_MAX_ATTEMPTS", "1").env("AWS_RETRY_MODE", "standard");
         output(&mut cmd).status.success()
     };
     assert!(through(&proxy.endpoint()), "proxy does not forward");

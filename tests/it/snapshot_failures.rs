@@ -7,11 +7,9 @@
 //! SIGSTOP and lets it run in short steps until the wanted state is visible
 //! (a part uploaded, bytes written); only then does it inject the fault.
 
-use crate::harness::cli::{
-    Pgr, local_store_path, local_store_toml, s3_store_toml, target_toml,
-};
-use crate::harness::pg::Cluster;
+use crate::harness::cli::{Pgr, local_store_path, local_store_toml, s3_store_toml, target_toml};
 use crate::harness::dump::{final_error, step_until, stopped_pg_dump};
+use crate::harness::pg::Cluster;
 use crate::harness::proc::{bytes_written, try_signal};
 use crate::harness::proxy::Proxy;
 use crate::harness::s3::S3Server;
@@ -34,18 +32,15 @@ fn big_database(mb: u32) -> Cluster {
 
 /// Whether a multipart upload under our prefix has at least one part.
 fn has_uploaded_part(s3: &S3Server, bucket: &str) -> bool {
-    s3.list_multipart_uploads(bucket).iter().any(|(key, id)| {
-        key.starts_with("pgrehearse/app/") && !s3.list_parts(bucket, key, id).is_empty()
-    })
+    s3.list_multipart_uploads(bucket)
+        .iter()
+        .any(|(key, id)| key.starts_with("pgrehearse/app/") && !s3.list_parts(bucket, key, id).is_empty())
 }
 
 fn snapshots_listed(pgr: &Pgr) -> Vec<serde_json::Value> {
     let r = pgr.run_json(&["snapshots"]);
     r.ok();
-    r.json()
-        .as_array()
-        .cloned()
-        .expect("snapshots --json is an array")
+    r.json().as_array().cloned().expect("snapshots --json is an array")
 }
 
 #[test]
@@ -61,9 +56,7 @@ fn pg_dump_killed_mid_stream_s3() {
     ));
     let mut bg = pgr.spawn(&["snapshot"]);
     let dump = stopped_pg_dump(&mut bg);
-    step_until(&bg, dump, SLICE, "a multipart upload with a part", || {
-        has_uploaded_part(&s3, "snaps")
-    });
+    step_until(&bg, dump, SLICE, "a multipart upload with a part", || has_uploaded_part(&s3, "snaps"));
     assert!(
         try_signal(dump, libc::SIGKILL),
         "pg_dump {dump} vanished while stopped; pgrehearse stderr:\n{}",
@@ -72,35 +65,16 @@ fn pg_dump_killed_mid_stream_s3() {
     let run = bg.wait(Duration::from_secs(120));
     eprintln!("snapshot exit {}; stderr:\n{}", run.code, run.stderr);
 
-    assert_ne!(
-        run.code, 0,
-        "snapshot succeeded although pg_dump was killed:\n{}",
-        run.stderr
-    );
-    assert!(
-        final_error(&run.stderr).contains("pg_dump"),
-        "the error does not name pg_dump:\n{}",
-        run.stderr
-    );
+    assert_ne!(run.code, 0, "snapshot succeeded although pg_dump was killed:\n{}", run.stderr);
+    assert!(final_error(&run.stderr).contains("pg_dump"), "the error does not name pg_dump:\n{}", run.stderr);
     let objects = s3.list_objects("snaps", "pgrehearse/");
     assert!(
         !objects.iter().any(|(k, _)| k.ends_with("manifest.json")),
         "a manifest exists for a failed snapshot: {objects:?}"
     );
-    assert!(
-        objects.is_empty(),
-        "objects left behind by a failed snapshot: {objects:?}"
-    );
-    assert_eq!(
-        s3.list_multipart_uploads("snaps"),
-        vec![],
-        "the multipart upload was not aborted"
-    );
-    assert_eq!(
-        snapshots_listed(&pgr),
-        Vec::<serde_json::Value>::new(),
-        "a failed snapshot is listed"
-    );
+    assert!(objects.is_empty(), "objects left behind by a failed snapshot: {objects:?}");
+    assert_eq!(s3.list_multipart_uploads("snaps"), vec![], "the multipart upload was not aborted");
+    assert_eq!(snapshots_listed(&pgr), Vec::<serde_json::Value>::new(), "a failed snapshot is listed");
 }
 
 #[test]
@@ -114,9 +88,7 @@ fn pg_dump_killed_mid_stream_local() {
     ));
     let mut bg = pgr.spawn(&["snapshot"]);
     let dump = stopped_pg_dump(&mut bg);
-    step_until(&bg, dump, SLICE, "pg_dump to write 32 MB", || {
-        bytes_written(dump).unwrap_or(0) >= 32 << 20
-    });
+    step_until(&bg, dump, SLICE, "pg_dump to write 32 MB", || bytes_written(dump).unwrap_or(0) >= 32 << 20);
     assert!(
         try_signal(dump, libc::SIGKILL),
         "pg_dump {dump} vanished while stopped; pgrehearse stderr:\n{}",
@@ -125,26 +97,11 @@ fn pg_dump_killed_mid_stream_local() {
     let run = bg.wait(Duration::from_secs(120));
     eprintln!("snapshot exit {}; stderr:\n{}", run.code, run.stderr);
 
-    assert_ne!(
-        run.code, 0,
-        "snapshot succeeded although pg_dump was killed:\n{}",
-        run.stderr
-    );
-    assert!(
-        final_error(&run.stderr).contains("pg_dump"),
-        "the error does not name pg_dump:\n{}",
-        run.stderr
-    );
+    assert_ne!(run.code, 0, "snapshot succeeded although pg_dump was killed:\n{}", run.stderr);
+    assert!(final_error(&run.stderr).contains("pg_dump"), "the error does not name pg_dump:\n{}", run.stderr);
     let left = files_under(&local_store_path(&pgr));
-    assert!(
-        left.is_empty(),
-        "files left in the local store by a failed snapshot: {left:?}"
-    );
-    assert_eq!(
-        snapshots_listed(&pgr),
-        Vec::<serde_json::Value>::new(),
-        "a failed snapshot is listed"
-    );
+    assert!(left.is_empty(), "files left in the local store by a failed snapshot: {left:?}");
+    assert_eq!(snapshots_listed(&pgr), Vec::<serde_json::Value>::new(), "a failed snapshot is listed");
 }
 
 #[test]
@@ -161,9 +118,7 @@ fn s3_down_mid_upload_then_sweeper_aborts() {
     ));
     let mut bg = pgr.spawn(&["snapshot"]);
     let dump = stopped_pg_dump(&mut bg);
-    step_until(&bg, dump, SLICE, "a multipart upload with a part", || {
-        has_uploaded_part(&s3, "snaps")
-    });
+    step_until(&bg, dump, SLICE, "a multipart upload with a part", || has_uploaded_part(&s3, "snaps"));
     proxy.set_down(true);
     assert!(
         try_signal(dump, libc::SIGCONT),
@@ -173,18 +128,10 @@ fn s3_down_mid_upload_then_sweeper_aborts() {
     let run = bg.wait(Duration::from_secs(180));
     eprintln!("snapshot exit {}; stderr:\n{}", run.code, run.stderr);
 
-    assert_ne!(
-        run.code, 0,
-        "snapshot succeeded although S3 went away:\n{}",
-        run.stderr
-    );
+    assert_ne!(run.code, 0, "snapshot succeeded although S3 went away:\n{}", run.stderr);
     // The cause is the store, not pg_dump (which only lost its reader).
     let msg = final_error(&run.stderr).to_lowercase();
-    assert!(
-        msg.contains("s3"),
-        "the error does not say S3 failed:\n{}",
-        run.stderr
-    );
+    assert!(msg.contains("s3"), "the error does not say S3 failed:\n{}", run.stderr);
     let objects = s3.list_objects("snaps", "pgrehearse/");
     assert!(
         !objects.iter().any(|(k, _)| k.ends_with("manifest.json")),
@@ -192,17 +139,10 @@ fn s3_down_mid_upload_then_sweeper_aborts() {
     );
     // The server was unreachable, so the upload is necessarily still open:
     // that is what the sweeper must clean up.
-    assert!(
-        !s3.list_multipart_uploads("snaps").is_empty(),
-        "no open upload left to sweep"
-    );
+    assert!(!s3.list_multipart_uploads("snaps").is_empty(), "no open upload left to sweep");
 
     proxy.set_down(false);
     let listed = snapshots_listed(&pgr);
     assert!(listed.is_empty(), "a failed snapshot is listed: {listed:?}");
-    assert_eq!(
-        s3.list_multipart_uploads("snaps"),
-        vec![],
-        "the sweeper left the dead run's upload open"
-    );
+    assert_eq!(s3.list_multipart_uploads("snaps"), vec![], "the sweeper left the dead run's upload open");
 }

@@ -14,10 +14,7 @@ use std::time::Duration;
 const PASSWORD: &str = "local-round-trip-pw";
 
 fn read_manifest(pgr: &Pgr, target: &str, id: &str) -> Value {
-    let path = local_store_path(pgr)
-        .join(target)
-        .join(id)
-        .join("manifest.json");
+    let path = local_store_path(pgr).join(target).join(id).join("manifest.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path:?}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path:?} is not JSON ({e}): {text}"))
 }
@@ -37,26 +34,15 @@ fn round_trip_local() {
     run.ok();
     let reported = run.json();
     let id = reported["id"].as_str().expect("id");
-    let expected = local_store_path(&pgr)
-        .join("app")
-        .join(id)
-        .join("dump.pgdump.zst");
-    assert_eq!(
-        PathBuf::from(reported["key"].as_str().expect("key")),
-        expected,
-        "key of a local snapshot"
-    );
+    let expected = local_store_path(&pgr).join("app").join(id).join("dump.pgdump.zst");
+    assert_eq!(PathBuf::from(reported["key"].as_str().expect("key")), expected, "key of a local snapshot");
     let manifest = read_manifest(&pgr, "app", id);
     verify_plain_snapshot(&c, "app", "restored", &expected, &reported, &manifest);
 
     let list = pgr.run_json(&["snapshots"]);
     list.ok();
     let list = list.json();
-    assert_eq!(
-        list.as_array().map(|a| a.len()),
-        Some(1),
-        "snapshots: {list}"
-    );
+    assert_eq!(list.as_array().map(|a| a.len()), Some(1), "snapshots: {list}");
     assert_eq!(list[0]["id"], id);
     assert_eq!(list[0]["sha256"], reported["sha256"]);
 }
@@ -93,30 +79,21 @@ fn manifest_row_counts_match_dump_under_concurrent_inserts() {
                 batches.fetch_add(1, Ordering::SeqCst);
             }
         });
-        crate::harness::wait_for(
-            "the inserter to commit",
-            Duration::from_secs(30),
-            Duration::from_millis(10),
-            || (batches.load(Ordering::SeqCst) >= 1).then_some(()),
-        );
+        crate::harness::wait_for("the inserter to commit", Duration::from_secs(30), Duration::from_millis(10), || {
+            (batches.load(Ordering::SeqCst) >= 1).then_some(())
+        });
         let run = pgr.run_json(&["snapshot"]);
         done.store(true, Ordering::SeqCst);
         run
     });
     run.ok();
     let before = batches.load(Ordering::SeqCst);
-    assert!(
-        before >= 3,
-        "only {before} insert batches ran: the test did not overlap the snapshot"
-    );
+    assert!(before >= 3, "only {before} insert batches ran: the test did not overlap the snapshot");
     let reported = run.json();
     let id = reported["id"].as_str().expect("id");
     let manifest = read_manifest(&pgr, "app", id);
 
-    let stored = local_store_path(&pgr)
-        .join("app")
-        .join(id)
-        .join("dump.pgdump.zst");
+    let stored = local_store_path(&pgr).join("app").join(id).join("dump.pgdump.zst");
     data::restore_stored_zst(&c, &stored, "restored");
     assert_manifest_counts(&c, "restored", &manifest);
 
@@ -134,13 +111,7 @@ fn manifest_row_counts_match_dump_under_concurrent_inserts() {
     // the dump's snapshot, not from a later count.
     let in_dump = counted("events");
     let live_now = data::row_count(&c, "app", "public", "events");
-    assert!(
-        in_dump > 320000,
-        "dump missed rows committed before it started: {in_dump}"
-    );
-    assert!(
-        live_now > in_dump,
-        "no insert committed after the snapshot ({live_now} live, {in_dump} dumped)"
-    );
+    assert!(in_dump > 320000, "dump missed rows committed before it started: {in_dump}");
+    assert!(live_now > in_dump, "no insert committed after the snapshot ({live_now} live, {in_dump} dumped)");
     assert_eq!(counted("quiet"), 10);
 }

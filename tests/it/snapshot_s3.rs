@@ -24,12 +24,7 @@ fn round_trip(checksums: &str) {
     let pgr = Pgr::new();
     pgr.write_config(&format!(
         "{}{}",
-        s3_store_toml(
-            &pgr,
-            &s3.endpoint(),
-            "snaps",
-            &format!("checksums = \"{checksums}\"")
-        ),
+        s3_store_toml(&pgr, &s3.endpoint(), "snaps", &format!("checksums = \"{checksums}\"")),
         target_toml("app", &c.url("app", "app", PASSWORD), "")
     ));
     let run = pgr.run_json(&["snapshot"]);
@@ -39,35 +34,15 @@ fn round_trip(checksums: &str) {
     assert_eq!(reported["target"], "app");
     let dump_key = format!("pgrehearse/app/{id}/dump.pgdump.zst");
     let manifest_key = format!("pgrehearse/app/{id}/manifest.json");
-    assert_eq!(
-        reported["key"].as_str(),
-        Some(dump_key.as_str()),
-        "key in snapshot --json"
-    );
+    assert_eq!(reported["key"].as_str(), Some(dump_key.as_str()), "key in snapshot --json");
 
-    let objects: Vec<String> = s3
-        .list_objects("snaps", "pgrehearse/")
-        .into_iter()
-        .map(|o| o.0)
-        .collect();
-    assert!(
-        objects.contains(&dump_key) && objects.contains(&manifest_key),
-        "objects: {objects:?}"
-    );
-    assert!(
-        s3.list_multipart_uploads("snaps").is_empty(),
-        "a multipart upload was left open"
-    );
+    let objects: Vec<String> = s3.list_objects("snaps", "pgrehearse/").into_iter().map(|o| o.0).collect();
+    assert!(objects.contains(&dump_key) && objects.contains(&manifest_key), "objects: {objects:?}");
+    assert!(s3.list_multipart_uploads("snaps").is_empty(), "a multipart upload was left open");
     // ~24 MB of incompressible data: the streamed multipart path (the one
     // where checksums and aws-chunked framing can corrupt data) was taken.
-    let etag = s3.head("snaps", &dump_key)["ETag"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        etag.contains('-'),
-        "the dump was not uploaded in parts (ETag {etag})"
-    );
+    let etag = s3.head("snaps", &dump_key)["ETag"].as_str().unwrap_or_default().to_string();
+    assert!(etag.contains('-'), "the dump was not uploaded in parts (ETag {etag})");
 
     let dir = tempfile::tempdir().unwrap();
     let stored = dir.path().join("dump.pgdump.zst");
@@ -87,24 +62,15 @@ fn round_trip(checksums: &str) {
         .unwrap_or_else(|| panic!("snapshot {id} not listed: {list}"));
     assert_eq!(entry["sha256"], reported["sha256"]);
     assert_eq!(entry["bytes_stored"], reported["bytes_stored"]);
-    assert!(
-        entry["verified_at"].is_null(),
-        "never verified, yet verified_at = {}",
-        entry["verified_at"]
-    );
+    assert!(entry["verified_at"].is_null(), "never verified, yet verified_at = {}", entry["verified_at"]);
 
     // `download latest` gives back the plain archive, byte for byte what
     // `zstd -d` makes of the stored object.
     let plain = dir.path().join("by-zstd.pgdump");
     zstd_decompress(&stored, &plain);
     let out = dir.path().join("downloaded.pgdump");
-    pgr.run(&["download", "latest", "-o", out.to_str().unwrap()])
-        .ok();
-    assert_eq!(
-        sha256_file(&out),
-        sha256_file(&plain),
-        "download output != zstd -d of the stored object"
-    );
+    pgr.run(&["download", "latest", "-o", out.to_str().unwrap()]).ok();
+    assert_eq!(sha256_file(&out), sha256_file(&plain), "download output != zstd -d of the stored object");
 }
 
 #[test]

@@ -39,43 +39,27 @@ fn two_targets_need_target_flag() {
         "the error does not name both targets and --target:\n{}",
         ambiguous.stderr
     );
-    assert_eq!(
-        s3.list_objects(BUCKET, ""),
-        vec![],
-        "something was stored without a target"
-    );
+    assert_eq!(s3.list_objects(BUCKET, ""), vec![], "something was stored without a target");
 
     let run = pgr.run_json(&["--target", "beta", "snapshot"]);
     run.ok();
     let out = run.json();
     let id = out["id"].as_str().expect("id").to_string();
     assert_eq!(out["target"], "beta");
-    let objects: Vec<String> = s3
-        .list_objects(BUCKET, "")
-        .into_iter()
-        .map(|o| o.0)
-        .collect();
+    let objects: Vec<String> = s3.list_objects(BUCKET, "").into_iter().map(|o| o.0).collect();
     let manifest_key = format!("pgrehearse/beta/{id}/manifest.json");
     assert!(
-        objects.contains(&manifest_key)
-            && objects.contains(&format!("pgrehearse/beta/{id}/dump.pgdump.zst")),
+        objects.contains(&manifest_key) && objects.contains(&format!("pgrehearse/beta/{id}/dump.pgdump.zst")),
         "objects: {objects:?}"
     );
     assert!(
-        objects
-            .iter()
-            .all(|k| k.starts_with(&format!("pgrehearse/beta/{id}/"))),
+        objects.iter().all(|k| k.starts_with(&format!("pgrehearse/beta/{id}/"))),
         "objects outside pgrehearse/beta/{id}/: {objects:?}"
     );
     let manifest = s3.get_json(BUCKET, &manifest_key);
     assert_eq!(manifest["target"], "beta");
     assert_eq!(manifest["database"], "beta", "dumped the wrong database");
-    let customers = manifest["tables"]
-        .as_array()
-        .expect("tables[]")
-        .iter()
-        .find(|t| t["name"] == "customers")
-        .cloned();
+    let customers = manifest["tables"].as_array().expect("tables[]").iter().find(|t| t["name"] == "customers").cloned();
     assert_eq!(
         customers.map(|t| t["rows"].clone()),
         Some(Value::from(30)),
@@ -89,11 +73,7 @@ fn two_targets_need_target_flag() {
         "the error does not name the unknown target:\n{}",
         unknown.stderr
     );
-    assert_eq!(
-        s3.list_objects(BUCKET, "").len(),
-        objects.len(),
-        "an unknown target stored something"
-    );
+    assert_eq!(s3.list_objects(BUCKET, "").len(), objects.len(), "an unknown target stored something");
 }
 
 /// `config check --json` is valid and mentions no form of `password`.
@@ -138,18 +118,9 @@ fn live_url_from_credentials_directory_and_environment() {
     // A decoy with a wrong password sits next to the config: falling back to
     // the config's directory would fail authentication.
     let mut pgr = Pgr::new();
-    let creds = tempfile::Builder::new()
-        .prefix("pgr-creds-")
-        .tempdir()
-        .unwrap();
-    let empty = tempfile::Builder::new()
-        .prefix("pgr-creds-empty-")
-        .tempdir()
-        .unwrap();
-    write_0600(
-        &creds.path().join("app-url"),
-        &format!("{}\n", c.url("credapp", "cred_role", CRED_PW)),
-    );
+    let creds = tempfile::Builder::new().prefix("pgr-creds-").tempdir().unwrap();
+    let empty = tempfile::Builder::new().prefix("pgr-creds-empty-").tempdir().unwrap();
+    write_0600(&creds.path().join("app-url"), &format!("{}\n", c.url("credapp", "cred_role", CRED_PW)));
     pgr.write_secret("app-url", &c.url("credapp", "cred_role", "wrong-password"));
     pgr.write_config(&format!(
         "{}[[targets]]\nname = \"app\"\nlive_url_file = \"app-url\"\n",
@@ -172,14 +143,8 @@ fn live_url_from_credentials_directory_and_environment() {
 
     // No live_url at all: PGREHEARSE_APP_LIVE_URL.
     let mut pgr = Pgr::new();
-    pgr.env(
-        "PGREHEARSE_APP_LIVE_URL",
-        &c.url("envapp", "env_role", ENV_PW),
-    );
-    pgr.write_config(&format!(
-        "{}[[targets]]\nname = \"app\"\n",
-        local_store_toml(&pgr, "")
-    ));
+    pgr.env("PGREHEARSE_APP_LIVE_URL", &c.url("envapp", "env_role", ENV_PW));
+    pgr.write_config(&format!("{}[[targets]]\nname = \"app\"\n", local_store_toml(&pgr, "")));
     let run = pgr.run_json(&["snapshot"]);
     run.ok();
     assert_eq!(dumped_database(&run.json()), "envapp");
@@ -193,10 +158,7 @@ fn dump_globals_has_roles_without_password_hashes() {
     data::create_rich_schema(&c, "app", "app", 20);
     // There is a hash to leak: the superuser pgrehearse connects as below
     // could read it, so only --no-role-passwords keeps it out.
-    let hash = c.psql(
-        "postgres",
-        "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'",
-    );
+    let hash = c.psql("postgres", "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'");
     assert!(hash.starts_with("SCRAM-SHA-256$"), "app's password: {hash}");
     let s3 = S3Server::start();
     s3.create_bucket(BUCKET);
@@ -211,11 +173,7 @@ fn dump_globals_has_roles_without_password_hashes() {
     let out = run.json();
     let id = out["id"].as_str().expect("id").to_string();
     let key = format!("pgrehearse/app/{id}/globals.sql.zst");
-    assert_eq!(
-        out["globals_key"].as_str(),
-        Some(key.as_str()),
-        "snapshot --json"
-    );
+    assert_eq!(out["globals_key"].as_str(), Some(key.as_str()), "snapshot --json");
 
     let size = s3
         .list_objects(BUCKET, "pgrehearse/")
@@ -230,27 +188,13 @@ fn dump_globals_has_roles_without_password_hashes() {
 
     let manifest = s3.get_json(BUCKET, &format!("pgrehearse/app/{id}/manifest.json"));
     let g = &manifest["globals"];
-    assert_eq!(
-        g["key"],
-        format!("app/{id}/globals.sql.zst"),
-        "manifest globals: {g}"
-    );
+    assert_eq!(g["key"], format!("app/{id}/globals.sql.zst"), "manifest globals: {g}");
     assert_eq!(g["bytes"].as_u64(), Some(size), "manifest globals.bytes");
-    assert_eq!(
-        g["sha256"].as_str(),
-        Some(sha256_file(&stored).as_str()),
-        "manifest globals.sha256"
-    );
+    assert_eq!(g["sha256"].as_str(), Some(sha256_file(&stored).as_str()), "manifest globals.sha256");
 
     let plain = dir.path().join("globals.sql");
     zstd_decompress(&stored, &plain);
     let sql = std::fs::read_to_string(&plain).unwrap();
-    assert!(
-        sql.lines().any(|l| l.trim() == "CREATE ROLE app;"),
-        "no CREATE ROLE for app:\n{sql}"
-    );
-    assert!(
-        !sql.contains("SCRAM-SHA-256$") && !sql.contains(&hash),
-        "a password hash is in the globals dump:\n{sql}"
-    );
+    assert!(sql.lines().any(|l| l.trim() == "CREATE ROLE app;"), "no CREATE ROLE for app:\n{sql}");
+    assert!(!sql.contains("SCRAM-SHA-256$") && !sql.contains(&hash), "a password hash is in the globals dump:\n{sql}");
 }

@@ -31,10 +31,7 @@ impl Run {
     /// Parses stdout as exactly one JSON document.
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not one JSON document ({e}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
+            panic!("stdout is not one JSON document ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr)
         })
     }
 
@@ -56,16 +53,9 @@ impl Run {
 impl Pgr {
     /// A fresh directory; `config` is written by [`Pgr::write_config`].
     pub fn new() -> Pgr {
-        let dir = tempfile::Builder::new()
-            .prefix("pgr-cli-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("pgr-cli-").tempdir().expect("temp dir");
         let config = dir.path().join("pgrehearse.toml");
-        Pgr {
-            dir,
-            config,
-            env: vec![("RUST_LOG".into(), "info".into())],
-        }
+        Pgr { dir, config, env: vec![("RUST_LOG".into(), "info".into())] }
     }
 
     /// The temp directory (for state, stores, secret files, downloads).
@@ -145,10 +135,7 @@ impl Pgr {
 
     /// Runs `pgrehearse -c <config> <args>` to completion.
     pub fn run(&self, args: &[&str]) -> Run {
-        let out = self
-            .command(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin()));
+        let out = self.command(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", bin()));
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -175,11 +162,7 @@ impl Pgr {
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", bin()));
-        Background {
-            child: Some(child),
-            stdout,
-            stderr,
-        }
+        Background { child: Some(child), stdout, stderr }
     }
 }
 
@@ -210,12 +193,9 @@ impl Background {
     pub fn wait(mut self, timeout: Duration) -> Run {
         // If this times out and panics, drop kills the child.
         let child = self.child.as_mut().unwrap();
-        let status = super::wait_for(
-            "pgrehearse to exit",
-            timeout,
-            Duration::from_millis(20),
-            || child.try_wait().expect("try_wait"),
-        );
+        let status = super::wait_for("pgrehearse to exit", timeout, Duration::from_millis(20), || {
+            child.try_wait().expect("try_wait")
+        });
         self.child = None;
         Run {
             code: status.code().unwrap_or(-1),
@@ -265,10 +245,7 @@ pub fn local_store_path(pgr: &Pgr) -> PathBuf {
 
 /// A `[[targets]]` section with a `live_url` (TOML-escaped) and `extra` lines.
 pub fn target_toml(name: &str, live_url: &str, extra: &str) -> String {
-    format!(
-        "[[targets]]\nname = \"{name}\"\nlive_url = {}\n{extra}\n",
-        toml_string(live_url)
-    )
+    format!("[[targets]]\nname = \"{name}\"\nlive_url = {}\n{extra}\n", toml_string(live_url))
 }
 
 /// A TOML basic string literal.

@@ -110,16 +110,7 @@ pub fn table_digest(c: &Cluster, db: &str, schema: &str, table: &str) -> String 
 }
 
 pub fn row_count(c: &Cluster, db: &str, schema: &str, table: &str) -> u64 {
-    c.psql(
-        db,
-        &format!(
-            "SELECT count(*) FROM {}.{}",
-            quote_ident(schema),
-            quote_ident(table)
-        ),
-    )
-    .parse()
-    .unwrap()
+    c.psql(db, &format!("SELECT count(*) FROM {}.{}", quote_ident(schema), quote_ident(table))).parse().unwrap()
 }
 
 /// `pg_dump --schema-only` without comments, blank lines and the random
@@ -135,22 +126,12 @@ pub fn schema_dump(c: &Cluster, db: &str) -> String {
 
 /// Sequence name → `last_value,is_called`, for every sequence.
 fn sequences(c: &Cluster, db: &str) -> Vec<String> {
-    let names = c.psql(
-        db,
-        "SELECT quote_ident(schemaname) || '.' || quote_ident(sequencename) FROM pg_sequences ORDER BY 1",
-    );
+    let names =
+        c.psql(db, "SELECT quote_ident(schemaname) || '.' || quote_ident(sequencename) FROM pg_sequences ORDER BY 1");
     names
         .lines()
         .filter(|l| !l.is_empty())
-        .map(|n| {
-            format!(
-                "{n}={}",
-                c.psql(
-                    db,
-                    &format!("SELECT last_value || ',' || is_called FROM {n}")
-                )
-            )
-        })
+        .map(|n| format!("{n}={}", c.psql(db, &format!("SELECT last_value || ',' || is_called FROM {n}"))))
         .collect()
 }
 
@@ -158,10 +139,7 @@ fn sequences(c: &Cluster, db: &str) -> Vec<String> {
 /// `original` (both databases on cluster `c`).
 pub fn assert_same_database(c: &Cluster, original: &str, copy: &str) {
     let (a, b) = (schema_dump(c, original), schema_dump(c, copy));
-    assert!(
-        a == b,
-        "schemas differ:\n--- {original}\n{a}\n--- {copy}\n{b}"
-    );
+    assert!(a == b, "schemas differ:\n--- {original}\n{a}\n--- {copy}\n{b}");
     let ta = tables(c, original);
     assert_eq!(ta, tables(c, copy), "table lists differ");
     assert!(!ta.is_empty(), "no tables to compare in {original}");
@@ -172,22 +150,14 @@ pub fn assert_same_database(c: &Cluster, original: &str, copy: &str) {
             "rows of {s}.{t} differ between {original} and {copy}"
         );
     }
-    assert_eq!(
-        sequences(c, original),
-        sequences(c, copy),
-        "sequence values differ"
-    );
+    assert_eq!(sequences(c, original), sequences(c, copy), "sequence values differ");
 }
 
 /// Creates `db` and restores a plain custom-format archive into it with
 /// `pg_restore --exit-on-error` as the superuser.
 pub fn restore_archive(c: &Cluster, archive: &Path, db: &str) {
     c.psql("postgres", &format!("CREATE DATABASE {}", quote_ident(db)));
-    run_ok(
-        c.client("pg_restore")
-            .args(["--exit-on-error", "-d", db])
-            .arg(archive),
-    );
+    run_ok(c.client("pg_restore").args(["--exit-on-error", "-d", db]).arg(archive));
 }
 
 /// `zstd -d` the stored object, check it is a pg_dump custom archive, and
@@ -195,11 +165,7 @@ pub fn restore_archive(c: &Cluster, archive: &Path, db: &str) {
 pub fn restore_stored_zst(c: &Cluster, stored: &Path, db: &str) -> u64 {
     let plain = stored.with_extension("restored.pgdump");
     zstd_decompress(stored, &plain);
-    assert_eq!(
-        super::file_head(&plain, 5),
-        b"PGDMP",
-        "decompressed object is not a pg_dump archive"
-    );
+    assert_eq!(super::file_head(&plain, 5), b"PGDMP", "decompressed object is not a pg_dump archive");
     restore_archive(c, &plain, db);
     let size = std::fs::metadata(&plain).unwrap().len();
     std::fs::remove_file(&plain).unwrap();

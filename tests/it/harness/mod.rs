@@ -56,8 +56,7 @@ pub fn run_ok(cmd: &mut Command) -> String {
 /// Runs a command to completion and returns its raw output, panicking only if
 /// it could not be started at all.
 pub fn output(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 /// Hex SHA-256 of a file's bytes, computed by the test (independent of the
@@ -95,21 +94,13 @@ pub fn file_head(path: &Path, n: usize) -> Vec<u8> {
 
 /// Polls `check` every `every` until it returns `Some`, or panics with `what`
 /// after `timeout`.
-pub fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    every: Duration,
-    mut check: impl FnMut() -> Option<T>,
-) -> T {
+pub fn wait_for<T>(what: &str, timeout: Duration, every: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(every);
     }
 }
@@ -117,15 +108,7 @@ pub fn wait_for<T>(
 /// Decompresses a zstd file with the `zstd` CLI (independent of the zstd
 /// crate the binary uses).
 pub fn zstd_decompress(src: &Path, dst: &Path) {
-    run_ok(
-        Command::new("zstd")
-            .arg("-q")
-            .arg("-d")
-            .arg("-f")
-            .arg(src)
-            .arg("-o")
-            .arg(dst),
-    );
+    run_ok(Command::new("zstd").arg("-q").arg("-d").arg("-f").arg(src).arg("-o").arg(dst));
 }
 
 /// All regular files below `dir`, recursively (empty if `dir` is missing).

@@ -27,24 +27,11 @@ impl Cluster {
     /// port if start-up fails (another test's cluster may have taken it; with a
     /// private socket directory a clash is unlikely but cheap to handle).
     pub fn start() -> Cluster {
-        let bindir = PathBuf::from(
-            run_ok(Command::new("pg_config").arg("--bindir"))
-                .trim()
-                .to_string(),
-        );
+        let bindir = PathBuf::from(run_ok(Command::new("pg_config").arg("--bindir")).trim().to_string());
         let (uid, gid) = postgres_user();
-        let dir = tempfile::Builder::new()
-            .prefix("pgr-")
-            .tempdir_in("/tmp")
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("pgr-").tempdir_in("/tmp").expect("temp dir");
         chown(dir.path(), uid, gid);
-        let mut cluster = Cluster {
-            dir,
-            port: 0,
-            bindir,
-            uid,
-            gid,
-        };
+        let mut cluster = Cluster { dir, port: 0, bindir, uid, gid };
         cluster.initdb();
         for attempt in 0..5 {
             cluster.port = 20000 + (random_u64() % 40000) as u16;
@@ -52,15 +39,9 @@ impl Cluster {
             if cluster.try_start() {
                 return cluster;
             }
-            eprintln!(
-                "cluster start attempt {attempt} on port {} failed, retrying",
-                cluster.port
-            );
+            eprintln!("cluster start attempt {attempt} on port {} failed, retrying", cluster.port);
         }
-        panic!(
-            "could not start a PostgreSQL cluster; log:\n{}",
-            cluster.log()
-        );
+        panic!("could not start a PostgreSQL cluster; log:\n{}", cluster.log());
     }
 
     fn data(&self) -> PathBuf {
@@ -93,14 +74,7 @@ impl Cluster {
             self.as_postgres("initdb")
                 .arg("-D")
                 .arg(self.data())
-                .args([
-                    "-U",
-                    "postgres",
-                    "-E",
-                    "UTF8",
-                    "--locale=C.UTF-8",
-                    "--no-sync",
-                ])
+                .args(["-U", "postgres", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
                 .args(["-A", "trust"]),
         );
         // Durability is irrelevant for a throwaway cluster; speed matters.
@@ -113,19 +87,13 @@ impl Cluster {
         append(&self.data().join("postgresql.conf"), &conf);
         // The superuser is trusted (the harness needs it); every other role
         // must really authenticate.
-        std::fs::write(
-            self.data().join("pg_hba.conf"),
-            "local all postgres trust\nlocal all all scram-sha-256\n",
-        )
-        .expect("write pg_hba.conf");
+        std::fs::write(self.data().join("pg_hba.conf"), "local all postgres trust\nlocal all all scram-sha-256\n")
+            .expect("write pg_hba.conf");
     }
 
     fn write_port(&self) {
         // A later `port` line wins in postgresql.conf.
-        append(
-            &self.data().join("postgresql.conf"),
-            &format!("port = {}\n", self.port),
-        );
+        append(&self.data().join("postgresql.conf"), &format!("port = {}\n", self.port));
     }
 
     fn try_start(&self) -> bool {
@@ -143,12 +111,7 @@ impl Cluster {
 
     /// Stops the server at once (no checkpoint), as a crash would.
     pub fn stop_immediate(&self) {
-        let _ = output(self.as_postgres("pg_ctl").arg("-D").arg(self.data()).args([
-            "-w",
-            "-m",
-            "immediate",
-            "stop",
-        ]));
+        let _ = output(self.as_postgres("pg_ctl").arg("-D").arg(self.data()).args(["-w", "-m", "immediate", "stop"]));
     }
 
     /// Starts the server again after [`Cluster::stop_immediate`] (crash
@@ -161,12 +124,7 @@ impl Cluster {
     /// A clean restart (fast shutdown, then start) on the same port: sessions
     /// are cut, committed data is kept.
     pub fn restart(&self) {
-        run_ok(
-            self.as_postgres("pg_ctl")
-                .arg("-D")
-                .arg(self.data())
-                .args(["-w", "-m", "fast", "stop"]),
-        );
+        run_ok(self.as_postgres("pg_ctl").arg("-D").arg(self.data()).args(["-w", "-m", "fast", "stop"]));
         self.start_again();
     }
 
@@ -187,55 +145,25 @@ impl Cluster {
     /// Runs SQL as `postgres` in `db`; returns unaligned, tuples-only output
     /// (trimmed). Panics on any SQL error.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        run_ok(
-            self.client("psql")
-                .args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql]),
-        )
-        .trim()
-        .to_string()
+        run_ok(self.client("psql").args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql])).trim().to_string()
     }
 
     /// Like [`Cluster::psql`] but returns the process output, for expected failures.
     pub fn psql_output(&self, db: &str, sql: &str) -> std::process::Output {
-        output(
-            self.client("psql")
-                .args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql]),
-        )
+        output(self.client("psql").args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql]))
     }
 
     /// Creates a login role with a SCRAM password and a database it owns.
     pub fn create_app_db(&self, name: &str, role: &str, password: &str) {
-        self.psql(
-            "postgres",
-            &format!(
-                "CREATE ROLE {} LOGIN PASSWORD {}",
-                quote_ident(role),
-                quote_literal(password)
-            ),
-        );
-        self.psql(
-            "postgres",
-            &format!(
-                "CREATE DATABASE {} OWNER {}",
-                quote_ident(name),
-                quote_ident(role)
-            ),
-        );
+        self.psql("postgres", &format!("CREATE ROLE {} LOGIN PASSWORD {}", quote_ident(role), quote_literal(password)));
+        self.psql("postgres", &format!("CREATE DATABASE {} OWNER {}", quote_ident(name), quote_ident(role)));
     }
 
     /// A libpq URL for `user` on `db` over this cluster's socket, with the
     /// password percent-encoded. An empty password yields no password part.
     pub fn url(&self, db: &str, user: &str, password: &str) -> String {
-        let auth = if password.is_empty() {
-            user.to_string()
-        } else {
-            format!("{user}:{}", percent_encode(password))
-        };
-        format!(
-            "postgres://{auth}@localhost/{db}?host={}&port={}",
-            self.socket_dir().display(),
-            self.port
-        )
+        let auth = if password.is_empty() { user.to_string() } else { format!("{user}:{}", percent_encode(password)) };
+        format!("postgres://{auth}@localhost/{db}?host={}&port={}", self.socket_dir().display(), self.port)
     }
 }
 
@@ -272,10 +200,7 @@ fn postgres_user() -> (u32, u32) {
     // SAFETY: getpwnam returns a pointer to static storage or null; we copy
     // the two integers out immediately.
     let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    assert!(
-        !pw.is_null(),
-        "no `postgres` OS user: run scripts/test.sh to install PostgreSQL"
-    );
+    assert!(!pw.is_null(), "no `postgres` OS user: run scripts/test.sh to install PostgreSQL");
     unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
 }
 
@@ -285,9 +210,6 @@ fn chown(path: &Path, uid: u32, gid: u32) {
 
 fn append(path: &Path, text: &str) {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .expect("open for append");
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).expect("open for append");
     f.write_all(text.as_bytes()).expect("append");
 }

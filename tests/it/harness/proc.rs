@@ -59,9 +59,7 @@ pub fn descendants_named(ancestor: u32, comm: &str) -> Vec<u32> {
 /// Bytes a process has written so far (`wchar` in `/proc/PID/io`), if alive.
 pub fn bytes_written(pid: u32) -> Option<u64> {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
-    io.lines()
-        .find_map(|l| l.strip_prefix("wchar:"))
-        .and_then(|v| v.trim().parse().ok())
+    io.lines().find_map(|l| l.strip_prefix("wchar:")).and_then(|v| v.trim().parse().ok())
 }
 
 /// The one-letter state of a process (`R`, `S`, `T`, `Z` for a zombie …).
@@ -78,11 +76,7 @@ pub fn cmdline(pid: u32) -> Option<String> {
 
 /// Sends a signal to one process by pid; panics if it is gone.
 pub fn signal(pid: u32, sig: libc::c_int) {
-    assert!(
-        try_signal(pid, sig),
-        "kill({pid}, {sig}) failed: {}",
-        std::io::Error::last_os_error()
-    );
+    assert!(try_signal(pid, sig), "kill({pid}, {sig}) failed: {}", std::io::Error::last_os_error());
 }
 
 /// Sends a signal to one process by pid; false if it is gone.

@@ -145,10 +145,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
 /// Makes the socket send RST instead of FIN when its last descriptor closes,
 /// and shuts it down now so every thread blocked on it wakes up.
 fn reset(s: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: a valid fd and a correctly sized option value.
     unsafe {
         libc::setsockopt(

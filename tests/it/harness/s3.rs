@@ -25,25 +25,15 @@ pub struct S3Server {
 impl S3Server {
     /// Starts moto on a free loopback port and waits until it answers HTTP.
     pub fn start() -> S3Server {
-        let log_dir = tempfile::Builder::new()
-            .prefix("pgr-moto-")
-            .tempdir()
-            .expect("temp dir");
+        let log_dir = tempfile::Builder::new().prefix("pgr-moto-").tempdir().expect("temp dir");
         let bin = venv().join("bin/moto_server");
-        assert!(
-            bin.exists(),
-            "{bin:?} missing: run scripts/test.sh (it installs moto)"
-        );
+        assert!(bin.exists(), "{bin:?} missing: run scripts/test.sh (it installs moto)");
         for attempt in 0..5 {
             // Ask the kernel for a free port, then hand it to moto. Another
             // process may grab it in between: then moto exits and we retry.
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port();
+            let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let log = std::fs::File::create(log_dir.path().join(format!("moto-{attempt}.log")))
-                .expect("log file");
+            let log = std::fs::File::create(log_dir.path().join(format!("moto-{attempt}.log"))).expect("log file");
             let mut child = Command::new(&bin)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .stdin(Stdio::null())
@@ -51,23 +41,14 @@ impl S3Server {
                 .stderr(log)
                 .spawn()
                 .unwrap_or_else(|e| panic!("spawn {bin:?}: {e}"));
-            let up = wait_for(
-                "moto to start",
-                Duration::from_secs(30),
-                Duration::from_millis(50),
-                || {
-                    if let Ok(Some(_)) = child.try_wait() {
-                        return Some(false);
-                    }
-                    http_answers(addr).then_some(true)
-                },
-            );
+            let up = wait_for("moto to start", Duration::from_secs(30), Duration::from_millis(50), || {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return Some(false);
+                }
+                http_answers(addr).then_some(true)
+            });
             if up {
-                return S3Server {
-                    child,
-                    addr,
-                    _log_dir: log_dir,
-                };
+                return S3Server { child, addr, _log_dir: log_dir };
             }
             let _ = child.kill();
             let _ = child.wait();
@@ -115,8 +96,7 @@ impl S3Server {
         if out.trim().is_empty() {
             return Value::Null;
         }
-        serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("aws {args:?} printed non-JSON ({e}): {out}"))
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("aws {args:?} printed non-JSON ({e}): {out}"))
     }
 
     pub fn create_bucket(&self, bucket: &str) {
@@ -129,16 +109,7 @@ impl S3Server {
         let mut out: Vec<(String, u64)> = v
             .get("Contents")
             .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .map(|o| {
-                        (
-                            o["Key"].as_str().unwrap().to_string(),
-                            o["Size"].as_u64().unwrap(),
-                        )
-                    })
-                    .collect()
-            })
+            .map(|a| a.iter().map(|o| (o["Key"].as_str().unwrap().to_string(), o["Size"].as_u64().unwrap())).collect())
             .unwrap_or_default();
         out.sort();
         out
@@ -146,10 +117,7 @@ impl S3Server {
 
     /// Downloads one object to `path` (plain GetObject).
     pub fn download(&self, bucket: &str, key: &str, path: &Path) {
-        run_ok(
-            self.aws(&["get-object", "--bucket", bucket, "--key", key])
-                .arg(path),
-        );
+        run_ok(self.aws(&["get-object", "--bucket", bucket, "--key", key]).arg(path));
     }
 
     /// Downloads and parses a JSON object.
@@ -167,12 +135,7 @@ impl S3Server {
             .and_then(Value::as_array)
             .map(|a| {
                 a.iter()
-                    .map(|u| {
-                        (
-                            u["Key"].as_str().unwrap().to_string(),
-                            u["UploadId"].as_str().unwrap().to_string(),
-                        )
-                    })
+                    .map(|u| (u["Key"].as_str().unwrap().to_string(), u["UploadId"].as_str().unwrap().to_string()))
                     .collect()
             })
             .unwrap_or_default()
@@ -180,27 +143,10 @@ impl S3Server {
 
     /// Parts uploaded so far as `(part_number, size)`.
     pub fn list_parts(&self, bucket: &str, key: &str, upload_id: &str) -> Vec<(u64, u64)> {
-        let v = self.aws_json(&[
-            "list-parts",
-            "--bucket",
-            bucket,
-            "--key",
-            key,
-            "--upload-id",
-            upload_id,
-        ]);
+        let v = self.aws_json(&["list-parts", "--bucket", bucket, "--key", key, "--upload-id", upload_id]);
         v.get("Parts")
             .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .map(|p| {
-                        (
-                            p["PartNumber"].as_u64().unwrap(),
-                            p["Size"].as_u64().unwrap(),
-                        )
-                    })
-                    .collect()
-            })
+            .map(|a| a.iter().map(|p| (p["PartNumber"].as_u64().unwrap(), p["Size"].as_u64().unwrap())).collect())
             .unwrap_or_default()
     }
 
@@ -211,9 +157,7 @@ impl S3Server {
 
     /// Whether an object exists (HeadObject succeeds).
     pub fn exists(&self, bucket: &str, key: &str) -> bool {
-        output(&mut self.aws(&["head-object", "--bucket", bucket, "--key", key]))
-            .status
-            .success()
+        output(&mut self.aws(&["head-object", "--bucket", bucket, "--key", key])).status.success()
     }
 }
 
@@ -231,9 +175,7 @@ fn http_answers(addr: SocketAddr) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .is_err()
-    {
+    if s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
         return false;
     }
     let mut buf = [0u8; 12];
