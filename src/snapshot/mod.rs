@@ -194,7 +194,7 @@ async fn run(
 
     let (tx, mut rx) = mpsc::channel::<Bytes>(4);
     let level = config.snapshot.zstd_level;
-    let raw = pipeline::read_ahead(stdout);
+    let raw = pipeline::read_ahead(stdout).map_err(SnapshotError::Pipeline)?;
     let encoder = tokio::task::spawn_blocking(move || pipeline::encode(raw, level, &recipients, tx));
     let mut upload = store.begin_upload(&dump_key, info.database_size).await?;
 

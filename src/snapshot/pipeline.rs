@@ -77,33 +77,51 @@ impl Write for Stage {
     }
 }
 
-/// Reads pg_dump's stdout ahead of the compressor: a task drains the pipe
-/// (enlarged to 1 MiB) into a small bounded queue, so pg_dump keeps writing
-/// while zstd works on the previous chunk instead of the two taking turns
-/// through a 64 KiB pipe. Returns a blocking reader for the encoder thread.
-pub fn read_ahead(mut stdout: tokio::process::ChildStdout) -> ChannelReader {
+/// Reads pg_dump's stdout ahead of the compressor on its own thread: the
+/// pipe is enlarged to 1 MiB and read in batches into a small bounded queue,
+/// so pg_dump keeps writing while zstd works on the previous chunk instead of
+/// the two taking turns through a 64 KiB pipe. When a read finds little
+/// data the reader naps for a millisecond: pg_dump writes in 4-8 KiB pieces,
+/// and waking for each one costs more CPU in context switches (on both
+/// sides) than the compression of the data itself. A millisecond at the
+/// fastest pg_dump rate is far less than the pipe holds, so pg_dump never
+/// waits on the nap.
+pub fn read_ahead(stdout: tokio::process::ChildStdout) -> io::Result<ChannelReader> {
     use std::os::fd::AsRawFd;
-    use tokio::io::AsyncReadExt;
-    // SAFETY: fcntl on a pipe fd we own; failure only leaves the default size.
-    unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+    let fd = stdout.into_owned_fd()?;
+    // SAFETY: fcntl on a pipe fd we own; failure of F_SETPIPE_SZ only leaves
+    // the default size. Tokio made the fd non-blocking; this thread blocks.
+    unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+    }
+    let mut pipe = std::fs::File::from(fd);
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(READ_AHEAD_CHUNKS);
-    tokio::spawn(async move {
+    std::thread::Builder::new().name("pg_dump-reader".into()).spawn(move || {
         loop {
-            let mut buf = BytesMut::with_capacity(READ_CHUNK);
-            let item = match stdout.read_buf(&mut buf).await {
+            let mut buf = BytesMut::zeroed(READ_CHUNK);
+            let item = match pipe.read(&mut buf) {
                 Ok(0) => return,
-                Ok(_) => Ok(buf.freeze()),
+                Ok(n) => {
+                    buf.truncate(n);
+                    if n < READ_CHUNK / 2 {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    Ok(buf.freeze())
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => Err(e),
             };
             let failed = item.is_err();
             // A closed receiver means the encoder stopped: stop reading, and
             // the caller kills pg_dump.
-            if tx.send(item).await.is_err() || failed {
+            if tx.blocking_send(item).is_err() || failed {
                 return;
             }
         }
-    });
-    ChannelReader { rx, cur: Bytes::new() }
+    })?;
+    Ok(ChannelReader { rx, cur: Bytes::new() })
 }
 
 const READ_CHUNK: usize = 256 << 10;
