@@ -122,6 +122,22 @@ pub fn command(tool: &Tool, url: &ConnUrl, application_name: &str) -> Command {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn refuses_a_client_older_than_the_server() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("pg_dump");
+        std::fs::write(&fake, "#!/bin/sh\necho 'pg_dump (PostgreSQL) 14.9'\n").unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = find("pg_dump", Some(dir.path()), 15).await.unwrap_err();
+        assert!(matches!(err, ToolError::TooOld { client_major: 14, server_major: 15, .. }), "{err}");
+        assert!(err.to_string().contains("postgresql-client-15"));
+        let ok = find("pg_dump", Some(dir.path()), 14).await.unwrap();
+        assert_eq!(ok.major, 14);
+        let missing = find("pg_restore", Some(dir.path()), 15).await.unwrap_err();
+        assert!(matches!(missing, ToolError::NotFound { .. }));
+    }
+
     #[test]
     fn parses_client_versions() {
         assert_eq!(parse_version("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"), Some(("15.18".into(), 15)));

@@ -28,7 +28,7 @@ pub enum CatalogError {
     LatestRunFailed { target: String, id: String, started_at: String, error: String },
     #[error("{path} already exists; choose another output path")]
     OutputExists { path: PathBuf },
-    #[error("snapshot {id} is encrypted; give the age identity with --identity FILE or [store] identity_file")]
+    #[error("snapshot {id} is encrypted; give the age identity with --identity FILE, [store] identity_file, or the systemd credential `age-identity`")]
     NoIdentity { id: String },
     #[error("cannot read the age identity {path}: {reason}")]
     BadIdentity { path: PathBuf, reason: String },
@@ -209,6 +209,11 @@ pub async fn download(
             let path = identity
                 .map(Path::to_path_buf)
                 .or_else(|| config.store.identity_file.clone())
+                .or_else(|| {
+                    // systemd: LoadCredential=age-identity:/path/to/key
+                    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+                    Some(Path::new(&dir).join("age-identity")).filter(|p| p.exists())
+                })
                 .ok_or_else(|| CatalogError::NoIdentity { id: m.id.clone() })?;
             Some((path, enc.recipients.join(", ")))
         }
