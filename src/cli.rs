@@ -47,6 +47,9 @@ pub enum Command {
     Download(DownloadArgs),
     /// Apply the retention policy: delete snapshots the policy no longer keeps.
     Prune(PruneArgs),
+    /// Restore drill: restore a snapshot into a scratch database on the shadow
+    /// server and check it (row counts, indexes); records the recovery time.
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,6 +75,19 @@ pub struct DownloadArgs {
     /// age identity file for encrypted snapshots (overrides `[store] identity_file`).
     #[arg(long)]
     pub identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Snapshot id, or `latest`.
+    #[arg(default_value = "latest")]
+    pub snapshot: String,
+    /// Restore for real even when the template holds this snapshot.
+    #[arg(long)]
+    pub full: bool,
+    /// Keep the scratch database afterwards (its name is printed).
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Debug, Args)]

@@ -3,8 +3,10 @@
 
 mod cli;
 mod config;
+mod drill;
 mod output;
 mod pg;
+mod shadow;
 mod snapshot;
 mod state;
 mod store;
@@ -20,6 +22,7 @@ use config::Config;
 mod exit {
     pub const OK: u8 = 0;
     pub const FAILED: u8 = 1;
+    pub const PROBLEMS: u8 = 2;
     pub const USAGE: u8 = 64;
     pub const UNAVAILABLE: u8 = 69;
     pub const REFUSED: u8 = 75;
@@ -93,6 +96,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             output::downloaded(cli.json, &d);
             Ok(exit::OK)
         }
+        Command::Verify(args) => {
+            let report = drill::verify(&config, target, &args.snapshot, args.full, args.keep).await?;
+            output::verified(cli.json, &report);
+            if !report.ok {
+                eprintln!(
+                    "error: snapshot {} failed its restore drill: {}",
+                    report.snapshot_id,
+                    report.mismatches.join("; ")
+                );
+            }
+            Ok(if report.ok { exit::OK } else { exit::PROBLEMS })
+        }
         Command::Prune(args) => {
             let outcome = snapshot::catalog::prune(&config, target, args.dry_run).await?;
             output::pruned(cli.json, &outcome);
@@ -126,6 +141,9 @@ fn classify(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if cause.downcast_ref::<config::ConfigError>().is_some() {
             return exit::CONFIG;
+        }
+        if let Some(e) = cause.downcast_ref::<drill::DrillError>() {
+            return drill_code(e);
         }
         if let Some(e) = cause.downcast_ref::<snapshot::catalog::CatalogError>() {
             return catalog_code(e);
@@ -167,6 +185,20 @@ fn snapshot_code(e: &snapshot::SnapshotError) -> u8 {
         S::DumpFailed { .. } | S::SizeMismatch { .. } | S::Pipeline(_) | S::Tool(_) | S::State(_) | S::Cancelled => {
             exit::FAILED
         }
+    }
+}
+
+fn drill_code(e: &drill::DrillError) -> u8 {
+    use drill::DrillError as D;
+    use pg::lock::LockError;
+    use shadow::ShadowError as Sh;
+    match e {
+        D::NoSpace { .. } | D::Lock(LockError::Held { .. }) => exit::REFUSED,
+        D::Lock(LockError::Pg(p)) | D::Pg(p) | D::Shadow(Sh::Pg(p)) => pg_code(p),
+        D::Shadow(Sh::NoShadow { .. } | Sh::ShadowIsLive { .. } | Sh::LiveDatabase { .. }) => exit::CONFIG,
+        D::Catalog(c) => catalog_code(c),
+        D::Store(s) => store_code(s),
+        _ => exit::FAILED,
     }
 }
 

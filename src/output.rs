@@ -112,6 +112,30 @@ pub fn snapshots(json: bool, list: &[Listed]) {
     }
 }
 
+pub fn verified(json: bool, r: &crate::drill::Report) {
+    if json {
+        return print_json(r);
+    }
+    let how = if r.method == "template_clone" { "cloned from the template" } else { "restored" };
+    if r.ok {
+        println!(
+            "Snapshot {} of target {} verified: {how} in {:.1} s, {} tables checked, all row counts equal the manifest, all indexes valid.",
+            r.snapshot_id,
+            r.target,
+            r.restore_duration_ms as f64 / 1000.0,
+            r.tables_checked
+        );
+    } else {
+        println!("Snapshot {} of target {} FAILED verification:", r.snapshot_id, r.target);
+        for m in &r.mismatches {
+            println!("  - {m}");
+        }
+    }
+    if r.kept {
+        println!("  scratch database kept: {}", r.database);
+    }
+}
+
 pub fn downloaded(json: bool, d: &Downloaded) {
     if json {
         return print_json(d);

@@ -187,6 +187,115 @@ impl State {
     }
 }
 
+/// A database pgrehearse created on a shadow server.
+#[derive(Debug, Clone)]
+pub struct ShadowDb {
+    pub name: String,
+    pub kind: String,
+    pub snapshot_id: Option<String>,
+    pub pid: u32,
+    pub host: String,
+}
+
+/// The outcome of a restore drill.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    pub ok: bool,
+    pub method: String,
+    pub restore_duration_ms: u64,
+    pub tables_checked: usize,
+    pub mismatches: Vec<String>,
+}
+
+impl State {
+    /// Records a database before it is created, so that a crash between the
+    /// two never leaves a database we do not know we own.
+    pub async fn shadow_db_planned(
+        &self,
+        target: &str,
+        name: &str,
+        kind: &str,
+        snapshot_id: Option<&str>,
+    ) -> Result<(), StateError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO shadow_databases (name, target, kind, snapshot_id, pid, host, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(name)
+        .bind(target)
+        .bind(kind)
+        .bind(snapshot_id)
+        .bind(std::process::id() as i64)
+        .bind(hostname())
+        .bind(Utc::now().to_rfc3339())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn shadow_db_dropped(&self, target: &str, name: &str) -> Result<(), StateError> {
+        sqlx::query("DELETE FROM shadow_databases WHERE target = ? AND name = ?")
+            .bind(target)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn shadow_dbs(&self, target: &str) -> Result<Vec<ShadowDb>, StateError> {
+        let rows = sqlx::query("SELECT name, kind, snapshot_id, pid, host FROM shadow_databases WHERE target = ?")
+            .bind(target)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ShadowDb {
+                name: r.get("name"),
+                kind: r.get("kind"),
+                snapshot_id: r.get("snapshot_id"),
+                pid: r.get::<i64, _>("pid") as u32,
+                host: r.get("host"),
+            })
+            .collect())
+    }
+
+    pub async fn verification_started(&self, id: &str, target: &str, snapshot_id: &str) -> Result<(), StateError> {
+        sqlx::query("INSERT INTO verifications (id, target, snapshot_id, started_at) VALUES (?, ?, ?, ?)")
+            .bind(id)
+            .bind(target)
+            .bind(snapshot_id)
+            .bind(Utc::now().to_rfc3339())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn verification_finished(&self, id: &str, v: &Verification) -> Result<(), StateError> {
+        sqlx::query(
+            "UPDATE verifications SET finished_at = ?, ok = ?, method = ?, restore_duration_ms = ?, tables_checked = ?, mismatches = ? WHERE id = ?",
+        )
+        .bind(Utc::now().to_rfc3339())
+        .bind(v.ok)
+        .bind(&v.method)
+        .bind(v.restore_duration_ms as i64)
+        .bind(v.tables_checked as i64)
+        .bind(serde_json::to_string(&v.mismatches).expect("strings serialize"))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn verification_failed(&self, id: &str, error: &str) -> Result<(), StateError> {
+        sqlx::query("UPDATE verifications SET finished_at = ?, ok = 0, error = ? WHERE id = ?")
+            .bind(Utc::now().to_rfc3339())
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
 fn run_from_row(r: &sqlx::sqlite::SqliteRow) -> SnapshotRun {
     let started: String = r.get("started_at");
     SnapshotRun {

@@ -50,6 +50,9 @@ pub struct StoreConfig {
     /// we cannot attribute (another host) once older than this.
     #[serde(with = "humantime_serde_compat")]
     pub abort_incomplete_after: Duration,
+    /// Free space required in the staging directory beyond a snapshot's
+    /// raw size before anything is downloaded.
+    pub staging_reserve: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -116,6 +119,10 @@ pub struct Target {
     pub retention: Retention,
     pub dump_globals: bool,
     pub pg_bindir: Option<PathBuf>,
+    /// `pg_restore -j`.
+    pub restore_jobs: usize,
+    /// `pg_restore --no-owner` (the shadow rarely has production's roles).
+    pub restore_no_owner: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -223,6 +230,11 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Staging for downloads and restores.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.state_dir.join("staging")
+    }
+
     /// Reads and validates the file; all problems at once.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let src =

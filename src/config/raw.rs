@@ -40,6 +40,7 @@ pub struct RawStore {
     pub part_size: Option<String>,
     pub max_attempts: Option<u32>,
     pub abort_incomplete_after: Option<String>,
+    pub staging_reserve: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -88,6 +89,8 @@ pub struct RawTarget {
     pub retention: Option<RawRetention>,
     pub dump_globals: Option<bool>,
     pub pg_bindir: Option<PathBuf>,
+    pub restore_jobs: Option<usize>,
+    pub restore_no_owner: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

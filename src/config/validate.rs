@@ -160,7 +160,15 @@ fn store(cx: &mut Ctx, raw: &RawStore, state_dir: &Path) -> StoreConfig {
             Some(Duration::from_secs(86400)),
         )
         .unwrap_or(Duration::from_secs(86400));
+    let staging_reserve = match raw.staging_reserve.as_deref() {
+        None => 256 << 20,
+        Some(s) => parse_size(s).unwrap_or_else(|| {
+            cx.problem(&p.key("staging_reserve"), format!("`{s}`: write a size such as \"512MiB\" or \"2GiB\""));
+            256 << 20
+        }),
+    };
     StoreConfig {
+        staging_reserve,
         kind,
         encrypt_to: raw.encrypt_to.iter().map(|r| r.trim().to_string()).collect(),
         identity_file: raw.identity_file.as_deref().map(|f| secret::secret_path(f, &cx.dir)),
@@ -231,6 +239,7 @@ fn parse_size(s: &str) -> Option<u64> {
         "kib" | "k" => 1 << 10,
         "mib" | "m" => 1 << 20,
         "gib" | "g" => 1 << 30,
+        "tib" | "t" => 1 << 40,
         "kb" => 1000,
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
@@ -422,6 +431,11 @@ fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
         on_failure,
         retention,
         dump_globals: raw.dump_globals.unwrap_or(false),
+        restore_jobs: raw
+            .restore_jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .clamp(1, 64),
+        restore_no_owner: raw.restore_no_owner.unwrap_or(true),
         pg_bindir: raw.pg_bindir.as_deref().map(|d| cx.path(d)),
     })
 }

@@ -63,6 +63,14 @@ impl ConnUrl {
         percent_decode_str(path).decode_utf8_lossy().into_owned()
     }
 
+    /// The same server and credentials, another database.
+    pub fn with_database(&self, db: &str) -> ConnUrl {
+        let mut u = self.0.clone();
+        let encoded = percent_encoding::utf8_percent_encode(db, percent_encoding::NON_ALPHANUMERIC).to_string();
+        u.set_path(&format!("/{encoded}"));
+        ConnUrl(u)
+    }
+
     /// `(host or socket directory, port)` as libpq would resolve it, for a
     /// first, configuration-time comparison of servers. The authoritative check
     /// compares `system_identifier` at run time.

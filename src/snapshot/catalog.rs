@@ -1,8 +1,10 @@
 //! The snapshots that exist (those with a manifest): listing, lookup,
 //! retention pruning, and download into a plain `pg_dump -Fc` archive.
 
+use std::cell::RefCell;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -28,7 +30,9 @@ pub enum CatalogError {
     LatestRunFailed { target: String, id: String, started_at: String, error: String },
     #[error("{path} already exists; choose another output path")]
     OutputExists { path: PathBuf },
-    #[error("snapshot {id} is encrypted; give the age identity with --identity FILE, [store] identity_file, or the systemd credential `age-identity`")]
+    #[error(
+        "snapshot {id} is encrypted; give the age identity with --identity FILE, [store] identity_file, or the systemd credential `age-identity`"
+    )]
     NoIdentity { id: String },
     #[error("cannot read the age identity {path}: {reason}")]
     BadIdentity { path: PathBuf, reason: String },
@@ -37,7 +41,7 @@ pub enum CatalogError {
     )]
     WrongIdentity { path: PathBuf, id: String, recipients: String },
     #[error(
-        "snapshot {id} is corrupt in the store: SHA-256 {actual} ({actual_bytes} bytes) differs from the manifest's {expected} ({expected_bytes} bytes); use an older snapshot"
+        "checksum mismatch: snapshot {id} is corrupt in the store: SHA-256 {actual} ({actual_bytes} bytes) differs from the manifest's {expected} ({expected_bytes} bytes); use an older snapshot"
     )]
     ChecksumMismatch { id: String, expected: String, actual: String, expected_bytes: u64, actual_bytes: u64 },
     #[error("snapshot {id} could not be decoded: {reason}")]
@@ -202,22 +206,43 @@ pub async fn download(
     }
     let (_state, store) = open_stores(config).await?;
     let m = resolve(store.as_ref(), &target.name, id).await?;
+    fetch(config, store.as_ref(), &m, identity, output).await
+}
+
+/// The identity that decrypts `m`: `--identity`, `[store] identity_file`,
+/// or the systemd credential `age-identity`.
+fn identity_for(
+    config: &Config,
+    m: &Manifest,
+    given: Option<&Path>,
+) -> Result<Option<(PathBuf, String)>, CatalogError> {
+    let Some(enc) = &m.encryption else { return Ok(None) };
+    let path = given
+        .map(Path::to_path_buf)
+        .or_else(|| config.store.identity_file.clone())
+        .or_else(|| {
+            // systemd: LoadCredential=age-identity:/path/to/key
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+            Some(Path::new(&dir).join("age-identity")).filter(|p| p.exists())
+        })
+        .ok_or_else(|| CatalogError::NoIdentity { id: m.id.clone() })?;
+    Ok(Some((path, enc.recipients.join(", "))))
+}
+
+/// Streams the dump of `m` from the store into `output` (via
+/// `output.partial`): SHA-256 of the stored bytes checked against the
+/// manifest, then decrypted and decompressed. When decoding fails, the rest
+/// of the object is still hashed, so a corrupt object is reported as the
+/// checksum mismatch it is, not as a decoder error.
+pub async fn fetch(
+    config: &Config,
+    store: &dyn Store,
+    m: &Manifest,
+    identity: Option<&Path>,
+    output: &Path,
+) -> Result<Downloaded, CatalogError> {
     // Identities are not `Send`: they are loaded on the decoding thread.
-    let identity = match &m.encryption {
-        None => None,
-        Some(enc) => {
-            let path = identity
-                .map(Path::to_path_buf)
-                .or_else(|| config.store.identity_file.clone())
-                .or_else(|| {
-                    // systemd: LoadCredential=age-identity:/path/to/key
-                    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
-                    Some(Path::new(&dir).join("age-identity")).filter(|p| p.exists())
-                })
-                .ok_or_else(|| CatalogError::NoIdentity { id: m.id.clone() })?;
-            Some((path, enc.recipients.join(", ")))
-        }
-    };
+    let identity = identity_for(config, m, identity)?;
     let reader = store.open(&m.dump.key).await?;
     let partial = PathBuf::from(format!("{}.partial", output.display()));
     let file =
@@ -225,39 +250,17 @@ pub async fn download(
     let hash = Arc::new(Mutex::new((Sha256::new(), 0u64)));
     let h = hash.clone();
     let mid = m.id.clone();
+    let limit = m.bytes_stored;
     let result = tokio::task::spawn_blocking(move || -> Result<u64, CatalogError> {
-        let hashed = Hashed { inner: SyncIoBridge::new(reader), state: h };
-        let mut out = io::BufWriter::with_capacity(1 << 20, file);
-        let decode = |e: io::Error| CatalogError::Decode { id: mid.clone(), reason: e.to_string() };
-        let written = match identity {
-            None => {
-                let mut z = zstd::Decoder::new(hashed).map_err(decode)?;
-                let n = io::copy(&mut z, &mut out).map_err(decode)?;
-                // Whatever follows the last frame still counts for the hash.
-                io::copy(&mut z.finish(), &mut io::sink()).map_err(decode)?;
-                n
-            }
-            Some((path, recipients)) => {
-                let ids = load_identities(&path)?;
-                let dec = age::Decryptor::new(hashed)
-                    .map_err(|e| CatalogError::Decode { id: mid.clone(), reason: e.to_string() })?;
-                let plain = dec.decrypt(ids.iter().map(|i| i.as_ref() as &dyn age::Identity)).map_err(|e| match e {
-                    age::DecryptError::NoMatchingKeys => CatalogError::WrongIdentity {
-                        path: path.clone(),
-                        id: mid.clone(),
-                        recipients: recipients.clone(),
-                    },
-                    other => CatalogError::Decode { id: mid.clone(), reason: other.to_string() },
-                })?;
-                let mut z = zstd::Decoder::new(plain).map_err(decode)?;
-                let n = io::copy(&mut z, &mut out).map_err(decode)?;
-                io::copy(&mut z.finish(), &mut io::sink()).map_err(decode)?;
-                n
-            }
-        };
-        let file = out.into_inner().map_err(|e| decode(e.into_error()))?;
-        file.sync_all().map_err(decode)?;
-        Ok(written)
+        let src = Rc::new(RefCell::new(SyncIoBridge::new(reader)));
+        let hashed = Hashed { inner: src.clone(), state: h.clone(), limit };
+        let decoded = decode_into(hashed, identity, file, &mid);
+        if matches!(decoded, Err(CatalogError::Decode { .. })) {
+            // Hash what the decoder left unread (bounded by the expected size).
+            let mut rest = Hashed { inner: src, state: h, limit };
+            let _ = io::copy(&mut rest, &mut io::sink());
+        }
+        decoded
     })
     .await
     .map_err(|e| CatalogError::Decode { id: m.id.clone(), reason: e.to_string() })
@@ -267,29 +270,69 @@ pub async fn download(
         let g = hash.lock().expect("not poisoned");
         (hex::encode(g.0.clone().finalize()), g.1)
     };
-    let checked = result.and_then(|bytes| {
-        if sha != m.sha256 || count != m.bytes_stored {
-            Err(CatalogError::ChecksumMismatch {
-                id: m.id.clone(),
-                expected: m.sha256.clone(),
-                actual: sha.clone(),
-                expected_bytes: m.bytes_stored,
-                actual_bytes: count,
-            })
-        } else {
-            Ok(bytes)
-        }
-    });
+    let mismatch = || CatalogError::ChecksumMismatch {
+        id: m.id.clone(),
+        expected: m.sha256.clone(),
+        actual: sha.clone(),
+        expected_bytes: m.bytes_stored,
+        actual_bytes: count,
+    };
+    let checked = match result {
+        Err(CatalogError::Decode { .. }) if sha != m.sha256 || count != m.bytes_stored => Err(mismatch()),
+        Err(e) => Err(e),
+        Ok(_) if sha != m.sha256 || count != m.bytes_stored => Err(mismatch()),
+        Ok(bytes) => Ok(bytes),
+    };
     match checked {
         Ok(bytes) => {
             std::fs::rename(&partial, output).map_err(|source| CatalogError::Write { path: output.into(), source })?;
-            Ok(Downloaded { snapshot_id: m.id, path: output.into(), bytes, sha256: sha })
+            Ok(Downloaded { snapshot_id: m.id.clone(), path: output.into(), bytes, sha256: sha })
         }
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
             Err(e)
         }
     }
+}
+
+/// Decrypts (when `identity` is given) and decompresses into `file`.
+fn decode_into(
+    hashed: impl Read,
+    identity: Option<(PathBuf, String)>,
+    file: std::fs::File,
+    id: &str,
+) -> Result<u64, CatalogError> {
+    let mut out = io::BufWriter::with_capacity(1 << 20, file);
+    let decode = |e: io::Error| CatalogError::Decode { id: id.to_string(), reason: e.to_string() };
+    let written = match identity {
+        None => {
+            let mut z = zstd::Decoder::new(hashed).map_err(decode)?;
+            let n = io::copy(&mut z, &mut out).map_err(decode)?;
+            // Whatever follows the last frame still counts for the hash.
+            io::copy(&mut z.finish(), &mut io::sink()).map_err(decode)?;
+            n
+        }
+        Some((path, recipients)) => {
+            let ids = load_identities(&path)?;
+            let dec = age::Decryptor::new(hashed)
+                .map_err(|e| CatalogError::Decode { id: id.to_string(), reason: e.to_string() })?;
+            let plain = dec.decrypt(ids.iter().map(|i| i.as_ref() as &dyn age::Identity)).map_err(|e| match e {
+                age::DecryptError::NoMatchingKeys => CatalogError::WrongIdentity {
+                    path: path.clone(),
+                    id: id.to_string(),
+                    recipients: recipients.clone(),
+                },
+                other => CatalogError::Decode { id: id.to_string(), reason: other.to_string() },
+            })?;
+            let mut z = zstd::Decoder::new(plain).map_err(decode)?;
+            let n = io::copy(&mut z, &mut out).map_err(decode)?;
+            io::copy(&mut z.finish(), &mut io::sink()).map_err(decode)?;
+            n
+        }
+    };
+    let file = out.into_inner().map_err(|e| decode(e.into_error()))?;
+    file.sync_all().map_err(decode)?;
+    Ok(written)
 }
 
 fn load_identities(path: &Path) -> Result<Vec<Box<dyn age::Identity>>, CatalogError> {
@@ -300,17 +343,24 @@ fn load_identities(path: &Path) -> Result<Vec<Box<dyn age::Identity>>, CatalogEr
         .map_err(|e| bad(e.to_string()))
 }
 
-/// Hashes what passes through (shared so the hash survives the decoders that
-/// take ownership of the reader).
+/// Hashes what passes through; the source and the hash are shared so that
+/// what a failed decoder left unread can still be hashed. Reads stop at one
+/// byte past the expected size: enough to prove a mismatch.
 struct Hashed<R> {
-    inner: R,
+    inner: Rc<RefCell<R>>,
     state: Arc<Mutex<(Sha256, u64)>>,
+    limit: u64,
 }
 
 impl<R: Read> Read for Hashed<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
         let mut g = self.state.lock().expect("not poisoned");
+        let room = (self.limit + 1).saturating_sub(g.1);
+        if room == 0 {
+            return Ok(0);
+        }
+        let max = buf.len().min(room.min(usize::MAX as u64) as usize);
+        let n = self.inner.borrow_mut().read(&mut buf[..max])?;
         g.0.update(&buf[..n]);
         g.1 += n as u64;
         Ok(n)

@@ -1,0 +1,361 @@
+//! Restore drills (`pgrehearse verify`): a backup that was never restored is
+//! a hope, not a backup. Each drill re-reads the stored object and checks its
+//! SHA-256 (that is what catches bit rot in the store), restores it into a
+//! scratch database on the shadow server — or, when the target's template
+//! already holds this snapshot, clones the template — and checks the result:
+//! every table's exact row count against the manifest, every index valid.
+//! The outcome and the measured restore time (the recovery time objective
+//! one can actually promise) go into the state store and the manifest.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::Utc;
+use serde::Serialize;
+use sqlx::{Executor, Row};
+
+use crate::config::{Config, Target};
+use crate::pg::lock::{HeavyLock, LockError};
+use crate::pg::tools::{self, ToolError};
+use crate::pg::{self, PgError, quote_ident};
+use crate::shadow::{Shadow, ShadowError};
+use crate::snapshot::catalog::{self, CatalogError};
+use crate::snapshot::manifest::Manifest;
+use crate::snapshot::{SnapshotError, open_stores};
+use crate::state::{StateError, Verification};
+use crate::store::{self, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    #[error(
+        "not enough free space in {dir} to stage snapshot {id}: {need} bytes needed (dump {raw} + reserve {reserve}), {free} free; free some space or set [store] staging_reserve"
+    )]
+    NoSpace { dir: PathBuf, id: String, need: u64, raw: u64, reserve: u64, free: u64 },
+    #[error("pg_restore failed ({status}) restoring snapshot {id}; its last output:\n{stderr_tail}")]
+    RestoreFailed { id: String, status: String, stderr_tail: String },
+    #[error("cannot use the staging directory {dir}: {source}")]
+    Staging { dir: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Shadow(#[from] ShadowError),
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<SnapshotError> for DrillError {
+    fn from(e: SnapshotError) -> Self {
+        DrillError::Catalog(CatalogError::Snapshot(e))
+    }
+}
+
+/// What `pgrehearse verify --json` prints.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub snapshot_id: String,
+    pub target: String,
+    pub ok: bool,
+    /// `restore` or `template_clone`.
+    pub method: &'static str,
+    pub restore_duration_ms: u64,
+    pub tables_checked: usize,
+    pub mismatches: Vec<String>,
+    /// The scratch database (dropped unless `--keep`).
+    pub database: String,
+    pub kept: bool,
+    pub verified_at: Option<String>,
+}
+
+/// Runs a restore drill of snapshot `id` (`latest` allowed).
+pub async fn verify(config: &Config, target: &Target, id: &str, full: bool, keep: bool) -> Result<Report, DrillError> {
+    let (state, store) = open_stores(config).await?;
+    let m = catalog::resolve(store.as_ref(), &target.name, id).await?;
+    // Refuse before anything is written if the shadow is live.
+    let mut shadow = Shadow::open(target, &state).await?;
+    let staging = config.staging_dir();
+    std::fs::create_dir_all(&staging).map_err(|source| DrillError::Staging { dir: staging.clone(), source })?;
+    clean_staging(&staging, &target.name);
+    check_space(&staging, &m, config.store.staging_reserve)?;
+    let lock = HeavyLock::try_acquire(&target.live_url, &target.name, "verify").await?;
+
+    let run = crate::snapshot::new_id(Utc::now());
+    state.verification_started(&run, &target.name, &m.id).await?;
+    let span = tracing::info_span!("verify", run_id = %run, target = %target.name, job = "verify", snapshot = %m.id);
+    let result = tracing::Instrument::instrument(
+        drill(config, target, store.as_ref(), &m, &mut shadow, &staging, &run, full, keep),
+        span,
+    )
+    .await;
+    lock.release().await;
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            state.verification_failed(&run, &e.to_string()).await?;
+            return Err(e);
+        }
+    };
+    state
+        .verification_finished(
+            &run,
+            &Verification {
+                ok: report.ok,
+                method: report.method.to_string(),
+                restore_duration_ms: report.restore_duration_ms,
+                tables_checked: report.tables_checked,
+                mismatches: report.mismatches.clone(),
+            },
+        )
+        .await?;
+    record_in_manifest(store.as_ref(), &m, &report, &run).await?;
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drill(
+    config: &Config,
+    target: &Target,
+    store: &dyn store::Store,
+    m: &Manifest,
+    shadow: &mut Shadow,
+    staging: &Path,
+    run: &str,
+    full: bool,
+    keep: bool,
+) -> Result<Report, DrillError> {
+    // Always re-read the stored object: the SHA-256 check is the point.
+    let file = staging.join(format!("{}-{}-{}.pgdump", target.name, std::process::id(), m.id));
+    let fetched = catalog::fetch(config, store, m, None, &file).await;
+    let fetched = match fetched {
+        Ok(f) => f,
+        Err(CatalogError::ChecksumMismatch { .. }) => {
+            let _ = std::fs::remove_file(&file);
+            // Reported as a finding (exit 2), not as "could not run".
+            let e = fetched.unwrap_err();
+            tracing::error!(error = %e, "Restore drill failed: the stored object is corrupt.");
+            return Ok(Report {
+                snapshot_id: m.id.clone(),
+                target: target.name.clone(),
+                ok: false,
+                method: "restore",
+                restore_duration_ms: 0,
+                tables_checked: 0,
+                mismatches: vec![format!("checksum mismatch: {e}")],
+                database: String::new(),
+                kept: false,
+                verified_at: None,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(bytes = fetched.bytes, "Snapshot downloaded and its SHA-256 verified.");
+
+    let db = shadow.scratch_name(run);
+    let use_template = !full && shadow.template_snapshot().await?.as_deref() == Some(m.id.as_str());
+    let t0 = Instant::now();
+    let restored = if use_template {
+        shadow.clone_template(&db, &m.id).await.map_err(DrillError::from)
+    } else {
+        restore(config, target, shadow, &db, m, &file).await
+    };
+    let _ = std::fs::remove_file(&file);
+    if let Err(e) = restored {
+        let _ = shadow.drop_db(&db).await;
+        return Err(e);
+    }
+    let restore_duration_ms = t0.elapsed().as_millis() as u64;
+    let method = if use_template { "template_clone" } else { "restore" };
+    tracing::info!(database = %db, method, restore_duration_ms, "Snapshot restored into a scratch database.");
+
+    let checked = check(&shadow.url_for(&db), m).await;
+    let (tables_checked, mismatches) = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = shadow.drop_db(&db).await;
+            return Err(e.into());
+        }
+    };
+    let ok = mismatches.is_empty();
+    if ok && !use_template && is_newest_template_candidate(shadow, store, target, m).await? {
+        shadow.promote_to_template(&db, &m.id).await?;
+    }
+    if !keep {
+        shadow.drop_db(&db).await?;
+    }
+    if ok {
+        tracing::info!(tables_checked, restore_duration_ms, "Restore drill passed.");
+    } else {
+        tracing::error!(?mismatches, "Restore drill found problems.");
+    }
+    Ok(Report {
+        snapshot_id: m.id.clone(),
+        target: target.name.clone(),
+        ok,
+        method,
+        restore_duration_ms,
+        tables_checked,
+        mismatches,
+        database: db,
+        kept: keep,
+        verified_at: ok.then(|| Utc::now().to_rfc3339()),
+    })
+}
+
+/// `pg_restore -j N --exit-on-error` into a new scratch database, then
+/// `ANALYZE` (a restored database has no statistics; rehearsal timings on
+/// it would be misleading).
+async fn restore(
+    config: &Config,
+    target: &Target,
+    shadow: &mut Shadow,
+    db: &str,
+    m: &Manifest,
+    file: &Path,
+) -> Result<(), DrillError> {
+    let major = m.server_version_num / 10000;
+    let bindir = target.pg_bindir.as_deref().or(config.snapshot.pg_bindir.as_deref());
+    let pg_restore = tools::find("pg_restore", bindir, major).await?;
+    shadow.create(db, &m.id).await?;
+    let url = shadow.url_for(db);
+    let mut cmd = tools::command(&pg_restore, &url, "pgrehearse-restore");
+    cmd.arg(format!("--jobs={}", target.restore_jobs)).arg("--exit-on-error").arg("--no-acl");
+    if target.restore_no_owner {
+        cmd.arg("--no-owner");
+    }
+    cmd.arg(file).stdout(Stdio::null()).stderr(Stdio::piped());
+    let out = cmd
+        .output()
+        .await
+        .map_err(|source| ToolError::Spawn { path: pg_restore.path.display().to_string(), source })?;
+    if !out.status.success() {
+        let text = String::from_utf8_lossy(&out.stderr);
+        let tail: String =
+            text.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        return Err(DrillError::RestoreFailed { id: m.id.clone(), status: out.status.to_string(), stderr_tail: tail });
+    }
+    let mut conn = pg::connect(&url, "pgrehearse-restore").await?;
+    conn.execute("ANALYZE").await.map_err(|source| PgError::Query { url: url.redacted(), source })?;
+    Ok(())
+}
+
+/// Exact row counts against the manifest, and index validity.
+async fn check(url: &pg::ConnUrl, m: &Manifest) -> Result<(usize, Vec<String>), PgError> {
+    let q = |source| PgError::Query { url: url.redacted(), source };
+    let mut conn = pg::connect(url, "pgrehearse-verify").await?;
+    let mut mismatches = Vec::new();
+    for t in &m.tables {
+        let name = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass($1)::text").bind(&name).fetch_one(&mut conn).await.map_err(q)?;
+        if exists.is_none() {
+            mismatches.push(format!("table {}.{} is missing from the restored database", t.schema, t.name));
+            continue;
+        }
+        let rows: i64 =
+            sqlx::query_scalar(&format!("SELECT count(*) FROM ONLY {name}")).fetch_one(&mut conn).await.map_err(q)?;
+        if rows != t.rows {
+            mismatches
+                .push(format!("table {}.{} has {rows} rows restored but {} in the manifest", t.schema, t.name, t.rows));
+        }
+    }
+    let invalid = sqlx::query("SELECT indexrelid::regclass::text AS idx FROM pg_index WHERE NOT indisvalid")
+        .fetch_all(&mut conn)
+        .await
+        .map_err(q)?;
+    for row in invalid {
+        mismatches.push(format!("index {} is invalid after restore", row.get::<String, _>("idx")));
+    }
+    Ok((m.tables.len(), mismatches))
+}
+
+/// The template holds the newest verified snapshot: replace it only with a
+/// snapshot at least as new as the one it holds.
+async fn is_newest_template_candidate(
+    shadow: &mut Shadow,
+    store: &dyn store::Store,
+    target: &Target,
+    m: &Manifest,
+) -> Result<bool, DrillError> {
+    let Some(current) = shadow.template_snapshot().await? else { return Ok(true) };
+    match catalog::resolve(store, &target.name, &current).await {
+        Ok(cur) => Ok(m.started_at >= cur.started_at),
+        // The template's snapshot was pruned: anything verified replaces it.
+        Err(_) => Ok(true),
+    }
+}
+
+/// Rewrites the manifest with the drill's outcome (a PUT of the whole object
+/// is atomic in S3 and a rename in the local store).
+async fn record_in_manifest(
+    store: &dyn store::Store,
+    m: &Manifest,
+    report: &Report,
+    run: &str,
+) -> Result<(), DrillError> {
+    let mut m = m.clone();
+    let previous = m.verification.as_ref().and_then(|v| v.get("verified_at").cloned());
+    m.verification = Some(serde_json::json!({
+        "verification_id": run,
+        "checked_at": Utc::now().to_rfc3339(),
+        "ok": report.ok,
+        // A failed drill does not erase when the snapshot last passed one.
+        "verified_at": report.verified_at.clone().map(serde_json::Value::String).or(previous).unwrap_or(serde_json::Value::Null),
+        "method": report.method,
+        "restore_duration_ms": report.restore_duration_ms,
+        "tables_checked": report.tables_checked,
+        "mismatches": report.mismatches,
+    }));
+    let key = store::snapshot_key(&m.target, &m.id, store::MANIFEST);
+    store.put(&key, Bytes::from(serde_json::to_vec_pretty(&m).expect("manifest serializes"))).await?;
+    Ok(())
+}
+
+/// Removes staging files of this target left by processes that died.
+fn clean_staging(dir: &Path, target: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // `<target>-<pid>-<snapshot id>.pgdump[.partial]`
+        let Some(rest) = name.strip_prefix(&format!("{target}-")) else { continue };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && pid != std::process::id()
+            && !crate::state::process_alive(pid)
+        {
+            tracing::warn!(file = %e.path().display(), "Removing a staging file left by a run that died.");
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Refuses before downloading when the staging filesystem cannot hold the
+/// decompressed dump plus the configured reserve. (`statvfs` directly: one
+/// syscall, where a system-information crate would enumerate every disk.)
+fn check_space(dir: &Path, m: &Manifest, reserve: u64) -> Result<(), DrillError> {
+    let free = free_bytes(dir).map_err(|source| DrillError::Staging { dir: dir.into(), source })?;
+    let need = m.bytes_raw.saturating_add(reserve);
+    if free < need {
+        return Err(DrillError::NoSpace { dir: dir.into(), id: m.id.clone(), need, raw: m.bytes_raw, reserve, free });
+    }
+    Ok(())
+}
+
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}

@@ -1,0 +1,179 @@
+//! Scratch databases on the shadow server: `pgrehearse_<target>_<run>`,
+//! created for restore drills and rehearsals and dropped afterwards, plus one
+//! template per target (`pgrehearse_<target>_template`) holding a restored
+//! copy of the latest verified snapshot, cloned with `CREATE DATABASE …
+//! TEMPLATE … STRATEGY FILE_COPY` instead of restoring again.
+//!
+//! Safety rules: the shadow must not be the live server unless the target
+//! says `shadow_on_live_server = true` (compared by `system_identifier`, not
+//! host names), the live database itself is never touched, and only
+//! databases recorded in the state store as ours are ever dropped.
+
+use sqlx::Executor;
+use sqlx::postgres::PgConnection;
+
+use crate::config::Target;
+use crate::pg::{self, ConnUrl, PgError, quote_ident};
+use crate::state::{State, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShadowError {
+    #[error(
+        "target `{target}` has no shadow_url; restore drills and rehearsals need a server where pgrehearse may create and drop scratch databases"
+    )]
+    NoShadow { target: String },
+    #[error(
+        "shadow_url of target `{target}` reaches the live server (system identifier {sysid}): restores there would load production. Point shadow_url at another server, or set shadow_on_live_server = true"
+    )]
+    ShadowIsLive { target: String, sysid: String },
+    #[error(
+        "shadow_url of target `{target}` names the live database itself; it must name a maintenance database such as `postgres`"
+    )]
+    LiveDatabase { target: String },
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// A session on the target's shadow server (maintenance database).
+pub struct Shadow {
+    target: String,
+    url: ConnUrl,
+    conn: PgConnection,
+    state: State,
+}
+
+pub const KIND_SCRATCH: &str = "scratch";
+pub const KIND_TEMPLATE: &str = "template";
+
+impl Shadow {
+    /// Connects and proves the shadow is not live, before anything is
+    /// written; then drops scratch databases left by dead runs.
+    pub async fn open(target: &Target, state: &State) -> Result<Shadow, ShadowError> {
+        let url = target.shadow_url.clone().ok_or_else(|| ShadowError::NoShadow { target: target.name.clone() })?;
+        let mut live = pg::connect(&target.live_url, "pgrehearse-identity").await?;
+        let live_info = pg::server_info(&mut live, &target.live_url).await?;
+        drop(live);
+        let mut conn = pg::connect(&url, "pgrehearse-shadow").await?;
+        let info = pg::server_info(&mut conn, &url).await?;
+        if info.system_identifier == live_info.system_identifier {
+            if info.database == live_info.database {
+                return Err(ShadowError::LiveDatabase { target: target.name.clone() });
+            }
+            if !target.shadow_on_live_server {
+                return Err(ShadowError::ShadowIsLive { target: target.name.clone(), sysid: info.system_identifier });
+            }
+        }
+        let mut shadow = Shadow { target: target.name.clone(), url, conn, state: state.clone() };
+        shadow.drop_leftovers().await?;
+        Ok(shadow)
+    }
+
+    /// A scratch database name for a run: `pgrehearse_<target>_<run>`.
+    pub fn scratch_name(&self, run: &str) -> String {
+        let mut name =
+            format!("pgrehearse_{}_{}", self.target.replace('-', "_"), run.to_ascii_lowercase().replace('-', "_"));
+        name.truncate(63);
+        name
+    }
+
+    pub fn template_name(&self) -> String {
+        format!("pgrehearse_{}_template", self.target.replace('-', "_"))
+    }
+
+    /// Connection URL of a database on the shadow server.
+    pub fn url_for(&self, db: &str) -> ConnUrl {
+        self.url.with_database(db)
+    }
+
+    async fn exists(&mut self, name: &str) -> Result<bool, ShadowError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+            .bind(name)
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|source| PgError::Query { url: self.url.redacted(), source })?;
+        Ok(n > 0)
+    }
+
+    async fn exec(&mut self, sql: &str) -> Result<(), ShadowError> {
+        self.conn.execute(sql).await.map_err(|source| PgError::Query { url: self.url.redacted(), source })?;
+        Ok(())
+    }
+
+    /// Creates an empty scratch database (recorded first, so a crash never
+    /// leaves one we do not know is ours).
+    pub async fn create(&mut self, name: &str, snapshot_id: &str) -> Result<(), ShadowError> {
+        self.state.shadow_db_planned(&self.target, name, KIND_SCRATCH, Some(snapshot_id)).await?;
+        self.exec(&format!("CREATE DATABASE {}", quote_ident(name))).await
+    }
+
+    /// Creates a scratch database as a file copy of the template.
+    pub async fn clone_template(&mut self, name: &str, snapshot_id: &str) -> Result<(), ShadowError> {
+        self.state.shadow_db_planned(&self.target, name, KIND_SCRATCH, Some(snapshot_id)).await?;
+        let sql = format!(
+            "CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY",
+            quote_ident(name),
+            quote_ident(&self.template_name())
+        );
+        self.exec(&sql).await
+    }
+
+    /// Drops a database we created (terminating its sessions).
+    pub async fn drop_db(&mut self, name: &str) -> Result<(), ShadowError> {
+        self.exec(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name))).await?;
+        self.state.shadow_db_dropped(&self.target, name).await?;
+        Ok(())
+    }
+
+    /// The snapshot the current template holds, if a template exists.
+    pub async fn template_snapshot(&mut self) -> Result<Option<String>, ShadowError> {
+        let tpl = self.template_name();
+        let rec =
+            self.state.shadow_dbs(&self.target).await?.into_iter().find(|d| d.kind == KIND_TEMPLATE && d.name == tpl);
+        match rec {
+            Some(r) if self.exists(&tpl).await? => Ok(r.snapshot_id),
+            _ => Ok(None),
+        }
+    }
+
+    /// Makes a verified scratch database the target's template: a file copy
+    /// of it (the scratch database itself is dropped or kept by the caller),
+    /// replacing the previous template. Marked as a template that refuses
+    /// connections, so that nothing can change it between clones.
+    pub async fn promote_to_template(&mut self, scratch: &str, snapshot_id: &str) -> Result<(), ShadowError> {
+        let tpl = self.template_name();
+        let staging = format!("{tpl}_new");
+        self.drop_db(&staging).await?;
+        self.state.shadow_db_planned(&self.target, &staging, KIND_SCRATCH, Some(snapshot_id)).await?;
+        self.exec(&format!(
+            "CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY",
+            quote_ident(&staging),
+            quote_ident(scratch)
+        ))
+        .await?;
+        if self.exists(&tpl).await? {
+            self.exec(&format!("ALTER DATABASE {} IS_TEMPLATE false", quote_ident(&tpl))).await?;
+            self.drop_db(&tpl).await?;
+        }
+        self.exec(&format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&staging), quote_ident(&tpl))).await?;
+        self.exec(&format!("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false", quote_ident(&tpl)))
+            .await?;
+        self.state.shadow_db_dropped(&self.target, &staging).await?;
+        self.state.shadow_db_planned(&self.target, &tpl, KIND_TEMPLATE, Some(snapshot_id)).await?;
+        Ok(())
+    }
+
+    /// Drops scratch databases whose run died (this host's dead pids).
+    async fn drop_leftovers(&mut self) -> Result<(), ShadowError> {
+        let me = crate::state::hostname();
+        for db in self.state.shadow_dbs(&self.target).await? {
+            let dead = db.host == me && db.pid != std::process::id() && !crate::state::process_alive(db.pid);
+            if db.kind == KIND_SCRATCH && dead {
+                tracing::warn!(database = %db.name, "Dropping a scratch database left by a run that died.");
+                self.drop_db(&db.name).await?;
+            }
+        }
+        Ok(())
+    }
+}
