@@ -50,6 +50,9 @@ pub enum Command {
     /// Restore drill: restore a snapshot into a scratch database on the shadow
     /// server and check it (row counts, indexes); records the recovery time.
     Verify(VerifyArgs),
+    /// Disaster recovery: restore a snapshot into a new database on the live
+    /// server (`--as NAME`), or in place of the live database (`--replace-live --yes`).
+    Restore(RestoreArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +91,23 @@ pub struct VerifyArgs {
     /// Keep the scratch database afterwards (its name is printed).
     #[arg(long)]
     pub keep: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("into").required(true).args(["as_name", "replace_live"])))]
+pub struct RestoreArgs {
+    /// Snapshot id, or `latest`.
+    pub snapshot: String,
+    /// Restore into this new database (refused if it exists).
+    #[arg(long = "as", value_name = "DBNAME")]
+    pub as_name: Option<String>,
+    /// Restore, check, then swap the result in place of the live database;
+    /// the old one is kept as `<db>_replaced_<timestamp>`.
+    #[arg(long)]
+    pub replace_live: bool,
+    /// Confirm --replace-live (without it, the plan is printed and nothing changes).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -188,7 +188,10 @@ async fn drill(
     if ok && !use_template && is_newest_template_candidate(shadow, store, target, m).await? {
         shadow.promote_to_template(&db, &m.id).await?;
     }
-    if !keep {
+    if keep {
+        // Kept for a person: no longer ours to drop as a leftover.
+        shadow.release(&db).await?;
+    } else {
         shadow.drop_db(&db).await?;
     }
     if ok {
@@ -248,7 +251,7 @@ async fn restore(
 }
 
 /// Exact row counts against the manifest, and index validity.
-async fn check(url: &pg::ConnUrl, m: &Manifest) -> Result<(usize, Vec<String>), PgError> {
+pub async fn check(url: &pg::ConnUrl, m: &Manifest) -> Result<(usize, Vec<String>), PgError> {
     let q = |source| PgError::Query { url: url.redacted(), source };
     let mut conn = pg::connect(url, "pgrehearse-verify").await?;
     let mut mismatches = Vec::new();
@@ -340,7 +343,7 @@ fn clean_staging(dir: &Path, target: &str) {
 /// Refuses before downloading when the staging filesystem cannot hold the
 /// decompressed dump plus the configured reserve. (`statvfs` directly: one
 /// syscall, where a system-information crate would enumerate every disk.)
-fn check_space(dir: &Path, m: &Manifest, reserve: u64) -> Result<(), DrillError> {
+pub fn check_space(dir: &Path, m: &Manifest, reserve: u64) -> Result<(), DrillError> {
     let free = free_bytes(dir).map_err(|source| DrillError::Staging { dir: dir.into(), source })?;
     let need = m.bytes_raw.saturating_add(reserve);
     if free < need {

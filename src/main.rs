@@ -6,6 +6,7 @@ mod config;
 mod drill;
 mod output;
 mod pg;
+mod restore;
 mod shadow;
 mod snapshot;
 mod state;
@@ -108,6 +109,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(if report.ok { exit::OK } else { exit::PROBLEMS })
         }
+        Command::Restore(args) => {
+            let r = match &args.as_name {
+                Some(name) => restore::restore_as(&config, target, &args.snapshot, name).await?,
+                None => restore::replace_live(&config, target, &args.snapshot, args.yes).await?,
+            };
+            output::restored(cli.json, &r);
+            Ok(exit::OK)
+        }
         Command::Prune(args) => {
             let outcome = snapshot::catalog::prune(&config, target, args.dry_run).await?;
             output::pruned(cli.json, &outcome);
@@ -141,6 +150,17 @@ fn classify(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if cause.downcast_ref::<config::ConfigError>().is_some() {
             return exit::CONFIG;
+        }
+        if let Some(e) = cause.downcast_ref::<restore::RestoreError>() {
+            use restore::RestoreError as R;
+            return match e {
+                R::Exists { .. } | R::BadName { .. } => exit::USAGE,
+                R::NeedsYes { .. } => exit::REFUSED,
+                R::Problems { .. } => exit::PROBLEMS,
+                R::Drill(d) => drill_code(d),
+                R::Pg(p) => pg_code(p),
+                R::Tool(_) => exit::FAILED,
+            };
         }
         if let Some(e) = cause.downcast_ref::<drill::DrillError>() {
             return drill_code(e);

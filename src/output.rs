@@ -136,6 +136,22 @@ pub fn verified(json: bool, r: &crate::drill::Report) {
     }
 }
 
+pub fn restored(json: bool, r: &crate::restore::Restored) {
+    if json {
+        return print_json(r);
+    }
+    println!(
+        "Snapshot {} restored into database `{}` in {:.1} s; {} tables checked against the manifest.",
+        r.snapshot_id,
+        r.database,
+        r.duration_ms as f64 / 1000.0,
+        r.tables_checked
+    );
+    if let Some(old) = &r.replaced {
+        println!("The previous live database is kept as `{old}` (drop it yourself once you no longer need it).");
+    }
+}
+
 pub fn downloaded(json: bool, d: &Downloaded) {
     if json {
         return print_json(d);

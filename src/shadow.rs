@@ -126,6 +126,13 @@ impl Shadow {
         Ok(())
     }
 
+    /// Hands a scratch database over to the operator (`--keep`): it is
+    /// forgotten, so no later cleanup ever drops it.
+    pub async fn release(&mut self, name: &str) -> Result<(), ShadowError> {
+        self.state.shadow_db_dropped(&self.target, name).await?;
+        Ok(())
+    }
+
     /// The snapshot the current template holds, if a template exists.
     pub async fn template_snapshot(&mut self) -> Result<Option<String>, ShadowError> {
         let tpl = self.template_name();

@@ -106,6 +106,9 @@ pub struct Target {
     pub name: String,
     pub live_url: ConnUrl,
     pub shadow_url: Option<ConnUrl>,
+    /// A role on the live server allowed to create and rename databases
+    /// (restore, recovery); `live_url` when unset.
+    pub admin_url: Option<ConnUrl>,
     pub shadow_on_live_server: bool,
     pub migrations: Option<MigrationsConfig>,
     pub snapshot_schedule: Option<String>,
@@ -227,6 +230,13 @@ pub enum ConfigError {
     UnknownTarget { name: String, known: String },
     #[error("the config has {count} targets ({known}); choose one with --target NAME")]
     AmbiguousTarget { count: usize, known: String },
+}
+
+impl Target {
+    /// The connection used to create and rename databases on the live server.
+    pub fn admin(&self) -> &ConnUrl {
+        self.admin_url.as_ref().unwrap_or(&self.live_url)
+    }
 }
 
 impl Config {

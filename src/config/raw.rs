@@ -76,6 +76,8 @@ pub struct RawTarget {
     pub live_url: Option<String>,
     pub live_url_file: Option<PathBuf>,
     pub shadow_url: Option<String>,
+    pub admin_url: Option<String>,
+    pub admin_url_file: Option<PathBuf>,
     pub shadow_url_file: Option<PathBuf>,
     pub shadow_on_live_server: Option<bool>,
     pub migrations: Option<RawMigrations>,

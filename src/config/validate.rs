@@ -358,6 +358,7 @@ fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
     }
     let shadow_url = url_secret(cx, p, &name, "shadow_url", raw.shadow_url.as_deref(), raw.shadow_url_file.as_deref());
     let shadow_on_live_server = raw.shadow_on_live_server.unwrap_or(false);
+    let admin_url = url_secret(cx, p, &name, "admin_url", raw.admin_url.as_deref(), raw.admin_url_file.as_deref());
     if let (Some(live), Some(shadow)) = (&live_url, &shadow_url) {
         let same_server = live.server_key() == shadow.server_key();
         let key = if raw.shadow_url.is_some() { "shadow_url" } else { "shadow_url_file" };
@@ -421,6 +422,7 @@ fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
         name,
         live_url: live_url?,
         shadow_url,
+        admin_url,
         shadow_on_live_server,
         migrations,
         snapshot_schedule: raw.snapshot_schedule.clone(),

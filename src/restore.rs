@@ -1,0 +1,248 @@
+//! Disaster recovery: `pgrehearse restore ID --as DBNAME` restores a snapshot
+//! into a new database on the live server; `--replace-live --yes` then swaps
+//! it in place of the live database by renaming, keeping the old one as
+//! `<db>_replaced_<timestamp>` (never dropped: nothing is lost). The restored
+//! copy is checked against the manifest before anything is swapped, and the
+//! live database's owner, settings and grants are carried over so that
+//! clients connect as before.
+
+use std::process::Stdio;
+use std::time::Instant;
+
+use chrono::Utc;
+use serde::Serialize;
+use sqlx::Executor;
+use sqlx::postgres::PgConnection;
+
+use crate::config::{Config, Target};
+use crate::drill::{self, DrillError};
+use crate::pg::lock::HeavyLock;
+use crate::pg::tools::{self, ToolError};
+use crate::pg::{self, ConnUrl, PgError, quote_ident};
+use crate::snapshot::catalog;
+use crate::snapshot::open_stores;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("database `{name}` already exists on the live server; choose another name for --as")]
+    Exists { name: String },
+    #[error("`{name}` is not a usable database name (1–63 characters)")]
+    BadName { name: String },
+    #[error("restore of snapshot {id} into `{db}` found problems, live was not touched: {problems}")]
+    Problems { id: String, db: String, problems: String },
+    #[error(
+        "--replace-live needs --yes. It would: restore snapshot {id} into `{new}`, check it against the manifest, disconnect every client of `{live}`, rename `{live}` to `{old}` (kept, never dropped) and `{new}` to `{live}`, carrying over owner, settings and grants"
+    )]
+    NeedsYes { id: String, live: String, new: String, old: String },
+    #[error(transparent)]
+    Drill(#[from] DrillError),
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+}
+
+/// What `pgrehearse restore --json` prints.
+#[derive(Debug, Serialize)]
+pub struct Restored {
+    pub snapshot_id: String,
+    pub database: String,
+    pub duration_ms: u64,
+    pub tables_checked: usize,
+    /// With `--replace-live`: where the previous live database was kept.
+    pub replaced: Option<String>,
+}
+
+/// Restores snapshot `id` into the new database `name` on the live server.
+pub async fn restore_as(config: &Config, target: &Target, id: &str, name: &str) -> Result<Restored, RestoreError> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(RestoreError::BadName { name: name.into() });
+    }
+    let (_state, store) = open_stores(config).await.map_err(DrillError::from)?;
+    let m = catalog::resolve(store.as_ref(), &target.name, id).await.map_err(DrillError::from)?;
+    let admin_url = target.admin().with_database("postgres");
+    let mut admin = pg::connect(&admin_url, "pgrehearse-restore").await?;
+    if database_exists(&mut admin, &admin_url, name).await? {
+        return Err(RestoreError::Exists { name: name.into() });
+    }
+    let staging = config.staging_dir();
+    std::fs::create_dir_all(&staging).map_err(|source| DrillError::Staging { dir: staging.clone(), source })?;
+    drill::check_space(&staging, &m, config.store.staging_reserve)?;
+    let file = staging.join(format!("{}-{}-{}.pgdump", target.name, std::process::id(), m.id));
+    let t0 = Instant::now();
+    let fetched = catalog::fetch(config, store.as_ref(), &m, None, &file).await;
+    if let Err(e) = fetched {
+        return Err(DrillError::from(e).into());
+    }
+    let restored = async {
+        exec(&mut admin, &admin_url, &format!("CREATE DATABASE {}", quote_ident(name))).await?;
+        let bindir = target.pg_bindir.as_deref().or(config.snapshot.pg_bindir.as_deref());
+        let tool = tools::find("pg_restore", bindir, m.server_version_num / 10000).await?;
+        let url = target.admin().with_database(name);
+        let mut cmd = tools::command(&tool, &url, "pgrehearse-restore");
+        cmd.arg(format!("--jobs={}", target.restore_jobs)).arg("--exit-on-error").arg(&file);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let out =
+            cmd.output().await.map_err(|source| ToolError::Spawn { path: tool.path.display().to_string(), source })?;
+        if !out.status.success() {
+            let text = String::from_utf8_lossy(&out.stderr).into_owned();
+            return Err(RestoreError::Drill(DrillError::RestoreFailed {
+                id: m.id.clone(),
+                status: out.status.to_string(),
+                stderr_tail: text
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            }));
+        }
+        let mut conn = pg::connect(&url, "pgrehearse-restore").await?;
+        conn.execute("ANALYZE").await.map_err(|source| PgError::Query { url: url.redacted(), source })?;
+        drop(conn);
+        let (tables, problems) = drill::check(&url, &m).await?;
+        if !problems.is_empty() {
+            return Err(RestoreError::Problems { id: m.id.clone(), db: name.into(), problems: problems.join("; ") });
+        }
+        Ok(tables)
+    }
+    .await;
+    let _ = std::fs::remove_file(&file);
+    let tables_checked = restored?;
+    let duration_ms = t0.elapsed().as_millis() as u64;
+    tracing::info!(snapshot = %m.id, database = name, duration_ms, "Snapshot restored and checked.");
+    Ok(Restored { snapshot_id: m.id, database: name.into(), duration_ms, tables_checked, replaced: None })
+}
+
+/// Restores snapshot `id` next to the live database and swaps it in.
+pub async fn replace_live(config: &Config, target: &Target, id: &str, yes: bool) -> Result<Restored, RestoreError> {
+    let live = target.live_url.database();
+    let stamp = Utc::now().format("%Y%m%d%H%M%S").to_string();
+    let new = truncate(&format!("{live}_restoring_{stamp}"));
+    let old = truncate(&format!("{live}_replaced_{stamp}"));
+    if !yes {
+        let (_state, store) = open_stores(config).await.map_err(DrillError::from)?;
+        let m = catalog::resolve(store.as_ref(), &target.name, id).await.map_err(DrillError::from)?;
+        return Err(RestoreError::NeedsYes { id: m.id, live, new, old });
+    }
+    let lock = HeavyLock::try_acquire(&target.live_url, &target.name, "restore").await.map_err(DrillError::from)?;
+    let mut restored = restore_as(config, target, id, &new).await?;
+    let admin_url = target.admin().with_database("postgres");
+    let mut admin = pg::connect(&admin_url, "pgrehearse-restore").await?;
+    // The lock's session is connected to live: release it before the swap
+    // (renaming needs live to have no sessions at all).
+    lock.release().await;
+    carry_over(&mut admin, &admin_url, &live, &new).await?;
+    swap(&mut admin, &admin_url, &live, &new, &old).await?;
+    tracing::warn!(database = %live, kept_as = %old, snapshot = %restored.snapshot_id, "Live database replaced by the restored snapshot; the previous one is kept.");
+    restored.database = live;
+    restored.replaced = Some(old);
+    Ok(restored)
+}
+
+fn truncate(name: &str) -> String {
+    let mut s = name.to_string();
+    s.truncate(63);
+    s
+}
+
+async fn exec(conn: &mut PgConnection, url: &ConnUrl, sql: &str) -> Result<(), PgError> {
+    conn.execute(sql).await.map_err(|source| PgError::Query { url: url.redacted(), source })?;
+    Ok(())
+}
+
+async fn database_exists(conn: &mut PgConnection, url: &ConnUrl, name: &str) -> Result<bool, PgError> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|source| PgError::Query { url: url.redacted(), source })?;
+    Ok(n > 0)
+}
+
+/// Owner, database-level settings (also per role) and grants of `from`,
+/// applied to `to`.
+async fn carry_over(conn: &mut PgConnection, url: &ConnUrl, from: &str, to: &str) -> Result<(), PgError> {
+    let q = |source| PgError::Query { url: url.redacted(), source };
+    let owner: String = sqlx::query_scalar("SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1")
+        .bind(from)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(q)?;
+    exec(conn, url, &format!("ALTER DATABASE {} OWNER TO {}", quote_ident(to), quote_ident(&owner))).await?;
+    // Settings: ALTER DATABASE … SET and ALTER ROLE … IN DATABASE … SET.
+    let settings: Vec<(Option<String>, String)> = sqlx::query_as(
+        "SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole)::text END, unnest(s.setconfig) \
+         FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = $1",
+    )
+    .bind(from)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(q)?;
+    for (role, kv) in settings {
+        let Some((k, v)) = kv.split_once('=') else { continue };
+        let set = format!("SET {} = {}", quote_ident(k), quote_literal(v));
+        let sql = match role {
+            None => format!("ALTER DATABASE {} {set}", quote_ident(to)),
+            Some(r) => format!("ALTER ROLE {} IN DATABASE {} {set}", quote_ident(&r), quote_ident(to)),
+        };
+        exec(conn, url, &sql).await?;
+    }
+    // Grants: the ACL as GRANT statements (grantee 0 is PUBLIC).
+    let grants: Vec<(String, String)> = sqlx::query_as(
+        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)::text) END, a.privilege_type \
+         FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = $1",
+    )
+    .bind(from)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(q)?;
+    if !grants.is_empty() {
+        exec(conn, url, &format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", quote_ident(to))).await?;
+    }
+    for (grantee, privilege) in grants {
+        exec(conn, url, &format!("GRANT {privilege} ON DATABASE {} TO {grantee}", quote_ident(to))).await?;
+    }
+    Ok(())
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Closes live to new sessions, disconnects its clients, and renames.
+async fn swap(conn: &mut PgConnection, url: &ConnUrl, live: &str, new: &str, old: &str) -> Result<(), PgError> {
+    exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false", quote_ident(live))).await?;
+    let terminate = sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    );
+    terminate.bind(live).execute(&mut *conn).await.map_err(|source| PgError::Query { url: url.redacted(), source })?;
+    // Terminated sessions take a moment to exit; renaming waits for them.
+    let mut first = rename(conn, url, live, old).await;
+    for _ in 0..100 {
+        if first.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        first = rename(conn, url, live, old).await;
+    }
+    if let Err(e) = first {
+        exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(live))).await?;
+        return Err(e);
+    }
+    if let Err(e) = rename(conn, url, new, live).await {
+        // Put live back where it was: never leave the name without a database.
+        rename(conn, url, old, live).await?;
+        exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(live))).await?;
+        return Err(e);
+    }
+    // The kept database stays open for inspection.
+    exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(old))).await
+}
+
+async fn rename(conn: &mut PgConnection, url: &ConnUrl, from: &str, to: &str) -> Result<(), PgError> {
+    exec(conn, url, &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(from), quote_ident(to))).await
+}
