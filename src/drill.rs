@@ -65,13 +65,14 @@ pub struct Report {
     pub snapshot_id: String,
     pub target: String,
     pub ok: bool,
-    /// `restore` or `template_clone`.
-    pub method: &'static str,
-    pub restore_duration_ms: u64,
+    /// `restore` or `template_clone`; null when nothing was restored (the
+    /// stored object failed its checksum).
+    pub method: Option<&'static str>,
+    pub restore_duration_ms: Option<u64>,
     pub tables_checked: usize,
     pub mismatches: Vec<String>,
     /// The scratch database (dropped unless `--keep`).
-    pub database: String,
+    pub database: Option<String>,
     pub kept: bool,
     pub verified_at: Option<String>,
 }
@@ -109,7 +110,7 @@ pub async fn verify(config: &Config, target: &Target, id: &str, full: bool, keep
             &run,
             &Verification {
                 ok: report.ok,
-                method: report.method.to_string(),
+                method: report.method.map(str::to_string),
                 restore_duration_ms: report.restore_duration_ms,
                 tables_checked: report.tables_checked,
                 mismatches: report.mismatches.clone(),
@@ -146,11 +147,11 @@ async fn drill(
                 snapshot_id: m.id.clone(),
                 target: target.name.clone(),
                 ok: false,
-                method: "restore",
-                restore_duration_ms: 0,
+                method: None,
+                restore_duration_ms: None,
                 tables_checked: 0,
-                mismatches: vec![format!("checksum mismatch: {e}")],
-                database: String::new(),
+                mismatches: vec![e.to_string()],
+                database: None,
                 kept: false,
                 verified_at: None,
             });
@@ -176,12 +177,22 @@ async fn drill(
     let method = if use_template { "template_clone" } else { "restore" };
     tracing::info!(database = %db, method, restore_duration_ms, "Snapshot restored into a scratch database.");
 
-    let checked = check(&shadow.url_for(&db), m).await;
+    let checked = check(&shadow.url_for(&db), m).await.map_err(DrillError::from);
+    let checked = match checked {
+        Ok((n, mut problems)) => {
+            problems.extend(user_checks(&shadow.url_for(&db), target).await?);
+            if target.amcheck {
+                problems.extend(amcheck(config, target, m, &shadow.url_for(&db)).await?);
+            }
+            Ok((n, problems))
+        }
+        Err(e) => Err(e),
+    };
     let (tables_checked, mismatches) = match checked {
         Ok(c) => c,
         Err(e) => {
             let _ = shadow.drop_db(&db).await;
-            return Err(e.into());
+            return Err(e);
         }
     };
     let ok = mismatches.is_empty();
@@ -203,11 +214,11 @@ async fn drill(
         snapshot_id: m.id.clone(),
         target: target.name.clone(),
         ok,
-        method,
-        restore_duration_ms,
+        method: Some(method),
+        restore_duration_ms: Some(restore_duration_ms),
         tables_checked,
         mismatches,
-        database: db,
+        database: Some(db),
         kept: keep,
         verified_at: ok.then(|| Utc::now().to_rfc3339()),
     })
@@ -278,6 +289,46 @@ pub async fn check(url: &pg::ConnUrl, m: &Manifest) -> Result<(usize, Vec<String
         mismatches.push(format!("index {} is invalid after restore", row.get::<String, _>("idx")));
     }
     Ok((m.tables.len(), mismatches))
+}
+
+/// The target's own check queries: each must return `expect` as text.
+async fn user_checks(url: &pg::ConnUrl, target: &Target) -> Result<Vec<String>, PgError> {
+    if target.checks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut conn = pg::connect(url, "pgrehearse-verify").await?;
+    let mut problems = Vec::new();
+    for c in &target.checks {
+        let sql = format!("SELECT x::text FROM ({}) AS q(x) LIMIT 1", c.sql.trim().trim_end_matches(';'));
+        match sqlx::query_scalar::<_, Option<String>>(&sql).fetch_optional(&mut conn).await {
+            Ok(Some(Some(v))) if v == c.expect => {}
+            Ok(got) => problems.push(format!(
+                "check `{}` returned {} instead of `{}`",
+                c.name,
+                got.flatten().map_or("no value".to_string(), |v| format!("`{v}`")),
+                c.expect
+            )),
+            Err(e) => problems.push(format!("check `{}` failed to run: {e}", c.name)),
+        }
+    }
+    Ok(problems)
+}
+
+/// `pg_amcheck` over the restored copy (installs the amcheck extension
+/// there if missing; the copy is scratch).
+async fn amcheck(config: &Config, target: &Target, m: &Manifest, url: &pg::ConnUrl) -> Result<Vec<String>, DrillError> {
+    let bindir = target.pg_bindir.as_deref().or(config.snapshot.pg_bindir.as_deref());
+    let tool = tools::find("pg_amcheck", bindir, m.server_version_num / 10000).await?;
+    let mut cmd = tools::command_with_flag(&tool, url, "pgrehearse-amcheck", "--database");
+    cmd.arg("--install-missing").stdout(Stdio::piped()).stderr(Stdio::piped());
+    let out =
+        cmd.output().await.map_err(|source| ToolError::Spawn { path: tool.path.display().to_string(), source })?;
+    if out.status.success() {
+        return Ok(Vec::new());
+    }
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let tail: Vec<&str> = text.lines().take(10).collect();
+    Ok(vec![format!("pg_amcheck reported problems: {}", tail.join(" | "))])
 }
 
 /// The template holds the newest verified snapshot: replace it only with a

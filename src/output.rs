@@ -116,13 +116,13 @@ pub fn verified(json: bool, r: &crate::drill::Report) {
     if json {
         return print_json(r);
     }
-    let how = if r.method == "template_clone" { "cloned from the template" } else { "restored" };
+    let how = if r.method == Some("template_clone") { "cloned from the template" } else { "restored" };
     if r.ok {
         println!(
             "Snapshot {} of target {} verified: {how} in {:.1} s, {} tables checked, all row counts equal the manifest, all indexes valid.",
             r.snapshot_id,
             r.target,
-            r.restore_duration_ms as f64 / 1000.0,
+            r.restore_duration_ms.unwrap_or(0) as f64 / 1000.0,
             r.tables_checked
         );
     } else {
@@ -131,8 +131,8 @@ pub fn verified(json: bool, r: &crate::drill::Report) {
             println!("  - {m}");
         }
     }
-    if r.kept {
-        println!("  scratch database kept: {}", r.database);
+    if let (true, Some(db)) = (r.kept, &r.database) {
+        println!("  scratch database kept: {db}");
     }
 }
 

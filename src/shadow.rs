@@ -151,7 +151,9 @@ impl Shadow {
     pub async fn promote_to_template(&mut self, scratch: &str, snapshot_id: &str) -> Result<(), ShadowError> {
         let tpl = self.template_name();
         let staging = format!("{tpl}_new");
-        self.drop_db(&staging).await?;
+        if self.exists(&staging).await? {
+            self.drop_db(&staging).await?;
+        }
         self.state.shadow_db_planned(&self.target, &staging, KIND_SCRATCH, Some(snapshot_id)).await?;
         self.exec(&format!(
             "CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY",

@@ -201,8 +201,8 @@ pub struct ShadowDb {
 #[derive(Debug, Clone)]
 pub struct Verification {
     pub ok: bool,
-    pub method: String,
-    pub restore_duration_ms: u64,
+    pub method: Option<String>,
+    pub restore_duration_ms: Option<u64>,
     pub tables_checked: usize,
     pub mismatches: Vec<String>,
 }
@@ -276,7 +276,7 @@ impl State {
         .bind(Utc::now().to_rfc3339())
         .bind(v.ok)
         .bind(&v.method)
-        .bind(v.restore_duration_ms as i64)
+        .bind(v.restore_duration_ms.map(|ms| ms as i64))
         .bind(v.tables_checked as i64)
         .bind(serde_json::to_string(&v.mismatches).expect("strings serialize"))
         .bind(id)

@@ -124,6 +124,10 @@ pub struct Target {
     pub pg_bindir: Option<PathBuf>,
     /// `pg_restore -j`.
     pub restore_jobs: usize,
+    /// Run `pg_amcheck` on restored copies.
+    pub amcheck: bool,
+    /// User-defined queries run on every restored copy.
+    pub checks: Vec<Check>,
     /// `pg_restore --no-owner` (the shadow rarely has production's roles).
     pub restore_no_owner: bool,
 }
@@ -177,6 +181,16 @@ pub enum OnFailure {
     Halt,
 }
 
+/// A query whose first column of the first row must equal `expect` (as
+/// text) on every restored copy, e.g. "SELECT count(*) > 0 FROM users" →
+/// "true".
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub sql: String,
+    pub expect: String,
+}
+
 /// How many snapshots to keep; see `store::retention`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Retention {
@@ -184,11 +198,13 @@ pub struct Retention {
     pub keep_daily: u32,
     pub keep_weekly: u32,
     pub keep_monthly: u32,
+    /// Never prune below this many snapshots that passed a restore drill.
+    pub keep_verified_min: u32,
 }
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { keep_last: 7, keep_daily: 14, keep_weekly: 8, keep_monthly: 6 }
+        Retention { keep_last: 7, keep_daily: 14, keep_weekly: 8, keep_monthly: 6, keep_verified_min: 1 }
     }
 }
 

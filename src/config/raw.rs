@@ -92,6 +92,9 @@ pub struct RawTarget {
     pub dump_globals: Option<bool>,
     pub pg_bindir: Option<PathBuf>,
     pub restore_jobs: Option<usize>,
+    pub amcheck: Option<bool>,
+    #[serde(default)]
+    pub checks: Vec<RawCheck>,
     pub restore_no_owner: Option<bool>,
 }
 
@@ -104,6 +107,14 @@ pub struct RawMigrations {
     pub apply: Option<String>,
     pub pending: Option<String>,
     pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheck {
+    pub name: Option<String>,
+    pub sql: Option<String>,
+    pub expect: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,4 +132,5 @@ pub struct RawRetention {
     pub keep_daily: Option<u32>,
     pub keep_weekly: Option<u32>,
     pub keep_monthly: Option<u32>,
+    pub keep_verified_min: Option<u32>,
 }

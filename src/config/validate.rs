@@ -411,12 +411,26 @@ fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
             OnFailure::Restore
         }
     };
+    let mut checks = Vec::new();
+    for (i, c) in raw.checks.iter().enumerate() {
+        let cp = p.key("checks").index(i);
+        match (&c.name, &c.sql, &c.expect) {
+            (Some(name), Some(sql), Some(expect)) => {
+                checks.push(Check { name: name.clone(), sql: sql.clone(), expect: expect.clone() })
+            }
+            _ => cx.problem(
+                &cp,
+                "a check needs name, sql and expect (the expected first column of the first row, as text)",
+            ),
+        }
+    }
     let d = Retention::default();
     let retention = raw.retention.as_ref().map_or(d, |r| Retention {
         keep_last: r.keep_last.unwrap_or(d.keep_last),
         keep_daily: r.keep_daily.unwrap_or(d.keep_daily),
         keep_weekly: r.keep_weekly.unwrap_or(d.keep_weekly),
         keep_monthly: r.keep_monthly.unwrap_or(d.keep_monthly),
+        keep_verified_min: r.keep_verified_min.unwrap_or(d.keep_verified_min),
     });
     Some(Target {
         name,
@@ -438,6 +452,8 @@ fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
             .clamp(1, 64),
         restore_no_owner: raw.restore_no_owner.unwrap_or(true),
+        amcheck: raw.amcheck.unwrap_or(false),
+        checks,
         pg_bindir: raw.pg_bindir.as_deref().map(|d| cx.path(d)),
     })
 }

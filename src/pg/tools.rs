@@ -106,6 +106,24 @@ pub async fn find(name: &str, configured: Option<&Path>, server_major: u32) -> R
 pub fn command(tool: &Tool, url: &ConnUrl, application_name: &str) -> Command {
     let mut cmd = Command::new(&tool.path);
     cmd.arg(format!("--dbname={}", url.without_password()));
+    finish(cmd, url, application_name)
+}
+
+/// For programs that do not take a connection string (`pg_amcheck`): the
+/// server and role go in `PGHOST`/`PGPORT`/`PGUSER`, the database name in
+/// `flag`.
+pub fn command_with_flag(tool: &Tool, url: &ConnUrl, application_name: &str, flag: &str) -> Command {
+    let mut cmd = Command::new(&tool.path);
+    let (host, port) = url.server_key();
+    cmd.env("PGHOST", host).env("PGPORT", port.to_string());
+    if let Some(user) = url.user() {
+        cmd.env("PGUSER", user);
+    }
+    cmd.arg(format!("{flag}={}", url.database()));
+    finish(cmd, url, application_name)
+}
+
+fn finish(mut cmd: Command, url: &ConnUrl, application_name: &str) -> Command {
     cmd.env("PGAPPNAME", application_name);
     // A password in the environment of the caller must not leak into a
     // connection that did not ask for it, nor a stale one override ours.

@@ -63,6 +63,11 @@ impl ConnUrl {
         percent_decode_str(path).decode_utf8_lossy().into_owned()
     }
 
+    pub fn user(&self) -> Option<String> {
+        let u = self.0.username();
+        (!u.is_empty()).then(|| percent_decode_str(u).decode_utf8_lossy().into_owned())
+    }
+
     /// The same server and credentials, another database.
     pub fn with_database(&self, db: &str) -> ConnUrl {
         let mut u = self.0.clone();

@@ -151,8 +151,16 @@ pub async fn prune(config: &Config, target: &Target, dry_run: bool) -> Result<Pr
         });
     }
     let all = manifests(store.as_ref(), &target.name).await?;
-    let pairs: Vec<(String, DateTime<Utc>)> = all.iter().map(|m| (m.id.clone(), m.started_at)).collect();
-    let decisions = retention::apply(&target.retention, &pairs);
+    let candidates: Vec<retention::Candidate> = all
+        .iter()
+        .map(|m| retention::Candidate {
+            id: m.id.clone(),
+            at: m.started_at,
+            verified: m.verified_at().is_some(),
+            pinned: m.pinned_by.is_some(),
+        })
+        .collect();
+    let decisions = retention::apply(&target.retention, &candidates);
     let mut out = PruneOutcome {
         target: target.name.clone(),
         dry_run,

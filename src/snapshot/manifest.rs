@@ -50,6 +50,10 @@ pub struct Manifest {
     /// The exported snapshot id pg_dump used.
     #[serde(default)]
     pub mvcc_snapshot: String,
+    /// Set while a release may need this snapshot for recovery; retention
+    /// never deletes a pinned snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_by: Option<String>,
     /// Filled in by restore drills.
     #[serde(default)]
     pub verification: Option<serde_json::Value>,

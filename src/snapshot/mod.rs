@@ -297,6 +297,7 @@ async fn run(
         system_identifier: info.system_identifier.clone(),
         mvcc_snapshot: mvcc,
         verification: None,
+        pinned_by: None,
     };
     let manifest_key = store::snapshot_key(&target.name, id, store::MANIFEST);
     let body = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");

@@ -14,6 +14,7 @@ pub mod pg;
 pub mod proc;
 pub mod proxy;
 pub mod s3;
+pub mod shadow;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
