@@ -303,13 +303,23 @@ fn replace_live_carries_list_valued_and_per_role_settings() {
     );
     let before = db_settings(&live, "app");
     let shown = |c: &Cluster| {
-        query_ok(c, "app", PASSWORD, "app", "SELECT current_setting('search_path') || ' | ' || current_setting('statement_timeout')")
+        query_ok(
+            c,
+            "app",
+            PASSWORD,
+            "app",
+            "SELECT current_setting('search_path') || ' | ' || current_setting('statement_timeout')",
+        )
     };
     let seen = shown(&live);
     assert_eq!(seen, "extra, public | 5s");
     let pgr = pgr_for(&live);
     snapshot(&pgr);
     restore(&pgr, &["latest", "--replace-live", "--yes"]).ok();
-    assert_eq!(db_settings(&live, "app"), before, "database-level settings of app differ after --replace-live");
-    assert_eq!(shown(&live), seen, "the app role's session settings differ after --replace-live");
+    let (after, session) = (db_settings(&live, "app"), shown(&live));
+    assert_eq!(
+        after, before,
+        "database-level settings of app differ after --replace-live (app's session sees {session:?})"
+    );
+    assert_eq!(session, seen, "the app role's session settings differ after --replace-live");
 }
