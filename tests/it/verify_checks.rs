@@ -50,3 +50,38 @@ fn user_checks_and_amcheck_decide_the_drill() {
     assert_eq!(scratch_dbs(&shadow), vec![template_name("app")], "scratch databases left on the shadow");
     assert_staging_empty(&pgr, "after a failed check");
 }
+
+/// Retention never prunes below `keep_verified_min` snapshots that passed a
+/// drill, even when every other rule would delete them.
+#[test]
+fn prune_keeps_the_newest_verified_snapshot() {
+    let live = Cluster::start();
+    live.create_app_db("app", "app", PASSWORD);
+    data::create_rich_schema(&live, "app", "app", 20);
+    let shadow = Cluster::start();
+    let retention =
+        "retention = { keep_last = 1, keep_daily = 0, keep_weekly = 0, keep_monthly = 0, keep_verified_min = 1 }\n";
+    let pgr = pgr_with(&live, &shadow, retention);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let r = pgr.run_json(&["snapshot"]);
+        r.ok();
+        ids.push(r.json()["id"].as_str().unwrap().to_string());
+    }
+    // Verify the oldest: it becomes the only verified snapshot.
+    pgr.run_json(&["verify", &ids[0]]).ok();
+    let r = pgr.run_json(&["prune"]);
+    r.ok();
+    let v = r.json();
+    assert_eq!(v["kept"], serde_json::json!([ids[2], ids[0]]), "{v}");
+    assert_eq!(v["deleted"], serde_json::json!([ids[1]]), "{v}");
+    let listed: Vec<String> = pgr
+        .run_json(&["snapshots"])
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, vec![ids[2].clone(), ids[0].clone()]);
+}
