@@ -85,3 +85,34 @@ fn prune_keeps_the_newest_verified_snapshot() {
         .collect();
     assert_eq!(listed, vec![ids[2].clone(), ids[0].clone()]);
 }
+
+/// The template follows the newest verified snapshot: verifying a newer
+/// snapshot replaces it, and re-verifying an older one restores for real
+/// without taking the template back.
+#[test]
+fn template_follows_the_newest_verified_snapshot() {
+    let live = Cluster::start();
+    live.create_app_db("app", "app", PASSWORD);
+    data::create_rich_schema(&live, "app", "app", 20);
+    let shadow = Cluster::start();
+    let pgr = pgr_with(&live, &shadow, "");
+    let snap = |pgr: &Pgr| {
+        let r = pgr.run_json(&["snapshot"]);
+        r.ok();
+        r.json()["id"].as_str().unwrap().to_string()
+    };
+    let method = |pgr: &Pgr, id: &str| {
+        let r = pgr.run_json(&["verify", id]);
+        r.ok();
+        r.json()["method"].as_str().unwrap().to_string()
+    };
+    let old = snap(&pgr);
+    assert_eq!(method(&pgr, &old), "restore");
+    assert_eq!(method(&pgr, &old), "template_clone");
+    let new = snap(&pgr);
+    assert_eq!(method(&pgr, &new), "restore", "a new snapshot cannot come from the old template");
+    assert_eq!(method(&pgr, &new), "template_clone", "the newer verified snapshot did not become the template");
+    assert_eq!(method(&pgr, &old), "restore", "the template should hold the newer snapshot");
+    assert_eq!(method(&pgr, &new), "template_clone", "re-verifying an older snapshot took the template back");
+    assert_eq!(scratch_dbs(&shadow), vec![template_name("app")]);
+}
