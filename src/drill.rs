@@ -196,7 +196,8 @@ async fn drill(
         }
     };
     let ok = mismatches.is_empty();
-    if ok && !use_template && is_newest_template_candidate(shadow, store, target, m).await? {
+    let template_holds_it = shadow.template_snapshot().await?.as_deref() == Some(m.id.as_str());
+    if ok && !use_template && !template_holds_it && is_newest_template_candidate(shadow, store, target, m).await? {
         shadow.promote_to_template(&db, &m.id).await?;
     }
     if keep {

@@ -23,6 +23,7 @@ use crate::snapshot::catalog;
 use crate::snapshot::open_stores;
 
 #[derive(Debug, thiserror::Error)]
+#[allow(clippy::large_enum_variant)]
 pub enum RestoreError {
     #[error("database `{name}` already exists on the live server; choose another name for --as")]
     Exists { name: String },
@@ -111,7 +112,17 @@ pub async fn restore_as(config: &Config, target: &Target, id: &str, name: &str) 
     }
     .await;
     let _ = std::fs::remove_file(&file);
-    let tables_checked = restored?;
+    let tables_checked = match restored {
+        Ok(n) => n,
+        Err(e) => {
+            // Incomplete or failed its checks: it is ours and useless.
+            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
+            if let Err(drop_err) = exec(&mut admin, &admin_url, &sql).await {
+                tracing::warn!(database = name, error = %drop_err, "Could not drop the failed restore's database.");
+            }
+            return Err(e);
+        }
+    };
     let duration_ms = t0.elapsed().as_millis() as u64;
     tracing::info!(snapshot = %m.id, database = name, duration_ms, "Snapshot restored and checked.");
     Ok(Restored { snapshot_id: m.id, database: name.into(), duration_ms, tables_checked, replaced: None })
@@ -184,7 +195,7 @@ async fn carry_over(conn: &mut PgConnection, url: &ConnUrl, from: &str, to: &str
     .map_err(q)?;
     for (role, kv) in settings {
         let Some((k, v)) = kv.split_once('=') else { continue };
-        let set = format!("SET {} = {}", quote_ident(k), quote_literal(v));
+        let set = format!("SET {} = {}", quote_ident(k), setting_value(k, v));
         let sql = match role {
             None => format!("ALTER DATABASE {} {set}", quote_ident(to)),
             Some(r) => format!("ALTER ROLE {} IN DATABASE {} {set}", quote_ident(&r), quote_ident(to)),
@@ -192,8 +203,8 @@ async fn carry_over(conn: &mut PgConnection, url: &ConnUrl, from: &str, to: &str
         exec(conn, url, &sql).await?;
     }
     // Grants: the ACL as GRANT statements (grantee 0 is PUBLIC).
-    let grants: Vec<(String, String)> = sqlx::query_as(
-        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)::text) END, a.privilege_type \
+    let grants: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)::text) END, a.privilege_type, a.is_grantable \
          FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = $1",
     )
     .bind(from)
@@ -203,14 +214,54 @@ async fn carry_over(conn: &mut PgConnection, url: &ConnUrl, from: &str, to: &str
     if !grants.is_empty() {
         exec(conn, url, &format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", quote_ident(to))).await?;
     }
-    for (grantee, privilege) in grants {
-        exec(conn, url, &format!("GRANT {privilege} ON DATABASE {} TO {grantee}", quote_ident(to))).await?;
+    for (grantee, privilege, grantable) in grants {
+        let option = if grantable { " WITH GRANT OPTION" } else { "" };
+        exec(conn, url, &format!("GRANT {privilege} ON DATABASE {} TO {grantee}{option}", quote_ident(to))).await?;
     }
+    let limit: i32 = sqlx::query_scalar("SELECT datconnlimit FROM pg_database WHERE datname = $1")
+        .bind(from)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(q)?;
+    exec(conn, url, &format!("ALTER DATABASE {} CONNECTION LIMIT {limit}", quote_ident(to))).await?;
     Ok(())
 }
 
 fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A stored setting as SQL. List-valued settings are stored as
+/// `a, "b c"` and must be given back as separate items (as pg_dumpall does),
+/// or `search_path` would become one schema named "a, b c".
+fn setting_value(name: &str, value: &str) -> String {
+    const LISTS: [&str; 5] = [
+        "search_path",
+        "temp_tablespaces",
+        "local_preload_libraries",
+        "session_preload_libraries",
+        "shared_preload_libraries",
+    ];
+    if !LISTS.contains(&name.to_ascii_lowercase().as_str()) {
+        return quote_literal(value);
+    }
+    let mut items = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => items.push(std::mem::take(&mut cur).trim().to_string()),
+            c => cur.push(c),
+        }
+    }
+    items.push(cur.trim().to_string());
+    items.iter().map(|i| quote_literal(i)).collect::<Vec<_>>().join(", ")
 }
 
 /// Closes live to new sessions, disconnects its clients, and renames.
@@ -245,4 +296,17 @@ async fn swap(conn: &mut PgConnection, url: &ConnUrl, live: &str, new: &str, old
 
 async fn rename(conn: &mut PgConnection, url: &ConnUrl, from: &str, to: &str) -> Result<(), PgError> {
     exec(conn, url, &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(from), quote_ident(to))).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_settings_are_given_back_item_by_item() {
+        assert_eq!(setting_value("search_path", "extra, public"), "'extra', 'public'");
+        assert_eq!(setting_value("search_path", "\"a b\", \"$user\""), "'a b', '$user'");
+        assert_eq!(setting_value("work_mem", "7MB"), "'7MB'");
+        assert_eq!(setting_value("application_name", "has space, comma"), "'has space, comma'");
+    }
 }
