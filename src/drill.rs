@@ -133,11 +133,18 @@ async fn drill(
     full: bool,
     keep: bool,
 ) -> Result<Report, DrillError> {
-    // Always re-read the stored object: the SHA-256 check is the point.
+    // Always re-read the stored object: the SHA-256 check is the point. When
+    // the template holds this very snapshot, hashing is all that is needed
+    // (no decoding, no staging file): the clone comes from the template.
+    let use_template = !full && shadow.template_snapshot().await?.as_deref() == Some(m.id.as_str());
     let file = staging.join(format!("{}-{}-{}.pgdump", target.name, std::process::id(), m.id));
-    let fetched = catalog::fetch(config, store, m, None, &file).await;
+    let fetched = if use_template {
+        catalog::check_stored(store, m).await
+    } else {
+        catalog::fetch(config, store, m, None, &file, false).await.map(|d| d.bytes)
+    };
     let fetched = match fetched {
-        Ok(f) => f,
+        Ok(bytes) => bytes,
         Err(CatalogError::ChecksumMismatch { .. }) => {
             let _ = std::fs::remove_file(&file);
             // Reported as a finding (exit 2), not as "could not run".
@@ -158,10 +165,9 @@ async fn drill(
         }
         Err(e) => return Err(e.into()),
     };
-    tracing::info!(bytes = fetched.bytes, "Snapshot downloaded and its SHA-256 verified.");
+    tracing::info!(bytes = fetched, "Snapshot read back and its SHA-256 verified.");
 
     let db = shadow.scratch_name(run);
-    let use_template = !full && shadow.template_snapshot().await?.as_deref() == Some(m.id.as_str());
     let t0 = Instant::now();
     let restored = if use_template {
         shadow.clone_template(&db, &m.id).await.map_err(DrillError::from)
@@ -177,7 +183,19 @@ async fn drill(
     let method = if use_template { "template_clone" } else { "restore" };
     tracing::info!(database = %db, method, restore_duration_ms, "Snapshot restored into a scratch database.");
 
-    let checked = check(&shadow.url_for(&db), m).await.map_err(DrillError::from);
+    // ANALYZE and the checks read the same tables: run them side by side.
+    // A template clone already carries the statistics of its template.
+    let url = shadow.url_for(&db);
+    let (analyzed, checked) =
+        tokio::join!(async { if use_template { Ok(0) } else { analyze(&url).await } }, check(&url, m));
+    let restore_duration_ms = match analyzed {
+        Ok(ms) => restore_duration_ms + ms,
+        Err(e) => {
+            let _ = shadow.drop_db(&db).await;
+            return Err(e.into());
+        }
+    };
+    let checked = checked.map_err(DrillError::from);
     let checked = match checked {
         Ok((n, mut problems)) => {
             problems.extend(user_checks(&shadow.url_for(&db), target).await?);
@@ -225,9 +243,9 @@ async fn drill(
     })
 }
 
-/// `pg_restore -j N --exit-on-error` into a new scratch database, then
-/// `ANALYZE` (a restored database has no statistics; rehearsal timings on
-/// it would be misleading).
+/// `pg_restore -j N --exit-on-error` into a new scratch database. The caller
+/// runs `ANALYZE` (a restored database has no statistics; rehearsal timings
+/// on it would be misleading) alongside the checks.
 async fn restore(
     config: &Config,
     target: &Target,
@@ -257,9 +275,15 @@ async fn restore(
             text.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
         return Err(DrillError::RestoreFailed { id: m.id.clone(), status: out.status.to_string(), stderr_tail: tail });
     }
-    let mut conn = pg::connect(&url, "pgrehearse-restore").await?;
-    conn.execute("ANALYZE").await.map_err(|source| PgError::Query { url: url.redacted(), source })?;
     Ok(())
+}
+
+/// `ANALYZE` of a freshly restored database; returns how long it took.
+async fn analyze(url: &pg::ConnUrl) -> Result<u64, PgError> {
+    let t0 = Instant::now();
+    let mut conn = pg::connect(url, "pgrehearse-analyze").await?;
+    conn.execute("ANALYZE").await.map_err(|source| PgError::Query { url: url.redacted(), source })?;
+    Ok(t0.elapsed().as_millis() as u64)
 }
 
 /// Exact row counts against the manifest, and index validity.

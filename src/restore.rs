@@ -71,7 +71,7 @@ pub async fn restore_as(config: &Config, target: &Target, id: &str, name: &str) 
     drill::check_space(&staging, &m, config.store.staging_reserve)?;
     let file = staging.join(format!("{}-{}-{}.pgdump", target.name, std::process::id(), m.id));
     let t0 = Instant::now();
-    let fetched = catalog::fetch(config, store.as_ref(), &m, None, &file).await;
+    let fetched = catalog::fetch(config, store.as_ref(), &m, None, &file, false).await;
     if let Err(e) = fetched {
         return Err(DrillError::from(e).into());
     }

@@ -214,7 +214,7 @@ pub async fn download(
     }
     let (_state, store) = open_stores(config).await?;
     let m = resolve(store.as_ref(), &target.name, id).await?;
-    fetch(config, store.as_ref(), &m, identity, output).await
+    fetch(config, store.as_ref(), &m, identity, output, true).await
 }
 
 /// The identity that decrypts `m`: `--identity`, `[store] identity_file`,
@@ -248,6 +248,7 @@ pub async fn fetch(
     m: &Manifest,
     identity: Option<&Path>,
     output: &Path,
+    durable: bool,
 ) -> Result<Downloaded, CatalogError> {
     // Identities are not `Send`: they are loaded on the decoding thread.
     let identity = identity_for(config, m, identity)?;
@@ -262,7 +263,7 @@ pub async fn fetch(
     let result = tokio::task::spawn_blocking(move || -> Result<u64, CatalogError> {
         let src = Rc::new(RefCell::new(SyncIoBridge::new(reader)));
         let hashed = Hashed { inner: src.clone(), state: h.clone(), limit };
-        let decoded = decode_into(hashed, identity, file, &mid);
+        let decoded = decode_into(hashed, identity, file, &mid, durable);
         if matches!(decoded, Err(CatalogError::Decode { .. })) {
             // Hash what the decoder left unread (bounded by the expected size).
             let mut rest = Hashed { inner: src, state: h, limit };
@@ -303,12 +304,46 @@ pub async fn fetch(
     }
 }
 
+/// Reads the stored dump of `m` and checks its SHA-256 and size against the
+/// manifest, without decoding it. Returns the stored size.
+pub async fn check_stored(store: &dyn Store, m: &Manifest) -> Result<u64, CatalogError> {
+    use tokio::io::AsyncReadExt;
+    let mut reader = store.open(&m.dump.key).await?;
+    let mut hasher = Sha256::new();
+    let mut count = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n =
+            reader.read(&mut buf).await.map_err(|e| StoreError::Unavailable(format!("reading {}: {e}", m.dump.key)))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        count += n as u64;
+        if count > m.bytes_stored {
+            break;
+        }
+    }
+    let sha = hex::encode(hasher.finalize());
+    if sha != m.sha256 || count != m.bytes_stored {
+        return Err(CatalogError::ChecksumMismatch {
+            id: m.id.clone(),
+            expected: m.sha256.clone(),
+            actual: sha,
+            expected_bytes: m.bytes_stored,
+            actual_bytes: count,
+        });
+    }
+    Ok(count)
+}
+
 /// Decrypts (when `identity` is given) and decompresses into `file`.
 fn decode_into(
     hashed: impl Read,
     identity: Option<(PathBuf, String)>,
     file: std::fs::File,
     id: &str,
+    durable: bool,
 ) -> Result<u64, CatalogError> {
     let mut out = io::BufWriter::with_capacity(1 << 20, file);
     let decode = |e: io::Error| CatalogError::Decode { id: id.to_string(), reason: e.to_string() };
@@ -339,7 +374,11 @@ fn decode_into(
         }
     };
     let file = out.into_inner().map_err(|e| decode(e.into_error()))?;
-    file.sync_all().map_err(decode)?;
+    // A user's download must survive a crash; a staging file for an
+    // immediate restore need not reach the disk.
+    if durable {
+        file.sync_all().map_err(decode)?;
+    }
     Ok(written)
 }
 
