@@ -166,6 +166,18 @@ impl S3Store {
         if self.prefix.is_empty() { Some(full) } else { full.strip_prefix(&self.prefix)?.strip_prefix('/') }
     }
 
+    /// GetObject's body stream; a missing key is `NotFound` naming it.
+    async fn get_body(&self, key: &str) -> Result<ByteStream, StoreError> {
+        let out =
+            self.client.get_object().bucket(&self.bucket).key(self.full(key)).send().await.map_err(
+                |e| match classify(&self.place, "GetObject", e) {
+                    StoreError::NotFound { .. } => StoreError::NotFound { key: key.into() },
+                    other => other,
+                },
+            )?;
+        Ok(out.body)
+    }
+
     /// Part size for a stream of about `expected` bytes: at least the
     /// configured minimum, whole MiB.
     pub fn part_size(min: u64, expected: u64) -> u64 {
@@ -214,26 +226,13 @@ impl Store for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        let out =
-            self.client.get_object().bucket(&self.bucket).key(self.full(key)).send().await.map_err(
-                |e| match classify(&self.place, "GetObject", e) {
-                    StoreError::NotFound { .. } => StoreError::NotFound { key: key.into() },
-                    other => other,
-                },
-            )?;
-        let data = out.body.collect().await.map_err(|e| StoreError::Unavailable(format!("GetObject body: {e}")))?;
+        let body = self.get_body(key).await?;
+        let data = body.collect().await.map_err(|e| StoreError::Unavailable(format!("GetObject body: {e}")))?;
         Ok(data.into_bytes())
     }
 
     async fn open(&self, key: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>, StoreError> {
-        let out =
-            self.client.get_object().bucket(&self.bucket).key(self.full(key)).send().await.map_err(
-                |e| match classify(&self.place, "GetObject", e) {
-                    StoreError::NotFound { .. } => StoreError::NotFound { key: key.into() },
-                    other => other,
-                },
-            )?;
-        Ok(Box::new(out.body.into_async_read()))
+        Ok(Box::new(self.get_body(key).await?.into_async_read()))
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
