@@ -136,8 +136,10 @@ async fn drill(
     // Always re-read the stored object: the SHA-256 check is the point. When
     // the template holds this very snapshot, hashing is all that is needed
     // (no decoding, no staging file): the clone comes from the template.
-    let use_template = !full && shadow.template_snapshot().await?.as_deref() == Some(m.id.as_str());
-    let file = staging.join(format!("{}-{}-{}.pgdump", target.name, std::process::id(), m.id));
+    let template = shadow.template_snapshot().await?;
+    let template_holds_it = template.as_deref() == Some(m.id.as_str());
+    let use_template = !full && template_holds_it;
+    let file = staging_file(staging, target, m);
     let fetched = if use_template {
         catalog::check_stored(store, m).await
     } else {
@@ -145,10 +147,9 @@ async fn drill(
     };
     let fetched = match fetched {
         Ok(bytes) => bytes,
-        Err(CatalogError::ChecksumMismatch { .. }) => {
+        Err(e @ CatalogError::ChecksumMismatch { .. }) => {
             let _ = std::fs::remove_file(&file);
             // Reported as a finding (exit 2), not as "could not run".
-            let e = fetched.unwrap_err();
             tracing::error!(error = %e, "Restore drill failed: the stored object is corrupt.");
             return Ok(Report {
                 snapshot_id: m.id.clone(),
@@ -214,8 +215,7 @@ async fn drill(
         }
     };
     let ok = mismatches.is_empty();
-    let template_holds_it = shadow.template_snapshot().await?.as_deref() == Some(m.id.as_str());
-    if ok && !use_template && !template_holds_it && is_newest_template_candidate(shadow, store, target, m).await? {
+    if ok && !template_holds_it && is_newest_template_candidate(template.as_deref(), store, target, m).await? {
         shadow.promote_to_template(&db, &m.id).await?;
     }
     if keep {
@@ -254,32 +254,49 @@ async fn restore(
     m: &Manifest,
     file: &Path,
 ) -> Result<(), DrillError> {
-    let major = m.server_version_num / 10000;
-    let bindir = target.pg_bindir.as_deref().or(config.snapshot.pg_bindir.as_deref());
-    let pg_restore = tools::find("pg_restore", bindir, major).await?;
     shadow.create(db, &m.id).await?;
-    let url = shadow.url_for(db);
-    let mut cmd = tools::command(&pg_restore, &url, "pgrehearse-restore");
-    cmd.arg(format!("--jobs={}", target.restore_jobs)).arg("--exit-on-error").arg("--no-acl");
+    let mut extra = vec!["--no-acl"];
     if target.restore_no_owner {
-        cmd.arg("--no-owner");
+        extra.push("--no-owner");
     }
+    pg_restore(config, target, m, &shadow.url_for(db), file, &extra).await
+}
+
+/// `pg_restore -j N --exit-on-error [extra] FILE` into the existing database
+/// at `url`, with the client matching the snapshot's server version.
+pub async fn pg_restore(
+    config: &Config,
+    target: &Target,
+    m: &Manifest,
+    url: &pg::ConnUrl,
+    file: &Path,
+    extra: &[&str],
+) -> Result<(), DrillError> {
+    let bindir = target.pg_bindir.as_deref().or(config.snapshot.pg_bindir.as_deref());
+    let tool = tools::find("pg_restore", bindir, m.server_version_num / 10000).await?;
+    let mut cmd = tools::command(&tool, url, "pgrehearse-restore");
+    cmd.arg(format!("--jobs={}", target.restore_jobs)).arg("--exit-on-error").args(extra);
     cmd.arg(file).stdout(Stdio::null()).stderr(Stdio::piped());
-    let out = cmd
-        .output()
-        .await
-        .map_err(|source| ToolError::Spawn { path: pg_restore.path.display().to_string(), source })?;
+    let out =
+        cmd.output().await.map_err(|source| ToolError::Spawn { path: tool.path.display().to_string(), source })?;
     if !out.status.success() {
-        let text = String::from_utf8_lossy(&out.stderr);
-        let tail: String =
-            text.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-        return Err(DrillError::RestoreFailed { id: m.id.clone(), status: out.status.to_string(), stderr_tail: tail });
+        return Err(DrillError::RestoreFailed {
+            id: m.id.clone(),
+            status: out.status.to_string(),
+            stderr_tail: tools::tail(&String::from_utf8_lossy(&out.stderr), 2000),
+        });
     }
     Ok(())
 }
 
+/// The staging file for `m`, named `<target>-<pid>-<snapshot id>.pgdump` so
+/// that `clean_staging` can tell files of dead runs.
+pub fn staging_file(staging: &Path, target: &Target, m: &Manifest) -> PathBuf {
+    staging.join(format!("{}-{}-{}.pgdump", target.name, std::process::id(), m.id))
+}
+
 /// `ANALYZE` of a freshly restored database; returns how long it took.
-async fn analyze(url: &pg::ConnUrl) -> Result<u64, PgError> {
+pub async fn analyze(url: &pg::ConnUrl) -> Result<u64, PgError> {
     let t0 = Instant::now();
     let mut conn = pg::connect(url, "pgrehearse-analyze").await?;
     conn.execute("ANALYZE").await.map_err(|source| PgError::Query { url: url.redacted(), source })?;
@@ -359,13 +376,13 @@ async fn amcheck(config: &Config, target: &Target, m: &Manifest, url: &pg::ConnU
 /// The template holds the newest verified snapshot: replace it only with a
 /// snapshot at least as new as the one it holds.
 async fn is_newest_template_candidate(
-    shadow: &mut Shadow,
+    current: Option<&str>,
     store: &dyn store::Store,
     target: &Target,
     m: &Manifest,
 ) -> Result<bool, DrillError> {
-    let Some(current) = shadow.template_snapshot().await? else { return Ok(true) };
-    match catalog::resolve(store, &target.name, &current).await {
+    let Some(current) = current else { return Ok(true) };
+    match catalog::resolve(store, &target.name, current).await {
         Ok(cur) => Ok(m.started_at >= cur.started_at),
         // The template's snapshot was pruned: anything verified replaces it.
         Err(_) => Ok(true),

@@ -6,7 +6,6 @@
 //! live database's owner, settings and grants are carried over so that
 //! clients connect as before.
 
-use std::process::Stdio;
 use std::time::Instant;
 
 use chrono::Utc;
@@ -17,7 +16,7 @@ use sqlx::postgres::PgConnection;
 use crate::config::{Config, Target};
 use crate::drill::{self, DrillError};
 use crate::pg::lock::HeavyLock;
-use crate::pg::tools::{self, ToolError};
+use crate::pg::tools::ToolError;
 use crate::pg::{self, ConnUrl, PgError, quote_ident};
 use crate::snapshot::catalog;
 use crate::snapshot::open_stores;
@@ -69,7 +68,7 @@ pub async fn restore_as(config: &Config, target: &Target, id: &str, name: &str) 
     let staging = config.staging_dir();
     std::fs::create_dir_all(&staging).map_err(|source| DrillError::Staging { dir: staging.clone(), source })?;
     drill::check_space(&staging, &m, config.store.staging_reserve)?;
-    let file = staging.join(format!("{}-{}-{}.pgdump", target.name, std::process::id(), m.id));
+    let file = drill::staging_file(&staging, target, &m);
     let t0 = Instant::now();
     let fetched = catalog::fetch(config, store.as_ref(), &m, None, &file, false).await;
     if let Err(e) = fetched {
@@ -77,33 +76,9 @@ pub async fn restore_as(config: &Config, target: &Target, id: &str, name: &str) 
     }
     let restored = async {
         exec(&mut admin, &admin_url, &format!("CREATE DATABASE {}", quote_ident(name))).await?;
-        let bindir = target.pg_bindir.as_deref().or(config.snapshot.pg_bindir.as_deref());
-        let tool = tools::find("pg_restore", bindir, m.server_version_num / 10000).await?;
         let url = target.admin().with_database(name);
-        let mut cmd = tools::command(&tool, &url, "pgrehearse-restore");
-        cmd.arg(format!("--jobs={}", target.restore_jobs)).arg("--exit-on-error").arg(&file);
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        let out =
-            cmd.output().await.map_err(|source| ToolError::Spawn { path: tool.path.display().to_string(), source })?;
-        if !out.status.success() {
-            let text = String::from_utf8_lossy(&out.stderr).into_owned();
-            return Err(RestoreError::Drill(DrillError::RestoreFailed {
-                id: m.id.clone(),
-                status: out.status.to_string(),
-                stderr_tail: text
-                    .lines()
-                    .rev()
-                    .take(20)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            }));
-        }
-        let mut conn = pg::connect(&url, "pgrehearse-restore").await?;
-        conn.execute("ANALYZE").await.map_err(|source| PgError::Query { url: url.redacted(), source })?;
-        drop(conn);
+        drill::pg_restore(config, target, &m, &url, &file, &[]).await?;
+        drill::analyze(&url).await?;
         let (tables, problems) = drill::check(&url, &m).await?;
         if !problems.is_empty() {
             return Err(RestoreError::Problems { id: m.id.clone(), db: name.into(), problems: problems.join("; ") });

@@ -136,6 +136,20 @@ fn finish(mut cmd: Command, url: &ConnUrl, application_name: &str) -> Command {
     cmd
 }
 
+/// The last `max` bytes of a text, at a line boundary where possible.
+pub fn tail(s: &str, max: usize) -> String {
+    let s = s.trim_end();
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    let cut = &s[start..];
+    cut.find('\n').map_or(cut, |i| &cut[i + 1..]).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -189,7 +189,7 @@ async fn run(
     let stderr_task = tokio::spawn(async move {
         let mut all = Vec::new();
         let _ = stderr.read_to_end(&mut all).await;
-        tail(&String::from_utf8_lossy(&all), 2000)
+        tools::tail(&String::from_utf8_lossy(&all), 2000)
     });
 
     let (tx, mut rx) = mpsc::channel::<Bytes>(4);
@@ -331,20 +331,6 @@ fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// The last `max` bytes of a text, at a line boundary where possible.
-fn tail(s: &str, max: usize) -> String {
-    let s = s.trim_end();
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    let cut = &s[start..];
-    cut.find('\n').map_or(cut, |i| &cut[i + 1..]).to_string()
-}
-
 /// Tables whose data pg_dump writes: ordinary tables outside the system
 /// schemas, not members of extensions.
 async fn list_tables(conn: &mut PgConnection) -> Result<Vec<(String, String)>, sqlx::Error> {
@@ -410,7 +396,7 @@ async fn dump_globals(
     if !out.status.success() {
         return Err(SnapshotError::DumpFailed {
             status: format!("pg_dumpall {}", describe(out.status)),
-            stderr_tail: tail(&String::from_utf8_lossy(&out.stderr), 2000),
+            stderr_tail: tools::tail(&String::from_utf8_lossy(&out.stderr), 2000),
         });
     }
     let file = if config.store.encrypt_to.is_empty() { "globals.sql.zst" } else { "globals.sql.zst.age" };
