@@ -53,6 +53,27 @@ pub enum Command {
     /// Disaster recovery: restore a snapshot into a new database on the live
     /// server (`--as NAME`), or in place of the live database (`--replace-live --yes`).
     Restore(RestoreArgs),
+    /// Show applied and pending migrations, drift, the plan hash, and the
+    /// latest snapshot and rehearsal. Reads live's history table only.
+    Status,
+    /// Rehearse the pending plan on a restored copy of production: run it as
+    /// live will, measure every migration (duration, locks, rewrites, WAL),
+    /// prove its downs, run seeds twice, lint it. Live is never written.
+    Rehearse(RehearseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RehearseArgs {
+    /// The snapshot to rehearse on: an id, `latest` (verified on the way if
+    /// it never was; a fresh one when there is none), or `fresh`.
+    #[arg(long, default_value = "latest")]
+    pub snapshot: String,
+    /// Keep the scratch database afterwards (its name is in the report).
+    #[arg(long)]
+    pub keep: bool,
+    /// Skip the reversibility check (downs, schema compare, ups again).
+    #[arg(long)]
+    pub no_reverse: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -243,6 +243,46 @@ async fn drill(
     })
 }
 
+/// Materialises snapshot `m` as the new scratch database `db` for a
+/// rehearsal: a file copy of the template when it holds this snapshot,
+/// otherwise a download (SHA-256 checked), `pg_restore` and `ANALYZE`.
+/// Returns the method and how long it took. The caller owns `db` (dropped
+/// when the run dies, like any scratch database).
+pub async fn scratch_copy(
+    config: &Config,
+    target: &Target,
+    store: &dyn store::Store,
+    m: &Manifest,
+    shadow: &mut Shadow,
+    db: &str,
+) -> Result<(&'static str, u64), DrillError> {
+    let t0 = Instant::now();
+    if shadow.template_snapshot().await?.as_deref() == Some(m.id.as_str()) {
+        shadow.clone_template(db, &m.id).await?;
+        return Ok(("template_clone", t0.elapsed().as_millis() as u64));
+    }
+    let staging = config.staging_dir();
+    std::fs::create_dir_all(&staging).map_err(|source| DrillError::Staging { dir: staging.clone(), source })?;
+    clean_staging(&staging, &target.name);
+    check_space(&staging, m, config.store.staging_reserve)?;
+    let file = staging_file(&staging, target, m);
+    let fetched = catalog::fetch(config, store, m, None, &file, false).await;
+    let restored = match fetched {
+        Ok(_) => restore(config, target, shadow, db, m, &file).await,
+        Err(e) => Err(e.into()),
+    };
+    let _ = std::fs::remove_file(&file);
+    let analyzed = match restored {
+        Ok(()) => analyze(&shadow.url_for(db)).await.map_err(DrillError::from),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = analyzed {
+        let _ = shadow.drop_db(db).await;
+        return Err(e);
+    }
+    Ok(("restore", t0.elapsed().as_millis() as u64))
+}
+
 /// `pg_restore -j N --exit-on-error` into a new scratch database. The caller
 /// runs `ANALYZE` (a restored database has no statistics; rehearsal timings
 /// on it would be misleading) alongside the checks.

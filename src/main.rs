@@ -5,11 +5,15 @@ mod cli;
 mod config;
 mod drill;
 mod output;
+mod migrations;
 mod pg;
+mod rehearsal;
+mod report;
 mod restore;
 mod shadow;
 mod snapshot;
 mod state;
+mod status;
 mod store;
 
 use std::process::ExitCode;
@@ -117,6 +121,22 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             output::restored(cli.json, &r);
             Ok(exit::OK)
         }
+        Command::Status => {
+            let st = status::status(&config, target).await?;
+            output::status(cli.json, &st);
+            Ok(if st.drift.is_empty() { exit::OK } else { exit::PROBLEMS })
+        }
+        Command::Rehearse(args) => {
+            let cancel = cancel_on_signal();
+            let opts = rehearsal::Options {
+                snapshot: rehearsal::Choice::parse(&args.snapshot),
+                keep: args.keep,
+                reverse: !args.no_reverse,
+            };
+            let report = rehearsal::rehearse(&config, target, &opts, &cancel).await?;
+            output::rehearsed(cli.json, &report);
+            Ok(if report.ok { exit::OK } else { exit::PROBLEMS })
+        }
         Command::Prune(args) => {
             let outcome = snapshot::catalog::prune(&config, target, args.dry_run).await?;
             output::pruned(cli.json, &outcome);
@@ -160,6 +180,17 @@ fn classify(err: &anyhow::Error) -> u8 {
                 R::Drill(d) => drill_code(d),
                 R::Pg(p) => pg_code(p),
                 R::Tool(_) => exit::FAILED,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<rehearsal::RehearsalError>() {
+            return rehearsal_code(e);
+        }
+        if let Some(e) = cause.downcast_ref::<status::StatusError>() {
+            return match e {
+                status::StatusError::Plan(p) => plan_code(p),
+                status::StatusError::Catalog(c) => catalog_code(c),
+                status::StatusError::Snapshot(s) => snapshot_code(s),
+                status::StatusError::State(_) => exit::FAILED,
             };
         }
         if let Some(e) = cause.downcast_ref::<drill::DrillError>() {
@@ -218,6 +249,42 @@ fn drill_code(e: &drill::DrillError) -> u8 {
         D::Shadow(Sh::NoShadow { .. } | Sh::ShadowIsLive { .. } | Sh::LiveDatabase { .. }) => exit::CONFIG,
         D::Catalog(c) => catalog_code(c),
         D::Store(s) => store_code(s),
+        _ => exit::FAILED,
+    }
+}
+
+fn plan_code(e: &migrations::PlanError) -> u8 {
+    use migrations::PlanError as P;
+    match e {
+        P::Pg(p) => pg_code(p),
+        P::Source(s) => source_code(s),
+        P::State(_) => exit::FAILED,
+    }
+}
+
+fn source_code(e: &migrations::SourceError) -> u8 {
+    use migrations::SourceError as S;
+    match e {
+        S::NotConfigured { .. } | S::Dir { .. } => exit::CONFIG,
+        S::History { source: sqlx::Error::Io(_), .. } => exit::UNAVAILABLE,
+        _ => exit::FAILED,
+    }
+}
+
+fn rehearsal_code(e: &rehearsal::RehearsalError) -> u8 {
+    use pg::lock::LockError;
+    use rehearsal::RehearsalError as R;
+    use shadow::ShadowError as Sh;
+    match e {
+        R::Plan(p) => plan_code(p),
+        R::Source(s) => source_code(s),
+        R::Drill(d) => drill_code(d),
+        R::Shadow(Sh::NoShadow { .. } | Sh::ShadowIsLive { .. } | Sh::LiveDatabase { .. }) => exit::CONFIG,
+        R::Shadow(Sh::Pg(p)) | R::Pg(p) | R::Lock(LockError::Pg(p)) => pg_code(p),
+        R::Lock(LockError::Held { .. }) => exit::REFUSED,
+        R::Snapshot(s) => snapshot_code(s),
+        R::Catalog(c) => catalog_code(c),
+        R::Store(s) => store_code(s),
         _ => exit::FAILED,
     }
 }

@@ -193,3 +193,67 @@ pub fn human_bytes(n: u64) -> String {
     }
     if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
+
+/// `status`.
+pub fn status(json: bool, st: &crate::status::Status) {
+    if json {
+        print_json(st);
+        return;
+    }
+    println!("Target {} ({:?} migrations)", st.target, st.kind);
+    println!("Applied: {}", st.applied.len());
+    if let Some(last) = st.applied.last() {
+        println!("  latest: {} {}", last.version, last.name);
+    }
+    if st.pending.is_empty() {
+        println!("Pending: none");
+    } else {
+        println!("Pending: {}", st.pending.len());
+        for p in &st.pending {
+            let mut notes = Vec::new();
+            if !p.transactional {
+                notes.push("outside a transaction");
+            }
+            if !p.reversible {
+                notes.push("no down");
+            }
+            let notes = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join(", ")) };
+            println!("  {} {}{notes}", p.version, p.name);
+        }
+    }
+    println!("Plan: {}", st.plan);
+    if st.drift.is_empty() {
+        println!("Drift: none");
+    } else {
+        println!("Drift:");
+        for d in &st.drift {
+            println!("  {d}");
+        }
+    }
+    match &st.last_snapshot {
+        Some(s) => println!(
+            "Latest snapshot: {} ({})",
+            s.id,
+            s.verified_at.as_deref().map_or("never verified".to_string(), |v| format!("verified {v}"))
+        ),
+        None => println!("Latest snapshot: none"),
+    }
+    match &st.last_rehearsal {
+        Some(r) => println!(
+            "Latest rehearsal: {} {} ({})",
+            r.id,
+            r.status,
+            if r.current_plan { "this plan" } else { "an older plan" }
+        ),
+        None => println!("Latest rehearsal: none"),
+    }
+}
+
+/// `rehearse`: the Markdown report, or the JSON report.
+pub fn rehearsed(json: bool, r: &crate::rehearsal::Report) {
+    if json {
+        print_json(r);
+    } else {
+        print!("{}", crate::report::rehearsal::markdown(r));
+    }
+}

@@ -296,6 +296,133 @@ impl State {
     }
 }
 
+/// A finished or running rehearsal, as `status` and approvals read it.
+#[derive(Debug, Clone)]
+pub struct RehearsalRow {
+    pub id: String,
+    pub plan_hash: Option<String>,
+    pub snapshot_id: Option<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub status: String,
+    pub report: Option<String>,
+    pub error: Option<String>,
+}
+
+impl State {
+    pub async fn rehearsal_started(&self, id: &str, target: &str) -> Result<(), StateError> {
+        sqlx::query(
+            "INSERT INTO rehearsals (id, target, started_at, pid, host, status) VALUES (?, ?, ?, ?, ?, 'running')",
+        )
+        .bind(id)
+        .bind(target)
+        .bind(Utc::now().to_rfc3339())
+        .bind(std::process::id() as i64)
+        .bind(hostname())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// `status` is `passed` or `problems`; `report` the JSON report.
+    pub async fn rehearsal_finished(
+        &self,
+        id: &str,
+        plan_hash: &str,
+        snapshot_id: &str,
+        status: &str,
+        report: &str,
+    ) -> Result<(), StateError> {
+        sqlx::query(
+            "UPDATE rehearsals SET finished_at = ?, plan_hash = ?, snapshot_id = ?, status = ?, report = ? WHERE id = ?",
+        )
+        .bind(Utc::now().to_rfc3339())
+        .bind(plan_hash)
+        .bind(snapshot_id)
+        .bind(status)
+        .bind(report)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn rehearsal_failed(&self, id: &str, error: &str) -> Result<(), StateError> {
+        sqlx::query("UPDATE rehearsals SET finished_at = ?, status = 'error', error = ? WHERE id = ?")
+            .bind(Utc::now().to_rfc3339())
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The newest rehearsal of a target (of one plan, when given).
+    pub async fn latest_rehearsal(&self, target: &str, plan: Option<&str>) -> Result<Option<RehearsalRow>, StateError> {
+        let row = sqlx::query(
+            "SELECT id, plan_hash, snapshot_id, started_at, finished_at, status, report, error FROM rehearsals
+              WHERE target = ? AND (? IS NULL OR plan_hash = ?) ORDER BY started_at DESC, id DESC LIMIT 1",
+        )
+        .bind(target)
+        .bind(plan)
+        .bind(plan)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| RehearsalRow {
+            id: r.get("id"),
+            plan_hash: r.get("plan_hash"),
+            snapshot_id: r.get("snapshot_id"),
+            started_at: r.get("started_at"),
+            finished_at: r.get("finished_at"),
+            status: r.get("status"),
+            report: r.get("report"),
+            error: r.get("error"),
+        }))
+    }
+
+    /// Marks rehearsals of this host whose process died as `error`.
+    pub async fn reap_dead_rehearsals(&self) -> Result<(), StateError> {
+        let me = hostname();
+        let rows = sqlx::query("SELECT id, pid FROM rehearsals WHERE status = 'running' AND host = ?")
+            .bind(&me)
+            .fetch_all(&self.pool)
+            .await?;
+        for r in rows {
+            let pid = r.get::<i64, _>("pid") as u32;
+            if pid != std::process::id() && !process_alive(pid) {
+                self.rehearsal_failed(r.get::<String, _>("id").as_str(), "the process running it died").await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checksums recorded for applied migrations; records `current` ones not
+    /// seen before (first sight is the baseline).
+    pub async fn applied_checksums(
+        &self,
+        target: &str,
+        current: &[(String, String)],
+    ) -> Result<std::collections::HashMap<String, String>, StateError> {
+        for (version, checksum) in current {
+            sqlx::query(
+                "INSERT INTO applied_checksums (target, version, checksum, first_seen) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (target, version) DO NOTHING",
+            )
+            .bind(target)
+            .bind(version)
+            .bind(checksum)
+            .bind(Utc::now().to_rfc3339())
+            .execute(&self.pool)
+            .await?;
+        }
+        let rows = sqlx::query("SELECT version, checksum FROM applied_checksums WHERE target = ?")
+            .bind(target)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get("version"), r.get("checksum"))).collect())
+    }
+}
+
 fn run_from_row(r: &sqlx::sqlite::SqliteRow) -> SnapshotRun {
     let started: String = r.get("started_at");
     SnapshotRun {

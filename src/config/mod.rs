@@ -130,6 +130,18 @@ pub struct Target {
     pub checks: Vec<Check>,
     /// `pg_restore --no-owner` (the shadow rarely has production's roles).
     pub restore_no_owner: bool,
+    /// SQL scripts run after the plan (twice in a rehearsal: the second run
+    /// must change nothing).
+    pub seeds: Vec<PathBuf>,
+    pub lint: LintConfig,
+}
+
+/// Lint rules by id (see `pgrehearse rehearse`): `deny` turns a finding into
+/// a problem that fails the rehearsal, `allow` silences a rule.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LintConfig {
+    pub deny: Vec<String>,
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -139,6 +151,8 @@ pub struct MigrationsConfig {
     pub table: Option<String>,
     pub apply: Option<String>,
     pub pending: Option<String>,
+    /// `command` kind: reverts what `apply` applied (optional).
+    pub down: Option<String>,
     #[serde(with = "humantime_serde_compat")]
     pub timeout: Duration,
 }

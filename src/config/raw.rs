@@ -96,6 +96,18 @@ pub struct RawTarget {
     #[serde(default)]
     pub checks: Vec<RawCheck>,
     pub restore_no_owner: Option<bool>,
+    #[serde(default)]
+    pub seeds: Vec<PathBuf>,
+    pub lint: Option<RawLint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLint {
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +118,7 @@ pub struct RawMigrations {
     pub table: Option<String>,
     pub apply: Option<String>,
     pub pending: Option<String>,
+    pub down: Option<String>,
     pub timeout: Option<String>,
 }
 

@@ -454,6 +454,8 @@ fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
         restore_no_owner: raw.restore_no_owner.unwrap_or(true),
         amcheck: raw.amcheck.unwrap_or(false),
         checks,
+        seeds: raw.seeds.iter().map(|s| cx.path(s)).collect(),
+        lint: lint(cx, &p.key("lint"), raw.lint.as_ref()),
         pg_bindir: raw.pg_bindir.as_deref().map(|d| cx.path(d)),
     })
 }
@@ -489,8 +491,24 @@ fn migrations(cx: &mut Ctx, p: &KeyPath, raw: &RawMigrations) -> Option<Migratio
         table: raw.table.clone(),
         apply: raw.apply.clone(),
         pending: raw.pending.clone(),
+        down: raw.down.clone(),
         timeout,
     })
+}
+
+fn lint(cx: &mut Ctx, p: &KeyPath, raw: Option<&RawLint>) -> LintConfig {
+    let Some(raw) = raw else { return LintConfig::default() };
+    for (key, list) in [("deny", &raw.deny), ("allow", &raw.allow)] {
+        for (i, rule) in list.iter().enumerate() {
+            if !crate::rehearsal::lint::RULES.contains(&rule.as_str()) {
+                cx.problem(
+                    &p.key(key).index(i),
+                    format!("unknown lint rule `{rule}`; rules: {}", crate::rehearsal::lint::RULES.join(", ")),
+                );
+            }
+        }
+    }
+    LintConfig { deny: raw.deny.clone(), allow: raw.allow.clone() }
 }
 
 /// Cron with seconds (six or seven fields), as the scheduler reads it.

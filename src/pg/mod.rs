@@ -4,7 +4,7 @@
 
 pub mod lock;
 pub mod tools;
-mod url;
+pub mod url;
 
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};

@@ -36,6 +36,12 @@ impl ConnUrl {
         self.0.query_pairs().find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
     }
 
+    /// The full URL, password included: only for a child's environment
+    /// (`DATABASE_URI`), never for argv or logs.
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+
     /// The URL without any password: safe for argv and logs.
     pub fn without_password(&self) -> String {
         let mut u = self.0.clone();

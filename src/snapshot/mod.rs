@@ -38,6 +38,8 @@ pub enum Reason {
     Manual,
     Scheduled,
     PreRelease,
+    /// Taken because a rehearsal found no snapshot to run on (or was asked for a fresh one).
+    Rehearsal,
 }
 
 impl Reason {
@@ -46,6 +48,7 @@ impl Reason {
             Reason::Manual => "manual",
             Reason::Scheduled => "scheduled",
             Reason::PreRelease => "pre-release",
+            Reason::Rehearsal => "rehearsal",
         }
     }
 }

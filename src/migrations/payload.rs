@@ -1,0 +1,943 @@
+//! The `payload` migration source: a Payload CMS 3 project's migrations, run
+//! by the project's own CLI (`node node_modules/payload/bin.js migrate`,
+//! `migrate:down`) exactly as its developers run it. The CLI is never
+//! trusted alone: before it runs, pgrehearse checks in SQL that the database
+//! exists (Payload would silently create an empty one), that no dev-mode
+//! push row (`batch = -1`) is there (Payload would then wait forever on a
+//! yes/no prompt) and that what Payload would run is the plan; after it
+//! exits 0, that every planned file got (or lost) its `payload_migrations`
+//! row. Per-migration times come from its `Migrated:  <name> (<ms>ms)` lines
+//! (pino-pretty on stdout, ANSI colours always on), stamped as they arrive.
+//!
+//! Facts this module relies on (Payload 3.90, `@payloadcms/db-postgres`):
+//! files are the `*.ts`/`*.js` entries of the migration directory except
+//! `index.*`, sorted by file name as JavaScript sorts strings (UTF-16 code
+//! units), named by the file name up to its first `.`; `index.ts` only feeds
+//! `prodMigrations`. Each file runs in its own transaction together with its
+//! row insert (a batch is not atomic); the reported ms cover `up()` only,
+//! not the row insert and commit. `migrate:down` rolls back the highest
+//! batch, newest name first, each file in its own transaction. A failing
+//! file is rolled back, logged as `Error running migration <name> <message>.`
+//! and the process exits 1. The CLI loads `.env` files from its working
+//! directory and above without overriding variables that are set and
+//! non-empty, so `PAYLOAD_DROP_DATABASE` is set to `false` rather than
+//! removed (a removed or empty one would be filled in from `.env`).
+
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use sqlx::{Connection, PgConnection};
+
+use crate::pg::{self, ConnUrl, PgError};
+
+/// Payload's history table when the adapter sets no `schemaName`.
+pub const DEFAULT_TABLE: &str = "payload_migrations";
+
+/// How much of the CLI's output errors and reports carry.
+const TAIL_BYTES: usize = 4000;
+/// How long to wait for the output pipe to close once the CLI has exited
+/// (a grandchild that outlives it could hold the pipe open).
+const DRAIN_GRACE: Duration = Duration::from_secs(3);
+
+/// One migration file as Payload sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadFile {
+    /// The file name up to its first `.`: what Payload stores in `name`.
+    pub name: String,
+    pub path: PathBuf,
+    /// SHA-256 hex of the file's bytes.
+    pub checksum: String,
+}
+
+/// The directory Payload reads migrations from, given either that directory
+/// itself or the project directory (the one with `package.json`). For a
+/// project directory this is Payload's own default when the config sets no
+/// `migrationDir`: `src/migrations`, `dist/migrations`, `migrations`,
+/// whichever exists first (`src/migrations` when only `src/` exists). When
+/// the config's `migrationDir` points elsewhere, configure that directory.
+pub fn migration_dir(dir: &Path) -> PathBuf {
+    if !dir.join("package.json").is_file() {
+        return dir.to_path_buf();
+    }
+    for sub in ["src/migrations", "dist/migrations", "migrations"] {
+        if dir.join(sub).exists() {
+            return dir.join(sub);
+        }
+    }
+    if dir.join("src").exists() { dir.join("src/migrations") } else { dir.join("migrations") }
+}
+
+/// Migration files of the project, in the order Payload runs them: the
+/// directory listing sorted as JavaScript's `Array.prototype.sort` sorts
+/// strings (by UTF-16 code units, on the whole file name), keeping `*.ts`
+/// and `*.js` except `index.ts`/`index.js`. `dir` is the migration
+/// directory or the project directory (see [`migration_dir`]).
+pub fn files(dir: &Path) -> Result<Vec<PayloadFile>, PayloadError> {
+    let dir = migration_dir(dir);
+    let entries = std::fs::read_dir(&dir).map_err(|source| PayloadError::Dir { dir: dir.clone(), source })?;
+    let mut found: Vec<(String, PathBuf)> = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| PayloadError::Dir { dir: dir.clone(), source })?;
+        let path = entry.path();
+        let Some(file_name) = entry.file_name().to_str().map(str::to_string) else {
+            return Err(PayloadError::Layout { path, problem: "the file name is not valid UTF-8; rename it".into() });
+        };
+        let is_script = file_name.ends_with(".ts") || file_name.ends_with(".js");
+        if !is_script || file_name == "index.ts" || file_name == "index.js" {
+            continue;
+        }
+        if !path.is_file() {
+            return Err(PayloadError::Layout {
+                path,
+                problem: "is not a file, but Payload would load it as a migration; rename or move it".into(),
+            });
+        }
+        found.push((file_name, path));
+    }
+    found.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+    let mut out: Vec<PayloadFile> = Vec::with_capacity(found.len());
+    for (file_name, path) in found {
+        let name = file_name.split('.').next().unwrap_or_default().to_string();
+        if let Some(first) = out.iter().find(|f| f.name == name) {
+            return Err(PayloadError::DuplicateName { name, first: first.path.clone(), second: path });
+        }
+        let bytes = std::fs::read(&path).map_err(|source| PayloadError::File { path: path.clone(), source })?;
+        out.push(PayloadFile { name, checksum: hex::encode(Sha256::digest(&bytes)), path });
+    }
+    Ok(out)
+}
+
+/// One row of `payload_migrations`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRow {
+    pub name: String,
+    /// The run that applied it (1, 2, …); -1 for the row Payload's dev-mode
+    /// schema push writes (`name = 'dev'`).
+    pub batch: i32,
+}
+
+/// Rows of `payload_migrations` (empty when the table does not exist), in
+/// id order (insertion order; `created_at, id` when ids are not numbers, as
+/// with `idType: 'uuid'`). `table` may be schema-qualified.
+pub async fn history(conn: &mut PgConnection, table: &str) -> Result<Vec<HistoryRow>, PayloadError> {
+    let sql_err = |source| PayloadError::Sql { table: table.to_string(), source };
+    let regclass: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass($1)::text").bind(table).fetch_one(&mut *conn).await.map_err(sql_err)?;
+    let Some(regclass) = regclass else { return Ok(Vec::new()) };
+    let numeric_id: bool = sqlx::query_scalar(
+        "SELECT coalesce(bool_or(atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'numeric'::regtype)), false) \
+         FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'id' AND NOT attisdropped",
+    )
+    .bind(&regclass)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(sql_err)?;
+    let order = if numeric_id { "id" } else { "created_at, id" };
+    // `batch` is `numeric` in Payload's schema; `name` is nullable.
+    let sql = format!("SELECT coalesce(name, '')::text, coalesce(batch, 0)::int4 FROM {regclass} ORDER BY {order}");
+    let rows: Vec<(String, i32)> = sqlx::query_as(&sql).fetch_all(&mut *conn).await.map_err(sql_err)?;
+    Ok(rows.into_iter().map(|(name, batch)| HistoryRow { name, batch }).collect())
+}
+
+/// A Payload project and how to run its CLI.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    /// The project directory (with `package.json`), or its migration
+    /// directory: the CLI runs in the nearest directory at or above it that
+    /// has a `package.json`, with the nearest `node_modules/payload/bin.js`.
+    pub project_dir: PathBuf,
+    /// Hard limit for one CLI run; its whole process group is killed then.
+    pub timeout: Duration,
+    /// The history table, possibly schema-qualified.
+    pub table: String,
+}
+
+/// One migration the CLI reported as done.
+#[derive(Debug, Clone)]
+pub struct Migrated {
+    pub name: String,
+    /// Payload's own measure: the file's `up()` (or `down()`), without the
+    /// row insert and commit that follow it.
+    pub duration_ms: u64,
+    /// When its `Migrating: <name>` line arrived, if it did.
+    pub started_at: Option<Instant>,
+    /// When its `Migrated:` line arrived. Its transaction (and locks) ends a
+    /// few ms later, after the row insert and commit.
+    pub finished_at: Instant,
+}
+
+/// A finished CLI run.
+#[derive(Debug, Clone)]
+pub struct PayloadRun {
+    /// In the order they ran.
+    pub migrated: Vec<Migrated>,
+    /// Wall time of the whole CLI run (about 2 s of it is Node loading the
+    /// TypeScript config).
+    pub duration_ms: u64,
+    /// The end of its output, ANSI colours removed, password redacted.
+    pub output_tail: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error(
+        "{table} has {count} row(s) with batch = -1 (written by Payload's dev-mode schema push): this database's schema was changed outside migrations, so migrations cannot be rehearsed or applied on it faithfully (and `payload migrate` would stop at a yes/no prompt about data loss). Find out where the dev server pointed at this database; if its schema really matches the migrations, delete the row (DELETE FROM {table} WHERE batch = -1) and snapshot again"
+    )]
+    DevPushRows { table: String, count: usize },
+    #[error(
+        "database `{database}` does not exist on {url}; refusing to run Payload, which would silently create it empty. Check the URL, or restore the database first"
+    )]
+    DatabaseMissing { database: String, url: String },
+    #[error(
+        "Payload's CLI is not installed for {dir}: no node_modules/payload/bin.js in it or above. Run `npm ci` (or the project's install command) in the project first"
+    )]
+    NotInstalled { dir: PathBuf },
+    #[error(
+        "{dir} has no package.json in it or above; point `migrations.dir` at the Payload project (or its migrations directory)"
+    )]
+    NoProject { dir: PathBuf },
+    #[error(
+        "`payload migrate` would run [{}] but the plan is [{}]: the migration files or the database's history changed since the plan was made. Make the plan again",
+        would_run.join(", "), expected.join(", ")
+    )]
+    PlanMismatch { would_run: Vec<String>, expected: Vec<String> },
+    #[error(
+        "`payload migrate:down` would roll back batch {batch} = [{}] but the expected migrations are [{}]; nothing was rolled back",
+        would_remove.join(", "), expected.join(", ")
+    )]
+    DownMismatch { batch: i32, would_remove: Vec<String>, expected: Vec<String> },
+    #[error(
+        "migration `{name}` of the batch to roll back has no file in {dir}; Payload would stop there halfway through the batch. Restore the file, then retry"
+    )]
+    DownFileMissing { name: String, dir: PathBuf },
+    #[error(
+        "payload {command} did not finish within {after_secs}s and was killed{}{}; Payload commits each migration on its own, so the ones before it stay applied. Raise `migrations.timeout` if it is just slow. Its output ends with:\n{output_tail}",
+        migration.as_ref().map(|m| format!(" while running `{m}`")).unwrap_or_default(),
+        if *waiting_on_prompt { " (it was waiting for an answer to a prompt)" } else { "" }
+    )]
+    Timeout {
+        command: String,
+        after_secs: u64,
+        migration: Option<String>,
+        waiting_on_prompt: bool,
+        migrated: Vec<Migrated>,
+        output_tail: String,
+    },
+    #[error(
+        "payload {command} failed ({status}){}; Payload rolled that file back and keeps the ones it committed before. Its output ends with:\n{output_tail}",
+        migration.as_ref().map(|m| format!(" in `{m}`")).unwrap_or_else(|| " before running any migration".into())
+    )]
+    Failed { command: String, status: String, migration: Option<String>, migrated: Vec<Migrated>, output_tail: String },
+    #[error(
+        "payload migrate exited 0 but {table} has no row for [{}]: those migrations did not run here. Check that the project's payload.config reads its connection from DATABASE_URI (or DATABASE_URL/POSTGRES_URL, which are set too) and that its migrationDir is the directory pgrehearse reads. Its output ends with:\n{output_tail}",
+        missing.join(", ")
+    )]
+    NotRecorded { table: String, missing: Vec<String>, output_tail: String },
+    #[error(
+        "payload migrate:down exited 0 but {table} still has rows for [{}]: they were not rolled back. Its output ends with:\n{output_tail}",
+        remaining.join(", ")
+    )]
+    StillRecorded { table: String, remaining: Vec<String>, output_tail: String },
+    #[error(
+        "cannot start `{program}` for Payload's CLI: {source}; install Node.js >= 20.9 and make sure `node` is on PATH"
+    )]
+    Spawn { program: String, source: std::io::Error },
+    #[error("cannot read the migrations directory {dir}: {source}; check `migrations.dir` in the target's config")]
+    Dir { dir: PathBuf, source: std::io::Error },
+    #[error("cannot read migration file {path}: {source}")]
+    File { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {problem}")]
+    Layout { path: PathBuf, problem: String },
+    #[error(
+        "two files give the migration name `{name}` (Payload names a file up to its first dot): {first} and {second}; Payload would run both under one name. Remove or rename one"
+    )]
+    DuplicateName { name: String, first: PathBuf, second: PathBuf },
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error("reading {table} failed: {source}")]
+    Sql { table: String, source: sqlx::Error },
+}
+
+/// Where and how the CLI runs.
+struct Layout {
+    /// The working directory: nearest `package.json` at or above the project dir.
+    root: PathBuf,
+    /// `node_modules/payload/bin.js`, as Node would resolve it from `root`.
+    bin: PathBuf,
+    migration_dir: PathBuf,
+}
+
+impl Payload {
+    /// A project with the default history table.
+    pub fn new(project_dir: impl Into<PathBuf>, timeout: Duration) -> Payload {
+        Payload { project_dir: project_dir.into(), timeout, table: DEFAULT_TABLE.to_string() }
+    }
+
+    fn table(&self) -> &str {
+        if self.table.is_empty() { DEFAULT_TABLE } else { &self.table }
+    }
+
+    fn layout(&self) -> Result<Layout, PayloadError> {
+        let dir = std::fs::canonicalize(&self.project_dir)
+            .map_err(|source| PayloadError::Dir { dir: self.project_dir.clone(), source })?;
+        let root = dir
+            .ancestors()
+            .find(|d| d.join("package.json").is_file())
+            .ok_or_else(|| PayloadError::NoProject { dir: dir.clone() })?
+            .to_path_buf();
+        let bin = root
+            .ancestors()
+            .map(|d| d.join("node_modules/payload/bin.js"))
+            .find(|b| b.is_file())
+            .ok_or_else(|| PayloadError::NotInstalled { dir: root.clone() })?;
+        Ok(Layout { migration_dir: migration_dir(&dir), root, bin })
+    }
+
+    /// `payload migrate` against the database at `url`. Refuses first if the
+    /// database does not exist, a dev-push row (batch = -1) exists, or the
+    /// files Payload would run are not `expected`; runs the CLI with
+    /// DATABASE_URI=url, stdin closed, PAYLOAD_DROP_DATABASE=false,
+    /// PGAPPNAME=app_name, its own process group killed on timeout; parses
+    /// per-migration times from its output; after exit 0 confirms in SQL
+    /// that each of `expected` (file names) has its row.
+    pub async fn migrate(
+        &self,
+        url: &ConnUrl,
+        app_name: &str,
+        expected: &[String],
+    ) -> Result<PayloadRun, PayloadError> {
+        let layout = self.layout()?;
+        let table = self.table();
+        let before = self.preflight(url).await?;
+        let applied: BTreeSet<&str> = before.iter().filter(|r| r.batch != -1).map(|r| r.name.as_str()).collect();
+        let would_run: Vec<String> = files(&layout.migration_dir)?
+            .into_iter()
+            .map(|f| f.name)
+            .filter(|n| !applied.contains(n.as_str()))
+            .collect();
+        if !same_names(&would_run, expected) {
+            return Err(PayloadError::PlanMismatch { would_run, expected: expected.to_vec() });
+        }
+        let run = self.run(&layout, "migrate", url, app_name).await?;
+        let after = self.rows(url).await?;
+        let missing: Vec<String> =
+            expected.iter().filter(|n| !after.iter().any(|r| &r.name == *n && r.batch != -1)).cloned().collect();
+        if !missing.is_empty() {
+            return Err(PayloadError::NotRecorded { table: table.to_string(), missing, output_tail: run.output_tail });
+        }
+        Ok(run)
+    }
+
+    /// `payload migrate:down` (rolls back the latest batch), same rules:
+    /// refuses unless the latest batch is exactly `expected_removed` and all
+    /// its files are there; confirms the rows are gone.
+    pub async fn migrate_down(
+        &self,
+        url: &ConnUrl,
+        app_name: &str,
+        expected_removed: &[String],
+    ) -> Result<PayloadRun, PayloadError> {
+        let layout = self.layout()?;
+        let table = self.table();
+        let before = self.preflight(url).await?;
+        let batch = before.iter().filter(|r| r.batch != -1).map(|r| r.batch).max().unwrap_or(0);
+        let would_remove: Vec<String> =
+            before.iter().filter(|r| r.batch != -1 && r.batch == batch).map(|r| r.name.clone()).collect();
+        if !same_names(&would_remove, expected_removed) {
+            return Err(PayloadError::DownMismatch { batch, would_remove, expected: expected_removed.to_vec() });
+        }
+        let local = files(&layout.migration_dir)?;
+        if let Some(name) = would_remove.iter().find(|n| !local.iter().any(|f| &f.name == *n)) {
+            return Err(PayloadError::DownFileMissing { name: name.clone(), dir: layout.migration_dir });
+        }
+        let run = self.run(&layout, "migrate:down", url, app_name).await?;
+        let after = self.rows(url).await?;
+        let remaining: Vec<String> =
+            expected_removed.iter().filter(|n| after.iter().any(|r| &r.name == *n && r.batch != -1)).cloned().collect();
+        if !remaining.is_empty() {
+            return Err(PayloadError::StillRecorded {
+                table: table.to_string(),
+                remaining,
+                output_tail: run.output_tail,
+            });
+        }
+        Ok(run)
+    }
+
+    /// The database must exist and hold no dev-push row; returns its history.
+    async fn preflight(&self, url: &ConnUrl) -> Result<Vec<HistoryRow>, PayloadError> {
+        let rows = self.rows(url).await?;
+        let count = rows.iter().filter(|r| r.batch == -1).count();
+        if count > 0 {
+            return Err(PayloadError::DevPushRows { table: self.table().to_string(), count });
+        }
+        Ok(rows)
+    }
+
+    /// The history through a short-lived session of our own.
+    async fn rows(&self, url: &ConnUrl) -> Result<Vec<HistoryRow>, PayloadError> {
+        let mut conn = match pg::connect(url, "pgrehearse-payload-check").await {
+            Ok(c) => c,
+            Err(PgError::Connect { source: sqlx::Error::Database(db), .. })
+                if db.code().as_deref() == Some("3D000") =>
+            {
+                return Err(PayloadError::DatabaseMissing { database: url.database(), url: url.redacted() });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let rows = history(&mut conn, self.table()).await;
+        let _ = conn.close().await;
+        rows
+    }
+
+    /// Runs `node <bin> <command>` and reads its output as it comes.
+    async fn run(
+        &self,
+        layout: &Layout,
+        command: &str,
+        url: &ConnUrl,
+        app_name: &str,
+    ) -> Result<PayloadRun, PayloadError> {
+        let child_url = child_url(url, app_name);
+        let secrets = secrets(url, &child_url);
+        tracing::info!(
+            project = %layout.root.display(),
+            database = %url.redacted(),
+            "running payload {command}"
+        );
+        let program = "node";
+        let spawn_err = |source| PayloadError::Spawn { program: program.to_string(), source };
+        let (reader, writer) = std::io::pipe().map_err(spawn_err)?;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.arg(&layout.bin)
+            .arg(command)
+            .current_dir(&layout.root)
+            // The template's variable; DATABASE_URL and POSTGRES_URL too, so a
+            // config reading one of those (or a `.env` defining them) cannot
+            // send Payload to another database.
+            .env("DATABASE_URI", &child_url)
+            .env("DATABASE_URL", &child_url)
+            .env("POSTGRES_URL", &child_url)
+            .env("PGAPPNAME", app_name)
+            // Set, not removed: Payload fills unset or empty variables from
+            // the project's `.env` files, which may say `true`.
+            .env("PAYLOAD_DROP_DATABASE", "false")
+            .env_remove("PGPASSWORD")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(writer.try_clone().map_err(spawn_err)?))
+            .stderr(Stdio::from(writer))
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(pw) = url.password() {
+            cmd.env("PGPASSWORD", pw);
+        }
+        let start = Instant::now();
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        // The command keeps its copy of the pipe's write end: drop it so the
+        // reader sees end-of-file when the CLI's processes are gone.
+        drop(cmd);
+        let group = GroupGuard(child.id().map(|p| p as libc::pid_t));
+
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        {
+            let progress = Arc::clone(&progress);
+            let command = command.to_string();
+            std::thread::spawn(move || {
+                let mut lines = std::io::BufReader::new(reader);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match lines.read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let line = redact(&strip_ansi(&String::from_utf8_lossy(&buf)), &secrets);
+                            tracing::debug!(target: "pgrehearse::payload", "payload {command}: {}", line.trim_end());
+                            progress.lock().unwrap_or_else(|e| e.into_inner()).line(&line, Instant::now());
+                        }
+                    }
+                }
+                let _ = done_tx.send(());
+            });
+        }
+
+        let waited = tokio::time::timeout(self.timeout, child.wait()).await;
+        let status = match waited {
+            Ok(status) => {
+                group.disarm();
+                Some(status.map_err(spawn_err)?)
+            }
+            Err(_) => {
+                drop(group); // SIGKILL to the whole group
+                let _ = child.wait().await;
+                None
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_GRACE, done_rx).await;
+        let duration_ms = start.elapsed().as_millis() as u64;
+        let p = std::mem::take(&mut *progress.lock().unwrap_or_else(|e| e.into_inner()));
+        let output_tail = pg::tools::tail(&p.tail, TAIL_BYTES);
+        let command = command.to_string();
+        match status {
+            None => Err(PayloadError::Timeout {
+                command,
+                after_secs: self.timeout.as_secs(),
+                migration: p.running.map(|(n, _)| n),
+                waiting_on_prompt: p.prompt,
+                migrated: p.migrated,
+                output_tail,
+            }),
+            Some(status) if !status.success() => Err(PayloadError::Failed {
+                command,
+                status: status.to_string(),
+                migration: p.failed.or(p.running.map(|(n, _)| n)),
+                migrated: p.migrated,
+                output_tail,
+            }),
+            Some(_) => Ok(PayloadRun { migrated: p.migrated, duration_ms, output_tail }),
+        }
+    }
+}
+
+/// Kills the CLI's whole process group when dropped armed (timeout, or the
+/// future dropped mid-run): Node, tsx's esbuild service, anything they started.
+struct GroupGuard(Option<libc::pid_t>);
+
+impl GroupGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            // SAFETY: signals the process group we created with process_group(0).
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The URL the CLI gets: with its password, and our application_name (node-pg
+/// takes it from the URL; PGAPPNAME is set too).
+fn child_url(url: &ConnUrl, app_name: &str) -> String {
+    let Ok(mut u) = url::Url::parse(&url.without_password()) else { return url.without_password() };
+    if let Some(pw) = url.password() {
+        let _ = u.set_password(Some(&pw));
+    }
+    let kept: Vec<(String, String)> = u
+        .query_pairs()
+        .filter(|(k, _)| k != "application_name")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    u.query_pairs_mut().clear().extend_pairs(kept).append_pair("application_name", app_name);
+    u.to_string()
+}
+
+/// The forms of the password that could show up in the CLI's output (Node
+/// prints the whole URL when it cannot parse it).
+fn secrets(url: &ConnUrl, child_url: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(pw) = url.password().filter(|p| !p.is_empty()) {
+        if let Some(enc) = url::Url::parse(child_url).ok().and_then(|u| u.password().map(str::to_string)) {
+            out.push(enc);
+        }
+        out.push(pw);
+    }
+    // Longest first, so an encoded form is not half-replaced by a shorter one.
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.dedup();
+    out
+}
+
+fn redact(s: &str, secrets: &[String]) -> String {
+    let mut out = s.to_string();
+    for secret in secrets {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), "***");
+        }
+    }
+    out
+}
+
+fn same_names(a: &[String], b: &[String]) -> bool {
+    let a: BTreeSet<&String> = a.iter().collect();
+    let b: BTreeSet<&String> = b.iter().collect();
+    a == b
+}
+
+/// Removes ANSI escape sequences (pino-pretty colours every line whether or
+/// not stdout is a terminal; `prompts` moves the cursor).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek() {
+            Some('[') => {
+                chars.next();
+                // CSI: parameters and intermediates, then one final byte 0x40–0x7E.
+                for c in chars.by_ref() {
+                    if ('\u{40}'..='\u{7e}').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            Some(']') => {
+                // OSC: up to BEL or ESC \.
+                chars.next();
+                while let Some(c) = chars.next() {
+                    if c == '\u{7}' || (c == '\u{1b}' && chars.peek() == Some(&'\\')) {
+                        if c == '\u{1b}' {
+                            chars.next();
+                        }
+                        break;
+                    }
+                }
+            }
+            Some(_) => {
+                chars.next();
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+/// What one line of the CLI's output says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Event {
+    /// `Migrating: <name>` / `Migrating down: <name>`.
+    Start(String),
+    /// `Migrated:  <name> (<ms>ms)` / `Migrated down:  <name> (<ms>ms)`.
+    Done { name: String, ms: u64 },
+    /// `Error running migration <name> <message>.`,
+    /// `Error migrating down <name>. Rolling back. <message>.`,
+    /// `Migration <name> not found locally.`; the name is the first word.
+    Error(String),
+    /// The dev-mode push prompt (`migrate` with a batch = -1 row).
+    DevPrompt,
+}
+
+fn event(line: &str) -> Option<Event> {
+    fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+        line.find(marker).map(|i| line[i + marker.len()..].trim())
+    }
+    fn first_word(s: &str) -> String {
+        s.split_whitespace().next().unwrap_or_default().trim_end_matches('.').to_string()
+    }
+    // Payload writes "Migrated:  <name> (<n>ms)"; in JSON logs the message
+    // is followed by `"` and more fields, so search for "ms)" from the end.
+    fn done(rest: &str) -> Option<Event> {
+        let close = rest.rfind("ms)")?;
+        let open = rest[..close].rfind(" (")?;
+        let ms = rest[open + 2..close].trim().parse().ok()?;
+        Some(Event::Done { name: rest[..open].trim().to_string(), ms })
+    }
+    if let Some(rest) = after(line, "Migrated down:") {
+        return done(rest);
+    }
+    if let Some(rest) = after(line, "Migrated:") {
+        return done(rest);
+    }
+    if let Some(rest) = after(line, "Migrating down:").or_else(|| after(line, "Migrating:")) {
+        let name = rest.trim_end_matches(|c| c == '"' || c == '}' || c == ',').trim();
+        return (!name.is_empty()).then(|| Event::Start(name.to_string()));
+    }
+    if let Some(rest) = after(line, "Error running migration ").or_else(|| after(line, "Error migrating down ")) {
+        return Some(Event::Error(first_word(rest)));
+    }
+    // Uncaught, so Node prints it on stderr after echoing the source line
+    // (which holds `${migration.name}`, not the name).
+    if let Some(rest) = after(line, "Error: Migration ")
+        && rest.contains(" not found locally")
+    {
+        return Some(Event::Error(first_word(rest)));
+    }
+    if line.contains("you've run Payload in dev mode") {
+        return Some(Event::DevPrompt);
+    }
+    None
+}
+
+/// The CLI's progress, fed line by line as output arrives.
+#[derive(Debug, Default)]
+struct Progress {
+    migrated: Vec<Migrated>,
+    /// The migration started and not reported done.
+    running: Option<(String, Instant)>,
+    /// The migration an error line named.
+    failed: Option<String>,
+    prompt: bool,
+    /// The last part of the output (bounded).
+    tail: String,
+}
+
+impl Progress {
+    fn line(&mut self, line: &str, at: Instant) {
+        self.tail.push_str(line);
+        if !line.ends_with('\n') {
+            self.tail.push('\n');
+        }
+        if self.tail.len() > 8 * TAIL_BYTES {
+            self.tail = pg::tools::tail(&self.tail, 2 * TAIL_BYTES);
+            self.tail.push('\n');
+        }
+        match event(line) {
+            Some(Event::Start(name)) => self.running = Some((name, at)),
+            Some(Event::Done { name, ms }) => {
+                let started_at = match self.running.take() {
+                    Some((n, t)) if n == name => Some(t),
+                    other => {
+                        self.running = other;
+                        None
+                    }
+                };
+                self.migrated.push(Migrated { name, duration_ms: ms, started_at, finished_at: at });
+            }
+            Some(Event::Error(word)) => {
+                // Prefer the running migration's full name (names may hold spaces).
+                let name = match &self.running {
+                    Some((n, _)) if line.contains(n.as_str()) => n.clone(),
+                    _ => word,
+                };
+                self.failed.get_or_insert(name);
+            }
+            Some(Event::DevPrompt) => self.prompt = true,
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(text: &str) -> Progress {
+        let mut p = Progress::default();
+        let t = Instant::now();
+        for line in text.split_inclusive('\n') {
+            p.line(&strip_ansi(line), t);
+        }
+        p
+    }
+
+    // Captured from `node node_modules/payload/bin.js migrate` (Payload
+    // 3.90.2) on the fixture, stdout, byte for byte.
+    const MIGRATE_OK: &str = "[09:32:47] \u{1b}[33mWARN\u{1b}[39m: \u{1b}[36mNo email adapter provided. Email will be written to console. More info at https://payloadcms.com/docs/email/overview.\u{1b}[39m
+[09:32:47] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mReading migration files from /work/main/tests/fixtures/payload/migrations\u{1b}[39m
+[09:32:47] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mMigrating: 20261124_093236_initial\u{1b}[39m
+[09:32:47] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mMigrated:  20261124_093236_initial (28ms)\u{1b}[39m
+[09:32:47] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mMigrating: 20261124_093251_posts_slug\u{1b}[39m
+[09:32:47] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mMigrated:  20261124_093251_posts_slug (3ms)\u{1b}[39m
+[09:32:47] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mDone.\u{1b}[39m
+";
+
+    // A run where the second file throws (exit status 1).
+    const MIGRATE_FAIL: &str = "[09:34:07] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mReading migration files from /work/main/tests/fixtures/payload/migrations\u{1b}[39m
+[09:34:07] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mMigrating: 20261124_100000_slow_lock\u{1b}[39m
+[09:34:08] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mMigrated:  20261124_100000_slow_lock (303ms)\u{1b}[39m
+[09:34:08] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mMigrating: 20261124_100100_planted_failure\u{1b}[39m
+[09:34:08] \u{1b}[31mERROR\u{1b}[39m: \u{1b}[36mError running migration 20261124_100100_planted_failure planted failure.\u{1b}[39m
+    err: {
+      \"type\": \"Error\",
+      \"message\": \"planted failure\",
+      \"stack\":
+          Error: planted failure
+              at Object.up (/work/main/tests/fixtures/payload/migrations/20261124_100100_planted_failure.ts:9:9)
+              at async runMigrationFile (/work/main/tests/fixtures/payload/node_modules/@payloadcms/drizzle/src/migrate.ts:99:5)
+    }
+";
+
+    const DOWN_OK: &str =
+        "[09:34:15] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mRolling back batch 3 consisting of 3 migration(s).\u{1b}[39m
+[09:34:15] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mMigrating down: 20261124_100000_slow_lock\u{1b}[39m
+[09:34:15] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mMigrated down:  20261124_100000_slow_lock (3ms)\u{1b}[39m
+[09:34:15] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mDone.\u{1b}[39m
+";
+
+    // migrate:down when the batch's file is gone: an uncaught error on stderr.
+    const DOWN_MISSING: &str =
+        "[09:34:28] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mRolling back batch 3 consisting of 3 migration(s).\u{1b}[39m
+/work/main/tests/fixtures/payload/node_modules/@payloadcms/drizzle/src/migrateDown.ts:38
+      throw new Error(`Migration ${migration.name} not found locally.`)
+            ^
+
+
+Error: Migration 20261124_100000_slow_lock not found locally.
+    at Object.migrateDown (/work/main/tests/fixtures/payload/node_modules/@payloadcms/drizzle/src/migrateDown.ts:38:13)
+";
+
+    // `migrate` with a batch = -1 row and stdin on /dev/null: it waits here.
+    const DEV_PROMPT: &str = "[09:33:01] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mReading migration files from /x/migrations\u{1b}[39m
+\u{1b}[?25l\u{1b}[2K\u{1b}[1G\u{1b}[36m?\u{1b}[39m \u{1b}[1mIt looks like you've run Payload in dev mode, meaning you've dynamically pushed changes to your database.
+
+If you'd like to run migrations, data loss will occur. Would you like to proceed?\u{1b}[22m \u{1b}[90m\u{203a}\u{1b}[39m \u{1b}[90m(y/N)\u{1b}[39m";
+
+    #[test]
+    fn parses_a_successful_migrate() {
+        let p = feed(MIGRATE_OK);
+        let got: Vec<(&str, u64)> = p.migrated.iter().map(|m| (m.name.as_str(), m.duration_ms)).collect();
+        assert_eq!(got, vec![("20261124_093236_initial", 28), ("20261124_093251_posts_slug", 3)]);
+        assert!(p.migrated.iter().all(|m| m.started_at.is_some()));
+        assert!(p.running.is_none() && p.failed.is_none() && !p.prompt);
+        assert!(!p.tail.contains('\u{1b}'), "colours stripped");
+        assert!(p.tail.contains("INFO: Migrated:  20261124_093236_initial (28ms)"));
+    }
+
+    #[test]
+    fn parses_a_failure_and_keeps_what_committed_before() {
+        let p = feed(MIGRATE_FAIL);
+        assert_eq!(p.migrated.len(), 1);
+        assert_eq!(p.migrated[0].name, "20261124_100000_slow_lock");
+        assert_eq!(p.migrated[0].duration_ms, 303);
+        assert_eq!(p.failed.as_deref(), Some("20261124_100100_planted_failure"));
+        assert_eq!(p.running.as_ref().map(|r| r.0.as_str()), Some("20261124_100100_planted_failure"));
+        assert!(pg::tools::tail(&p.tail, 2000).contains("planted failure"));
+    }
+
+    #[test]
+    fn parses_migrate_down() {
+        let p = feed(DOWN_OK);
+        assert_eq!(p.migrated.len(), 1);
+        assert_eq!((p.migrated[0].name.as_str(), p.migrated[0].duration_ms), ("20261124_100000_slow_lock", 3));
+        let p = feed(DOWN_MISSING);
+        assert!(p.migrated.is_empty());
+        assert_eq!(p.failed.as_deref(), Some("20261124_100000_slow_lock"));
+    }
+
+    #[test]
+    fn sees_the_dev_mode_prompt() {
+        let p = feed(DEV_PROMPT);
+        assert!(p.prompt);
+        assert!(p.migrated.is_empty());
+        assert!(!p.tail.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn parses_json_logs_and_odd_names() {
+        // A project whose config sets its own (JSON) pino logger.
+        let line = r#"{"level":30,"time":1,"msg":"Migrated:  20240101_000000_a (12ms)"}"#;
+        assert_eq!(event(line), Some(Event::Done { name: "20240101_000000_a".into(), ms: 12 }));
+        let line = r#"{"level":30,"time":1,"msg":"Migrating: 20240101_000000_a"}"#;
+        assert_eq!(event(line), Some(Event::Start("20240101_000000_a".into())));
+        assert_eq!(event("INFO: Migrated:  with space (7ms)"), Some(Event::Done { name: "with space".into(), ms: 7 }));
+        assert_eq!(event("INFO: Migrated:  broken (ms)"), None);
+        assert_eq!(event("INFO: Done."), None);
+        let mut p = Progress::default();
+        let t = Instant::now();
+        p.line("INFO: Migrating: with space\n", t);
+        p.line("ERROR: Error running migration with space boom.\n", t);
+        assert_eq!(p.failed.as_deref(), Some("with space"));
+    }
+
+    #[test]
+    fn strips_ansi_sequences() {
+        assert_eq!(strip_ansi("\u{1b}[32mINFO\u{1b}[39m: x"), "INFO: x");
+        assert_eq!(strip_ansi("\u{1b}[?25l\u{1b}[2K\u{1b}[1Ga"), "a");
+        assert_eq!(strip_ansi("\u{1b}]0;title\u{7}b"), "b");
+        assert_eq!(strip_ansi("plain ✓"), "plain ✓");
+    }
+
+    #[test]
+    fn files_in_payload_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for name in [
+            "20240102_000000_b.ts",
+            "20240101_000000_a.ts",
+            "20240101_000000_a_more.js",
+            "index.ts",
+            "20240101_000000_a.json",
+            "README.md",
+            "Z_upper.ts",
+        ] {
+            std::fs::write(d.join(name), name).unwrap();
+        }
+        let got = files(d).unwrap();
+        let names: Vec<&str> = got.iter().map(|f| f.name.as_str()).collect();
+        // Sorted on whole file names: "." (0x2E) < "_" (0x5F), digits < "Z".
+        assert_eq!(names, vec!["20240101_000000_a", "20240101_000000_a_more", "20240102_000000_b", "Z_upper"]);
+        assert_eq!(got[0].checksum, hex::encode(Sha256::digest(b"20240101_000000_a.ts")));
+        assert_eq!(got[0].path, d.join("20240101_000000_a.ts"));
+    }
+
+    #[test]
+    fn files_sort_by_utf16_like_javascript() {
+        let dir = tempfile::tempdir().unwrap();
+        // JavaScript compares UTF-16 code units: U+1F600 is 0xD83D 0xDE00,
+        // below U+E000 and U+FF21; in UTF-8 byte order it would come last.
+        std::fs::write(dir.path().join("a\u{FF21}.ts"), "").unwrap();
+        std::fs::write(dir.path().join("a\u{1F600}.ts"), "").unwrap();
+        std::fs::write(dir.path().join("a\u{E000}.ts"), "").unwrap();
+        let names: Vec<String> = files(dir.path()).unwrap().into_iter().map(|f| f.name).collect();
+        assert_eq!(names, vec!["a\u{1F600}", "a\u{E000}", "a\u{FF21}"]);
+    }
+
+    #[test]
+    fn files_finds_the_migration_dir_of_a_project_and_refuses_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("package.json"), "{}").unwrap();
+        std::fs::create_dir(d.join("migrations")).unwrap();
+        std::fs::write(d.join("migrations/20240101_a.ts"), "x").unwrap();
+        assert_eq!(migration_dir(d), d.join("migrations"));
+        assert_eq!(files(d).unwrap().len(), 1);
+        std::fs::create_dir_all(d.join("src/migrations")).unwrap();
+        assert_eq!(migration_dir(d), d.join("src/migrations"), "Payload's default prefers src/migrations");
+        std::fs::write(d.join("migrations/20240101_a.js"), "y").unwrap();
+        let err = files(&d.join("migrations")).unwrap_err();
+        assert!(matches!(err, PayloadError::DuplicateName { ref name, .. } if name == "20240101_a"), "{err}");
+        let err = files(&d.join("nope")).unwrap_err();
+        assert!(err.to_string().contains("migrations.dir"), "{err}");
+    }
+
+    #[test]
+    fn the_password_reaches_the_child_only_through_its_environment() {
+        let url = ConnUrl::parse("postgres://app:s%40cret@localhost/app?host=/tmp/s&application_name=x").unwrap();
+        let child = child_url(&url, "pgrehearse-payload");
+        assert!(child.contains("s%40cret"), "{child}");
+        assert!(child.contains("application_name=pgrehearse-payload") && !child.contains("application_name=x"));
+        assert!(child.contains("host=%2Ftmp%2Fs") || child.contains("host=/tmp/s"), "{child}");
+        let s = secrets(&url, &child);
+        let out = redact(&format!("TypeError: Invalid URL input: '{child}' and s@cret"), &s);
+        assert!(!out.contains("cret"), "{out}");
+        let q = ConnUrl::parse("postgres://app@localhost/app?password=zz%26y").unwrap();
+        let child = child_url(&q, "a");
+        assert!(!child.contains("password="), "moved into the userinfo: {child}");
+        assert_eq!(url::Url::parse(&child).unwrap().password(), Some("zz&y"));
+        assert!(secrets(&ConnUrl::parse("postgres://app@h/db").unwrap(), "postgres://app@h/db").is_empty());
+    }
+
+    #[test]
+    fn error_messages_say_what_to_do() {
+        let e = PayloadError::DevPushRows { table: "payload_migrations".into(), count: 1 };
+        let s = e.to_string();
+        assert!(s.contains("batch = -1") && s.contains("DELETE FROM payload_migrations WHERE batch = -1"), "{s}");
+        let e = PayloadError::Failed {
+            command: "migrate".into(),
+            status: "exit status: 1".into(),
+            migration: Some("m2".into()),
+            migrated: Vec::new(),
+            output_tail: "boom".into(),
+        };
+        assert!(e.to_string().contains("failed (exit status: 1) in `m2`"), "{e}");
+        let e = PayloadError::Timeout {
+            command: "migrate".into(),
+            after_secs: 5,
+            migration: None,
+            waiting_on_prompt: true,
+            migrated: Vec::new(),
+            output_tail: String::new(),
+        };
+        assert!(e.to_string().contains("waiting for an answer to a prompt"), "{e}");
+    }
+}

@@ -1,0 +1,621 @@
+//! Splits a SQL script into statements exactly where psql would, so a `-- no-transaction` migration can
+//! run (and be measured) one statement at a time, and lint can look at each statement alone.
+//!
+//! Written by hand because no crate splits the way psql does: SQL parsers reject what their dialect
+//! does not know, and generic splitters miss dollar quotes, nested comments or `BEGIN ATOMIC` bodies.
+//! The lexer knows only what decides where a token ends (quotes, comments, dollar tags, operators);
+//! [`split`] adds psql's two rules on top: a `;` inside parentheses does not end a statement, and
+//! neither does one inside the `BEGIN ... END` of a `CREATE [OR REPLACE] {FUNCTION|PROCEDURE}`
+//! (psqlscan.l's heuristic, `CASE ... END` included). `rehearsal::ops` reads the same tokens.
+//!
+//! Assumes `standard_conforming_strings = on` (the default since PostgreSQL 9.1): a backslash only
+//! escapes inside `E'...'`. psql meta-commands (`\set`, `:var`) are not SQL and are not interpreted.
+
+/// One statement of a script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// The statement from its first token to its last, without the terminating `;`; comments
+    /// before the first and after the last token are left out, comments between tokens are kept.
+    pub sql: String,
+    /// 1-based line of the statement's first token.
+    pub line: usize,
+    /// Byte range of `sql` in the script: `script[start..end] == sql`.
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Splits a script into its statements, in order. Empty statements (`;;`) and fragments holding
+/// only comments are skipped; a last statement without `;` is kept. A leading UTF-8 BOM is ignored.
+/// An unterminated string, quoted identifier or comment runs to the end of the script, as in psql.
+pub fn split(sql: &str) -> Vec<Statement> {
+    let mut out = Vec::new();
+    let mut lines = LineCounter::default();
+    let mut first: Option<usize> = None;
+    let mut last_end = 0;
+    let mut parens = 0usize;
+    let mut begins = 0usize;
+    // psql's `identifiers`: the initials of the statement's first four words when they are
+    // CREATE / OR / REPLACE / FUNCTION / PROCEDURE, which is all its BEGIN tracking looks at.
+    let mut words = 0usize;
+    let mut initials = [0u8; 4];
+    for t in tokens(sql) {
+        if t.is(";") && parens == 0 && begins == 0 {
+            if let Some(start) = first.take() {
+                out.push(Statement { sql: sql[start..last_end].to_string(), line: lines.at(sql, start), start, end: last_end });
+            }
+            words = 0;
+            initials = [0; 4];
+            continue;
+        }
+        first.get_or_insert(t.start);
+        last_end = t.end();
+        match t.kind {
+            TokenKind::Punct if t.text == "(" => parens += 1,
+            TokenKind::Punct if t.text == ")" => parens = parens.saturating_sub(1),
+            TokenKind::Word => {
+                let lower = t.text.to_ascii_lowercase();
+                if words < initials.len() && matches!(&*lower, "create" | "or" | "replace" | "function" | "procedure") {
+                    initials[words] = lower.as_bytes()[0];
+                }
+                words += 1;
+                let routine = initials[0] == b'c'
+                    && (matches!(initials[1], b'f' | b'p')
+                        || (initials[1] == b'o' && initials[2] == b'r' && matches!(initials[3], b'f' | b'p')));
+                if routine && parens == 0 {
+                    match &*lower {
+                        "begin" => begins += 1,
+                        // CASE ... END only matters inside a body, where its END must not close it.
+                        "case" if begins > 0 => begins += 1,
+                        "end" => begins = begins.saturating_sub(1),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = first {
+        out.push(Statement { sql: sql[start..last_end].to_string(), line: lines.at(sql, start), start, end: last_end });
+    }
+    out
+}
+
+/// sqlx's rule for a migration that must run outside a transaction, matched exactly as
+/// sqlx-core 0.8 (`migrate/source.rs`) does: the file's text starts with `-- no-transaction`.
+/// So a file starting with a BOM, a blank line or `--no-transaction` runs in a transaction.
+pub fn no_transaction(sql: &str) -> bool {
+    sql.starts_with("-- no-transaction")
+}
+
+/// 1-based line of a byte offset (offsets past the end count as the last line). Lines end at
+/// `\n`, so CRLF files count like LF files.
+pub fn line_of(sql: &str, byte_offset: usize) -> usize {
+    let end = byte_offset.min(sql.len());
+    sql.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// Counts lines forward from the last offset asked, so splitting stays linear in the script size.
+#[derive(Default)]
+struct LineCounter {
+    offset: usize,
+    line: usize,
+}
+
+impl LineCounter {
+    fn at(&mut self, sql: &str, offset: usize) -> usize {
+        self.line += sql.as_bytes()[self.offset..offset].iter().filter(|&&b| b == b'\n').count();
+        self.offset = offset;
+        self.line + 1
+    }
+}
+
+/// What a token is, as far as statement splitting and classification care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// An unquoted identifier or keyword: `select`, `Orders`, `a$b`, `naïve`.
+    Word,
+    /// A double-quoted identifier, `"Orders"` or `U&"d\0061ta"`, quotes included in the text.
+    QuotedIdent,
+    /// A constant string in any form: `'…'`, `E'…'`, `U&'…'`, `N'…'`, `B'…'`, `X'…'`, `$tag$…$tag$`.
+    String,
+    Number,
+    /// A positional parameter, `$1`.
+    Param,
+    /// A run of operator characters: `=`, `<>`, `->>`, `||`.
+    Operator,
+    /// `::` or one other character: `(`, `)`, `[`, `]`, `,`, `;`, `.`, `:`, a lone `$`.
+    Punct,
+}
+
+/// One token: its kind, its text and its byte offset in the lexed string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token<'a> {
+    pub kind: TokenKind,
+    pub text: &'a str,
+    pub start: usize,
+}
+
+impl Token<'_> {
+    /// Byte offset just past the token.
+    pub fn end(&self) -> usize {
+        self.start + self.text.len()
+    }
+
+    /// True for the punctuation or operator `p`.
+    pub fn is(&self, p: &str) -> bool {
+        matches!(self.kind, TokenKind::Punct | TokenKind::Operator) && self.text == p
+    }
+
+    /// True for the unquoted keyword `kw` (`kw` in lower case); a quoted identifier never is one.
+    pub fn is_kw(&self, kw: &str) -> bool {
+        self.kind == TokenKind::Word && self.text.eq_ignore_ascii_case(kw)
+    }
+}
+
+/// The tokens of `sql`, whitespace and comments left out. A leading UTF-8 BOM is skipped.
+pub fn tokens(sql: &str) -> Tokens<'_> {
+    Tokens { sql, pos: if sql.starts_with('\u{feff}') { 3 } else { 0 } }
+}
+
+/// Iterator returned by [`tokens`].
+pub struct Tokens<'a> {
+    sql: &'a str,
+    pos: usize,
+}
+
+impl<'a> Iterator for Tokens<'a> {
+    type Item = Token<'a>;
+
+    fn next(&mut self) -> Option<Token<'a>> {
+        let b = self.sql.as_bytes();
+        loop {
+            let i = self.pos;
+            let c = *b.get(i)?;
+            let next = b.get(i + 1).copied();
+            let (kind, end) = match c {
+                b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => {
+                    self.pos += 1;
+                    continue;
+                }
+                b'-' if next == Some(b'-') => {
+                    self.pos = b[i..].iter().position(|&c| c == b'\n' || c == b'\r').map_or(b.len(), |p| i + p);
+                    continue;
+                }
+                b'/' if next == Some(b'*') => {
+                    self.pos = comment_end(b, i);
+                    continue;
+                }
+                b'\'' => (TokenKind::String, quoted_end(b, i + 1, b'\'', false)),
+                b'"' => (TokenKind::QuotedIdent, quoted_end(b, i + 1, b'"', false)),
+                b'e' | b'E' if next == Some(b'\'') => (TokenKind::String, quoted_end(b, i + 2, b'\'', true)),
+                b'n' | b'N' | b'b' | b'B' | b'x' | b'X' if next == Some(b'\'') => {
+                    (TokenKind::String, quoted_end(b, i + 2, b'\'', false))
+                }
+                b'u' | b'U' if next == Some(b'&') && matches!(b.get(i + 2), Some(b'\'' | b'"')) => {
+                    let kind = if b[i + 2] == b'"' { TokenKind::QuotedIdent } else { TokenKind::String };
+                    (kind, quoted_end(b, i + 3, b[i + 2], false))
+                }
+                b'$' => dollar(self.sql, i),
+                c if is_ident_start(c) => (TokenKind::Word, scan(b, i + 1, is_ident_cont)),
+                b'0'..=b'9' => (TokenKind::Number, number_end(b, i)),
+                b'.' if next.is_some_and(|n| n.is_ascii_digit()) => (TokenKind::Number, number_end(b, i)),
+                b':' if next == Some(b':') => (TokenKind::Punct, i + 2),
+                c if is_op_char(c) => (TokenKind::Operator, operator_end(b, i)),
+                _ => (TokenKind::Punct, i + 1),
+            };
+            self.pos = end;
+            return Some(Token { kind, text: &self.sql[i..end], start: i });
+        }
+    }
+}
+
+// Bytes of multi-byte UTF-8 characters are identifier characters, as in PostgreSQL's lexer; every
+// delimiter is ASCII, so tokens always begin and end on character boundaries.
+fn is_ident_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+}
+
+fn is_ident_cont(c: u8) -> bool {
+    is_ident_start(c) || c.is_ascii_digit() || c == b'$'
+}
+
+fn is_op_char(c: u8) -> bool {
+    b"+-*/<>=~!@#%^&|`?".contains(&c)
+}
+
+fn scan(b: &[u8], from: usize, f: impl Fn(u8) -> bool) -> usize {
+    b[from..].iter().position(|&c| !f(c)).map_or(b.len(), |p| from + p)
+}
+
+/// End of a `/* */` comment starting at `i`; comments nest.
+fn comment_end(b: &[u8], i: usize) -> usize {
+    let (mut depth, mut j) = (0usize, i);
+    while j + 1 < b.len() {
+        match (b[j], b[j + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                j += 2;
+            }
+            (b'*', b'/') => {
+                depth -= 1;
+                j += 2;
+                if depth == 0 {
+                    return j;
+                }
+            }
+            _ => j += 1,
+        }
+    }
+    b.len()
+}
+
+/// End of a quoted string or identifier whose body starts at `from`: a doubled quote is part of
+/// the body, and with `backslash` (E strings) so is any character after a backslash.
+fn quoted_end(b: &[u8], from: usize, quote: u8, backslash: bool) -> usize {
+    let mut j = from;
+    while j < b.len() {
+        if backslash && b[j] == b'\\' {
+            j += 2;
+        } else if b[j] == quote {
+            if b.get(j + 1) != Some(&quote) {
+                return j + 1;
+            }
+            j += 2;
+        } else {
+            j += 1;
+        }
+    }
+    b.len()
+}
+
+/// A `$` at `i`: a parameter (`$1`), a dollar-quoted string (`$$…$$`, `$tag$…$tag$`; a tag is
+/// identifier characters without `$`, not starting with a digit), or a lone `$`.
+fn dollar(sql: &str, i: usize) -> (TokenKind, usize) {
+    let b = sql.as_bytes();
+    match b.get(i + 1) {
+        Some(c) if c.is_ascii_digit() => (TokenKind::Param, scan(b, i + 1, |c| c.is_ascii_digit())),
+        Some(&c) if c == b'$' || is_ident_start(c) => {
+            let tag_end = scan(b, i + 1, |c| is_ident_start(c) || c.is_ascii_digit());
+            if b.get(tag_end) != Some(&b'$') {
+                return (TokenKind::Punct, i + 1);
+            }
+            let delimiter = &sql[i..=tag_end];
+            let body = tag_end + 1;
+            let end = sql[body..].find(delimiter).map_or(sql.len(), |p| body + p + delimiter.len());
+            (TokenKind::String, end)
+        }
+        _ => (TokenKind::Punct, i + 1),
+    }
+}
+
+fn number_end(b: &[u8], i: usize) -> usize {
+    let digits = |c: u8| c.is_ascii_digit() || c == b'_';
+    let mut j = scan(b, i, digits);
+    if b.get(j) == Some(&b'.') && b.get(j + 1) != Some(&b'.') {
+        j = scan(b, j + 1, digits);
+    }
+    if matches!(b.get(j), Some(b'e' | b'E')) {
+        let k = if matches!(b.get(j + 1), Some(b'+' | b'-')) { j + 2 } else { j + 1 };
+        if b.get(k).is_some_and(u8::is_ascii_digit) {
+            j = scan(b, k, digits);
+        }
+    }
+    // Hex/octal/binary literals (0x1F) and trailing junk stay one token, as PostgreSQL lexes them.
+    scan(b, j, |c| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80)
+}
+
+/// A run of operator characters, stopped before a `--` or `/*` that starts a comment.
+fn operator_end(b: &[u8], i: usize) -> usize {
+    let mut j = i + 1;
+    while j < b.len() && is_op_char(b[j]) {
+        let starts_comment = matches!((b[j], b.get(j + 1)), (b'-', Some(b'-')) | (b'/', Some(b'*')));
+        if starts_comment {
+            break;
+        }
+        j += 1;
+    }
+    j
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqls(script: &str) -> Vec<String> {
+        split(script).into_iter().map(|s| s.sql).collect()
+    }
+
+    #[track_caller]
+    fn check(script: &str, expected: &[&str]) {
+        let got = split(script);
+        let texts: Vec<&str> = got.iter().map(|s| s.sql.as_str()).collect();
+        assert_eq!(texts, expected, "splitting {script:?}");
+        for s in &got {
+            assert_eq!(&script[s.start..s.end], s.sql);
+        }
+    }
+
+    #[test]
+    fn simple_statements_and_final_without_semicolon() {
+        check("SELECT 1; SELECT 2;\nSELECT 3", &["SELECT 1", "SELECT 2", "SELECT 3"]);
+    }
+
+    #[test]
+    fn empty_and_comment_only_fragments_are_skipped() {
+        check(";;  ;\n-- only a comment\n;/* block */;", &[]);
+        check("", &[]);
+        check("-- header\n\nSELECT 1;\n-- trailer\n", &["SELECT 1"]);
+    }
+
+    #[test]
+    fn comments_inside_are_kept_and_ends_are_trimmed() {
+        check(
+            "/* lead */ SELECT 1 /* mid; */ + -- x;\n 2 -- trail\n;",
+            &["SELECT 1 /* mid; */ + -- x;\n 2"],
+        );
+    }
+
+    #[test]
+    fn single_quoted_strings_with_doubled_quotes() {
+        check("SELECT 'a;b', 'it''s; fine'; SELECT ''';'", &["SELECT 'a;b', 'it''s; fine'", "SELECT ''';'"]);
+    }
+
+    #[test]
+    fn standard_strings_do_not_escape_with_backslash() {
+        check(r"SELECT 'C:\'; SELECT 2", &[r"SELECT 'C:\'", "SELECT 2"]);
+    }
+
+    #[test]
+    fn escape_strings_use_backslash() {
+        check(r"SELECT E'it\'s;', e'\\'; SELECT 2", &[r"SELECT E'it\'s;', e'\\'", "SELECT 2"]);
+        // An identifier ending in e is not an E string prefix.
+        check(r"SELECT some'\'; SELECT 2", &[r"SELECT some'\'", "SELECT 2"]);
+    }
+
+    #[test]
+    fn unicode_national_bit_and_hex_strings() {
+        check(
+            r"SELECT U&'d\0061t;a' UESCAPE '!', N'x;', B'1;0', X'1F;'; SELECT 2",
+            &[r"SELECT U&'d\0061t;a' UESCAPE '!', N'x;', B'1;0', X'1F;'", "SELECT 2"],
+        );
+    }
+
+    #[test]
+    fn double_quoted_identifiers() {
+        check(r#"SELECT 1 AS "a;""b"; SELECT U&"x;y""#, &[r#"SELECT 1 AS "a;""b""#, r#"SELECT U&"x;y""#]);
+    }
+
+    #[test]
+    fn dollar_quotes_with_and_without_tags() {
+        check(
+            "DO $$ BEGIN PERFORM 1; END $$; SELECT $fn$ a; $$ ; $x$ $fn$; SELECT 3",
+            &["DO $$ BEGIN PERFORM 1; END $$", "SELECT $fn$ a; $$ ; $x$ $fn$", "SELECT 3"],
+        );
+        // Tags are case-sensitive.
+        check("SELECT $A$ ; $a$ ; $A$; SELECT 2", &["SELECT $A$ ; $a$ ; $A$", "SELECT 2"]);
+    }
+
+    #[test]
+    fn parameters_and_dollar_in_identifiers_are_not_dollar_quotes() {
+        check("PREPARE p AS SELECT $1; SELECT a$b$ FROM t; SELECT $2", &[
+            "PREPARE p AS SELECT $1",
+            "SELECT a$b$ FROM t",
+            "SELECT $2",
+        ]);
+        // `$1$` is a parameter followed by a lone `$`, not a delimiter.
+        check("SELECT $1$; SELECT 2", &["SELECT $1$", "SELECT 2"]);
+    }
+
+    #[test]
+    fn nested_block_comments() {
+        check("SELECT /* a /* b; */ c; */ 1; SELECT 2", &["SELECT /* a /* b; */ c; */ 1", "SELECT 2"]);
+    }
+
+    #[test]
+    fn line_comments_hide_semicolons_and_quotes() {
+        check("SELECT 1 -- it's; \"x\n, 2;\nSELECT 3", &["SELECT 1 -- it's; \"x\n, 2", "SELECT 3"]);
+    }
+
+    #[test]
+    fn comment_starts_inside_an_operator() {
+        check("SELECT 1 +-- ;\n 2; SELECT 3 */* ; */ 4", &["SELECT 1 +-- ;\n 2", "SELECT 3 */* ; */ 4"]);
+    }
+
+    #[test]
+    fn semicolons_inside_parentheses_do_not_split() {
+        check(
+            "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2)); SELECT 1",
+            &["CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2))", "SELECT 1"],
+        );
+    }
+
+    #[test]
+    fn begin_atomic_bodies() {
+        let f = "CREATE FUNCTION f(a int) RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n  INSERT INTO t VALUES (a);\n  \
+                 SELECT CASE WHEN a > 0 THEN 1 ELSE 0 END;\nEND";
+        let p = "create or replace procedure p() begin atomic select 1; end";
+        check(&format!("{f};\n{p};\nSELECT 2;"), &[f, p, "SELECT 2"]);
+    }
+
+    #[test]
+    fn begin_outside_routines_is_a_statement() {
+        check("BEGIN; CREATE TABLE t (a int); COMMIT;", &["BEGIN", "CREATE TABLE t (a int)", "COMMIT"]);
+        check("CREATE TABLE t (begin int); SELECT 1", &["CREATE TABLE t (begin int)", "SELECT 1"]);
+        // Only FUNCTION / PROCEDURE start the tracking, as in psql.
+        check(
+            "CREATE OR REPLACE TRIGGER x BEFORE INSERT ON t EXECUTE FUNCTION f(); SELECT 1",
+            &["CREATE OR REPLACE TRIGGER x BEFORE INSERT ON t EXECUTE FUNCTION f()", "SELECT 1"],
+        );
+    }
+
+    #[test]
+    fn plpgsql_functions_in_dollar_quotes() {
+        let f = "CREATE OR REPLACE FUNCTION trg() RETURNS trigger AS $body$\nBEGIN\n  NEW.at := now();\n  \
+                 RETURN NEW;\nEND;\n$body$ LANGUAGE plpgsql";
+        check(&format!("{f};\nCREATE TRIGGER t BEFORE UPDATE ON x FOR EACH ROW EXECUTE FUNCTION trg();"), &[
+            f,
+            "CREATE TRIGGER t BEFORE UPDATE ON x FOR EACH ROW EXECUTE FUNCTION trg()",
+        ]);
+    }
+
+    #[test]
+    fn crlf_lines_and_bom() {
+        let script = "\u{feff}-- no-transaction\r\nCREATE INDEX CONCURRENTLY i ON t (a);\r\n\r\nSELECT 'x;\r\ny';\r\n";
+        let got = split(script);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].sql, "CREATE INDEX CONCURRENTLY i ON t (a)");
+        assert_eq!(got[0].line, 2);
+        assert_eq!(got[1].sql, "SELECT 'x;\r\ny'");
+        assert_eq!(got[1].line, 4);
+        assert_eq!(&script[got[1].start..got[1].end], got[1].sql);
+    }
+
+    #[test]
+    fn non_ascii_everywhere() {
+        check(
+            "SELECT 'ünï;cødé' AS \"naïve;\", café FROM «t»; SELECT $é$ ; $é$; SELECT /* ☃; */ 1",
+            &["SELECT 'ünï;cødé' AS \"naïve;\", café FROM «t»", "SELECT $é$ ; $é$", "SELECT /* ☃; */ 1"],
+        );
+    }
+
+    #[test]
+    fn unterminated_constructs_run_to_the_end() {
+        check("SELECT 1; SELECT 'oops; SELECT 2", &["SELECT 1", "SELECT 'oops; SELECT 2"]);
+        check("SELECT 1; SELECT $$ x; SELECT 2", &["SELECT 1", "SELECT $$ x; SELECT 2"]);
+        check("SELECT 1; SELECT 2 /* x; /* y */ ; SELECT 3", &["SELECT 1", "SELECT 2"]);
+        check(r"SELECT E'\", &[r"SELECT E'\"]);
+    }
+
+    #[test]
+    fn lines_are_those_of_the_first_token() {
+        let script = "-- a\n\n/* b\n c */ SELECT 1;\n\n\n  ALTER TABLE t\n ADD COLUMN a int;";
+        let lines: Vec<usize> = split(script).iter().map(|s| s.line).collect();
+        assert_eq!(lines, [4, 7]);
+    }
+
+    #[test]
+    fn line_of_offsets() {
+        let s = "a\nb\r\nc";
+        assert_eq!(line_of(s, 0), 1);
+        assert_eq!(line_of(s, 1), 1);
+        assert_eq!(line_of(s, 2), 2);
+        assert_eq!(line_of(s, 5), 3);
+        assert_eq!(line_of(s, 999), 3);
+    }
+
+    #[test]
+    fn no_transaction_matches_sqlx() {
+        assert!(no_transaction("-- no-transaction\nCREATE INDEX CONCURRENTLY i ON t (a);"));
+        assert!(no_transaction("-- no-transaction"));
+        assert!(no_transaction("-- no-transaction\r\nSELECT 1"));
+        // sqlx checks a prefix of the file, nothing more.
+        assert!(no_transaction("-- no-transactions please"));
+        assert!(!no_transaction("--no-transaction\n"));
+        assert!(!no_transaction(" -- no-transaction\n"));
+        assert!(!no_transaction("\n-- no-transaction\n"));
+        assert!(!no_transaction("\u{feff}-- no-transaction\n"));
+        assert!(!no_transaction("-- No-Transaction\n"));
+        assert!(!no_transaction("SELECT 1; -- no-transaction"));
+    }
+
+    #[test]
+    fn tokens_of_a_statement() {
+        let kinds: Vec<(TokenKind, &str)> =
+            tokens(r#"ALTER TABLE "My""T" ADD x numeric(10,2) DEFAULT E'a\'b'::text || $1 -- c"#)
+                .map(|t| (t.kind, t.text))
+                .collect();
+        use TokenKind::*;
+        assert_eq!(kinds, [
+            (Word, "ALTER"),
+            (Word, "TABLE"),
+            (QuotedIdent, r#""My""T""#),
+            (Word, "ADD"),
+            (Word, "x"),
+            (Word, "numeric"),
+            (Punct, "("),
+            (Number, "10"),
+            (Punct, ","),
+            (Number, "2"),
+            (Punct, ")"),
+            (Word, "DEFAULT"),
+            (String, r"E'a\'b'"),
+            (Punct, "::"),
+            (Word, "text"),
+            (Operator, "||"),
+            (Param, "$1"),
+        ]);
+    }
+
+    /// A deterministic xorshift generator: the property test needs variety, not a new dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+    }
+
+    #[test]
+    fn generated_scripts_round_trip() {
+        // Pieces that each hide a `;` or a quote from a naive splitter; none starts or ends with a comment.
+        let pieces = [
+            "'a;b'",
+            "'it''s;'",
+            r"E'it\'s;'",
+            r"E'\\'",
+            r"U&'\0041;'",
+            "\"col;\"\"x\"",
+            "$$ ; ' \" $$",
+            "$t$ $$ ; $t$",
+            "$é$ ; $é$",
+            "1 /* ; /* ; */ ' */ + 2",
+            "1 -- ; '\n + 2",
+            "1 -- ; \r\n + 2",
+            "(1; 2)",
+            "$1",
+            "a$b",
+            "'ünï;'",
+            "x::text",
+            "CASE WHEN true THEN 'end;' END",
+        ];
+        let heads = ["SELECT", "select", "INSERT INTO t VALUES (", "DO"];
+        let separators = [";", "; ", ";\n", ";\r\n", "\n;\n", ";-- c;'\n", ";/* c; */", ";;\n", " ;\t"];
+        let routine = "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT CASE WHEN \
+                       true THEN 2 END; END";
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..500 {
+            let mut expected = Vec::new();
+            for _ in 0..1 + rng.below(6) {
+                let stmt = match rng.below(8) {
+                    0 => routine.to_string(),
+                    _ => {
+                        let head = rng.pick(&heads);
+                        let body: Vec<&str> = (0..1 + rng.below(4)).map(|_| rng.pick(&pieces)).collect();
+                        let tail = if head.ends_with('(') { ")" } else { "" };
+                        format!("{head} {}{tail}", body.join(" || "))
+                    }
+                };
+                expected.push(stmt);
+            }
+            let mut script = String::from(rng.pick(&["", "\u{feff}", "-- head;\n", "/* x; */\r\n"]));
+            for (k, stmt) in expected.iter().enumerate() {
+                script.push_str(stmt);
+                if k + 1 < expected.len() || rng.below(2) == 0 {
+                    script.push_str(rng.pick(&separators));
+                }
+            }
+            assert_eq!(sqls(&script), expected, "script {script:?}");
+            for s in split(&script) {
+                assert_eq!(&script[s.start..s.end], s.sql);
+                assert_eq!(s.line, line_of(&script, s.start));
+            }
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! Lint of dangerous operations, weighted by what the rehearsal measured on
+//! real data. The statement tells what kind of danger it is (`ops`); the
+//! shadow's table sizes and the measured locks, durations and rewrites say
+//! how bad it is here. A finding names the statement, the lock, the table's
+//! size and the measured effect. Findings are warnings unless the target's
+//! `lint.deny` lists the rule; `lint.allow` silences one.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use super::observer::{Catalog, human_mode, strength};
+use super::ops::{self, ConstraintKind, Op};
+use super::runner::{LockHeld, MigrationResult};
+use crate::config::LintConfig;
+use crate::migrations::{Migration, split};
+use crate::output::human_bytes;
+
+/// Every rule id, for config validation and the docs.
+pub const RULES: &[&str] = &[
+    "index_not_concurrent",
+    "volatile_default",
+    "type_change_rewrite",
+    "set_not_null",
+    "constraint_validated",
+    "missing_lock_timeout",
+    "drop_column",
+    "drop_table",
+    "rename",
+    "table_rewrite",
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub rule: &'static str,
+    /// `warning`, or `error` when the rule is denied.
+    pub severity: &'static str,
+    pub migration: String,
+    pub statement: Option<usize>,
+    pub line: Option<usize>,
+    pub sql: Option<String>,
+    pub relation: Option<String>,
+    pub lock: Option<String>,
+    pub table_bytes: Option<i64>,
+    pub table_rows: Option<i64>,
+    /// What the rehearsal measured, in words.
+    pub effect: Option<String>,
+    pub message: String,
+}
+
+/// Lints a plan with its measurements. `lock_timeout_ms` is what the
+/// release will set (0 = none).
+pub fn lint(
+    plan: &[Migration],
+    results: &[MigrationResult],
+    pre: &Catalog,
+    lock_timeout_ms: u128,
+    config: &LintConfig,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut validated_not_null: HashSet<(String, String)> = HashSet::new();
+    let mut pending_checks: HashMap<String, (String, String)> = HashMap::new();
+    for (m, r) in plan.iter().zip(results) {
+        let mut cx = Cx { m, r, pre, out: Vec::new() };
+        let statements = statements_of(m);
+        let sets_lock_timeout = statements.iter().any(|s| {
+            ops::classify(&s.sql).iter().any(|o| matches!(o, Op::SetLockTimeout { value } if !is_zero(value)))
+        });
+        for (i, stmt) in statements.iter().enumerate() {
+            let index = (!m.up_sql.is_empty()).then_some(i);
+            for op in ops::classify(&stmt.sql) {
+                let at = At { index, line: Some(stmt.line), sql: &stmt.sql };
+                match op {
+                    Op::CreateIndex { table, concurrently: false, .. } => {
+                        if let Some(size) = cx.size(&table).filter(|s| s.rows > 0) {
+                            let effect = cx.lock_effect(index, &table);
+                            cx.push("index_not_concurrent", &at, &table, Some("SHARE"), Some(size), effect.clone(), format!(
+                                "CREATE INDEX on `{table}` ({}) without CONCURRENTLY blocks writes to it for the whole build{}; use CREATE INDEX CONCURRENTLY in a migration that runs outside a transaction",
+                                size.describe(), effect.map(|e| format!(" ({e})")).unwrap_or_default()));
+                        }
+                    }
+                    Op::AddColumn { table, column, default: Some(default), volatile_default: true, .. } => {
+                        if let Some(size) = cx.size(&table).filter(|s| s.rows > 0) {
+                            let effect = cx.rewrite_effect(index, &table);
+                            cx.push("volatile_default", &at, &table, Some("ACCESS EXCLUSIVE"), Some(size), effect.clone(), format!(
+                                "ADD COLUMN `{column}` with the volatile default `{default}` rewrites `{table}` ({}) under ACCESS EXCLUSIVE{}; add the column without a default, backfill in batches, then set the default",
+                                size.describe(), effect.map(|e| format!(": {e}")).unwrap_or_default()));
+                        }
+                    }
+                    Op::AlterColumnType { table, column, new_type } => {
+                        if let (Some(size), Some(effect)) = (cx.size(&table), cx.rewrite_effect(index, &table))
+                            && cx.rewritten(&table)
+                        {
+                            cx.push("type_change_rewrite", &at, &table, Some("ACCESS EXCLUSIVE"), Some(size), Some(effect.clone()), format!(
+                                "ALTER COLUMN `{column}` TYPE {new_type} {effect}; reads and writes of `{table}` wait meanwhile. Add a new column, backfill it in batches and switch over instead"));
+                        }
+                    }
+                    Op::SetNotNull { table, column } => {
+                        if validated_not_null.contains(&(table.clone(), column.clone())) {
+                            continue;
+                        }
+                        if let Some(size) = cx.size(&table).filter(|s| s.rows > 0) {
+                            let effect = cx.lock_effect(index, &table);
+                            cx.push("set_not_null", &at, &table, Some("ACCESS EXCLUSIVE"), Some(size), effect.clone(), format!(
+                                "SET NOT NULL on `{table}.{column}` scans `{table}` ({}) under ACCESS EXCLUSIVE{}; first add CHECK ({column} IS NOT NULL) NOT VALID, VALIDATE CONSTRAINT it, then SET NOT NULL (PostgreSQL then skips the scan)",
+                                size.describe(), effect.map(|e| format!(" ({e})")).unwrap_or_default()));
+                        }
+                    }
+                    Op::AddConstraint { table, name, kind, not_valid, check_not_null_of, .. } => {
+                        if let Some(col) = check_not_null_of {
+                            if not_valid {
+                                if let Some(n) = &name {
+                                    pending_checks.insert(n.clone(), (table.clone(), col));
+                                }
+                            } else {
+                                validated_not_null.insert((table.clone(), col));
+                            }
+                        }
+                        let validates = matches!(kind, ConstraintKind::ForeignKey | ConstraintKind::Check) && !not_valid;
+                        if let Some(size) = cx.size(&table).filter(|s| validates && s.rows > 0) {
+                            let what = if kind == ConstraintKind::ForeignKey { "FOREIGN KEY" } else { "CHECK" };
+                            let lock = if kind == ConstraintKind::ForeignKey { "SHARE ROW EXCLUSIVE" } else { "ACCESS EXCLUSIVE" };
+                            let effect = cx.lock_effect(index, &table);
+                            cx.push("constraint_validated", &at, &table, Some(lock), Some(size), effect.clone(), format!(
+                                "ADD {what} on `{table}` checks all {} rows under {lock}{}; add it NOT VALID, then VALIDATE CONSTRAINT in a later migration (that takes only SHARE UPDATE EXCLUSIVE)",
+                                size.rows, effect.map(|e| format!(" ({e})")).unwrap_or_default()));
+                        }
+                    }
+                    Op::ValidateConstraint { name, .. } => {
+                        if let Some(tc) = pending_checks.remove(&name) {
+                            validated_not_null.insert(tc);
+                        }
+                    }
+                    Op::DropColumn { table, column } => {
+                        let size = cx.size(&table);
+                        cx.push("drop_column", &at, &table, Some("ACCESS EXCLUSIVE"), size, None, format!(
+                            "DROP COLUMN `{table}.{column}` destroys its data{}; application code still reading it fails — deploy code that no longer uses it first",
+                            size.map(|s| format!(" in {} rows", s.rows)).unwrap_or_default()));
+                    }
+                    Op::DropTable { tables } => {
+                        for table in tables {
+                            let size = cx.size(&table);
+                            cx.push("drop_table", &at, &table, Some("ACCESS EXCLUSIVE"), size, None, format!(
+                                "DROP TABLE `{table}` destroys its data{}; make sure a verified snapshot exists and no code uses it",
+                                size.map(|s| format!(" ({})", s.describe())).unwrap_or_default()));
+                        }
+                    }
+                    Op::RenameTable { table, to } => {
+                        if cx.size(&table).is_some() {
+                            cx.push("rename", &at, &table, Some("ACCESS EXCLUSIVE"), None, None, format!(
+                                "RENAME `{table}` TO `{to}`: running application code that uses the old name fails until new code is deployed; consider a view with the old name during the switch"));
+                        }
+                    }
+                    Op::RenameColumn { table, from, to } => {
+                        if cx.size(&table).is_some() {
+                            cx.push("rename", &at, &table, Some("ACCESS EXCLUSIVE"), None, None, format!(
+                                "RENAME COLUMN `{table}.{from}` TO `{to}`: running application code that uses the old name fails until new code is deployed; add the new column and migrate in steps instead"));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if lock_timeout_ms == 0 && !sets_lock_timeout {
+            let exclusive = r.locks.iter().find(|l| l.mode == "AccessExclusiveLock" && pre.by_name(&l.relation).is_some());
+            if let Some(l) = exclusive {
+                let at = At { index: l.statement, line: None, sql: "" };
+                cx.push("missing_lock_timeout", &at, &l.relation.clone(), Some("ACCESS EXCLUSIVE"), cx.size(&l.relation), None, format!(
+                    "takes ACCESS EXCLUSIVE on `{}` with no lock_timeout: if a long query holds a lock on it, this migration waits and every query behind it waits too; set `lock_timeout` for the target or SET lock_timeout in the migration",
+                    l.relation));
+            }
+        }
+        // Rewrites the statements do not explain (external runners, DO blocks…).
+        let explained: HashSet<String> = cx.out.iter().filter_map(|f| f.relation.clone()).collect();
+        for rw in r.rewrites.iter().filter(|rw| rw.kind == "table" && !explained.contains(&rw.relation)) {
+            let Some(size) = cx.size(&rw.relation).filter(|s| s.rows > 0) else { continue };
+            let effect = cx.rewrite_effect(None, &rw.relation);
+            let at = At { index: None, line: None, sql: "" };
+            cx.push("table_rewrite", &at, &rw.relation.clone(), Some("ACCESS EXCLUSIVE"), Some(size), effect.clone(), format!(
+                "rewrites `{}` ({}){}", rw.relation, size.describe(), effect.map(|e| format!(": {e}")).unwrap_or_default()));
+        }
+        out.append(&mut cx.out);
+    }
+    out.retain(|f| !config.allow.iter().any(|a| a == f.rule));
+    for f in &mut out {
+        if config.deny.iter().any(|d| d == f.rule) {
+            f.severity = "error";
+        }
+    }
+    out
+}
+
+fn is_zero(v: &str) -> bool {
+    let v = v.trim_matches(|c| c == '\'' || c == '"').trim();
+    v == "0" || v.eq_ignore_ascii_case("0ms") || v.eq_ignore_ascii_case("0s")
+}
+
+/// The SQL the linter reads: the file for native sources; for Payload, the
+/// SQL inside its `sql\`…\`` templates.
+fn statements_of(m: &Migration) -> Vec<split::Statement> {
+    if !m.up_sql.is_empty() {
+        return split::split(&m.up_sql);
+    }
+    let Ok(text) = std::fs::read_to_string(&m.path) else { return Vec::new() };
+    let mut out = Vec::new();
+    for (start, _) in text.match_indices("sql`") {
+        let body = &text[start + 4..];
+        if let Some(end) = body.find('`') {
+            let line = text[..start].matches('\n').count() + 1;
+            for mut s in split::split(&body[..end]) {
+                s.line += line - 1;
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy)]
+struct Size {
+    bytes: i64,
+    rows: i64,
+}
+
+impl Size {
+    fn describe(&self) -> String {
+        format!("{}, {} rows", human_bytes(self.bytes.max(0) as u64), self.rows)
+    }
+}
+
+struct At<'a> {
+    index: Option<usize>,
+    line: Option<usize>,
+    sql: &'a str,
+}
+
+struct Cx<'a> {
+    m: &'a Migration,
+    r: &'a MigrationResult,
+    pre: &'a Catalog,
+    out: Vec<Finding>,
+}
+
+impl Cx<'_> {
+    /// Size before the plan; None for tables the plan creates.
+    fn size(&self, table: &str) -> Option<Size> {
+        self.pre.by_name(table).map(|r| Size { bytes: r.bytes, rows: r.rows.round() as i64 })
+    }
+
+    fn rewritten(&self, table: &str) -> bool {
+        self.r.rewrites.iter().any(|rw| rw.kind == "table" && same(&rw.relation, table))
+    }
+
+    fn strongest(&self, index: Option<usize>, table: &str) -> Option<&LockHeld> {
+        self.r
+            .locks
+            .iter()
+            .filter(|l| same(&l.relation, table) && (index.is_none() || l.statement == index))
+            .max_by_key(|l| (strength(&l.mode), l.held_ms))
+    }
+
+    fn duration_ms(&self, index: Option<usize>) -> u64 {
+        index.and_then(|i| self.r.statements.get(i)).map_or(self.r.duration_ms, |s| s.duration_ms)
+    }
+
+    /// "held SHARE on `orders` for 3.2 s (statement ran 3.1 s)".
+    fn lock_effect(&self, index: Option<usize>, table: &str) -> Option<String> {
+        let l = self.strongest(index, table)?;
+        Some(format!(
+            "measured: {} on `{}` held {} (statement ran {})",
+            human_mode(&l.mode),
+            l.relation,
+            secs(l.held_ms),
+            secs(self.duration_ms(index))
+        ))
+    }
+
+    /// "rewrites `orders` (2.1 GB) under ACCESS EXCLUSIVE for 41 s".
+    fn rewrite_effect(&self, index: Option<usize>, table: &str) -> Option<String> {
+        let rw = self.r.rewrites.iter().find(|rw| rw.kind == "table" && same(&rw.relation, table))?;
+        let held = self.strongest(index, table).map(|l| (human_mode(&l.mode), l.held_ms));
+        let (mode, ms) = held.unwrap_or(("ACCESS EXCLUSIVE".into(), self.duration_ms(index)));
+        Some(format!(
+            "rewrites `{}` ({}) under {mode} for {}",
+            rw.relation,
+            human_bytes(rw.bytes_before.max(0) as u64),
+            secs(ms)
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        rule: &'static str,
+        at: &At,
+        table: &str,
+        lock: Option<&str>,
+        size: Option<Size>,
+        effect: Option<String>,
+        message: String,
+    ) {
+        self.out.push(Finding {
+            rule,
+            severity: "warning",
+            migration: self.m.version.clone(),
+            statement: at.index,
+            line: at.line,
+            sql: (!at.sql.is_empty()).then(|| super::runner::excerpt(at.sql)),
+            relation: Some(table.to_string()),
+            lock: lock.map(str::to_string),
+            table_bytes: size.map(|s| s.bytes),
+            table_rows: size.map(|s| s.rows),
+            effect,
+            message,
+        });
+    }
+}
+
+/// `public.orders` and `orders` name the same table.
+fn same(a: &str, b: &str) -> bool {
+    a.strip_prefix("public.").unwrap_or(a) == b.strip_prefix("public.").unwrap_or(b)
+}
+
+pub fn secs(ms: u64) -> String {
+    if ms < 1000 { format!("{ms} ms") } else { format!("{:.1} s", ms as f64 / 1000.0) }
+}

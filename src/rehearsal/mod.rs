@@ -1,0 +1,457 @@
+//! `pgrehearse rehearse`: the pending plan run on a restored copy of
+//! production, measured migration by migration, then reverted and re-applied
+//! to prove its downs, its seeds run twice, and its statements linted with
+//! the measured effects. The live database is only read — one SELECT of its
+//! history table to know the plan — and never locked or written.
+//!
+//! Steps: plan from live → snapshot (the latest; verified on the way if it
+//! never was; a fresh one when there is none) → scratch copy (template clone
+//! when the template holds it) → bring the copy's history up to live's →
+//! run the plan as live will, measuring → reversibility → seeds → lint →
+//! report, kept in the state store and the object store.
+
+mod external;
+pub mod lint;
+pub mod observer;
+pub mod ops;
+pub mod reversibility;
+pub mod runner;
+pub mod seeds;
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::Utc;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, MigrationKind, Target};
+use crate::drill::{self, DrillError};
+use crate::migrations::{self, Drift, Migration, Plan, PlanError, Source, SourceError};
+use crate::pg::lock::{HeavyLock, LockError};
+use crate::pg::tools::{self, ToolError};
+use crate::pg::{PgError, url::ConnUrl};
+use crate::shadow::{Shadow, ShadowError};
+use crate::snapshot::catalog::{self, CatalogError};
+use crate::snapshot::manifest::Manifest;
+use crate::snapshot::{self, SnapshotError, open_stores};
+use crate::state::StateError;
+use crate::store::{Store, StoreError};
+use observer::Catalog;
+use runner::{MigrationResult, Status};
+
+/// Which snapshot to rehearse on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice {
+    Latest,
+    Fresh,
+    Id(String),
+}
+
+impl Choice {
+    pub fn parse(s: &str) -> Choice {
+        match s {
+            "latest" => Choice::Latest,
+            "fresh" => Choice::Fresh,
+            id => Choice::Id(id.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub snapshot: Choice,
+    /// Keep the scratch database (its name is in the report).
+    pub keep: bool,
+    /// Run the reversibility check (downs, compare, ups again).
+    pub reverse: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RehearsalError {
+    #[error("snapshot {id} failed its restore drill ({problems}); rehearse on another snapshot (`--snapshot ID`) or take a fresh one (`--snapshot fresh`)")]
+    SnapshotBroken { id: String, problems: String },
+    #[error("the live history has migrations the project no longer has files for ({versions}); restore those files before rehearsing")]
+    CatchUpMissing { versions: String },
+    #[error("snapshot {snapshot} has migrations applied that live does not ({versions}): live was rolled back or restored since; rehearse on a fresh snapshot (`--snapshot fresh`)")]
+    SnapshotAhead { snapshot: String, versions: String },
+    #[error("bringing the copy up to live's history failed at migration {version}: {message}")]
+    CatchUpFailed { version: String, message: String },
+    #[error("live has applied migrations since snapshot {snapshot} ({versions}); a {kind} project cannot replay them separately from the plan: rehearse on a fresh snapshot (`--snapshot fresh`)")]
+    CatchUpExternal { snapshot: String, versions: String, kind: String },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Payload(#[from] crate::migrations::payload::PayloadError),
+    #[error(transparent)]
+    Drill(#[from] DrillError),
+    #[error(transparent)]
+    Shadow(#[from] ShadowError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The rehearsal report (`--json` prints it; the state and object stores keep it).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub id: String,
+    pub target: String,
+    /// The plan hash: what an approval names.
+    pub plan: String,
+    pub ok: bool,
+    /// `pass` or `problems`.
+    pub verdict: &'static str,
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+    pub snapshot_id: String,
+    pub snapshot_taken_at: String,
+    /// `template_clone` or `restore`.
+    pub method: &'static str,
+    pub restore_duration_ms: u64,
+    pub database: String,
+    pub kept: bool,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_ms: u64,
+    /// Wall time of the plan itself, measurement included.
+    pub apply_ms: u64,
+    /// `single_transaction`, `per_migration` or the external tool's name.
+    pub mode: String,
+    pub lock_timeout_ms: u64,
+    /// Migrations live applied after the snapshot, replayed (unmeasured)
+    /// before the plan.
+    pub catch_up: Vec<String>,
+    pub drift: Vec<Drift>,
+    pub migrations: Vec<MigrationResult>,
+    /// True when every migration that has a down reverted cleanly; null when
+    /// not checked.
+    pub reversible: Option<bool>,
+    pub reversibility_ignored: &'static str,
+    pub lint: Vec<lint::Finding>,
+    pub seeds: Vec<seeds::SeedResult>,
+    pub notes: Vec<String>,
+    /// The command that approves this plan.
+    pub approve: String,
+}
+
+/// Rehearses the target's pending plan. Returns the report (whose `ok` says
+/// whether problems were found); errors mean the rehearsal could not run.
+pub async fn rehearse(
+    config: &Config,
+    target: &Target,
+    opts: &Options,
+    cancel: &CancellationToken,
+) -> Result<Report, RehearsalError> {
+    let (state, store) = open_stores(config).await?;
+    state.reap_dead_rehearsals().await?;
+    let source = Source::of(target)?;
+    // The only contact with live: one read of its history.
+    let plan = migrations::plan_for(&state, &source, &target.live_url).await?;
+    let mut shadow = Shadow::open(target, &state).await?;
+    let shadow_url = target.shadow_url.clone().expect("Shadow::open checked the shadow URL");
+    let lock = HeavyLock::try_acquire(&shadow_url, &format!("{}/rehearse", target.name), "rehearse").await?;
+    let id = snapshot::new_id(Utc::now());
+    state.rehearsal_started(&id, &target.name).await?;
+    let span = tracing::info_span!("rehearse", run_id = %id, target = %target.name, job = "rehearse");
+    let result = tracing::Instrument::instrument(
+        run(config, target, &source, &plan, store.as_ref(), &mut shadow, &id, opts, cancel),
+        span,
+    )
+    .await;
+    lock.release().await;
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            state.rehearsal_failed(&id, &e.to_string()).await?;
+            return Err(e);
+        }
+    };
+    let json = serde_json::to_string_pretty(&report).expect("report serializes");
+    let status = if report.ok { "passed" } else { "problems" };
+    state.rehearsal_finished(&id, &report.plan, &report.snapshot_id, status, &json).await?;
+    store.put(&report_key(&target.name, &id, "report.json"), Bytes::from(json)).await?;
+    let text = crate::report::rehearsal::markdown(&report);
+    store.put(&report_key(&target.name, &id, "report.md"), Bytes::from(text)).await?;
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    config: &Config,
+    target: &Target,
+    source: &Source<'_>,
+    plan: &Plan,
+    store: &dyn Store,
+    shadow: &mut Shadow,
+    id: &str,
+    opts: &Options,
+    cancel: &CancellationToken,
+) -> Result<Report, RehearsalError> {
+    let started_at = Utc::now();
+    let t0 = Instant::now();
+    let m = pick_snapshot(config, target, store, &opts.snapshot, cancel).await?;
+    let db = shadow.scratch_name(id);
+    let (method, restore_ms) = drill::scratch_copy(config, target, store, &m, shadow, &db).await?;
+    tracing::info!(database = %db, method, restore_ms, snapshot = %m.id, "Scratch copy ready.");
+    let url = shadow.url_for(&db);
+    let measured = measure(config, target, source, plan, &m, &url, opts).await;
+    if opts.keep {
+        shadow.release(&db).await?;
+    } else {
+        shadow.drop_db(&db).await?;
+    }
+    let mut report = measured?;
+    report.id = id.to_string();
+    report.snapshot_id = m.id.clone();
+    report.snapshot_taken_at = m.started_at.to_rfc3339();
+    report.method = method;
+    report.restore_duration_ms = restore_ms;
+    report.database = db;
+    report.kept = opts.keep;
+    report.started_at = started_at.to_rfc3339();
+    report.finished_at = Utc::now().to_rfc3339();
+    report.duration_ms = t0.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// The snapshot to rehearse on: verified first if it never was.
+async fn pick_snapshot(
+    config: &Config,
+    target: &Target,
+    store: &dyn Store,
+    choice: &Choice,
+    cancel: &CancellationToken,
+) -> Result<Manifest, RehearsalError> {
+    let id = match choice {
+        Choice::Id(id) => id.clone(),
+        Choice::Latest if !catalog::manifests(store, &target.name).await?.is_empty() => "latest".into(),
+        Choice::Latest | Choice::Fresh => {
+            tracing::info!("Taking a fresh snapshot to rehearse on.");
+            snapshot::take(config, target, snapshot::Reason::Rehearsal, cancel).await?.id
+        }
+    };
+    let m = catalog::resolve(store, &target.name, &id).await?;
+    if m.verified_at().is_some() {
+        return Ok(m);
+    }
+    tracing::info!(snapshot = %m.id, "The snapshot was never verified: running its restore drill first.");
+    let drill = drill::verify(config, target, &m.id, false, false).await?;
+    if !drill.ok {
+        return Err(RehearsalError::SnapshotBroken { id: m.id, problems: drill.mismatches.join("; ") });
+    }
+    Ok(catalog::resolve(store, &target.name, &m.id).await?)
+}
+
+/// Everything that happens on the scratch copy.
+async fn measure(
+    config: &Config,
+    target: &Target,
+    source: &Source<'_>,
+    plan: &Plan,
+    m: &Manifest,
+    url: &ConnUrl,
+    opts: &Options,
+) -> Result<Report, RehearsalError> {
+    let q = |source| PgError::Query { url: url.redacted(), source };
+    let table = source.table();
+    let mut conn = runner::session(url, target, "pgrehearse-rehearse").await?;
+    let catch_up = catch_up(source, plan, &mut conn, m).await?;
+    if !catch_up.is_empty() {
+        tracing::info!(count = catch_up.len(), "Replaying migrations live applied after the snapshot.");
+        let (results, ok) =
+            runner::run_native(&mut conn, url, source.kind(), &table, &catch_up, &Catalog::default(), false).await?;
+        if !ok {
+            let failed = results.iter().find(|r| r.status == Status::Failed);
+            return Err(RehearsalError::CatchUpFailed {
+                version: failed.map(|r| r.version.clone()).unwrap_or_default(),
+                message: failed.and_then(|r| r.error.as_ref()).map(|e| e.message.clone()).unwrap_or_default(),
+            });
+        }
+    }
+    let pre = Catalog::capture(&mut conn).await.map_err(q)?;
+    let bindir = target.pg_bindir.as_deref().or(config.snapshot.pg_bindir.as_deref());
+    let pg_dump = tools::find("pg_dump", bindir, m.server_version_num / 10000).await?;
+    let s0 = if opts.reverse && !plan.pending.is_empty() {
+        Some(reversibility::schema(&pg_dump, url, &table).await.map_err(|e| RehearsalError::CatchUpFailed {
+            version: "-".into(),
+            message: e,
+        })?)
+    } else {
+        None
+    };
+
+    tracing::info!(pending = plan.pending.len(), "Running the plan.");
+    let t_apply = Instant::now();
+    let (mut results, ok, mode) = match source.kind() {
+        MigrationKind::Sqlx | MigrationKind::Diesel => {
+            let (r, ok) = runner::run_native(&mut conn, url, source.kind(), &table, &plan.pending, &pre, true).await?;
+            let mode = if plan.all_transactional() { "single_transaction" } else { "per_migration" };
+            (r, ok, mode.to_string())
+        }
+        MigrationKind::Payload => {
+            let (r, ok) = external::payload(source, target, url, &plan.pending, &pre).await?;
+            (r, ok, "payload".to_string())
+        }
+        MigrationKind::Command => {
+            let (r, ok) = external::command(source, url, &plan.pending, &pre).await?;
+            (r, ok, "command".to_string())
+        }
+    };
+    let apply_ms = t_apply.elapsed().as_millis() as u64;
+
+    let mut notes = vec![format!(
+        "Timings are from a cold copy restored from snapshot {} (taken {}); production's caches are warm, its load is not.",
+        m.id,
+        m.started_at.format("%Y-%m-%d %H:%M UTC")
+    )];
+    let mut reversible = None;
+    if ok && let Some(s0) = s0 {
+        reversible =
+            Some(reversibility::check(source, &mut conn, url, &pg_dump, &plan.pending, &mut results, &s0).await);
+    } else if !opts.reverse {
+        notes.push("Reversibility was not checked (--no-reverse).".into());
+    }
+    let seeds = if ok && !target.seeds.is_empty() { seeds::run(&mut conn, &target.seeds).await } else { Vec::new() };
+    let lint = lint::lint(&plan.pending, &results, &pre, target.lock_timeout.as_millis(), &target.lint);
+    let (problems, warnings) = verdict(plan, &results, &lint, &seeds);
+    let ok = problems.is_empty();
+    Ok(Report {
+        id: String::new(),
+        target: target.name.clone(),
+        plan: plan.hash.clone(),
+        ok,
+        verdict: if ok { "pass" } else { "problems" },
+        problems,
+        warnings,
+        snapshot_id: String::new(),
+        snapshot_taken_at: String::new(),
+        method: "restore",
+        restore_duration_ms: 0,
+        database: String::new(),
+        kept: false,
+        started_at: String::new(),
+        finished_at: String::new(),
+        duration_ms: 0,
+        apply_ms,
+        mode,
+        lock_timeout_ms: target.lock_timeout.as_millis() as u64,
+        catch_up: plan_versions(&catch_up),
+        drift: plan.drift.clone(),
+        migrations: results,
+        reversible,
+        reversibility_ignored: reversibility::IGNORED,
+        lint,
+        seeds,
+        notes,
+        approve: format!("pgrehearse approve --target {} --plan {}", target.name, plan.hash),
+    })
+}
+
+fn plan_versions(list: &[Migration]) -> Vec<String> {
+    list.iter().map(|m| m.version.clone()).collect()
+}
+
+/// Migrations live applied after the snapshot was taken, to replay on the
+/// copy before the plan (so the plan runs on the history live has).
+async fn catch_up(
+    source: &Source<'_>,
+    plan: &Plan,
+    conn: &mut sqlx::PgConnection,
+    m: &Manifest,
+) -> Result<Vec<Migration>, RehearsalError> {
+    if source.kind() == MigrationKind::Command {
+        return Ok(Vec::new());
+    }
+    let copy: HashSet<String> =
+        source.history(conn).await?.into_iter().filter(|a| a.ok).map(|a| a.version).collect();
+    let live: HashSet<String> = plan.applied_versions().into_iter().collect();
+    let ahead: Vec<String> = copy.difference(&live).cloned().collect();
+    if !ahead.is_empty() {
+        return Err(RehearsalError::SnapshotAhead { snapshot: m.id.clone(), versions: ahead.join(", ") });
+    }
+    let missing: Vec<&String> = live.difference(&copy).collect();
+    if missing.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !source.is_native() {
+        let mut v: Vec<String> = missing.into_iter().cloned().collect();
+        v.sort();
+        return Err(RehearsalError::CatchUpExternal {
+            snapshot: m.id.clone(),
+            versions: v.join(", "),
+            kind: format!("{:?}", source.kind()).to_lowercase(),
+        });
+    }
+    let files = source.files().await?;
+    let replay: Vec<Migration> = files.into_iter().filter(|f| missing.contains(&&f.version)).collect();
+    if replay.len() != missing.len() {
+        let have: HashSet<&String> = replay.iter().map(|f| &f.version).collect();
+        let gone: Vec<String> = missing.into_iter().filter(|v| !have.contains(v)).cloned().collect();
+        return Err(RehearsalError::CatchUpMissing { versions: gone.join(", ") });
+    }
+    Ok(replay)
+}
+
+/// Problems fail the rehearsal (exit 2); warnings inform the approval.
+fn verdict(
+    plan: &Plan,
+    results: &[MigrationResult],
+    lint: &[lint::Finding],
+    seeds: &[seeds::SeedResult],
+) -> (Vec<String>, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    for d in &plan.drift {
+        problems.push(format!("drift: {d}"));
+    }
+    for r in results {
+        if let Some(e) = &r.error {
+            let at = match (e.line, &e.sql) {
+                (Some(line), Some(sql)) => format!(" at line {line} ({sql})"),
+                _ => String::new(),
+            };
+            problems.push(format!("migration {} ({}) failed{at}: {}", r.version, e.file, e.message));
+        }
+        match &r.reversible {
+            Some(reversibility::Reversal::Failed { reason, .. }) => {
+                problems.push(format!("migration {}: its down does not revert it: {reason}", r.version))
+            }
+            Some(reversibility::Reversal::NotReversible { reason }) => {
+                warnings.push(format!("migration {} is not reversible: {reason}", r.version))
+            }
+            _ => {}
+        }
+    }
+    for f in lint {
+        let line = format!("[{}] migration {}: {}", f.rule, f.migration, f.message);
+        if f.severity == "error" { problems.push(format!("{line} (denied by lint.deny)")) } else { warnings.push(line) }
+    }
+    for s in seeds {
+        if let Some(e) = &s.error {
+            problems.push(format!("seed {} failed: {e}", s.file));
+        } else if s.idempotent == Some(false) {
+            warnings.push(format!("seed {} is not idempotent: a second run changed {}", s.file, s.changed.join(", ")));
+        }
+    }
+    (problems, warnings)
+}
+
+/// The object-store key of a rehearsal's report (`report.json`, `report.md`).
+pub fn report_key(target: &str, id: &str, file: &str) -> String {
+    format!("{target}/rehearsals/{id}/{file}")
+}

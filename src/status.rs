@@ -1,0 +1,102 @@
+//! `pgrehearse status`: where a target stands — applied migrations, the
+//! pending plan and its hash, drift, the latest snapshot and its drill, the
+//! latest rehearsal (and whether it rehearsed the current plan). Reads live's
+//! history table only.
+
+use serde::Serialize;
+
+use crate::config::{Config, Target};
+use crate::migrations::{self, Applied, Drift, PlanError, Source};
+use crate::snapshot::catalog;
+use crate::snapshot::open_stores;
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub target: String,
+    pub kind: crate::config::MigrationKind,
+    pub applied: Vec<Applied>,
+    pub pending: Vec<Pending>,
+    pub drift: Vec<Drift>,
+    /// The plan hash of the pending migrations on top of live's history.
+    pub plan: String,
+    pub last_snapshot: Option<SnapshotStatus>,
+    pub last_rehearsal: Option<RehearsalStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Pending {
+    pub version: String,
+    pub name: String,
+    pub file: String,
+    pub transactional: bool,
+    pub reversible: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SnapshotStatus {
+    pub id: String,
+    pub created_at: String,
+    pub verified_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RehearsalStatus {
+    pub id: String,
+    pub plan: Option<String>,
+    /// `running`, `passed`, `problems` or `error`.
+    pub status: String,
+    pub started_at: String,
+    /// Whether it rehearsed the plan that is pending now.
+    pub current_plan: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
+
+pub async fn status(config: &Config, target: &Target) -> Result<Status, StatusError> {
+    let (state, store) = open_stores(config).await?;
+    let source = Source::of(target).map_err(PlanError::from)?;
+    let plan = migrations::plan_for(&state, &source, &target.live_url).await?;
+    let listed = catalog::manifests(store.as_ref(), &target.name).await.map_err(catalog::CatalogError::from)?;
+    let last_snapshot = listed.first().map(|m| SnapshotStatus {
+        id: m.id.clone(),
+        created_at: m.started_at.to_rfc3339(),
+        verified_at: m.verified_at(),
+    });
+    let last_rehearsal = state.latest_rehearsal(&target.name, None).await?.map(|r| RehearsalStatus {
+        current_plan: r.plan_hash.as_deref() == Some(plan.hash.as_str()),
+        id: r.id,
+        plan: r.plan_hash,
+        status: r.status,
+        started_at: r.started_at,
+    });
+    Ok(Status {
+        target: target.name.clone(),
+        kind: plan.kind,
+        pending: plan
+            .pending
+            .iter()
+            .map(|m| Pending {
+                version: m.version.clone(),
+                name: m.name.clone(),
+                file: m.path.display().to_string(),
+                transactional: m.transactional,
+                reversible: m.down.is_reversible(),
+            })
+            .collect(),
+        applied: plan.applied,
+        drift: plan.drift,
+        plan: plan.hash,
+        last_snapshot,
+        last_rehearsal,
+    })
+}
