@@ -4,8 +4,8 @@
 mod cli;
 mod config;
 mod drill;
-mod output;
 mod migrations;
+mod output;
 mod pg;
 mod rehearsal;
 mod report;

@@ -119,6 +119,14 @@ impl Shadow {
         self.exec(&sql).await
     }
 
+    /// Creates a scratch database as a file copy of another scratch
+    /// database (which must have no sessions).
+    pub async fn clone_db(&mut self, name: &str, from: &str, snapshot_id: &str) -> Result<(), ShadowError> {
+        self.state.shadow_db_planned(&self.target, name, KIND_SCRATCH, Some(snapshot_id)).await?;
+        let sql = format!("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY", quote_ident(name), quote_ident(from));
+        self.exec(&sql).await
+    }
+
     /// Drops a database we created (terminating its sessions).
     pub async fn drop_db(&mut self, name: &str) -> Result<(), ShadowError> {
         self.exec(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name))).await?;

@@ -301,12 +301,9 @@ impl State {
 pub struct RehearsalRow {
     pub id: String,
     pub plan_hash: Option<String>,
-    pub snapshot_id: Option<String>,
     pub started_at: String,
-    pub finished_at: Option<String>,
+    /// `running`, `passed`, `problems` or `error`.
     pub status: String,
-    pub report: Option<String>,
-    pub error: Option<String>,
 }
 
 impl State {
@@ -360,7 +357,7 @@ impl State {
     /// The newest rehearsal of a target (of one plan, when given).
     pub async fn latest_rehearsal(&self, target: &str, plan: Option<&str>) -> Result<Option<RehearsalRow>, StateError> {
         let row = sqlx::query(
-            "SELECT id, plan_hash, snapshot_id, started_at, finished_at, status, report, error FROM rehearsals
+            "SELECT id, plan_hash, started_at, status FROM rehearsals
               WHERE target = ? AND (? IS NULL OR plan_hash = ?) ORDER BY started_at DESC, id DESC LIMIT 1",
         )
         .bind(target)
@@ -371,12 +368,8 @@ impl State {
         Ok(row.map(|r| RehearsalRow {
             id: r.get("id"),
             plan_hash: r.get("plan_hash"),
-            snapshot_id: r.get("snapshot_id"),
             started_at: r.get("started_at"),
-            finished_at: r.get("finished_at"),
             status: r.get("status"),
-            report: r.get("report"),
-            error: r.get("error"),
         }))
     }
 

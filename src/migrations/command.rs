@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -20,7 +20,6 @@ use crate::pg::url::ConnUrl;
 pub struct CommandRun {
     pub success: bool,
     pub status: String,
-    pub duration_ms: u64,
     pub output: String,
 }
 
@@ -49,7 +48,6 @@ pub async fn run(
     if let Some(p) = url.password() {
         cmd.env("PGPASSWORD", p);
     }
-    let start = Instant::now();
     let child = cmd.spawn()?;
     let pid = child.id();
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
@@ -60,7 +58,6 @@ pub async fn run(
             Ok(CommandRun {
                 success: out.status.success(),
                 status: out.status.to_string(),
-                duration_ms: start.elapsed().as_millis() as u64,
                 output,
             })
         }
@@ -72,7 +69,6 @@ pub async fn run(
             Ok(CommandRun {
                 success: false,
                 status: format!("killed after the {}s timeout", timeout.as_secs()),
-                duration_ms: start.elapsed().as_millis() as u64,
                 output: String::new(),
             })
         }

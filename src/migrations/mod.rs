@@ -17,8 +17,8 @@ pub mod sqlx;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 use ::sqlx::PgConnection;
+use serde::Serialize;
 
 use crate::config::{MigrationKind, MigrationsConfig, Target};
 
@@ -125,11 +125,7 @@ impl<'a> Source<'a> {
     }
 
     pub fn table(&self) -> String {
-        self.config
-            .table
-            .clone()
-            .or_else(|| self.config.kind.history_table().map(str::to_string))
-            .unwrap_or_default()
+        self.config.table.clone().or_else(|| self.config.kind.history_table().map(str::to_string)).unwrap_or_default()
     }
 
     fn dir(&self) -> &Path {

@@ -41,7 +41,12 @@ pub fn split(sql: &str) -> Vec<Statement> {
     for t in tokens(sql) {
         if t.is(";") && parens == 0 && begins == 0 {
             if let Some(start) = first.take() {
-                out.push(Statement { sql: sql[start..last_end].to_string(), line: lines.at(sql, start), start, end: last_end });
+                out.push(Statement {
+                    sql: sql[start..last_end].to_string(),
+                    line: lines.at(sql, start),
+                    start,
+                    end: last_end,
+                });
             }
             words = 0;
             initials = [0; 4];
@@ -103,7 +108,7 @@ struct LineCounter {
 
 impl LineCounter {
     fn at(&mut self, sql: &str, offset: usize) -> usize {
-        self.line += sql.as_bytes()[self.offset..offset].iter().filter(|&&b| b == b'\n').count();
+        self.line += line_of(&sql[self.offset..], offset - self.offset) - 1;
         self.offset = offset;
         self.line + 1
     }
@@ -349,10 +354,7 @@ mod tests {
 
     #[test]
     fn comments_inside_are_kept_and_ends_are_trimmed() {
-        check(
-            "/* lead */ SELECT 1 /* mid; */ + -- x;\n 2 -- trail\n;",
-            &["SELECT 1 /* mid; */ + -- x;\n 2"],
-        );
+        check("/* lead */ SELECT 1 /* mid; */ + -- x;\n 2 -- trail\n;", &["SELECT 1 /* mid; */ + -- x;\n 2"]);
     }
 
     #[test]
@@ -397,11 +399,10 @@ mod tests {
 
     #[test]
     fn parameters_and_dollar_in_identifiers_are_not_dollar_quotes() {
-        check("PREPARE p AS SELECT $1; SELECT a$b$ FROM t; SELECT $2", &[
-            "PREPARE p AS SELECT $1",
-            "SELECT a$b$ FROM t",
-            "SELECT $2",
-        ]);
+        check(
+            "PREPARE p AS SELECT $1; SELECT a$b$ FROM t; SELECT $2",
+            &["PREPARE p AS SELECT $1", "SELECT a$b$ FROM t", "SELECT $2"],
+        );
         // `$1$` is a parameter followed by a lone `$`, not a delimiter.
         check("SELECT $1$; SELECT 2", &["SELECT $1$", "SELECT 2"]);
     }
@@ -425,7 +426,10 @@ mod tests {
     fn semicolons_inside_parentheses_do_not_split() {
         check(
             "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2)); SELECT 1",
-            &["CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2))", "SELECT 1"],
+            &[
+                "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2))",
+                "SELECT 1",
+            ],
         );
     }
 
@@ -449,13 +453,19 @@ mod tests {
     }
 
     #[test]
+    fn case_outside_a_begin_body_does_not_nest() {
+        let f = "CREATE FUNCTION sign(a int) RETURNS int LANGUAGE sql RETURN CASE WHEN a > 0 THEN 1 ELSE 0 END";
+        check(&format!("{f}; SELECT 2"), &[f, "SELECT 2"]);
+    }
+
+    #[test]
     fn plpgsql_functions_in_dollar_quotes() {
         let f = "CREATE OR REPLACE FUNCTION trg() RETURNS trigger AS $body$\nBEGIN\n  NEW.at := now();\n  \
                  RETURN NEW;\nEND;\n$body$ LANGUAGE plpgsql";
-        check(&format!("{f};\nCREATE TRIGGER t BEFORE UPDATE ON x FOR EACH ROW EXECUTE FUNCTION trg();"), &[
-            f,
-            "CREATE TRIGGER t BEFORE UPDATE ON x FOR EACH ROW EXECUTE FUNCTION trg()",
-        ]);
+        check(
+            &format!("{f};\nCREATE TRIGGER t BEFORE UPDATE ON x FOR EACH ROW EXECUTE FUNCTION trg();"),
+            &[f, "CREATE TRIGGER t BEFORE UPDATE ON x FOR EACH ROW EXECUTE FUNCTION trg()"],
+        );
     }
 
     #[test]
@@ -525,25 +535,28 @@ mod tests {
                 .map(|t| (t.kind, t.text))
                 .collect();
         use TokenKind::*;
-        assert_eq!(kinds, [
-            (Word, "ALTER"),
-            (Word, "TABLE"),
-            (QuotedIdent, r#""My""T""#),
-            (Word, "ADD"),
-            (Word, "x"),
-            (Word, "numeric"),
-            (Punct, "("),
-            (Number, "10"),
-            (Punct, ","),
-            (Number, "2"),
-            (Punct, ")"),
-            (Word, "DEFAULT"),
-            (String, r"E'a\'b'"),
-            (Punct, "::"),
-            (Word, "text"),
-            (Operator, "||"),
-            (Param, "$1"),
-        ]);
+        assert_eq!(
+            kinds,
+            [
+                (Word, "ALTER"),
+                (Word, "TABLE"),
+                (QuotedIdent, r#""My""T""#),
+                (Word, "ADD"),
+                (Word, "x"),
+                (Word, "numeric"),
+                (Punct, "("),
+                (Number, "10"),
+                (Punct, ","),
+                (Number, "2"),
+                (Punct, ")"),
+                (Word, "DEFAULT"),
+                (String, r"E'a\'b'"),
+                (Punct, "::"),
+                (Word, "text"),
+                (Operator, "||"),
+                (Param, "$1"),
+            ]
+        );
     }
 
     /// A deterministic xorshift generator: the property test needs variety, not a new dependency.

@@ -66,7 +66,11 @@ pub fn files(dir: &Path) -> Result<Vec<Migration>, SourceError> {
             down: Down::Missing,
         };
         if let Some(first) = ups.insert(version, migration) {
-            return Err(SourceError::DuplicateVersion { version: version.to_string(), first: first.path, second: path });
+            return Err(SourceError::DuplicateVersion {
+                version: version.to_string(),
+                first: first.path,
+                second: path,
+            });
         }
     }
     for (version, path) in downs {

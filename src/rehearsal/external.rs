@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgConnection;
 
+use super::RehearsalError;
 use super::observer::{self, Catalog, Sampler};
 use super::reversibility::{Reversal, diff, schema};
 use super::runner::{Failure, LockHeld, MigrationResult, Status};
-use super::RehearsalError;
 use crate::config::Target;
 use crate::migrations::command as cmd;
 use crate::migrations::payload::{Payload, PayloadError};
@@ -161,8 +161,7 @@ pub async fn reverse(
         _ => match &source.config.down {
             None => {
                 for r in results.iter_mut() {
-                    r.reversible =
-                        Some(Reversal::NotReversible { reason: "no `down` command is configured".into() });
+                    r.reversible = Some(Reversal::NotReversible { reason: "no `down` command is configured".into() });
                 }
                 return true;
             }
@@ -196,11 +195,9 @@ pub async fn reverse(
 /// Applies the plan again after its down and compares with the first apply.
 async fn again(source: &Source<'_>, url: &ConnUrl, tool: &Tool, names: &[String], s_up: &str) -> Reversal {
     let ran = match source.kind() {
-        crate::config::MigrationKind::Payload => project(source)
-            .migrate(url, "pgrehearse-payload", names)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+        crate::config::MigrationKind::Payload => {
+            project(source).migrate(url, "pgrehearse-payload", names).await.map(|_| ()).map_err(|e| e.to_string())
+        }
         _ => {
             let apply = source.config.apply.clone().unwrap_or_default();
             match cmd::run(&apply, source.config, url, "pgrehearse-command", source.config.timeout).await {
@@ -236,7 +233,8 @@ fn project(source: &Source<'_>) -> Payload {
 /// An observer session (catalog, WAL) and the lock sampler.
 async fn observe(url: &ConnUrl) -> Result<(PgConnection, Sampler, u64), RehearsalError> {
     let mut conn = pg::connect(url, "pgrehearse-measure").await?;
-    let wal0 = observer::wal_position(&mut conn).await.map_err(|source| PgError::Query { url: url.redacted(), source })?;
+    let wal0 =
+        observer::wal_position(&mut conn).await.map_err(|source| PgError::Query { url: url.redacted(), source })?;
     let sampler = Sampler::start(url).await?;
     Ok((conn, sampler, wal0))
 }

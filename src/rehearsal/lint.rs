@@ -116,10 +116,15 @@ pub fn lint(
                                 validated_not_null.insert((table.clone(), col));
                             }
                         }
-                        let validates = matches!(kind, ConstraintKind::ForeignKey | ConstraintKind::Check) && !not_valid;
+                        let validates =
+                            matches!(kind, ConstraintKind::ForeignKey | ConstraintKind::Check) && !not_valid;
                         if let Some(size) = cx.size(&table).filter(|s| validates && s.rows > 0) {
                             let what = if kind == ConstraintKind::ForeignKey { "FOREIGN KEY" } else { "CHECK" };
-                            let lock = if kind == ConstraintKind::ForeignKey { "SHARE ROW EXCLUSIVE" } else { "ACCESS EXCLUSIVE" };
+                            let lock = if kind == ConstraintKind::ForeignKey {
+                                "SHARE ROW EXCLUSIVE"
+                            } else {
+                                "ACCESS EXCLUSIVE"
+                            };
                             let effect = cx.lock_effect(index, &table);
                             cx.push("constraint_validated", &at, &table, Some(lock), Some(size), effect.clone(), format!(
                                 "ADD {what} on `{table}` checks all {} rows under {lock}{}; add it NOT VALID, then VALIDATE CONSTRAINT in a later migration (that takes only SHARE UPDATE EXCLUSIVE)",
@@ -145,24 +150,21 @@ pub fn lint(
                                 size.map(|s| format!(" ({})", s.describe())).unwrap_or_default()));
                         }
                     }
-                    Op::RenameTable { table, to } => {
-                        if cx.size(&table).is_some() {
-                            cx.push("rename", &at, &table, Some("ACCESS EXCLUSIVE"), None, None, format!(
-                                "RENAME `{table}` TO `{to}`: running application code that uses the old name fails until new code is deployed; consider a view with the old name during the switch"));
-                        }
+                    Op::RenameTable { table, to } if cx.size(&table).is_some() => {
+                        cx.push("rename", &at, &table, Some("ACCESS EXCLUSIVE"), None, None, format!(
+                            "RENAME `{table}` TO `{to}`: running application code that uses the old name fails until new code is deployed; consider a view with the old name during the switch"));
                     }
-                    Op::RenameColumn { table, from, to } => {
-                        if cx.size(&table).is_some() {
-                            cx.push("rename", &at, &table, Some("ACCESS EXCLUSIVE"), None, None, format!(
-                                "RENAME COLUMN `{table}.{from}` TO `{to}`: running application code that uses the old name fails until new code is deployed; add the new column and migrate in steps instead"));
-                        }
+                    Op::RenameColumn { table, from, to } if cx.size(&table).is_some() => {
+                        cx.push("rename", &at, &table, Some("ACCESS EXCLUSIVE"), None, None, format!(
+                            "RENAME COLUMN `{table}.{from}` TO `{to}`: running application code that uses the old name fails until new code is deployed; add the new column and migrate in steps instead"));
                     }
                     _ => {}
                 }
             }
         }
         if lock_timeout_ms == 0 && !sets_lock_timeout {
-            let exclusive = r.locks.iter().find(|l| l.mode == "AccessExclusiveLock" && pre.by_name(&l.relation).is_some());
+            let exclusive =
+                r.locks.iter().find(|l| l.mode == "AccessExclusiveLock" && pre.by_name(&l.relation).is_some());
             if let Some(l) = exclusive {
                 let at = At { index: l.statement, line: None, sql: "" };
                 cx.push("missing_lock_timeout", &at, &l.relation.clone(), Some("ACCESS EXCLUSIVE"), cx.size(&l.relation), None, format!(
@@ -176,8 +178,20 @@ pub fn lint(
             let Some(size) = cx.size(&rw.relation).filter(|s| s.rows > 0) else { continue };
             let effect = cx.rewrite_effect(None, &rw.relation);
             let at = At { index: None, line: None, sql: "" };
-            cx.push("table_rewrite", &at, &rw.relation.clone(), Some("ACCESS EXCLUSIVE"), Some(size), effect.clone(), format!(
-                "rewrites `{}` ({}){}", rw.relation, size.describe(), effect.map(|e| format!(": {e}")).unwrap_or_default()));
+            cx.push(
+                "table_rewrite",
+                &at,
+                &rw.relation.clone(),
+                Some("ACCESS EXCLUSIVE"),
+                Some(size),
+                effect.clone(),
+                format!(
+                    "rewrites `{}` ({}){}",
+                    rw.relation,
+                    size.describe(),
+                    effect.map(|e| format!(": {e}")).unwrap_or_default()
+                ),
+            );
         }
         out.append(&mut cx.out);
     }

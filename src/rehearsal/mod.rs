@@ -70,15 +70,23 @@ pub struct Options {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RehearsalError {
-    #[error("snapshot {id} failed its restore drill ({problems}); rehearse on another snapshot (`--snapshot ID`) or take a fresh one (`--snapshot fresh`)")]
+    #[error(
+        "snapshot {id} failed its restore drill ({problems}); rehearse on another snapshot (`--snapshot ID`) or take a fresh one (`--snapshot fresh`)"
+    )]
     SnapshotBroken { id: String, problems: String },
-    #[error("the live history has migrations the project no longer has files for ({versions}); restore those files before rehearsing")]
+    #[error(
+        "the live history has migrations the project no longer has files for ({versions}); restore those files before rehearsing"
+    )]
     CatchUpMissing { versions: String },
-    #[error("snapshot {snapshot} has migrations applied that live does not ({versions}): live was rolled back or restored since; rehearse on a fresh snapshot (`--snapshot fresh`)")]
+    #[error(
+        "snapshot {snapshot} has migrations applied that live does not ({versions}): live was rolled back or restored since; rehearse on a fresh snapshot (`--snapshot fresh`)"
+    )]
     SnapshotAhead { snapshot: String, versions: String },
     #[error("bringing the copy up to live's history failed at migration {version}: {message}")]
     CatchUpFailed { version: String, message: String },
-    #[error("live has applied migrations since snapshot {snapshot} ({versions}); a {kind} project cannot replay them separately from the plan: rehearse on a fresh snapshot (`--snapshot fresh`)")]
+    #[error(
+        "live has applied migrations since snapshot {snapshot} ({versions}); a {kind} project cannot replay them separately from the plan: rehearse on a fresh snapshot (`--snapshot fresh`)"
+    )]
     CatchUpExternal { snapshot: String, versions: String, kind: String },
     #[error(transparent)]
     Plan(#[from] PlanError),
@@ -208,8 +216,7 @@ async fn run(
     let db = shadow.scratch_name(id);
     let (method, restore_ms) = drill::scratch_copy(config, target, store, &m, shadow, &db).await?;
     tracing::info!(database = %db, method, restore_ms, snapshot = %m.id, "Scratch copy ready.");
-    let url = shadow.url_for(&db);
-    let measured = measure(config, target, source, plan, &m, &url, opts).await;
+    let measured = measure(config, target, source, plan, &m, shadow, &db, opts).await;
     if opts.keep {
         shadow.release(&db).await?;
     } else {
@@ -258,15 +265,18 @@ async fn pick_snapshot(
 }
 
 /// Everything that happens on the scratch copy.
+#[allow(clippy::too_many_arguments)]
 async fn measure(
     config: &Config,
     target: &Target,
     source: &Source<'_>,
     plan: &Plan,
     m: &Manifest,
-    url: &ConnUrl,
+    shadow: &mut Shadow,
+    db: &str,
     opts: &Options,
 ) -> Result<Report, RehearsalError> {
+    let url = &shadow.url_for(db);
     let q = |source| PgError::Query { url: url.redacted(), source };
     let table = source.table();
     let mut conn = runner::session(url, target, "pgrehearse-rehearse").await?;
@@ -287,19 +297,79 @@ async fn measure(
     let bindir = target.pg_bindir.as_deref().or(config.snapshot.pg_bindir.as_deref());
     let pg_dump = tools::find("pg_dump", bindir, m.server_version_num / 10000).await?;
     let s0 = if opts.reverse && !plan.pending.is_empty() {
-        Some(reversibility::schema(&pg_dump, url, &table).await.map_err(|e| RehearsalError::CatchUpFailed {
-            version: "-".into(),
-            message: e,
-        })?)
+        Some(
+            reversibility::schema(&pg_dump, url, &table)
+                .await
+                .map_err(|e| RehearsalError::CatchUpFailed { version: "-".into(), message: e })?,
+        )
     } else {
         None
     };
 
+    // A file copy of the copy as it is now, for the reversibility check to
+    // learn the schema between migrations (taken with no session open on it).
+    let wants_reference = s0.is_some() && source.is_native() && plan.pending.iter().any(|p| p.down.is_reversible());
+    let reference = if wants_reference {
+        use sqlx::Connection;
+        let _ = conn.close().await;
+        let mut name = format!("{db}_ref");
+        name.truncate(63);
+        let made = shadow.clone_db(&name, db, &m.id).await;
+        conn = runner::session(url, target, "pgrehearse-rehearse").await?;
+        match made {
+            Ok(()) => Some(name),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot make a reference copy; reversibility will not be checked.");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let result = plan_and_checks(
+        target,
+        source,
+        plan,
+        m,
+        &mut conn,
+        url,
+        shadow,
+        reference.as_deref(),
+        pre,
+        s0,
+        &pg_dump,
+        catch_up,
+    )
+    .await;
+    if let Some(name) = reference {
+        shadow.drop_db(&name).await?;
+    }
+    result
+}
+
+/// The measured plan and everything after it.
+#[allow(clippy::too_many_arguments)]
+async fn plan_and_checks(
+    target: &Target,
+    source: &Source<'_>,
+    plan: &Plan,
+    m: &Manifest,
+    conn: &mut sqlx::PgConnection,
+    url: &ConnUrl,
+    shadow: &Shadow,
+    reference: Option<&str>,
+    pre: Catalog,
+    s0: Option<String>,
+    pg_dump: &tools::Tool,
+    catch_up: Vec<Migration>,
+) -> Result<Report, RehearsalError> {
+    let s0_missing = s0.is_none() && !plan.pending.is_empty();
+    let table = source.table();
     tracing::info!(pending = plan.pending.len(), "Running the plan.");
     let t_apply = Instant::now();
     let (mut results, ok, mode) = match source.kind() {
         MigrationKind::Sqlx | MigrationKind::Diesel => {
-            let (r, ok) = runner::run_native(&mut conn, url, source.kind(), &table, &plan.pending, &pre, true).await?;
+            let (r, ok) = runner::run_native(conn, url, source.kind(), &table, &plan.pending, &pre, true).await?;
             let mode = if plan.all_transactional() { "single_transaction" } else { "per_migration" };
             (r, ok, mode.to_string())
         }
@@ -321,12 +391,24 @@ async fn measure(
     )];
     let mut reversible = None;
     if ok && let Some(s0) = s0 {
-        reversible =
-            Some(reversibility::check(source, &mut conn, url, &pg_dump, &plan.pending, &mut results, &s0).await);
-    } else if !opts.reverse {
+        reversible = Some(
+            reversibility::check(
+                source,
+                target,
+                conn,
+                url,
+                reference.map(|r| shadow.url_for(r)).as_ref(),
+                pg_dump,
+                &plan.pending,
+                &mut results,
+                &s0,
+            )
+            .await,
+        );
+    } else if s0_missing {
         notes.push("Reversibility was not checked (--no-reverse).".into());
     }
-    let seeds = if ok && !target.seeds.is_empty() { seeds::run(&mut conn, &target.seeds).await } else { Vec::new() };
+    let seeds = if ok && !target.seeds.is_empty() { seeds::run(conn, &target.seeds).await } else { Vec::new() };
     let lint = lint::lint(&plan.pending, &results, &pre, target.lock_timeout.as_millis(), &target.lint);
     let (problems, warnings) = verdict(plan, &results, &lint, &seeds);
     let ok = problems.is_empty();
@@ -377,8 +459,7 @@ async fn catch_up(
     if source.kind() == MigrationKind::Command {
         return Ok(Vec::new());
     }
-    let copy: HashSet<String> =
-        source.history(conn).await?.into_iter().filter(|a| a.ok).map(|a| a.version).collect();
+    let copy: HashSet<String> = source.history(conn).await?.into_iter().filter(|a| a.ok).map(|a| a.version).collect();
     let live: HashSet<String> = plan.applied_versions().into_iter().collect();
     let ahead: Vec<String> = copy.difference(&live).cloned().collect();
     if !ahead.is_empty() {

@@ -152,8 +152,8 @@ pub fn compare(before: &Catalog, after: &Catalog) -> (Vec<Rewrite>, Vec<SizeDelt
             deltas.push(SizeDelta { relation: a.qualified(), bytes_before: 0, bytes_after: a.bytes, delta: a.bytes });
         }
     }
-    rewrites.sort_by(|a, b| b.bytes_before.cmp(&a.bytes_before));
-    deltas.sort_by(|a, b| b.delta.abs().cmp(&a.delta.abs()));
+    rewrites.sort_by_key(|r| std::cmp::Reverse(r.bytes_before));
+    deltas.sort_by_key(|d| std::cmp::Reverse(d.delta.abs()));
     (rewrites, deltas)
 }
 

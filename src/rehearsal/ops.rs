@@ -18,7 +18,12 @@ use crate::migrations::split::{self, Token, TokenKind};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
-    CreateIndex { table: String, index: Option<String>, concurrently: bool, unique: bool },
+    CreateIndex {
+        table: String,
+        index: Option<String>,
+        concurrently: bool,
+        unique: bool,
+    },
     /// `volatile_default` also covers serial types, identity columns and stored generated columns:
     /// each fills every existing row, rewriting the table. Inline `CHECK`, `UNIQUE` and `PRIMARY
     /// KEY` constraints on the new column follow as [`Op::AddConstraint`]; inline `REFERENCES`
@@ -31,10 +36,17 @@ pub enum Op {
         not_null: bool,
         references: Option<String>,
     },
-    AlterColumnType { table: String, column: String, new_type: String },
+    AlterColumnType {
+        table: String,
+        column: String,
+        new_type: String,
+    },
     /// `ALTER COLUMN c SET NOT NULL`, or PostgreSQL 18's `ADD [CONSTRAINT n] NOT NULL c` without
     /// `NOT VALID`: both scan the table under an ACCESS EXCLUSIVE lock.
-    SetNotNull { table: String, column: String },
+    SetNotNull {
+        table: String,
+        column: String,
+    },
     /// `check_not_null_of` is the column of a `CHECK (col IS NOT NULL)`, the constraint that lets
     /// a later `SET NOT NULL` skip its scan once validated.
     AddConstraint {
@@ -45,14 +57,33 @@ pub enum Op {
         using_index: bool,
         check_not_null_of: Option<String>,
     },
-    ValidateConstraint { table: String, name: String },
-    DropColumn { table: String, column: String },
-    DropTable { tables: Vec<String> },
-    RenameTable { table: String, to: String },
-    RenameColumn { table: String, from: String, to: String },
+    ValidateConstraint {
+        table: String,
+        name: String,
+    },
+    DropColumn {
+        table: String,
+        column: String,
+    },
+    DropTable {
+        tables: Vec<String>,
+    },
+    RenameTable {
+        table: String,
+        to: String,
+    },
+    RenameColumn {
+        table: String,
+        from: String,
+        to: String,
+    },
     /// `SET [SESSION|LOCAL] lock_timeout`; `value` as written, a quoted literal unquoted (`5s`).
-    SetLockTimeout { value: String },
-    SetStatementTimeout { value: String },
+    SetLockTimeout {
+        value: String,
+    },
+    SetStatementTimeout {
+        value: String,
+    },
     /// The statement does none of the above.
     Other,
 }
@@ -143,7 +174,8 @@ fn classify_one(c: &mut Cursor, ops: &mut Vec<Op>) {
         }
     } else if c.kws(&["drop", "table"]) {
         c.kws(&["if", "exists"]);
-        let tables: Vec<String> = c.rest_by_commas().iter().filter_map(|t| Cursor { sql: c.sql, toks: t, pos: 0 }.name()).collect();
+        let tables: Vec<String> =
+            c.rest_by_commas().iter().filter_map(|t| Cursor { sql: c.sql, toks: t, pos: 0 }.name()).collect();
         if !tables.is_empty() {
             ops.push(Op::DropTable { tables });
         }
@@ -177,7 +209,9 @@ fn set(c: &mut Cursor, ops: &mut Vec<Op>) {
     let (Some(start), Some(last)) = (value_start, c.toks.last()) else { return };
     let raw = c.sql[start.min(last.end())..last.end()].trim();
     let value = match &c.toks[c.pos..] {
-        [_, t] if t.kind == TokenKind::String && t.text.starts_with('\'') => t.text[1..t.text.len() - 1].replace("''", "'"),
+        [_, t] if t.kind == TokenKind::String && t.text.starts_with('\'') => {
+            t.text[1..t.text.len() - 1].replace("''", "'")
+        }
         _ => raw.to_string(),
     };
     match &*name {
@@ -372,8 +406,7 @@ fn skip_references_tail(c: &mut Cursor) {
 }
 
 fn calls_volatile(toks: &[Token]) -> bool {
-    toks.windows(2)
-        .any(|w| w[1].is("(") && ident_of(&w[0]).is_some_and(|name| VOLATILE.contains(&name.as_str())))
+    toks.windows(2).any(|w| w[1].is("(") && ident_of(&w[0]).is_some_and(|name| VOLATILE.contains(&name.as_str())))
 }
 
 /// An identifier's name: unquoted lower-cased, quoted as written with `""` undoubled.
@@ -481,7 +514,13 @@ impl<'s, 't> Cursor<'s, 't> {
         } else if t.is("[") {
             let mut depth = 0usize;
             while let Some(t) = self.peek() {
-                depth = if t.is("[") { depth + 1 } else if t.is("]") { depth - 1 } else { depth };
+                depth = if t.is("[") {
+                    depth + 1
+                } else if t.is("]") {
+                    depth - 1
+                } else {
+                    depth
+                };
                 self.pos += 1;
                 if depth == 0 {
                     break;
@@ -527,7 +566,8 @@ impl<'s, 't> Cursor<'s, 't> {
 
     /// The statement's text from token `from` up to (not including) token `to`, comments within.
     fn text(&self, from: usize, to: usize) -> Option<String> {
-        (from < to && to <= self.toks.len()).then(|| self.sql[self.toks[from].start..self.toks[to - 1].end()].to_string())
+        (from < to && to <= self.toks.len())
+            .then(|| self.sql[self.toks[from].start..self.toks[to - 1].end()].to_string())
     }
 }
 
@@ -558,9 +598,14 @@ mod tests {
 
     fn with_default(op: Op, expr: &str, volatile: bool) -> Op {
         match op {
-            Op::AddColumn { table, column, not_null, references, .. } => {
-                Op::AddColumn { table, column, default: Some(s(expr)), volatile_default: volatile, not_null, references }
-            }
+            Op::AddColumn { table, column, not_null, references, .. } => Op::AddColumn {
+                table,
+                column,
+                default: Some(s(expr)),
+                volatile_default: volatile,
+                not_null,
+                references,
+            },
             other => other,
         }
     }
@@ -578,22 +623,25 @@ mod tests {
 
     #[test]
     fn create_index_forms() {
-        assert_eq!(one("CREATE INDEX orders_created_idx ON orders (created_at)"), Op::CreateIndex {
-            table: s("orders"),
-            index: Some(s("orders_created_idx")),
-            concurrently: false,
-            unique: false,
-        });
         assert_eq!(
-            one("create unique index concurrently if not exists \"Idx\" on only public.\"Orders\" using btree (lower(email));"),
+            one("CREATE INDEX orders_created_idx ON orders (created_at)"),
+            Op::CreateIndex {
+                table: s("orders"),
+                index: Some(s("orders_created_idx")),
+                concurrently: false,
+                unique: false,
+            }
+        );
+        assert_eq!(
+            one(
+                "create unique index concurrently if not exists \"Idx\" on only public.\"Orders\" using btree (lower(email));"
+            ),
             Op::CreateIndex { table: s("public.Orders"), index: Some(s("Idx")), concurrently: true, unique: true }
         );
-        assert_eq!(one("CREATE INDEX CONCURRENTLY ON t USING gin (doc)"), Op::CreateIndex {
-            table: s("t"),
-            index: None,
-            concurrently: true,
-            unique: false,
-        });
+        assert_eq!(
+            one("CREATE INDEX CONCURRENTLY ON t USING gin (doc)"),
+            Op::CreateIndex { table: s("t"), index: None, concurrently: true, unique: false }
+        );
     }
 
     #[test]
@@ -691,67 +739,93 @@ mod tests {
                 references: Some(s("public.customers")),
             }
         );
-        let ops = classify("ALTER TABLE t ADD COLUMN code text NOT NULL DEFAULT 'x' CONSTRAINT code_uniq UNIQUE CHECK (code <> '')");
-        assert_eq!(ops, [
+        let ops = classify(
+            "ALTER TABLE t ADD COLUMN code text NOT NULL DEFAULT 'x' CONSTRAINT code_uniq UNIQUE CHECK (code <> '')",
+        );
+        assert_eq!(
+            ops,
+            [
+                Op::AddColumn {
+                    table: s("t"),
+                    column: s("code"),
+                    default: Some(s("'x'")),
+                    volatile_default: false,
+                    not_null: true,
+                    references: None,
+                },
+                constraint("t", Some("code_uniq"), ConstraintKind::Unique),
+                constraint("t", None, ConstraintKind::Check),
+            ]
+        );
+        assert_eq!(
+            classify("ALTER TABLE t ADD COLUMN id bigserial PRIMARY KEY")[1],
+            constraint("t", None, ConstraintKind::PrimaryKey)
+        );
+    }
+
+    #[test]
+    fn default_expressions_end_at_the_next_clause_only_outside_groups() {
+        assert_eq!(
+            one("ALTER TABLE t ADD COLUMN f int DEFAULT (CASE WHEN random() IS NOT NULL THEN 1 END) NOT NULL"),
             Op::AddColumn {
                 table: s("t"),
-                column: s("code"),
-                default: Some(s("'x'")),
-                volatile_default: false,
+                column: s("f"),
+                default: Some(s("(CASE WHEN random() IS NOT NULL THEN 1 END)")),
+                volatile_default: true,
                 not_null: true,
                 references: None,
-            },
-            constraint("t", Some("code_uniq"), ConstraintKind::Unique),
-            constraint("t", None, ConstraintKind::Check),
-        ]);
-        assert_eq!(classify("ALTER TABLE t ADD COLUMN id bigserial PRIMARY KEY")[1], constraint(
-            "t",
-            None,
-            ConstraintKind::PrimaryKey
-        ));
+            }
+        );
+        assert_eq!(
+            one("ALTER TABLE ONLY t * ADD c int REFERENCES p ON DELETE SET DEFAULT ON UPDATE NO ACTION NOT NULL"),
+            Op::AddColumn {
+                table: s("t"),
+                column: s("c"),
+                default: None,
+                volatile_default: false,
+                not_null: true,
+                references: Some(s("p")),
+            }
+        );
     }
 
     #[test]
     fn alter_column_type() {
-        assert_eq!(one("ALTER TABLE t ALTER COLUMN id TYPE bigint"), Op::AlterColumnType {
-            table: s("t"),
-            column: s("id"),
-            new_type: s("bigint"),
-        });
+        assert_eq!(
+            one("ALTER TABLE t ALTER COLUMN id TYPE bigint"),
+            Op::AlterColumnType { table: s("t"), column: s("id"), new_type: s("bigint") }
+        );
         assert_eq!(
             one("ALTER TABLE t ALTER amount SET DATA TYPE numeric(12, 2) USING amount::numeric(12, 2)"),
             Op::AlterColumnType { table: s("t"), column: s("amount"), new_type: s("numeric(12, 2)") }
         );
-        assert_eq!(one("ALTER TABLE t ALTER COLUMN name TYPE varchar(50) COLLATE \"C\""), Op::AlterColumnType {
-            table: s("t"),
-            column: s("name"),
-            new_type: s("varchar(50)"),
-        });
+        assert_eq!(
+            one("ALTER TABLE t ALTER COLUMN name TYPE varchar(50) COLLATE \"C\""),
+            Op::AlterColumnType { table: s("t"), column: s("name"), new_type: s("varchar(50)") }
+        );
         // A column may be called `type`.
-        assert_eq!(one("ALTER TABLE t ALTER COLUMN type TYPE text"), Op::AlterColumnType {
-            table: s("t"),
-            column: s("type"),
-            new_type: s("text"),
-        });
+        assert_eq!(
+            one("ALTER TABLE t ALTER COLUMN type TYPE text"),
+            Op::AlterColumnType { table: s("t"), column: s("type"), new_type: s("text") }
+        );
     }
 
     #[test]
     fn set_not_null_and_postgres_18_not_null_constraints() {
-        assert_eq!(one("ALTER TABLE \"Orders\" ALTER COLUMN \"Email\" SET NOT NULL"), Op::SetNotNull {
-            table: s("Orders"),
-            column: s("Email"),
-        });
-        assert_eq!(one("ALTER TABLE t ADD CONSTRAINT nn NOT NULL c"), Op::SetNotNull {
-            table: s("t"),
-            column: s("c")
-        });
+        assert_eq!(
+            one("ALTER TABLE \"Orders\" ALTER COLUMN \"Email\" SET NOT NULL"),
+            Op::SetNotNull { table: s("Orders"), column: s("Email") }
+        );
+        assert_eq!(one("ALTER TABLE t ADD CONSTRAINT nn NOT NULL c"), Op::SetNotNull { table: s("t"), column: s("c") });
         assert_eq!(one("ALTER TABLE t ADD CONSTRAINT nn NOT NULL c NOT VALID"), Op::Other);
     }
 
     #[test]
     fn foreign_keys_with_and_without_not_valid() {
         assert_eq!(
-            one("ALTER TABLE orders ADD CONSTRAINT orders_customer_fk FOREIGN KEY (customer_id) REFERENCES customers (id) ON DELETE CASCADE NOT VALID"),
+            one(
+                "ALTER TABLE orders ADD CONSTRAINT orders_customer_fk FOREIGN KEY (customer_id) REFERENCES customers (id) ON DELETE CASCADE NOT VALID"
+            ),
             Op::AddConstraint {
                 table: s("orders"),
                 name: Some(s("orders_customer_fk")),
@@ -825,38 +899,37 @@ mod tests {
 
     #[test]
     fn validate_drop_and_rename() {
-        assert_eq!(one("ALTER TABLE orders VALIDATE CONSTRAINT orders_customer_fk"), Op::ValidateConstraint {
-            table: s("orders"),
-            name: s("orders_customer_fk"),
-        });
-        assert_eq!(one("ALTER TABLE orders DROP COLUMN IF EXISTS legacy CASCADE"), Op::DropColumn {
-            table: s("orders"),
-            column: s("legacy"),
-        });
+        assert_eq!(
+            one("ALTER TABLE orders VALIDATE CONSTRAINT orders_customer_fk"),
+            Op::ValidateConstraint { table: s("orders"), name: s("orders_customer_fk") }
+        );
+        assert_eq!(
+            one("ALTER TABLE orders DROP COLUMN IF EXISTS legacy CASCADE"),
+            Op::DropColumn { table: s("orders"), column: s("legacy") }
+        );
         assert_eq!(one("ALTER TABLE orders DROP legacy"), Op::DropColumn { table: s("orders"), column: s("legacy") });
         assert_eq!(one("ALTER TABLE orders DROP CONSTRAINT orders_fk"), Op::Other);
-        assert_eq!(one("ALTER TABLE IF EXISTS public.orders RENAME TO orders_old"), Op::RenameTable {
-            table: s("public.orders"),
-            to: s("orders_old"),
-        });
-        assert_eq!(one("ALTER TABLE orders RENAME COLUMN \"Total\" TO total"), Op::RenameColumn {
-            table: s("orders"),
-            from: s("Total"),
-            to: s("total"),
-        });
-        assert_eq!(one("ALTER TABLE orders RENAME amount TO total"), Op::RenameColumn {
-            table: s("orders"),
-            from: s("amount"),
-            to: s("total"),
-        });
+        assert_eq!(
+            one("ALTER TABLE IF EXISTS public.orders RENAME TO orders_old"),
+            Op::RenameTable { table: s("public.orders"), to: s("orders_old") }
+        );
+        assert_eq!(
+            one("ALTER TABLE orders RENAME COLUMN \"Total\" TO total"),
+            Op::RenameColumn { table: s("orders"), from: s("Total"), to: s("total") }
+        );
+        assert_eq!(
+            one("ALTER TABLE orders RENAME amount TO total"),
+            Op::RenameColumn { table: s("orders"), from: s("amount"), to: s("total") }
+        );
         assert_eq!(one("ALTER TABLE orders RENAME CONSTRAINT a TO b"), Op::Other);
     }
 
     #[test]
     fn drop_tables() {
-        assert_eq!(one("DROP TABLE IF EXISTS a, public.\"B\" CASCADE"), Op::DropTable {
-            tables: vec![s("a"), s("public.B")]
-        });
+        assert_eq!(
+            one("DROP TABLE IF EXISTS a, public.\"B\" CASCADE"),
+            Op::DropTable { tables: vec![s("a"), s("public.B")] }
+        );
         assert_eq!(one("drop table legacy;"), Op::DropTable { tables: vec![s("legacy")] });
     }
 
@@ -867,12 +940,15 @@ mod tests {
              coalesce(b, 0), ALTER COLUMN c SET NOT NULL, ALTER COLUMN d SET DEFAULT 1, DROP COLUMN e",
         );
         let t = "public.Orders";
-        assert_eq!(ops, [
-            with_default(add_column(t, "a"), "0", false),
-            Op::AlterColumnType { table: s(t), column: s("b"), new_type: s("bigint") },
-            Op::SetNotNull { table: s(t), column: s("c") },
-            Op::DropColumn { table: s(t), column: s("e") },
-        ]);
+        assert_eq!(
+            ops,
+            [
+                with_default(add_column(t, "a"), "0", false),
+                Op::AlterColumnType { table: s(t), column: s("b"), new_type: s("bigint") },
+                Op::SetNotNull { table: s(t), column: s("c") },
+                Op::DropColumn { table: s(t), column: s("e") },
+            ]
+        );
     }
 
     #[test]
@@ -888,7 +964,9 @@ mod tests {
     #[test]
     fn comments_and_strings_do_not_confuse() {
         assert_eq!(
-            one("-- ALTER TABLE x DROP COLUMN y;\n/* CREATE INDEX i ON x (a) */ ALTER TABLE t ADD COLUMN note text DEFAULT 'random()' -- random()\n"),
+            one(
+                "-- ALTER TABLE x DROP COLUMN y;\n/* CREATE INDEX i ON x (a) */ ALTER TABLE t ADD COLUMN note text DEFAULT 'random()' -- random()\n"
+            ),
             with_default(add_column("t", "note"), "'random()'", false)
         );
     }
@@ -915,10 +993,10 @@ mod tests {
 
     #[test]
     fn several_statements_are_classified_in_turn() {
-        assert_eq!(classify("SET lock_timeout = '1s'; DROP TABLE a; SELECT 1"), [
-            Op::SetLockTimeout { value: s("1s") },
-            Op::DropTable { tables: vec![s("a")] },
-        ]);
+        assert_eq!(
+            classify("SET lock_timeout = '1s'; DROP TABLE a; SELECT 1"),
+            [Op::SetLockTimeout { value: s("1s") }, Op::DropTable { tables: vec![s("a")] },]
+        );
     }
 
     #[test]

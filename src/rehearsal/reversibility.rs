@@ -92,11 +92,23 @@ pub fn diff(expected: &str, found: &str, max_lines: usize) -> Option<String> {
 }
 
 /// Runs the reversibility check after a successful apply and fills each
-/// result's `reversible`. Returns true when no down failed.
+/// result's `reversible`; returns true when no down failed.
+///
+/// `reference` is a file copy of the scratch database taken just before the
+/// plan ran: the ups are applied there one by one to learn the exact schema
+/// before and after each migration (the measured apply may have run as one
+/// transaction, which shows no intermediate states). Then, on the scratch
+/// database, each down must give the schema its migration started from, and
+/// each up applied again the schema it gave the first time. The first down
+/// that fails stops the way down: everything below it would be compared
+/// against a schema it already changed.
+#[allow(clippy::too_many_arguments)]
 pub async fn check(
     source: &Source<'_>,
+    target: &crate::config::Target,
     conn: &mut PgConnection,
     url: &ConnUrl,
+    reference: Option<&ConnUrl>,
     tool: &Tool,
     plan: &[Migration],
     results: &mut [MigrationResult],
@@ -106,9 +118,7 @@ pub async fn check(
     let s_up = match schema(tool, url, &table).await {
         Ok(s) => s,
         Err(e) => {
-            for r in results.iter_mut() {
-                r.reversible = Some(Reversal::NotChecked { reason: e.clone() });
-            }
+            not_checked(results, &e);
             return true;
         }
     };
@@ -126,7 +136,24 @@ pub async fn check(
             },
         });
     }
-    let mut after_down: Vec<Option<String>> = vec![None; plan.len()];
+    if k == plan.len() {
+        return true;
+    }
+    let Some(reference) = reference else {
+        not_checked(&mut results[k..], "no reference copy of the database could be made");
+        return true;
+    };
+    // states[i]: the schema before migration i (states[0] = s0, states[n] = after all).
+    let states = match stepwise(source, target, reference, tool, plan).await {
+        Ok(s) => s,
+        Err(e) => {
+            not_checked(&mut results[k..], &format!("applying the plan step by step on a reference copy failed: {e}"));
+            return true;
+        }
+    };
+    if let Some(d) = diff(&states[plan.len()], &s_up, 60) {
+        tracing::warn!(diff = %d, "The plan applied step by step gave another schema than the measured apply.");
+    }
     for i in (k..plan.len()).rev() {
         let m = &plan[i];
         let Down::Sql { sql, transactional, .. } = &m.down else { continue };
@@ -136,20 +163,28 @@ pub async fn check(
             _ => migrations::diesel::record_reverted(c, &table, m).await,
         })
         .await;
-        if let Err(e) = ran {
-            results[i].reversible = Some(Reversal::Failed { reason: format!("the down failed: {e}"), diff: None });
-            not_checked(&mut results[k..i], "an earlier down in the reverse order failed");
+        let verdict = match ran {
+            Err(e) => Some(Reversal::Failed { reason: format!("the down failed: {e}"), diff: None }),
+            Ok(_) => match schema(tool, url, &table).await {
+                Err(e) => {
+                    not_checked(&mut results[k..=i], &e);
+                    return true;
+                }
+                Ok(found) => diff(&states[i], &found, 60).map(|d| Reversal::Failed {
+                    reason: "after its down the schema differs from before it ran (`-` before the migration, `+` after its down)".into(),
+                    diff: Some(d),
+                }),
+            },
+        };
+        if let Some(v) = verdict {
+            results[i].reversible = Some(v);
+            not_checked(&mut results[k..i], "a later migration's down failed, so the way down stopped there");
+            not_checked(&mut results[i + 1..], "a lower down failed before the ups could run again");
             return false;
         }
-        match schema(tool, url, &table).await {
-            Ok(s) => after_down[i] = Some(s),
-            Err(e) => {
-                not_checked(&mut results[k..=i], &e);
-                return true;
-            }
-        }
     }
-    let mut after_up: Vec<Option<String>> = vec![None; plan.len()];
+    // Every down restored its starting point: the ups must apply again and
+    // give the schema they gave the first time.
     for i in k..plan.len() {
         let m = &plan[i];
         let kind = source.kind();
@@ -158,50 +193,52 @@ pub async fn check(
             _ => migrations::diesel::record_applied(c, &table, m).await,
         })
         .await;
-        if let Err(e) = ran {
-            results[i].reversible = Some(Reversal::Failed {
-                reason: format!("applying it again after its down failed (the down left something behind): {e}"),
-                diff: None,
-            });
-            not_checked(&mut results[i + 1..], "re-applying an earlier migration failed");
-            return false;
-        }
-        after_up[i] = schema(tool, url, &table).await.ok();
-    }
-    let mut all_ok = true;
-    for i in k..plan.len() {
-        if results[i].reversible.is_some() {
-            continue;
-        }
-        // After reverting i, the schema must be what it was before i ran.
-        let expected = if i == 0 { Some(s0) } else if i > k { after_up[i - 1].as_deref() } else { None };
-        let verdict = match (expected, after_down[i].as_deref()) {
-            (Some(exp), Some(found)) => match diff(exp, found, 60) {
-                None => Reversal::Reversible,
-                Some(d) => Reversal::Failed {
-                    reason: "after its down the schema differs from before it ran".into(),
-                    diff: Some(d),
+        let verdict = match ran {
+            Err(e) => Reversal::Failed { reason: format!("applying it again after its down failed: {e}"), diff: None },
+            Ok(_) => match schema(tool, url, &table).await {
+                Err(e) => Reversal::NotChecked { reason: e },
+                Ok(found) => match diff(&states[i + 1], &found, 60) {
+                    None => Reversal::Reversible,
+                    Some(d) => Reversal::Failed {
+                        reason: "applied again after its down, it gives another schema than the first time".into(),
+                        diff: Some(d),
+                    },
                 },
             },
-            // The first reversible migration above one without a down: the
-            // re-apply is its check.
-            _ => Reversal::Reversible,
         };
-        all_ok &= !verdict.is_failure();
+        let failed = verdict.is_failure();
         results[i].reversible = Some(verdict);
+        if failed {
+            not_checked(&mut results[i + 1..], "applying an earlier migration again failed");
+            return false;
+        }
     }
-    if all_ok
-        && let Some(last) = after_up.last().cloned().flatten()
-        && let Some(d) = diff(&s_up, &last, 60)
-    {
-        let i = plan.len() - 1;
-        results[i].reversible = Some(Reversal::Failed {
-            reason: "applying the plan again after its downs gave a different schema than the first apply".into(),
-            diff: Some(d),
-        });
-        all_ok = false;
+    true
+}
+
+/// The schema before each migration and after the last, applying the plan
+/// one migration at a time on the reference copy.
+async fn stepwise(
+    source: &Source<'_>,
+    target: &crate::config::Target,
+    url: &ConnUrl,
+    tool: &Tool,
+    plan: &[Migration],
+) -> Result<Vec<String>, String> {
+    let table = source.table();
+    let mut conn = runner::session(url, target, "pgrehearse-reference").await.map_err(|e| e.to_string())?;
+    let mut states = vec![schema(tool, url, &table).await?];
+    for m in plan {
+        let kind = source.kind();
+        runner::run_script(&mut conn, &m.up_sql, m.transactional, async |c: &mut PgConnection| match kind {
+            MigrationKind::Sqlx => migrations::sqlx::record_applied(c, &table, m, Duration::ZERO).await,
+            _ => migrations::diesel::record_applied(c, &table, m).await,
+        })
+        .await
+        .map_err(|e| format!("migration {}: {e}", m.version))?;
+        states.push(schema(tool, url, &table).await?);
     }
-    all_ok
+    Ok(states)
 }
 
 fn not_checked(results: &mut [MigrationResult], reason: &str) {

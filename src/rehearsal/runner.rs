@@ -325,7 +325,8 @@ fn failure(m: &Migration, index: usize, stmt: &split::Statement, e: &sqlx::Error
                 _ => None,
             });
             // The server's position is a character offset into the statement.
-            let line = pos.map(|n| stmt.line + stmt.sql.chars().take(n.saturating_sub(1)).filter(|c| *c == '\n').count());
+            let line =
+                pos.map(|n| stmt.line + stmt.sql.chars().take(n.saturating_sub(1)).filter(|c| *c == '\n').count());
             (db.message().to_string(), line.or(Some(stmt.line)))
         }
         other => (other.to_string(), Some(stmt.line)),

@@ -16,7 +16,8 @@ pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
     let verdict = if r.ok { "PASS" } else { "PROBLEMS FOUND" };
     let _ = writeln!(s, "# Rehearsal {} of `{}`: {verdict}\n", r.id, r.target);
-    let _ = writeln!(s, "- Plan: `{}` ({} pending migrations, {})", r.plan, r.migrations.len(), r.mode.replace('_', " "));
+    let _ =
+        writeln!(s, "- Plan: `{}` ({} pending migrations, {})", r.plan, r.migrations.len(), r.mode.replace('_', " "));
     let _ = writeln!(
         s,
         "- Snapshot: {} (taken {}), {} in {}",
@@ -26,7 +27,8 @@ pub fn markdown(r: &Report) -> String {
         secs(r.restore_duration_ms)
     );
     let _ = writeln!(s, "- Plan ran in {}; rehearsal took {}", secs(r.apply_ms), secs(r.duration_ms));
-    let _ = writeln!(s, "- lock_timeout: {}", if r.lock_timeout_ms == 0 { "none".into() } else { secs(r.lock_timeout_ms) });
+    let _ =
+        writeln!(s, "- lock_timeout: {}", if r.lock_timeout_ms == 0 { "none".into() } else { secs(r.lock_timeout_ms) });
     if !r.catch_up.is_empty() {
         let _ = writeln!(s, "- Replayed first (applied on live after the snapshot): {}", r.catch_up.join(", "));
     }
@@ -80,7 +82,14 @@ pub fn markdown(r: &Report) -> String {
         if !m.statements.is_empty() && m.statements.len() > 1 {
             let _ = writeln!(s, "\n| # | line | statement | time |\n|---|---|---|---|");
             for st in &m.statements {
-                let _ = writeln!(s, "| {} | {} | `{}` | {} |", st.index + 1, st.line, st.sql.replace('|', "\\|"), secs(st.duration_ms));
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | `{}` | {} |",
+                    st.index + 1,
+                    st.line,
+                    st.sql.replace('|', "\\|"),
+                    secs(st.duration_ms)
+                );
             }
         }
         match &m.reversible {
