@@ -283,6 +283,7 @@ fn rehearsal_code(e: &rehearsal::RehearsalError) -> u8 {
         R::Shadow(Sh::Pg(p)) | R::Pg(p) | R::Lock(LockError::Pg(p)) => pg_code(p),
         R::Lock(LockError::Held { .. }) => exit::REFUSED,
         R::Snapshot(s) => snapshot_code(s),
+        R::Cancelled => exit::FAILED,
         R::Catalog(c) => catalog_code(c),
         R::Store(s) => store_code(s),
         _ => exit::FAILED,

@@ -55,11 +55,7 @@ pub async fn run(
             let out = out?;
             let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
             output.push_str(&String::from_utf8_lossy(&out.stderr));
-            Ok(CommandRun {
-                success: out.status.success(),
-                status: out.status.to_string(),
-                output,
-            })
+            Ok(CommandRun { success: out.status.success(), status: out.status.to_string(), output })
         }
         Err(_) => {
             if let Some(pid) = pid {

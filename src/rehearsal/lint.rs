@@ -79,11 +79,15 @@ pub fn lint(
                                 size.describe(), effect.map(|e| format!(" ({e})")).unwrap_or_default()));
                         }
                     }
-                    Op::AddColumn { table, column, default: Some(default), volatile_default: true, .. } => {
+                    Op::AddColumn { table, column, default, volatile_default: true, .. } => {
+                        let default = default
+                            .map_or("a value per row (serial, identity or generated column)".to_string(), |d| {
+                                format!("`{d}`")
+                            });
                         if let Some(size) = cx.size(&table).filter(|s| s.rows > 0) {
                             let effect = cx.rewrite_effect(index, &table);
                             cx.push("volatile_default", &at, &table, Some("ACCESS EXCLUSIVE"), Some(size), effect.clone(), format!(
-                                "ADD COLUMN `{column}` with the volatile default `{default}` rewrites `{table}` ({}) under ACCESS EXCLUSIVE{}; add the column without a default, backfill in batches, then set the default",
+                                "ADD COLUMN `{column}` with the volatile default {default} rewrites `{table}` ({}) under ACCESS EXCLUSIVE{}; add the column without a default, backfill in batches, then set the default",
                                 size.describe(), effect.map(|e| format!(": {e}")).unwrap_or_default()));
                         }
                     }

@@ -71,6 +71,10 @@ pub struct Options {
 #[derive(Debug, thiserror::Error)]
 pub enum RehearsalError {
     #[error(
+        "the rehearsal was cancelled (SIGINT/SIGTERM); its scratch databases were dropped and live was not touched"
+    )]
+    Cancelled,
+    #[error(
         "snapshot {id} failed its restore drill ({problems}); rehearse on another snapshot (`--snapshot ID`) or take a fresh one (`--snapshot fresh`)"
     )]
     SnapshotBroken { id: String, problems: String },
@@ -176,11 +180,25 @@ pub async fn rehearse(
     let id = snapshot::new_id(Utc::now());
     state.rehearsal_started(&id, &target.name).await?;
     let span = tracing::info_span!("rehearse", run_id = %id, target = %target.name, job = "rehearse");
-    let result = tracing::Instrument::instrument(
+    let work = tracing::Instrument::instrument(
         run(config, target, &source, &plan, store.as_ref(), &mut shadow, &id, opts, cancel),
         span,
-    )
-    .await;
+    );
+    // On SIGINT/SIGTERM the work is dropped (its sessions close, so the
+    // server rolls back; external tools' process groups are killed) and its
+    // scratch databases are dropped here.
+    let result = tokio::select! {
+        r = work => r,
+        _ = cancel.cancelled() => Err(RehearsalError::Cancelled),
+    };
+    if matches!(result, Err(RehearsalError::Cancelled)) {
+        let db = shadow.scratch_name(&id);
+        for name in [reference_name(&db), db] {
+            if let Err(e) = shadow.drop_db(&name).await {
+                tracing::warn!(database = %name, error = %e, "Cannot drop a scratch database of the cancelled rehearsal; the next run drops it.");
+            }
+        }
+    }
     lock.release().await;
     let report = match result {
         Ok(r) => r,
@@ -312,8 +330,7 @@ async fn measure(
     let reference = if wants_reference {
         use sqlx::Connection;
         let _ = conn.close().await;
-        let mut name = format!("{db}_ref");
-        name.truncate(63);
+        let name = reference_name(db);
         let made = shadow.clone_db(&name, db, &m.id).await;
         conn = runner::session(url, target, "pgrehearse-rehearse").await?;
         match made {
@@ -442,6 +459,13 @@ async fn plan_and_checks(
         notes,
         approve: format!("pgrehearse approve --target {} --plan {}", target.name, plan.hash),
     })
+}
+
+/// The reference copy of scratch database `db` (see `reversibility::check`).
+fn reference_name(db: &str) -> String {
+    let mut name = format!("{}_ref", &db[..db.len().min(59)]);
+    name.truncate(63);
+    name
 }
 
 fn plan_versions(list: &[Migration]) -> Vec<String> {
