@@ -158,11 +158,12 @@ pub async fn check(
         let m = &plan[i];
         let Down::Sql { sql, transactional, .. } = &m.down else { continue };
         let kind = source.kind();
-        let ran = runner::run_script(conn, sql, *transactional, async |c: &mut PgConnection| match kind {
-            MigrationKind::Sqlx => migrations::sqlx::record_reverted(c, &table, m).await,
-            _ => migrations::diesel::record_reverted(c, &table, m).await,
-        })
-        .await;
+        let ran =
+            runner::run_script(conn, sql, *transactional, async |c: &mut PgConnection, _took: Duration| match kind {
+                MigrationKind::Sqlx => migrations::sqlx::record_reverted(c, &table, m).await,
+                _ => migrations::diesel::record_reverted(c, &table, m).await,
+            })
+            .await;
         let verdict = match ran {
             Err(e) => Some(Reversal::Failed { reason: format!("the down failed: {e}"), diff: None }),
             Ok(_) => match schema(tool, url, &table).await {
@@ -188,11 +189,17 @@ pub async fn check(
     for i in k..plan.len() {
         let m = &plan[i];
         let kind = source.kind();
-        let ran = runner::run_script(conn, &m.up_sql, m.transactional, async |c: &mut PgConnection| match kind {
-            MigrationKind::Sqlx => migrations::sqlx::record_applied(c, &table, m, Duration::ZERO).await,
-            _ => migrations::diesel::record_applied(c, &table, m).await,
-        })
-        .await;
+        let ran =
+            runner::run_script(
+                conn,
+                &m.up_sql,
+                m.transactional,
+                async |c: &mut PgConnection, took: Duration| match kind {
+                    MigrationKind::Sqlx => migrations::sqlx::record_applied(c, &table, m, took).await,
+                    _ => migrations::diesel::record_applied(c, &table, m).await,
+                },
+            )
+            .await;
         let verdict = match ran {
             Err(e) => Reversal::Failed { reason: format!("applying it again after its down failed: {e}"), diff: None },
             Ok(_) => match schema(tool, url, &table).await {
@@ -230,9 +237,11 @@ async fn stepwise(
     let mut states = vec![schema(tool, url, &table).await?];
     for m in plan {
         let kind = source.kind();
-        runner::run_script(&mut conn, &m.up_sql, m.transactional, async |c: &mut PgConnection| match kind {
-            MigrationKind::Sqlx => migrations::sqlx::record_applied(c, &table, m, Duration::ZERO).await,
-            _ => migrations::diesel::record_applied(c, &table, m).await,
+        runner::run_script(&mut conn, &m.up_sql, m.transactional, async |c: &mut PgConnection, took: Duration| {
+            match kind {
+                MigrationKind::Sqlx => migrations::sqlx::record_applied(c, &table, m, took).await,
+                _ => migrations::diesel::record_applied(c, &table, m).await,
+            }
         })
         .await
         .map_err(|e| format!("migration {}: {e}", m.version))?;

@@ -292,7 +292,7 @@ pub async fn run_script(
     conn: &mut PgConnection,
     sql: &str,
     transactional: bool,
-    history: impl AsyncFnOnce(&mut PgConnection) -> Result<(), sqlx::Error>,
+    history: impl AsyncFnOnce(&mut PgConnection, Duration) -> Result<(), sqlx::Error>,
 ) -> Result<Duration, String> {
     let started = Instant::now();
     if transactional {
@@ -303,7 +303,7 @@ pub async fn run_script(
                 .await
                 .map_err(|e| format!("line {}: {}: {e}", stmt.line, excerpt(&stmt.sql)))?;
         }
-        history(&mut tx).await.map_err(|e| e.to_string())?;
+        history(&mut tx, started.elapsed()).await.map_err(|e| e.to_string())?;
         tx.commit().await.map_err(|e| e.to_string())?;
     } else {
         for stmt in split::split(sql) {
@@ -312,7 +312,7 @@ pub async fn run_script(
                 .await
                 .map_err(|e| format!("line {}: {}: {e}", stmt.line, excerpt(&stmt.sql)))?;
         }
-        history(conn).await.map_err(|e| e.to_string())?;
+        history(conn, started.elapsed()).await.map_err(|e| e.to_string())?;
     }
     Ok(started.elapsed())
 }

@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod data;
 pub mod dump;
+pub mod migrations;
 pub mod pg;
 pub mod proc;
 pub mod proxy;
