@@ -21,7 +21,9 @@
 //!   transaction (also on the kept copy), live unchanged.
 
 use crate::harness::migrations::*;
+use crate::harness::wait_for;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 /// 5000 rows of `orders`: small, but not empty (lint weighs by rows).
 const ORDERS_SQL: &str = "CREATE TABLE orders (id integer PRIMARY KEY, amount integer NOT NULL, note text);
@@ -361,4 +363,39 @@ fn failed_migration_rolls_back_the_plan_and_names_its_line() {
     // Live: unchanged.
     assert!(!table_exists(&rig.live, "app", "_sqlx_migrations"), "history table on live");
     assert_eq!(fingerprint(&rig.live, "app"), live_before, "live changed");
+}
+
+/// SIGTERM in the middle of a migration: the rehearsal stops at once, its
+/// scratch database and reference copy are dropped (the template stays), the
+/// migration's session is gone, exit 1 with a sentence saying so; live is
+/// untouched. A later rehearsal runs normally.
+#[test]
+fn sigterm_mid_migration_drops_the_scratch_databases() {
+    use crate::harness::proc::signal;
+    use crate::harness::shadow::scratch_dbs;
+    let rig = orders_rig();
+    rig.sqlx("1", "slow", "SELECT pg_sleep(60);\nCREATE TABLE slow_done (id int);\n", Some("DROP TABLE slow_done;\n"));
+    rig.snapshot();
+    let bg = rig.pgr.spawn(&["rehearse"]);
+    wait_for("the migration's pg_sleep on the shadow", Duration::from_secs(60), Duration::from_millis(50), || {
+        let n = rig
+            .shadow
+            .psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'");
+        (n.trim() == "1").then_some(())
+    });
+    let during = scratch_dbs(&rig.shadow);
+    assert!(during.iter().any(|d| d.ends_with("_ref")), "a reference copy exists while the plan runs: {during:?}");
+    signal(bg.pid(), libc::SIGTERM);
+    let r = bg.wait(Duration::from_secs(30));
+    assert_eq!(r.code, 1, "exit code; stderr:\n{}", tail(&r.stderr, 3000));
+    assert!(r.stderr.contains("cancelled"), "stderr says it was cancelled:\n{}", tail(&r.stderr, 3000));
+    let left = scratch_dbs(&rig.shadow);
+    assert_eq!(left, vec!["pgrehearse_app_template".to_string()], "only the template is left on the shadow");
+    let sessions =
+        rig.shadow.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'");
+    assert_eq!(sessions.trim(), "0", "the migration's session is gone");
+    assert!(!table_exists(&rig.live, "app", "slow_done"), "live untouched");
+    // The next rehearsal of a quick plan runs.
+    std::fs::write(rig.dir.join("1_slow.up.sql"), "CREATE TABLE slow_done (id int);\n").unwrap();
+    rig.rehearse(&[]).ok();
 }
