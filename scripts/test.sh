@@ -59,5 +59,9 @@ if ! venv_ok; then
     "$PGREHEARSE_VENV/bin/pip" install -q 'moto[server]>=5.2.5' aiosmtpd awscli
 fi
 
+# The Payload CMS fixture project the payload rehearsal tests drive
+# (npm ci from its lockfile; skipped when up to date).
+bash "$(dirname "$0")/payload-fixture.sh"
+
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pgrehearse-target}"
 exec cargo test --locked "$@"

@@ -23,14 +23,15 @@ pub struct CommandRun {
     pub output: String,
 }
 
-/// Runs `command` with `sh -c`, stdin closed, the database in the
-/// environment, killed (with its process group) after `timeout`.
+/// Runs `command` with `sh -c`, stdin closed, the database (and
+/// `PGOPTIONS`, when given) in the environment, killed (with its process group) after `timeout`.
 pub async fn run(
     command: &str,
     config: &MigrationsConfig,
     url: &ConnUrl,
     app_name: &str,
     timeout: Duration,
+    pg_options: Option<&str>,
 ) -> std::io::Result<CommandRun> {
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c").arg(command);
@@ -47,6 +48,9 @@ pub async fn run(
         .kill_on_drop(true);
     if let Some(p) = url.password() {
         cmd.env("PGPASSWORD", p);
+    }
+    if let Some(o) = pg_options {
+        cmd.env("PGOPTIONS", o);
     }
     let child = cmd.spawn()?;
     let pid = child.id();
@@ -79,7 +83,7 @@ pub async fn pending(config: &MigrationsConfig, url: &ConnUrl) -> Result<Vec<Mig
     let Some(pending) = &config.pending else {
         return Ok(vec![step("apply", &apply, config)]);
     };
-    let run = run(pending, config, url, "pgrehearse-pending", config.timeout)
+    let run = run(pending, config, url, "pgrehearse-pending", config.timeout, None)
         .await
         .map_err(|e| SourceError::PendingCommand { status: "not started".into(), output_tail: e.to_string() })?;
     if !run.success {

@@ -155,6 +155,10 @@ pub struct Payload {
     pub timeout: Duration,
     /// The history table, possibly schema-qualified.
     pub table: String,
+    /// Session settings for the CLI's connections, as libpq's `PGOPTIONS`
+    /// (node-postgres reads it): the target's `lock_timeout` and
+    /// `statement_timeout`, so Payload runs with them as a release will.
+    pub pg_options: Option<String>,
 }
 
 /// One migration the CLI reported as done.
@@ -275,7 +279,7 @@ struct Layout {
 impl Payload {
     /// A project with the default history table.
     pub fn new(project_dir: impl Into<PathBuf>, timeout: Duration) -> Payload {
-        Payload { project_dir: project_dir.into(), timeout, table: DEFAULT_TABLE.to_string() }
+        Payload { project_dir: project_dir.into(), timeout, table: DEFAULT_TABLE.to_string(), pg_options: None }
     }
 
     fn table(&self) -> &str {
@@ -436,6 +440,9 @@ impl Payload {
         if let Some(pw) = url.password() {
             cmd.env("PGPASSWORD", pw);
         }
+        if let Some(options) = &self.pg_options {
+            cmd.env("PGOPTIONS", options);
+        }
         let start = Instant::now();
         let mut child = cmd.spawn().map_err(spawn_err)?;
         // The command keeps its copy of the pipe's write end: drop it so the
@@ -481,7 +488,10 @@ impl Payload {
         let _ = tokio::time::timeout(DRAIN_GRACE, done_rx).await;
         let duration_ms = start.elapsed().as_millis() as u64;
         let p = std::mem::take(&mut *progress.lock().unwrap_or_else(|e| e.into_inner()));
-        let output_tail = pg::tools::tail(&p.tail, TAIL_BYTES);
+        let mut output_tail = pg::tools::tail(&p.tail, TAIL_BYTES);
+        if output_tail.is_empty() {
+            output_tail = "(nothing)".into();
+        }
         let command = command.to_string();
         match status {
             None => Err(PayloadError::Timeout {
@@ -649,7 +659,7 @@ fn event(line: &str) -> Option<Event> {
         return done(rest);
     }
     if let Some(rest) = after(line, "Migrating down:").or_else(|| after(line, "Migrating:")) {
-        let name = rest.trim_end_matches(|c| c == '"' || c == '}' || c == ',').trim();
+        let name = rest.trim_end_matches(['"', '}', ',']).trim();
         return (!name.is_empty()).then(|| Event::Start(name.to_string()));
     }
     if let Some(rest) = after(line, "Error running migration ").or_else(|| after(line, "Error migrating down ")) {

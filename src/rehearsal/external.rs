@@ -25,7 +25,6 @@ use crate::pg::{self, PgError};
 /// A Payload project's `migrate`, measured.
 pub async fn payload(
     source: &Source<'_>,
-    target: &Target,
     url: &ConnUrl,
     plan: &[Migration],
     pre: &Catalog,
@@ -46,7 +45,7 @@ pub async fn payload(
                 r.ok = true;
                 if let Some(d) = done {
                     r.duration_ms = d.duration_ms;
-                    let (from, to) = window(d.finished_at, d.duration_ms);
+                    let (from, to) = window(d.started_at, d.finished_at, d.duration_ms);
                     r.locks = locks(&sampler, pre, from, to);
                 }
             }
@@ -98,7 +97,15 @@ pub async fn command(
     let (mut conn, sampler, wal0) = observe(url).await?;
     let apply = source.config.apply.clone().unwrap_or_default();
     let start = Instant::now();
-    let run = cmd::run(&apply, source.config, url, "pgrehearse-command", source.config.timeout).await;
+    let run = cmd::run(
+        &apply,
+        source.config,
+        url,
+        "pgrehearse-command",
+        source.config.timeout,
+        Some(&pg_options(source.target)),
+    )
+    .await;
     let end = Instant::now();
     let r = &mut results[0];
     r.duration_ms = (end - start).as_millis() as u64;
@@ -165,7 +172,16 @@ pub async fn reverse(
                 }
                 return true;
             }
-            Some(down) => match cmd::run(down, source.config, url, "pgrehearse-command", source.config.timeout).await {
+            Some(down) => match cmd::run(
+                down,
+                source.config,
+                url,
+                "pgrehearse-command",
+                source.config.timeout,
+                Some(&pg_options(source.target)),
+            )
+            .await
+            {
                 Ok(r) if r.success => Ok(()),
                 Ok(r) => Err(format!("`{down}` failed ({}): {}", r.status, pg::tools::tail(&r.output, 1000))),
                 Err(e) => Err(format!("cannot start `{down}`: {e}")),
@@ -200,7 +216,16 @@ async fn again(source: &Source<'_>, url: &ConnUrl, tool: &Tool, names: &[String]
         }
         _ => {
             let apply = source.config.apply.clone().unwrap_or_default();
-            match cmd::run(&apply, source.config, url, "pgrehearse-command", source.config.timeout).await {
+            match cmd::run(
+                &apply,
+                source.config,
+                url,
+                "pgrehearse-command",
+                source.config.timeout,
+                Some(&pg_options(source.target)),
+            )
+            .await
+            {
                 Ok(r) if r.success => Ok(()),
                 Ok(r) => Err(format!("({}) {}", r.status, pg::tools::tail(&r.output, 1000))),
                 Err(e) => Err(e.to_string()),
@@ -227,7 +252,17 @@ fn project(source: &Source<'_>) -> Payload {
         project_dir: source.config.dir.clone().unwrap_or_default(),
         timeout: source.config.timeout,
         table: source.table(),
+        pg_options: Some(pg_options(source.target)),
     }
+}
+
+/// The target's timeouts as `PGOPTIONS` for external tools' sessions.
+pub fn pg_options(target: &Target) -> String {
+    let mut o = format!("-c lock_timeout={}", target.lock_timeout.as_millis());
+    if let Some(st) = target.statement_timeout {
+        o.push_str(&format!(" -c statement_timeout={}", st.as_millis()));
+    }
+    o
 }
 
 /// An observer session (catalog, WAL) and the lock sampler.
@@ -278,11 +313,15 @@ async fn finish(
     Ok(())
 }
 
-/// The sampling window of a migration that finished at `finished` after
-/// `duration_ms` (a little slack for output buffering).
-fn window(finished: Instant, duration_ms: u64) -> (Instant, Instant) {
+/// The sampling window of a migration: from its `Migrating:` line (or its
+/// reported duration before `Migrated:`) to a little after `Migrated:`, when
+/// its row insert and commit end its transaction.
+fn window(started: Option<Instant>, finished: Instant, duration_ms: u64) -> (Instant, Instant) {
     let slack = Duration::from_millis(100);
-    let from = finished.checked_sub(Duration::from_millis(duration_ms) + slack).unwrap_or(finished);
+    let from = started
+        .or_else(|| finished.checked_sub(Duration::from_millis(duration_ms)))
+        .and_then(|t| t.checked_sub(slack))
+        .unwrap_or(finished);
     (from, finished + slack)
 }
 

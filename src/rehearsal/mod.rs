@@ -391,7 +391,7 @@ async fn plan_and_checks(
             (r, ok, mode.to_string())
         }
         MigrationKind::Payload => {
-            let (r, ok) = external::payload(source, target, url, &plan.pending, &pre).await?;
+            let (r, ok) = external::payload(source, url, &plan.pending, &pre).await?;
             (r, ok, "payload".to_string())
         }
         MigrationKind::Command => {

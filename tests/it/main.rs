@@ -13,6 +13,7 @@ mod encryption;
 mod prune;
 mod rehearse_checks;
 mod rehearse_diesel;
+mod rehearse_payload;
 mod rehearse_sqlx;
 mod restore;
 mod roundtrip;
