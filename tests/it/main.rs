@@ -12,6 +12,7 @@ mod crash;
 mod encryption;
 mod prune;
 mod rehearse_checks;
+mod rehearse_command;
 mod rehearse_diesel;
 mod rehearse_payload;
 mod rehearse_sqlx;

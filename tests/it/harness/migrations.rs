@@ -76,6 +76,18 @@ impl Rig {
         ));
     }
 
+    /// The config text `configure` writes, with `target_extra` lines
+    /// replacing its `migrations = …` line.
+    pub fn pgr_config_with(&self, target_extra: &str) -> String {
+        let extra =
+            format!("shadow_url = {}\nrestore_jobs = 2\n{target_extra}", toml_string(&shadow_url(&self.shadow)));
+        format!(
+            "{}{}",
+            local_store_toml(&self.pgr, ""),
+            target_toml("app", &self.live.url("app", "app", PASSWORD), &extra)
+        )
+    }
+
     /// `snapshot --json`; returns the snapshot id.
     pub fn snapshot(&self) -> String {
         let t0 = Instant::now();
