@@ -99,7 +99,13 @@ pub enum SourceError {
     #[error("target `{target}` has no `migrations` configured; add `migrations = {{ kind = \"sqlx\", dir = \"…\" }}`")]
     NotConfigured { target: String },
     #[error(transparent)]
-    Payload(#[from] payload::PayloadError),
+    Payload(Box<payload::PayloadError>),
+}
+
+impl From<payload::PayloadError> for SourceError {
+    fn from(e: payload::PayloadError) -> Self {
+        SourceError::Payload(Box::new(e))
+    }
 }
 
 /// A target's migration source.

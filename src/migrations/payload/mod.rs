@@ -34,6 +34,9 @@ use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection};
 
 use crate::pg::{self, ConnUrl, PgError};
+use output::{Progress, strip_ansi};
+
+mod output;
 
 /// Payload's history table when the adapter sets no `schemaName`.
 pub const DEFAULT_TABLE: &str = "payload_migrations";
@@ -220,9 +223,14 @@ pub enum PayloadError {
     )]
     DownFileMissing { name: String, dir: PathBuf },
     #[error(
-        "payload {command} did not finish within {after_secs}s and was killed{}{}; Payload commits each migration on its own, so the ones before it stay applied. Raise `migrations.timeout` if it is just slow. Its output ends with:\n{output_tail}",
+        "payload {command} did not finish within {after_secs}s and was killed{}{}; {}. Payload commits each migration on its own, so the ones before it stay applied. Raise `migrations.timeout` if it is just slow. Its output ends with:\n{output_tail}",
         migration.as_ref().map(|m| format!(" while running `{m}`")).unwrap_or_default(),
-        if *waiting_on_prompt { " (it was waiting for an answer to a prompt)" } else { "" }
+        if *waiting_on_prompt { " (it was waiting for an answer to a prompt)" } else { "" },
+        match sessions_ended {
+            Some(0) => "it left no session on the server".to_string(),
+            Some(n) => format!("its {n} session(s) still running on the server were terminated (the server does not notice a killed client until the statement ends)"),
+            None => "its sessions on the server could not be checked: look for application_name = the run's name in pg_stat_activity and end them".to_string(),
+        }
     )]
     Timeout {
         command: String,
@@ -230,6 +238,9 @@ pub enum PayloadError {
         migration: Option<String>,
         waiting_on_prompt: bool,
         migrated: Vec<Migrated>,
+        /// Server sessions of the killed CLI that were terminated (None: the
+        /// check failed).
+        sessions_ended: Option<u64>,
         output_tail: String,
     },
     #[error(
@@ -277,11 +288,6 @@ struct Layout {
 }
 
 impl Payload {
-    /// A project with the default history table.
-    pub fn new(project_dir: impl Into<PathBuf>, timeout: Duration) -> Payload {
-        Payload { project_dir: project_dir.into(), timeout, table: DEFAULT_TABLE.to_string(), pg_options: None }
-    }
-
     fn table(&self) -> &str {
         if self.table.is_empty() { DEFAULT_TABLE } else { &self.table }
     }
@@ -334,6 +340,7 @@ impl Payload {
         if !missing.is_empty() {
             return Err(PayloadError::NotRecorded { table: table.to_string(), missing, output_tail: run.output_tail });
         }
+        tracing::info!("payload migrate applied {} migration(s) in {} ms", run.migrated.len(), run.duration_ms);
         Ok(run)
     }
 
@@ -370,6 +377,11 @@ impl Payload {
                 output_tail: run.output_tail,
             });
         }
+        tracing::info!(
+            "payload migrate:down rolled back {} migration(s) in {} ms",
+            run.migrated.len(),
+            run.duration_ms
+        );
         Ok(run)
     }
 
@@ -500,6 +512,7 @@ impl Payload {
                 migration: p.running.map(|(n, _)| n),
                 waiting_on_prompt: p.prompt,
                 migrated: p.migrated,
+                sessions_ended: end_sessions(url, app_name).await,
                 output_tail,
             }),
             Some(status) if !status.success() => Err(PayloadError::Failed {
@@ -510,6 +523,28 @@ impl Payload {
                 output_tail,
             }),
             Some(_) => Ok(PayloadRun { migrated: p.migrated, duration_ms, output_tail }),
+        }
+    }
+}
+
+/// Terminates the server sessions a killed CLI left behind: PostgreSQL only
+/// notices a dead client when it next writes to it, so a statement (and the
+/// locks of its transaction) would otherwise run on to its end.
+async fn end_sessions(url: &ConnUrl, app_name: &str) -> Option<u64> {
+    let mut conn = pg::connect(url, "pgrehearse-payload-check").await.ok()?;
+    let ended: Result<i64, _> = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(app_name)
+    .fetch_one(&mut conn)
+    .await;
+    let _ = conn.close().await;
+    match ended {
+        Ok(n) => Some(n.max(0) as u64),
+        Err(e) => {
+            tracing::warn!("cannot end the killed Payload CLI's sessions on {}: {e}", url.redacted());
+            None
         }
     }
 }
@@ -581,373 +616,5 @@ fn same_names(a: &[String], b: &[String]) -> bool {
     a == b
 }
 
-/// Removes ANSI escape sequences (pino-pretty colours every line whether or
-/// not stdout is a terminal; `prompts` moves the cursor).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '\u{1b}' {
-            out.push(c);
-            continue;
-        }
-        match chars.peek() {
-            Some('[') => {
-                chars.next();
-                // CSI: parameters and intermediates, then one final byte 0x40–0x7E.
-                for c in chars.by_ref() {
-                    if ('\u{40}'..='\u{7e}').contains(&c) {
-                        break;
-                    }
-                }
-            }
-            Some(']') => {
-                // OSC: up to BEL or ESC \.
-                chars.next();
-                while let Some(c) = chars.next() {
-                    if c == '\u{7}' || (c == '\u{1b}' && chars.peek() == Some(&'\\')) {
-                        if c == '\u{1b}' {
-                            chars.next();
-                        }
-                        break;
-                    }
-                }
-            }
-            Some(_) => {
-                chars.next();
-            }
-            None => {}
-        }
-    }
-    out
-}
-
-/// What one line of the CLI's output says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Event {
-    /// `Migrating: <name>` / `Migrating down: <name>`.
-    Start(String),
-    /// `Migrated:  <name> (<ms>ms)` / `Migrated down:  <name> (<ms>ms)`.
-    Done { name: String, ms: u64 },
-    /// `Error running migration <name> <message>.`,
-    /// `Error migrating down <name>. Rolling back. <message>.`,
-    /// `Migration <name> not found locally.`; the name is the first word.
-    Error(String),
-    /// The dev-mode push prompt (`migrate` with a batch = -1 row).
-    DevPrompt,
-}
-
-fn event(line: &str) -> Option<Event> {
-    fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
-        line.find(marker).map(|i| line[i + marker.len()..].trim())
-    }
-    fn first_word(s: &str) -> String {
-        s.split_whitespace().next().unwrap_or_default().trim_end_matches('.').to_string()
-    }
-    // Payload writes "Migrated:  <name> (<n>ms)"; in JSON logs the message
-    // is followed by `"` and more fields, so search for "ms)" from the end.
-    fn done(rest: &str) -> Option<Event> {
-        let close = rest.rfind("ms)")?;
-        let open = rest[..close].rfind(" (")?;
-        let ms = rest[open + 2..close].trim().parse().ok()?;
-        Some(Event::Done { name: rest[..open].trim().to_string(), ms })
-    }
-    if let Some(rest) = after(line, "Migrated down:") {
-        return done(rest);
-    }
-    if let Some(rest) = after(line, "Migrated:") {
-        return done(rest);
-    }
-    if let Some(rest) = after(line, "Migrating down:").or_else(|| after(line, "Migrating:")) {
-        let name = rest.trim_end_matches(['"', '}', ',']).trim();
-        return (!name.is_empty()).then(|| Event::Start(name.to_string()));
-    }
-    if let Some(rest) = after(line, "Error running migration ").or_else(|| after(line, "Error migrating down ")) {
-        return Some(Event::Error(first_word(rest)));
-    }
-    // Uncaught, so Node prints it on stderr after echoing the source line
-    // (which holds `${migration.name}`, not the name).
-    if let Some(rest) = after(line, "Error: Migration ")
-        && rest.contains(" not found locally")
-    {
-        return Some(Event::Error(first_word(rest)));
-    }
-    if line.contains("you've run Payload in dev mode") {
-        return Some(Event::DevPrompt);
-    }
-    None
-}
-
-/// The CLI's progress, fed line by line as output arrives.
-#[derive(Debug, Default)]
-struct Progress {
-    migrated: Vec<Migrated>,
-    /// The migration started and not reported done.
-    running: Option<(String, Instant)>,
-    /// The migration an error line named.
-    failed: Option<String>,
-    prompt: bool,
-    /// The last part of the output (bounded).
-    tail: String,
-}
-
-impl Progress {
-    fn line(&mut self, line: &str, at: Instant) {
-        self.tail.push_str(line);
-        if !line.ends_with('\n') {
-            self.tail.push('\n');
-        }
-        if self.tail.len() > 8 * TAIL_BYTES {
-            self.tail = pg::tools::tail(&self.tail, 2 * TAIL_BYTES);
-            self.tail.push('\n');
-        }
-        match event(line) {
-            Some(Event::Start(name)) => self.running = Some((name, at)),
-            Some(Event::Done { name, ms }) => {
-                let started_at = match self.running.take() {
-                    Some((n, t)) if n == name => Some(t),
-                    other => {
-                        self.running = other;
-                        None
-                    }
-                };
-                self.migrated.push(Migrated { name, duration_ms: ms, started_at, finished_at: at });
-            }
-            Some(Event::Error(word)) => {
-                // Prefer the running migration's full name (names may hold spaces).
-                let name = match &self.running {
-                    Some((n, _)) if line.contains(n.as_str()) => n.clone(),
-                    _ => word,
-                };
-                self.failed.get_or_insert(name);
-            }
-            Some(Event::DevPrompt) => self.prompt = true,
-            None => {}
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn feed(text: &str) -> Progress {
-        let mut p = Progress::default();
-        let t = Instant::now();
-        for line in text.split_inclusive('\n') {
-            p.line(&strip_ansi(line), t);
-        }
-        p
-    }
-
-    // Captured from `node node_modules/payload/bin.js migrate` (Payload
-    // 3.90.2) on the fixture, stdout, byte for byte.
-    const MIGRATE_OK: &str = "[09:32:47] \u{1b}[33mWARN\u{1b}[39m: \u{1b}[36mNo email adapter provided. Email will be written to console. More info at https://payloadcms.com/docs/email/overview.\u{1b}[39m
-[09:32:47] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mReading migration files from /work/main/tests/fixtures/payload/migrations\u{1b}[39m
-[09:32:47] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mMigrating: 20261124_093236_initial\u{1b}[39m
-[09:32:47] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mMigrated:  20261124_093236_initial (28ms)\u{1b}[39m
-[09:32:47] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mMigrating: 20261124_093251_posts_slug\u{1b}[39m
-[09:32:47] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mMigrated:  20261124_093251_posts_slug (3ms)\u{1b}[39m
-[09:32:47] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mDone.\u{1b}[39m
-";
-
-    // A run where the second file throws (exit status 1).
-    const MIGRATE_FAIL: &str = "[09:34:07] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mReading migration files from /work/main/tests/fixtures/payload/migrations\u{1b}[39m
-[09:34:07] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mMigrating: 20261124_100000_slow_lock\u{1b}[39m
-[09:34:08] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mMigrated:  20261124_100000_slow_lock (303ms)\u{1b}[39m
-[09:34:08] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mMigrating: 20261124_100100_planted_failure\u{1b}[39m
-[09:34:08] \u{1b}[31mERROR\u{1b}[39m: \u{1b}[36mError running migration 20261124_100100_planted_failure planted failure.\u{1b}[39m
-    err: {
-      \"type\": \"Error\",
-      \"message\": \"planted failure\",
-      \"stack\":
-          Error: planted failure
-              at Object.up (/work/main/tests/fixtures/payload/migrations/20261124_100100_planted_failure.ts:9:9)
-              at async runMigrationFile (/work/main/tests/fixtures/payload/node_modules/@payloadcms/drizzle/src/migrate.ts:99:5)
-    }
-";
-
-    const DOWN_OK: &str =
-        "[09:34:15] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mRolling back batch 3 consisting of 3 migration(s).\u{1b}[39m
-[09:34:15] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mMigrating down: 20261124_100000_slow_lock\u{1b}[39m
-[09:34:15] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mMigrated down:  20261124_100000_slow_lock (3ms)\u{1b}[39m
-[09:34:15] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mDone.\u{1b}[39m
-";
-
-    // migrate:down when the batch's file is gone: an uncaught error on stderr.
-    const DOWN_MISSING: &str =
-        "[09:34:28] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mRolling back batch 3 consisting of 3 migration(s).\u{1b}[39m
-/work/main/tests/fixtures/payload/node_modules/@payloadcms/drizzle/src/migrateDown.ts:38
-      throw new Error(`Migration ${migration.name} not found locally.`)
-            ^
-
-
-Error: Migration 20261124_100000_slow_lock not found locally.
-    at Object.migrateDown (/work/main/tests/fixtures/payload/node_modules/@payloadcms/drizzle/src/migrateDown.ts:38:13)
-";
-
-    // `migrate` with a batch = -1 row and stdin on /dev/null: it waits here.
-    const DEV_PROMPT: &str = "[09:33:01] \u{1b}[32mINFO\u{1b}[39m: \u{1b}[36mReading migration files from /x/migrations\u{1b}[39m
-\u{1b}[?25l\u{1b}[2K\u{1b}[1G\u{1b}[36m?\u{1b}[39m \u{1b}[1mIt looks like you've run Payload in dev mode, meaning you've dynamically pushed changes to your database.
-
-If you'd like to run migrations, data loss will occur. Would you like to proceed?\u{1b}[22m \u{1b}[90m\u{203a}\u{1b}[39m \u{1b}[90m(y/N)\u{1b}[39m";
-
-    #[test]
-    fn parses_a_successful_migrate() {
-        let p = feed(MIGRATE_OK);
-        let got: Vec<(&str, u64)> = p.migrated.iter().map(|m| (m.name.as_str(), m.duration_ms)).collect();
-        assert_eq!(got, vec![("20261124_093236_initial", 28), ("20261124_093251_posts_slug", 3)]);
-        assert!(p.migrated.iter().all(|m| m.started_at.is_some()));
-        assert!(p.running.is_none() && p.failed.is_none() && !p.prompt);
-        assert!(!p.tail.contains('\u{1b}'), "colours stripped");
-        assert!(p.tail.contains("INFO: Migrated:  20261124_093236_initial (28ms)"));
-    }
-
-    #[test]
-    fn parses_a_failure_and_keeps_what_committed_before() {
-        let p = feed(MIGRATE_FAIL);
-        assert_eq!(p.migrated.len(), 1);
-        assert_eq!(p.migrated[0].name, "20261124_100000_slow_lock");
-        assert_eq!(p.migrated[0].duration_ms, 303);
-        assert_eq!(p.failed.as_deref(), Some("20261124_100100_planted_failure"));
-        assert_eq!(p.running.as_ref().map(|r| r.0.as_str()), Some("20261124_100100_planted_failure"));
-        assert!(pg::tools::tail(&p.tail, 2000).contains("planted failure"));
-    }
-
-    #[test]
-    fn parses_migrate_down() {
-        let p = feed(DOWN_OK);
-        assert_eq!(p.migrated.len(), 1);
-        assert_eq!((p.migrated[0].name.as_str(), p.migrated[0].duration_ms), ("20261124_100000_slow_lock", 3));
-        let p = feed(DOWN_MISSING);
-        assert!(p.migrated.is_empty());
-        assert_eq!(p.failed.as_deref(), Some("20261124_100000_slow_lock"));
-    }
-
-    #[test]
-    fn sees_the_dev_mode_prompt() {
-        let p = feed(DEV_PROMPT);
-        assert!(p.prompt);
-        assert!(p.migrated.is_empty());
-        assert!(!p.tail.contains('\u{1b}'));
-    }
-
-    #[test]
-    fn parses_json_logs_and_odd_names() {
-        // A project whose config sets its own (JSON) pino logger.
-        let line = r#"{"level":30,"time":1,"msg":"Migrated:  20240101_000000_a (12ms)"}"#;
-        assert_eq!(event(line), Some(Event::Done { name: "20240101_000000_a".into(), ms: 12 }));
-        let line = r#"{"level":30,"time":1,"msg":"Migrating: 20240101_000000_a"}"#;
-        assert_eq!(event(line), Some(Event::Start("20240101_000000_a".into())));
-        assert_eq!(event("INFO: Migrated:  with space (7ms)"), Some(Event::Done { name: "with space".into(), ms: 7 }));
-        assert_eq!(event("INFO: Migrated:  broken (ms)"), None);
-        assert_eq!(event("INFO: Done."), None);
-        let mut p = Progress::default();
-        let t = Instant::now();
-        p.line("INFO: Migrating: with space\n", t);
-        p.line("ERROR: Error running migration with space boom.\n", t);
-        assert_eq!(p.failed.as_deref(), Some("with space"));
-    }
-
-    #[test]
-    fn strips_ansi_sequences() {
-        assert_eq!(strip_ansi("\u{1b}[32mINFO\u{1b}[39m: x"), "INFO: x");
-        assert_eq!(strip_ansi("\u{1b}[?25l\u{1b}[2K\u{1b}[1Ga"), "a");
-        assert_eq!(strip_ansi("\u{1b}]0;title\u{7}b"), "b");
-        assert_eq!(strip_ansi("plain ✓"), "plain ✓");
-    }
-
-    #[test]
-    fn files_in_payload_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        for name in [
-            "20240102_000000_b.ts",
-            "20240101_000000_a.ts",
-            "20240101_000000_a_more.js",
-            "index.ts",
-            "20240101_000000_a.json",
-            "README.md",
-            "Z_upper.ts",
-        ] {
-            std::fs::write(d.join(name), name).unwrap();
-        }
-        let got = files(d).unwrap();
-        let names: Vec<&str> = got.iter().map(|f| f.name.as_str()).collect();
-        // Sorted on whole file names: "." (0x2E) < "_" (0x5F), digits < "Z".
-        assert_eq!(names, vec!["20240101_000000_a", "20240101_000000_a_more", "20240102_000000_b", "Z_upper"]);
-        assert_eq!(got[0].checksum, hex::encode(Sha256::digest(b"20240101_000000_a.ts")));
-        assert_eq!(got[0].path, d.join("20240101_000000_a.ts"));
-    }
-
-    #[test]
-    fn files_sort_by_utf16_like_javascript() {
-        let dir = tempfile::tempdir().unwrap();
-        // JavaScript compares UTF-16 code units: U+1F600 is 0xD83D 0xDE00,
-        // below U+E000 and U+FF21; in UTF-8 byte order it would come last.
-        std::fs::write(dir.path().join("a\u{FF21}.ts"), "").unwrap();
-        std::fs::write(dir.path().join("a\u{1F600}.ts"), "").unwrap();
-        std::fs::write(dir.path().join("a\u{E000}.ts"), "").unwrap();
-        let names: Vec<String> = files(dir.path()).unwrap().into_iter().map(|f| f.name).collect();
-        assert_eq!(names, vec!["a\u{1F600}", "a\u{E000}", "a\u{FF21}"]);
-    }
-
-    #[test]
-    fn files_finds_the_migration_dir_of_a_project_and_refuses_duplicates() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        std::fs::write(d.join("package.json"), "{}").unwrap();
-        std::fs::create_dir(d.join("migrations")).unwrap();
-        std::fs::write(d.join("migrations/20240101_a.ts"), "x").unwrap();
-        assert_eq!(migration_dir(d), d.join("migrations"));
-        assert_eq!(files(d).unwrap().len(), 1);
-        std::fs::create_dir_all(d.join("src/migrations")).unwrap();
-        assert_eq!(migration_dir(d), d.join("src/migrations"), "Payload's default prefers src/migrations");
-        std::fs::write(d.join("migrations/20240101_a.js"), "y").unwrap();
-        let err = files(&d.join("migrations")).unwrap_err();
-        assert!(matches!(err, PayloadError::DuplicateName { ref name, .. } if name == "20240101_a"), "{err}");
-        let err = files(&d.join("nope")).unwrap_err();
-        assert!(err.to_string().contains("migrations.dir"), "{err}");
-    }
-
-    #[test]
-    fn the_password_reaches_the_child_only_through_its_environment() {
-        let url = ConnUrl::parse("postgres://app:s%40cret@localhost/app?host=/tmp/s&application_name=x").unwrap();
-        let child = child_url(&url, "pgrehearse-payload");
-        assert!(child.contains("s%40cret"), "{child}");
-        assert!(child.contains("application_name=pgrehearse-payload") && !child.contains("application_name=x"));
-        assert!(child.contains("host=%2Ftmp%2Fs") || child.contains("host=/tmp/s"), "{child}");
-        let s = secrets(&url, &child);
-        let out = redact(&format!("TypeError: Invalid URL input: '{child}' and s@cret"), &s);
-        assert!(!out.contains("cret"), "{out}");
-        let q = ConnUrl::parse("postgres://app@localhost/app?password=zz%26y").unwrap();
-        let child = child_url(&q, "a");
-        assert!(!child.contains("password="), "moved into the userinfo: {child}");
-        assert_eq!(url::Url::parse(&child).unwrap().password(), Some("zz&y"));
-        assert!(secrets(&ConnUrl::parse("postgres://app@h/db").unwrap(), "postgres://app@h/db").is_empty());
-    }
-
-    #[test]
-    fn error_messages_say_what_to_do() {
-        let e = PayloadError::DevPushRows { table: "payload_migrations".into(), count: 1 };
-        let s = e.to_string();
-        assert!(s.contains("batch = -1") && s.contains("DELETE FROM payload_migrations WHERE batch = -1"), "{s}");
-        let e = PayloadError::Failed {
-            command: "migrate".into(),
-            status: "exit status: 1".into(),
-            migration: Some("m2".into()),
-            migrated: Vec::new(),
-            output_tail: "boom".into(),
-        };
-        assert!(e.to_string().contains("failed (exit status: 1) in `m2`"), "{e}");
-        let e = PayloadError::Timeout {
-            command: "migrate".into(),
-            after_secs: 5,
-            migration: None,
-            waiting_on_prompt: true,
-            migrated: Vec::new(),
-            output_tail: String::new(),
-        };
-        assert!(e.to_string().contains("waiting for an answer to a prompt"), "{e}");
-    }
-}
+mod tests;
