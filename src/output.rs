@@ -218,7 +218,8 @@ pub fn status(json: bool, st: &crate::status::Status) {
                 notes.push("no down");
             }
             let notes = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join(", ")) };
-            println!("  {} {}{notes}", p.version, p.name);
+            let label = if p.version == p.name { p.name.clone() } else { format!("{} {}", p.version, p.name) };
+            println!("  {label}{notes}");
         }
     }
     println!("Plan: {}", st.plan);
