@@ -140,14 +140,16 @@ pub fn lint(
                             validated_not_null.insert(tc);
                         }
                     }
-                    Op::DropColumn { table, column } => {
+                    // Dropping what the plan itself created loses nothing.
+                    Op::DropColumn { table, column } if cx.size(&table).is_some() => {
                         let size = cx.size(&table);
                         cx.push("drop_column", &at, &table, Some("ACCESS EXCLUSIVE"), size, None, format!(
                             "DROP COLUMN `{table}.{column}` destroys its data{}; application code still reading it fails — deploy code that no longer uses it first",
                             size.map(|s| format!(" in {} rows", s.rows)).unwrap_or_default()));
                     }
                     Op::DropTable { tables } => {
-                        for table in tables {
+                        let existing: Vec<String> = tables.into_iter().filter(|t| cx.size(t).is_some()).collect();
+                        for table in existing {
                             let size = cx.size(&table);
                             cx.push("drop_table", &at, &table, Some("ACCESS EXCLUSIVE"), size, None, format!(
                                 "DROP TABLE `{table}` destroys its data{}; make sure a verified snapshot exists and no code uses it",
@@ -220,8 +222,11 @@ fn statements_of(m: &Migration) -> Vec<split::Statement> {
         return split::split(&m.up_sql);
     }
     let Ok(text) = std::fs::read_to_string(&m.path) else { return Vec::new() };
+    // Only the `up` function: the `down` below it is not part of the plan.
+    let from = text.find("function up").unwrap_or(0);
+    let to = text[from..].find("function down").map_or(text.len(), |i| from + i);
     let mut out = Vec::new();
-    for (start, _) in text.match_indices("sql`") {
+    for (start, _) in text[from..to].match_indices("sql`").map(|(i, s)| (from + i, s)) {
         let body = &text[start + 4..];
         if let Some(end) = body.find('`') {
             let line = text[..start].matches('\n').count() + 1;
@@ -341,4 +346,36 @@ fn same(a: &str, b: &str) -> bool {
 
 pub fn secs(ms: u64) -> String {
     if ms < 1000 { format!("{ms} ms") } else { format!("{:.1} s", ms as f64 / 1000.0) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrations::Down;
+
+    #[test]
+    fn payload_files_are_linted_on_their_up_function_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("20240101_000000_x.ts");
+        std::fs::write(
+            &path,
+            "import { sql } from '@payloadcms/db-postgres'\n\
+             export async function up({ db }) {\n  await db.execute(sql`\n   CREATE INDEX a_idx ON posts (a);`)\n}\n\
+             export async function down({ db }) {\n  await db.execute(sql`DROP TABLE posts;`)\n}\n",
+        )
+        .unwrap();
+        let m = Migration {
+            version: "x".into(),
+            name: "x".into(),
+            path,
+            up_sql: String::new(),
+            checksum: String::new(),
+            transactional: true,
+            down: Down::Tool,
+        };
+        let stmts = statements_of(&m);
+        assert_eq!(stmts.len(), 1, "{:?}", stmts.iter().map(|s| &s.sql).collect::<Vec<_>>());
+        assert_eq!(stmts[0].sql, "CREATE INDEX a_idx ON posts (a)");
+        assert_eq!(stmts[0].line, 4, "the line in the .ts file");
+    }
 }

@@ -49,7 +49,8 @@ pub fn markdown(r: &Report) -> String {
             Status::NotRun => "not run",
         };
         let tx = if m.transactional { "in a transaction" } else { "outside a transaction" };
-        let _ = writeln!(s, "\n## {} {} — {status}, {} ({tx})\n", m.version, m.name, secs(m.duration_ms));
+        let label = if m.version == m.name { m.name.clone() } else { format!("{} {}", m.version, m.name) };
+        let _ = writeln!(s, "\n## {label} — {status}, {} ({tx})\n", secs(m.duration_ms));
         let _ = writeln!(s, "File: `{}`\n", m.file);
         if let Some(e) = &m.error {
             let at = e.line.map(|l| format!(" at line {l}")).unwrap_or_default();
@@ -131,9 +132,11 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(s, "- `{}`: {verdict}", sd.file);
         }
     }
-    if !r.warnings.is_empty() {
+    // Lint findings are listed above; the other warnings here.
+    let other: Vec<&String> = r.warnings.iter().filter(|w| !w.starts_with('[')).collect();
+    if !other.is_empty() {
         let _ = writeln!(s, "\n## Warnings\n");
-        for w in &r.warnings {
+        for w in other {
             let _ = writeln!(s, "- {w}");
         }
     }
