@@ -558,6 +558,16 @@ mod tests {
     }
 
     #[test]
+    fn lint_rules_are_checked_by_name() {
+        let src = "[[targets]]\nname = \"a\"\nlive_url = \"postgres://u@h/db\"\nlint = { deny = [\"drop_table\", \"drop_tables\"] }\n";
+        let p = problems(src);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!((p[0].line, p[0].key.as_str()), (Some(4), "targets[0].lint.deny[1]"));
+        assert!(p[0].message.contains("unknown lint rule `drop_tables`"), "{}", p[0].message);
+        assert!(p[0].message.contains("index_not_concurrent"), "the message lists the rules: {}", p[0].message);
+    }
+
+    #[test]
     fn unknown_keys_name_their_line() {
         let p = problems("[store]\nkind = \"s3\"\nbucketz = \"x\"\n");
         assert_eq!(p.len(), 1);
