@@ -60,6 +60,23 @@ pub enum Command {
     /// live will, measure every migration (duration, locks, rewrites, WAL),
     /// prove its downs, run seeds twice, lint it. Live is never written.
     Rehearse(RehearseArgs),
+    /// Approve the pending plan by its hash: only a plan whose latest
+    /// rehearsal passed (and is younger than `approval_max_age`) is accepted.
+    Approve(ApproveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The plan hash (from `status` or the rehearsal report; a prefix of at
+    /// least 12 hex digits is enough).
+    #[arg(long)]
+    pub plan: String,
+    /// Who approves (default: the user running the command).
+    #[arg(long)]
+    pub by: Option<String>,
+    /// A note kept with the approval.
+    #[arg(long)]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ mod migrations;
 mod output;
 mod pg;
 mod rehearsal;
+mod release;
 mod report;
 mod restore;
 mod shadow;
@@ -137,6 +138,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             output::rehearsed(cli.json, &report);
             Ok(if report.ok { exit::OK } else { exit::PROBLEMS })
         }
+        Command::Approve(args) => {
+            let a = release::approval::approve(&config, target, &args.plan, args.by.as_deref(), args.note.as_deref())
+                .await?;
+            output::approved(cli.json, &a);
+            Ok(exit::OK)
+        }
         Command::Prune(args) => {
             let outcome = snapshot::catalog::prune(&config, target, args.dry_run).await?;
             output::pruned(cli.json, &outcome);
@@ -184,6 +191,16 @@ fn classify(err: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<rehearsal::RehearsalError>() {
             return rehearsal_code(e);
+        }
+        if let Some(e) = cause.downcast_ref::<release::approval::ApprovalError>() {
+            use release::approval::ApprovalError as A;
+            return match e {
+                A::BadHash { .. } => exit::USAGE,
+                A::Plan(p) => plan_code(p),
+                A::Snapshot(s) => snapshot_code(s),
+                A::State(_) => exit::FAILED,
+                _ => exit::REFUSED,
+            };
         }
         if let Some(e) = cause.downcast_ref::<status::StatusError>() {
             return match e {

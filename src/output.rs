@@ -248,6 +248,17 @@ pub fn status(json: bool, st: &crate::status::Status) {
         ),
         None => println!("Latest rehearsal: none"),
     }
+    match &st.approval {
+        Some(a) => println!(
+            "Approval: {} by {} at {}, expires {} ({})",
+            a.approval.id,
+            a.approval.approved_by,
+            a.approval.approved_at,
+            a.approval.expires_at,
+            if a.valid { "valid for this plan" } else { "NOT valid: expired or another plan" }
+        ),
+        None => println!("Approval: none"),
+    }
 }
 
 /// `rehearse`: the Markdown report, or the JSON report.
@@ -256,5 +267,15 @@ pub fn rehearsed(json: bool, r: &crate::rehearsal::Report) {
         print_json(r);
     } else {
         print!("{}", crate::report::rehearsal::markdown(r));
+    }
+}
+
+/// `approve`.
+pub fn approved(json: bool, a: &crate::release::approval::Approved) {
+    if json {
+        print_json(a);
+    } else {
+        println!("Plan {} of target {} approved by {}.", a.plan, a.target, a.approved_by);
+        println!("Approval {} rests on rehearsal {}; it expires {}.", a.approval_id, a.rehearsal_id, a.expires_at);
     }
 }

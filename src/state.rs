@@ -302,8 +302,22 @@ pub struct RehearsalRow {
     pub id: String,
     pub plan_hash: Option<String>,
     pub started_at: String,
+    pub finished_at: Option<String>,
     /// `running`, `passed`, `problems` or `error`.
     pub status: String,
+}
+
+/// An approval of a plan hash (times RFC 3339, UTC).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ApprovalRow {
+    pub id: String,
+    pub target: String,
+    pub plan_hash: String,
+    pub rehearsal_id: String,
+    pub approved_by: String,
+    pub note: Option<String>,
+    pub approved_at: String,
+    pub expires_at: String,
 }
 
 impl State {
@@ -357,7 +371,7 @@ impl State {
     /// The newest rehearsal of a target (of one plan, when given).
     pub async fn latest_rehearsal(&self, target: &str, plan: Option<&str>) -> Result<Option<RehearsalRow>, StateError> {
         let row = sqlx::query(
-            "SELECT id, plan_hash, started_at, status FROM rehearsals
+            "SELECT id, plan_hash, started_at, finished_at, status FROM rehearsals
               WHERE target = ? AND (? IS NULL OR plan_hash = ?) ORDER BY started_at DESC, id DESC LIMIT 1",
         )
         .bind(target)
@@ -369,7 +383,49 @@ impl State {
             id: r.get("id"),
             plan_hash: r.get("plan_hash"),
             started_at: r.get("started_at"),
+            finished_at: r.get("finished_at"),
             status: r.get("status"),
+        }))
+    }
+
+    pub async fn approval_insert(&self, a: &ApprovalRow) -> Result<(), StateError> {
+        sqlx::query(
+            "INSERT INTO approvals (id, target, plan_hash, rehearsal_id, approved_by, note, approved_at, expires_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&a.id)
+        .bind(&a.target)
+        .bind(&a.plan_hash)
+        .bind(&a.rehearsal_id)
+        .bind(&a.approved_by)
+        .bind(&a.note)
+        .bind(&a.approved_at)
+        .bind(&a.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest approval of a target (of one plan, when given).
+    pub async fn latest_approval(&self, target: &str, plan: Option<&str>) -> Result<Option<ApprovalRow>, StateError> {
+        let row = sqlx::query(
+            "SELECT id, target, plan_hash, rehearsal_id, approved_by, note, approved_at, expires_at FROM approvals
+              WHERE target = ? AND (? IS NULL OR plan_hash = ?) ORDER BY approved_at DESC, id DESC LIMIT 1",
+        )
+        .bind(target)
+        .bind(plan)
+        .bind(plan)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| ApprovalRow {
+            id: r.get("id"),
+            target: r.get("target"),
+            plan_hash: r.get("plan_hash"),
+            rehearsal_id: r.get("rehearsal_id"),
+            approved_by: r.get("approved_by"),
+            note: r.get("note"),
+            approved_at: r.get("approved_at"),
+            expires_at: r.get("expires_at"),
         }))
     }
 

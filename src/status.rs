@@ -21,6 +21,16 @@ pub struct Status {
     pub plan: String,
     pub last_snapshot: Option<SnapshotStatus>,
     pub last_rehearsal: Option<RehearsalStatus>,
+    /// The newest approval; `valid` when it names the pending plan and has
+    /// not expired.
+    pub approval: Option<ApprovalStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApprovalStatus {
+    #[serde(flatten)]
+    pub approval: crate::state::ApprovalRow,
+    pub valid: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,6 +89,10 @@ pub async fn status(config: &Config, target: &Target) -> Result<Status, StatusEr
         status: r.status,
         started_at: r.started_at,
     });
+    let approval = state.latest_approval(&target.name, None).await?.map(|a| ApprovalStatus {
+        valid: crate::release::approval::is_valid(&a, &plan.hash, chrono::Utc::now()),
+        approval: a,
+    });
     Ok(Status {
         target: target.name.clone(),
         kind: plan.kind,
@@ -98,5 +112,6 @@ pub async fn status(config: &Config, target: &Target) -> Result<Status, StatusEr
         plan: plan.hash,
         last_snapshot,
         last_rehearsal,
+        approval,
     })
 }

@@ -134,6 +134,12 @@ pub struct Target {
     /// must change nothing).
     pub seeds: Vec<PathBuf>,
     pub lint: LintConfig,
+    /// Only a plan whose passing rehearsal is younger than this can be approved.
+    #[serde(with = "humantime_serde_compat")]
+    pub approval_max_age: Duration,
+    /// How long an approval stays valid.
+    #[serde(with = "humantime_serde_compat")]
+    pub approval_expires_after: Duration,
 }
 
 /// Lint rules by id (see `pgrehearse rehearse`): `deny` turns a finding into

@@ -98,6 +98,8 @@ pub struct RawTarget {
     pub restore_no_owner: Option<bool>,
     #[serde(default)]
     pub seeds: Vec<PathBuf>,
+    pub approval_max_age: Option<String>,
+    pub approval_expires_after: Option<String>,
     pub lint: Option<RawLint>,
 }
 

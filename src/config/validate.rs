@@ -455,6 +455,12 @@ fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
         amcheck: raw.amcheck.unwrap_or(false),
         checks,
         seeds: raw.seeds.iter().map(|s| cx.path(s)).collect(),
+        approval_max_age: cx
+            .duration(&p.key("approval_max_age"), raw.approval_max_age.as_deref(), Some(WEEK))
+            .unwrap_or(WEEK),
+        approval_expires_after: cx
+            .duration(&p.key("approval_expires_after"), raw.approval_expires_after.as_deref(), Some(WEEK))
+            .unwrap_or(WEEK),
         lint: lint(cx, &p.key("lint"), raw.lint.as_ref()),
         pg_bindir: raw.pg_bindir.as_deref().map(|d| cx.path(d)),
     })
@@ -495,6 +501,8 @@ fn migrations(cx: &mut Ctx, p: &KeyPath, raw: &RawMigrations) -> Option<Migratio
         timeout,
     })
 }
+
+const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
 
 fn lint(cx: &mut Ctx, p: &KeyPath, raw: Option<&RawLint>) -> LintConfig {
     let Some(raw) = raw else { return LintConfig::default() };

@@ -7,6 +7,7 @@
 
 mod harness;
 
+mod approve;
 mod config;
 mod crash;
 mod encryption;

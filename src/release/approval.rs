@@ -1,0 +1,140 @@
+//! `pgrehearse approve --plan HASH`: approves the plan pending on live, and
+//! only when its latest rehearsal passed and is younger than the target's
+//! `approval_max_age`. An approval names who approved, when, the rehearsal
+//! it rests on, and expires after `approval_expires_after`. Any edited file,
+//! new migration or moved live history changes the plan hash, so an approval
+//! can never release a plan other than the one rehearsed.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::{Config, Target};
+use crate::migrations::{self, PlanError, Source};
+use crate::snapshot::{SnapshotError, open_stores};
+use crate::state::{ApprovalRow, StateError};
+
+/// At least this many hex digits of a plan hash are needed to name it.
+pub const MIN_PREFIX: usize = 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError {
+    #[error(
+        "`{given}` is not a plan hash: give the hash `pgrehearse status` or the rehearsal report shows (at least {MIN_PREFIX} hex digits)"
+    )]
+    BadHash { given: String },
+    #[error("target `{target}` has no pending migrations: there is nothing to approve")]
+    NothingPending { target: String },
+    #[error(
+        "plan {given} is not the plan pending on `{target}` now ({current}): files were edited or added, or live's history moved since; rehearse the current plan and approve its hash"
+    )]
+    NotCurrent { target: String, given: String, current: String },
+    #[error("plan {plan} was never rehearsed; run `pgrehearse rehearse` and approve it once it passes")]
+    NotRehearsed { plan: String },
+    #[error(
+        "the latest rehearsal of plan {plan} ({id}) did not pass (status: {status}); fix its problems, rehearse again, then approve"
+    )]
+    NotPassed { plan: String, id: String, status: String },
+    #[error(
+        "the passing rehearsal of plan {plan} ({id}) finished {age} ago, longer than approval_max_age ({max}); rehearse again and approve that rehearsal"
+    )]
+    TooOld { plan: String, id: String, age: String, max: String },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// What `approve --json` prints.
+#[derive(Debug, Serialize)]
+pub struct Approved {
+    pub approval_id: String,
+    pub target: String,
+    pub plan: String,
+    pub rehearsal_id: String,
+    pub approved_by: String,
+    pub approved_at: String,
+    pub expires_at: String,
+}
+
+/// Approves `plan` (the full hash or a prefix of at least [`MIN_PREFIX`]).
+pub async fn approve(
+    config: &Config,
+    target: &Target,
+    plan: &str,
+    by: Option<&str>,
+    note: Option<&str>,
+) -> Result<Approved, ApprovalError> {
+    let given = plan.trim().to_ascii_lowercase();
+    if given.len() < MIN_PREFIX || given.len() > 64 || !given.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApprovalError::BadHash { given: plan.to_string() });
+    }
+    let (state, _store) = open_stores(config).await?;
+    let source = Source::of(target).map_err(PlanError::from)?;
+    let current = migrations::plan_for(&state, &source, &target.live_url).await?;
+    if current.pending.is_empty() {
+        return Err(ApprovalError::NothingPending { target: target.name.clone() });
+    }
+    if !current.hash.starts_with(&given) {
+        return Err(ApprovalError::NotCurrent { target: target.name.clone(), given, current: current.hash });
+    }
+    let rehearsal = state
+        .latest_rehearsal(&target.name, Some(&current.hash))
+        .await?
+        .ok_or_else(|| ApprovalError::NotRehearsed { plan: current.hash.clone() })?;
+    if rehearsal.status != "passed" {
+        return Err(ApprovalError::NotPassed { plan: current.hash, id: rehearsal.id, status: rehearsal.status });
+    }
+    let now = Utc::now();
+    let finished = rehearsal
+        .finished_at
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map_or(now, |t| t.with_timezone(&Utc));
+    let age = (now - finished).to_std().unwrap_or_default();
+    if age > target.approval_max_age {
+        return Err(ApprovalError::TooOld {
+            plan: current.hash,
+            id: rehearsal.id,
+            age: humantime::format_duration(std::time::Duration::from_secs(age.as_secs())).to_string(),
+            max: humantime::format_duration(target.approval_max_age).to_string(),
+        });
+    }
+    let expires = now + chrono::Duration::from_std(target.approval_expires_after).unwrap_or(chrono::Duration::days(7));
+    let row = ApprovalRow {
+        id: format!("a-{}", crate::snapshot::new_id(now)),
+        target: target.name.clone(),
+        plan_hash: current.hash.clone(),
+        rehearsal_id: rehearsal.id,
+        approved_by: by.map(str::to_string).unwrap_or_else(whoami),
+        note: note.map(str::to_string),
+        approved_at: now.to_rfc3339(),
+        expires_at: expires.to_rfc3339(),
+    };
+    state.approval_insert(&row).await?;
+    tracing::info!(approval = %row.id, plan = %row.plan_hash, by = %row.approved_by, expires_at = %row.expires_at, "Plan approved.");
+    Ok(Approved {
+        approval_id: row.id,
+        target: row.target,
+        plan: row.plan_hash,
+        rehearsal_id: row.rehearsal_id,
+        approved_by: row.approved_by,
+        approved_at: row.approved_at,
+        expires_at: row.expires_at,
+    })
+}
+
+/// Whether an approval still holds for `plan` at `now`.
+pub fn is_valid(a: &ApprovalRow, plan: &str, now: DateTime<Utc>) -> bool {
+    a.plan_hash == plan && DateTime::parse_from_rfc3339(&a.expires_at).is_ok_and(|t| t.with_timezone(&Utc) > now)
+}
+
+/// Who runs this command: the user behind sudo, else the login user.
+fn whoami() -> String {
+    ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        // SAFETY: getuid(2) cannot fail and touches no memory.
+        .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }))
+}
