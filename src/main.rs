@@ -66,7 +66,9 @@ fn main() -> ExitCode {
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
-        EnvFilter::new("info,sqlx=warn,aws_config=error,aws_smithy_runtime=warn,aws_sdk_s3=warn,hyper=warn")
+        EnvFilter::new(
+            "info,sqlx=warn,sqlx::query=error,aws_config=error,aws_smithy_runtime=warn,aws_sdk_s3=warn,hyper=warn",
+        )
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -337,6 +337,7 @@ fn locks(sampler: &Sampler, pre: &Catalog, from: Instant, to: Instant) -> Vec<Lo
                 mode: l.mode,
                 statement: None,
                 sampled: true,
+                taken_by: None,
             })
         })
         .collect()

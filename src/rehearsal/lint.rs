@@ -86,9 +86,11 @@ pub fn lint(
                             });
                         if let Some(size) = cx.size(&table).filter(|s| s.rows > 0) {
                             let effect = cx.rewrite_effect(index, &table);
-                            cx.push("volatile_default", &at, &table, Some("ACCESS EXCLUSIVE"), Some(size), effect.clone(), format!(
-                                "ADD COLUMN `{column}` with the volatile default {default} rewrites `{table}` ({}) under ACCESS EXCLUSIVE{}; add the column without a default, backfill in batches, then set the default",
-                                size.describe(), effect.map(|e| format!(": {e}")).unwrap_or_default()));
+                            let what = effect.clone().unwrap_or_else(|| {
+                                format!("rewrites `{table}` ({}) under ACCESS EXCLUSIVE", size.describe())
+                            });
+                            cx.push("volatile_default", &at, &table, Some("ACCESS EXCLUSIVE"), Some(size), effect, format!(
+                                "ADD COLUMN `{column}` with the volatile default {default} {what}; add the column without a default, backfill in batches, then set the default"));
                         }
                     }
                     Op::AlterColumnType { table, column, new_type } => {
@@ -184,20 +186,8 @@ pub fn lint(
             let Some(size) = cx.size(&rw.relation).filter(|s| s.rows > 0) else { continue };
             let effect = cx.rewrite_effect(None, &rw.relation);
             let at = At { index: None, line: None, sql: "" };
-            cx.push(
-                "table_rewrite",
-                &at,
-                &rw.relation.clone(),
-                Some("ACCESS EXCLUSIVE"),
-                Some(size),
-                effect.clone(),
-                format!(
-                    "rewrites `{}` ({}){}",
-                    rw.relation,
-                    size.describe(),
-                    effect.map(|e| format!(": {e}")).unwrap_or_default()
-                ),
-            );
+            let message = effect.clone().unwrap_or_else(|| format!("rewrites `{}` ({})", rw.relation, size.describe()));
+            cx.push("table_rewrite", &at, &rw.relation.clone(), Some("ACCESS EXCLUSIVE"), Some(size), effect, message);
         }
         out.append(&mut cx.out);
     }
@@ -278,7 +268,7 @@ impl Cx<'_> {
         self.r
             .locks
             .iter()
-            .filter(|l| same(&l.relation, table) && (index.is_none() || l.statement == index))
+            .filter(|l| same(&l.relation, table) && (index.is_none() || l.statement == index || l.taken_by.is_some()))
             .max_by_key(|l| (strength(&l.mode), l.held_ms))
     }
 

@@ -150,8 +150,9 @@ pub struct Report {
     pub catch_up: Vec<String>,
     pub drift: Vec<Drift>,
     pub migrations: Vec<MigrationResult>,
-    /// True when every migration that has a down reverted cleanly; null when
-    /// not checked.
+    /// True when every migration of the plan reverts cleanly (false when one
+    /// has no down or its down failed; see each migration); null when not
+    /// checked.
     pub reversible: Option<bool>,
     pub reversibility_ignored: &'static str,
     pub lint: Vec<lint::Finding>,
@@ -408,20 +409,22 @@ async fn plan_and_checks(
     )];
     let mut reversible = None;
     if ok && let Some(s0) = s0 {
-        reversible = Some(
-            reversibility::check(
-                source,
-                target,
-                conn,
-                url,
-                reference.map(|r| shadow.url_for(r)).as_ref(),
-                pg_dump,
-                &plan.pending,
-                &mut results,
-                &s0,
-            )
-            .await,
-        );
+        let reference = reference.map(|r| shadow.url_for(r));
+        let no_down_failed = reversibility::check(
+            source,
+            target,
+            conn,
+            url,
+            reference.as_ref(),
+            pg_dump,
+            &plan.pending,
+            &mut results,
+            &s0,
+        )
+        .await;
+        // The plan is reversible when every migration in it is.
+        let all = results.iter().all(|r| r.reversible == Some(reversibility::Reversal::Reversible));
+        reversible = Some(no_down_failed && all);
     } else if s0_missing {
         notes.push("Reversibility was not checked (--no-reverse).".into());
     }

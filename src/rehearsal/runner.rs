@@ -69,6 +69,10 @@ pub struct LockHeld {
     /// True when seen by the sampler (resolution 20 ms), false when read
     /// exactly from the session.
     pub sampled: bool,
+    /// Set when an earlier migration of the same transaction took the lock:
+    /// it was held all through this one too (`held_ms` is the whole hold).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub taken_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -200,6 +204,7 @@ pub async fn run_native(
                             mode: l.mode,
                             statement: Some(s),
                             sampled: true,
+                            taken_by: None,
                         });
                     }
                 }
@@ -267,7 +272,10 @@ pub async fn run_native(
 }
 
 /// Locks of a transaction end at its commit (or rollback): their held time
-/// runs from the statement that took them until `end`.
+/// runs from the statement that took them until `end`. In a plan run as one
+/// transaction, a lock taken by one migration is also listed on every later
+/// migration that ran while it was held (PostgreSQL does not show a lock
+/// taken again, so this is the only way to see it there).
 fn close_locks(
     results: &mut [MigrationResult],
     open: &mut Vec<(i64, String, Instant, usize, usize)>,
@@ -276,13 +284,19 @@ fn close_locks(
 ) {
     for (oid, mode, at, mig, stmt) in open.drain(..) {
         let Some(rel) = pre.get(oid).filter(|r| r.is_table()) else { continue };
-        results[mig].locks.push(LockHeld {
+        let lock = LockHeld {
             relation: rel.qualified(),
             mode,
             held_ms: (end - at).as_millis() as u64,
             statement: Some(stmt),
             sampled: false,
-        });
+            taken_by: None,
+        };
+        let taker = results[mig].version.clone();
+        for later in results.iter_mut().skip(mig + 1).filter(|r| r.status != Status::NotRun) {
+            later.locks.push(LockHeld { statement: None, taken_by: Some(taker.clone()), ..lock.clone() });
+        }
+        results[mig].locks.push(lock);
     }
 }
 

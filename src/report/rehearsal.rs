@@ -65,7 +65,11 @@ pub fn markdown(r: &Report) -> String {
         } else {
             let _ = writeln!(s, "| table | strongest lock | held | how measured |\n|---|---|---|---|");
             for l in locks {
-                let how = if l.sampled { "sampled every 20 ms" } else { "exact" };
+                let how = match (&l.taken_by, l.sampled) {
+                    (Some(v), _) => format!("taken by migration {v}, held until the plan commits"),
+                    (None, true) => "sampled every 20 ms".into(),
+                    (None, false) => "exact".into(),
+                };
                 let _ = writeln!(s, "| {} | {} | {} | {how} |", l.relation, human_mode(&l.mode), secs(l.held_ms));
             }
         }

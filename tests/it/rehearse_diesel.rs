@@ -101,7 +101,9 @@ fn diesel_order_transaction_mode_and_empty_down() {
         let m = migration(&report, v);
         assert_eq!(m["reversible"]["result"], "reversible", "migration {v}: {m:#}");
     }
-    assert_eq!(report["reversible"], true, "no down failed: {out}");
+    // No down failed, but the plan as a whole cannot be reverted: its first
+    // migration has none. That is reported, and is not a problem.
+    assert_eq!(report["reversible"], false, "{out}");
     assert_eq!(report["problems"], serde_json::json!([]), "{out}");
     assert!(
         report["warnings"].to_string().contains(&format!("migration {} is not reversible", ORDER[0].1)),
