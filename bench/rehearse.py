@@ -11,8 +11,10 @@ directory:
 
   plan   four transactional migrations on `orders`, each statement over a second on
          the full dataset: ALTER COLUMN customer_id TYPE bigint (rewrite, index
-         rebuilds, FK re-check), CREATE INDEX on shipping_name (text), ADD COLUMN
-         with DEFAULT random() (rewrite), UPDATE of every row's status
+         rebuilds, FK re-check), a GIN index on the jsonb line items (a B-tree on
+         one text column builds in 0.6-0.8 s here: C locale, 2 parallel workers),
+         ADD COLUMN with DEFAULT random() (rewrite), UPDATE of the status of the
+         30 % of rows not yet delivered
   locks  a transactional migration creating a plpgsql function that takes
          LOCK TABLE products IN ACCESS EXCLUSIVE MODE and sleeps N ms, then two
          `-- no-transaction` migrations calling it with 100 ms and 50 ms
@@ -64,12 +66,12 @@ LOCKED = "products"  # the small table the lock migrations hold
 PLAN = [
     ("20240101000001", "orders_customer_id_bigint",
      "ALTER TABLE orders ALTER COLUMN customer_id TYPE bigint;"),
-    ("20240101000002", "orders_shipping_name_idx",
-     "CREATE INDEX orders_shipping_name_idx ON orders (shipping_name);"),
+    ("20240101000002", "orders_items_idx",
+     "CREATE INDEX orders_items_idx ON orders USING gin (items jsonb_path_ops);"),
     ("20240101000003", "orders_risk_score",
      "ALTER TABLE orders ADD COLUMN risk_score double precision NOT NULL DEFAULT random();"),
     ("20240101000004", "orders_status_upper",
-     "UPDATE orders SET status = upper(status);"),
+     "UPDATE orders SET status = upper(status) WHERE status <> 'delivered';"),
 ]
 
 HOLDS = [("20240201000002", "hold_100ms", 100), ("20240201000003", "hold_50ms", 50)]
@@ -257,6 +259,9 @@ def report(ctx, b, runs, locks, live_untouched, left):
         lines.append(f"| {v}_{n} | {t_psql / 1000:.2f} s | {t_rep / 1000:.2f} s | {lk_text} | {rw} | "
                      f"{'—' if wal is None else f'{wal / (1 << 20):.0f} MiB'} |")
 
+    shortest = min(median([r.statement_ms[i] for r in runs["psql"] if len(r.statement_ms) > i])
+                   for i in range(len(PLAN)))
+    lines += ["", f"Shortest statement of the plan (psql median): {shortest / 1000:.2f} s."]
     lines += [
         "",
         "### Lock sampling: ACCESS EXCLUSIVE on `products` held 100 ms and 50 ms outside a transaction",
