@@ -138,23 +138,56 @@ pub fn compare(before: &Catalog, after: &Catalog) -> (Vec<Rewrite>, Vec<SizeDelt
                     });
                 }
             }
-            None if b.is_table() => deltas.push(SizeDelta {
-                relation: b.qualified(),
-                bytes_before: b.bytes,
-                bytes_after: 0,
-                delta: -b.bytes,
-            }),
-            None => {}
+            None => match reborn(b, before, after) {
+                // Dropped and recreated under the same name (an index that
+                // `ALTER COLUMN … TYPE` rebuilds gets a new OID): a rebuild.
+                Some(a) => {
+                    rewrites.push(Rewrite {
+                        relation: a.qualified(),
+                        kind: if a.is_table() { "table" } else { "index" },
+                        bytes_before: b.bytes,
+                        bytes_after: a.bytes,
+                    });
+                    if a.is_table() && a.bytes != b.bytes {
+                        deltas.push(SizeDelta {
+                            relation: a.qualified(),
+                            bytes_before: b.bytes,
+                            bytes_after: a.bytes,
+                            delta: a.bytes - b.bytes,
+                        });
+                    }
+                }
+                None if b.is_table() => deltas.push(SizeDelta {
+                    relation: b.qualified(),
+                    bytes_before: b.bytes,
+                    bytes_after: 0,
+                    delta: -b.bytes,
+                }),
+                None => {}
+            },
         }
     }
     for (oid, a) in &after.0 {
-        if !before.0.contains_key(oid) && a.is_table() {
+        let replaces_one = || {
+            before
+                .0
+                .values()
+                .any(|b| !after.0.contains_key(&b.oid) && reborn(b, before, after).is_some_and(|r| r.oid == a.oid))
+        };
+        if !before.0.contains_key(oid) && a.is_table() && !replaces_one() {
             deltas.push(SizeDelta { relation: a.qualified(), bytes_before: 0, bytes_after: a.bytes, delta: a.bytes });
         }
     }
     rewrites.sort_by_key(|r| std::cmp::Reverse(r.bytes_before));
     deltas.sort_by_key(|d| std::cmp::Reverse(d.delta.abs()));
     (rewrites, deltas)
+}
+
+/// The relation of `after` with the same schema, name and kind as `b` (gone
+/// from `after` by OID), when `before` had no such other relation.
+fn reborn<'a>(b: &Relation, before: &Catalog, after: &'a Catalog) -> Option<&'a Relation> {
+    let same = |r: &&Relation| r.schema == b.schema && r.name == b.name && r.kind == b.kind;
+    after.0.values().find(|r| same(r) && !before.0.contains_key(&r.oid))
 }
 
 /// The current WAL insert position, in bytes.
@@ -315,6 +348,36 @@ pub fn human_mode(mode: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rel(oid: i64, name: &str, kind: char, filenode: i64, bytes: i64) -> Relation {
+        Relation { oid, schema: "public".into(), name: name.into(), kind, filenode, bytes, rows: 0.0 }
+    }
+
+    #[test]
+    fn rewrites_by_filenode_and_rebuilt_indexes_by_name() {
+        let before = Catalog(
+            [rel(1, "orders", 'r', 10, 100), rel(2, "orders_pkey", 'i', 11, 20), rel(3, "orders_c_idx", 'i', 12, 20)]
+                .into_iter()
+                .map(|r| (r.oid, r))
+                .collect(),
+        );
+        let after = Catalog(
+            [
+                rel(1, "orders", 'r', 20, 150),
+                rel(2, "orders_pkey", 'i', 11, 20),
+                rel(9, "orders_c_idx", 'i', 21, 30),
+                rel(10, "notes", 'r', 22, 8),
+            ]
+            .into_iter()
+            .map(|r| (r.oid, r))
+            .collect(),
+        );
+        let (rewrites, deltas) = compare(&before, &after);
+        let names: Vec<(&str, &str)> = rewrites.iter().map(|r| (r.relation.as_str(), r.kind)).collect();
+        assert_eq!(names, [("orders", "table"), ("orders_c_idx", "index")]);
+        let d: Vec<(&str, i64)> = deltas.iter().map(|d| (d.relation.as_str(), d.delta)).collect();
+        assert_eq!(d, [("orders", 50), ("notes", 8)]);
+    }
 
     #[test]
     fn lsn_and_modes() {
