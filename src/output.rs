@@ -259,6 +259,15 @@ pub fn status(json: bool, st: &crate::status::Status) {
         ),
         None => println!("Approval: none"),
     }
+    match (&st.window_open, &st.next_window) {
+        (Some(o), _) => println!(
+            "Window: open until {} ({} left)",
+            o.end.to_rfc3339(),
+            humantime::format_duration(std::time::Duration::from_secs(o.remaining(chrono::Utc::now()).as_secs()))
+        ),
+        (None, Some(n)) => println!("Window: closed; next opens {} until {}", n.start.to_rfc3339(), n.end.to_rfc3339()),
+        (None, None) => println!("Window: none configured"),
+    }
 }
 
 /// `rehearse`: the Markdown report, or the JSON report.

@@ -24,6 +24,9 @@ pub struct Status {
     /// The newest approval; `valid` when it names the pending plan and has
     /// not expired.
     pub approval: Option<ApprovalStatus>,
+    /// The release window open now (with its end), and the next one.
+    pub window_open: Option<crate::release::window::Opening>,
+    pub next_window: Option<crate::release::window::Opening>,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,7 +96,11 @@ pub async fn status(config: &Config, target: &Target) -> Result<Status, StatusEr
         valid: crate::release::approval::is_valid(&a, &plan.hash, chrono::Utc::now()),
         approval: a,
     });
+    let windows: Vec<_> = target.windows.iter().filter_map(|w| crate::release::window::Window::parse(w).ok()).collect();
+    let now = chrono::Utc::now();
     Ok(Status {
+        window_open: crate::release::window::open_now(&windows, now),
+        next_window: crate::release::window::next_opening(&windows, now),
         target: target.name.clone(),
         kind: plan.kind,
         pending: plan

@@ -3,3 +3,4 @@
 //! passing rehearsal of exactly that plan.
 
 pub mod approval;
+pub mod window;

@@ -1,0 +1,139 @@
+//! Maintenance windows: a cron expression (with seconds) for when a window
+//! opens, how long it stays open, and the IANA time zone the expression is
+//! read in. Occurrences are computed by croner in that zone, which resolves
+//! daylight-saving changes (a start in a skipped hour moves to the first
+//! real instant after it; a start in a repeated hour happens once); the
+//! duration is elapsed time, so a 2 h window across a clock change still
+//! lasts two real hours.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds};
+use serde::Serialize;
+
+use crate::config::WindowConfig;
+
+#[derive(Debug, Clone)]
+pub struct Window {
+    cron: Cron,
+    duration: Duration,
+    tz: Tz,
+}
+
+/// One occurrence of a window, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Opening {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+impl Opening {
+    /// Time left in it at `now` (zero once it closed).
+    pub fn remaining(&self, now: DateTime<Utc>) -> Duration {
+        (self.end - now).to_std().unwrap_or_default()
+    }
+}
+
+impl Window {
+    /// Parses a validated window config (the config stage has checked the
+    /// expression and zone; errors here say which part is wrong anyway).
+    pub fn parse(c: &WindowConfig) -> Result<Window, String> {
+        let cron = CronParser::builder()
+            .seconds(Seconds::Required)
+            .build()
+            .parse(&c.cron)
+            .map_err(|e| format!("`{}` is not a valid cron expression: {e}", c.cron))?;
+        let tz = Tz::from_str(&c.timezone).map_err(|_| format!("`{}` is not an IANA time zone", c.timezone))?;
+        Ok(Window { cron, duration: c.duration, tz })
+    }
+
+    /// The opening that contains `now`, if the window is open: the latest
+    /// start at or before `now` whose end is after it.
+    pub fn open_at(&self, now: DateTime<Utc>) -> Option<Opening> {
+        let local = now.with_timezone(&self.tz);
+        let start = self.cron.find_previous_occurrence(&local, true).ok()?.with_timezone(&Utc);
+        let end = start + chrono::Duration::from_std(self.duration).ok()?;
+        (end > now).then_some(Opening { start, end })
+    }
+
+    /// The next opening that starts after `now`.
+    pub fn next_after(&self, now: DateTime<Utc>) -> Option<Opening> {
+        let local = now.with_timezone(&self.tz);
+        let start = self.cron.find_next_occurrence(&local, false).ok()?.with_timezone(&Utc);
+        let end = start + chrono::Duration::from_std(self.duration).ok()?;
+        Some(Opening { start, end })
+    }
+}
+
+/// The open window with the most time left at `now`, among `windows`.
+pub fn open_now(windows: &[Window], now: DateTime<Utc>) -> Option<Opening> {
+    windows.iter().filter_map(|w| w.open_at(now)).max_by_key(|o| o.end)
+}
+
+/// The soonest next opening among `windows`.
+pub fn next_opening(windows: &[Window], now: DateTime<Utc>) -> Option<Opening> {
+    windows.iter().filter_map(|w| w.next_after(now)).min_by_key(|o| o.start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(cron: &str, duration_s: u64, tz: &str) -> Window {
+        Window::parse(&WindowConfig {
+            cron: cron.into(),
+            duration: Duration::from_secs(duration_s),
+            timezone: tz.into(),
+        })
+        .unwrap()
+    }
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn open_and_next_in_a_time_zone() {
+        // Sundays 02:00 Berlin for 2 h; 2026-11-22 is a Sunday (CET, UTC+1).
+        let w = window("0 0 2 * * Sun", 7200, "Europe/Berlin");
+        let o = w.open_at(utc("2026-11-22T01:30:00Z")).expect("open at 02:30 Berlin");
+        assert_eq!(o.start, utc("2026-11-22T01:00:00Z"));
+        assert_eq!(o.end, utc("2026-11-22T03:00:00Z"));
+        assert_eq!(o.remaining(utc("2026-11-22T01:30:00Z")), Duration::from_secs(5400));
+        assert!(w.open_at(utc("2026-11-22T03:00:00Z")).is_none(), "closed at its end");
+        assert!(w.open_at(utc("2026-11-24T10:00:00Z")).is_none());
+        assert_eq!(w.next_after(utc("2026-11-24T10:00:00Z")).unwrap().start, utc("2026-11-29T01:00:00Z"));
+    }
+
+    #[test]
+    fn daylight_saving_changes() {
+        // Spring forward, Berlin 2026-03-29: 02:00–03:00 does not exist. A
+        // 02:30 start happens at the first real instant after the gap
+        // (03:00 CEST = 01:00 UTC) and still lasts its full hour.
+        let w = window("0 30 2 * * *", 3600, "Europe/Berlin");
+        let o = w.next_after(utc("2026-03-28T23:00:00Z")).unwrap();
+        assert_eq!(o.start, utc("2026-03-29T01:00:00Z"), "{o:?}");
+        assert_eq!(o.end - o.start, chrono::Duration::hours(1));
+        // The days around it keep their wall-clock time (UTC+1, then UTC+2).
+        assert_eq!(w.next_after(utc("2026-03-27T23:00:00Z")).unwrap().start, utc("2026-03-28T01:30:00Z"));
+        assert_eq!(w.next_after(utc("2026-03-29T23:00:00Z")).unwrap().start, utc("2026-03-30T00:30:00Z"));
+        // Fall back, Berlin 2026-10-25: 02:30 happens twice on the wall
+        // clock; the window opens once.
+        let first = w.next_after(utc("2026-10-24T23:00:00Z")).unwrap();
+        let second = w.next_after(first.start).unwrap();
+        assert!(second.start - first.start >= chrono::Duration::hours(23), "{first:?} then {second:?}");
+    }
+
+    #[test]
+    fn the_open_window_with_most_time_left_wins() {
+        let ws = [window("0 0 * * * *", 600, "UTC"), window("0 0 0 * * *", 4 * 3600, "UTC")];
+        let now = utc("2026-11-24T02:05:00Z");
+        let o = open_now(&ws, now).unwrap();
+        assert_eq!(o.end, utc("2026-11-24T04:00:00Z"));
+        assert_eq!(next_opening(&ws, now).unwrap().start, utc("2026-11-24T03:00:00Z"));
+    }
+}
