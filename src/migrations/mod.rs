@@ -190,6 +190,31 @@ fn payload_files(dir: &Path) -> Result<Vec<Migration>, SourceError> {
         .collect())
 }
 
+/// A change of a native source's history table.
+#[derive(Debug, Clone, Copy)]
+pub enum Change {
+    /// Applied, taking this long.
+    Applied(std::time::Duration),
+    Reverted,
+}
+
+/// Records `m` in a native source's history table exactly as the tool would
+/// (sqlx or diesel; in the caller's transaction, if any).
+pub async fn record(
+    conn: &mut PgConnection,
+    kind: MigrationKind,
+    table: &str,
+    m: &Migration,
+    change: Change,
+) -> Result<(), ::sqlx::Error> {
+    match (kind, change) {
+        (MigrationKind::Sqlx, Change::Applied(took)) => sqlx::record_applied(conn, table, m, took).await,
+        (MigrationKind::Sqlx, Change::Reverted) => sqlx::record_reverted(conn, table, m).await,
+        (_, Change::Applied(_)) => diesel::record_applied(conn, table, m).await,
+        (_, Change::Reverted) => diesel::record_reverted(conn, table, m).await,
+    }
+}
+
 /// Reads a file as UTF-8 text.
 pub(crate) fn read_text(path: &Path) -> Result<String, SourceError> {
     let bytes = std::fs::read(path).map_err(|source| SourceError::File { path: path.to_path_buf(), source })?;

@@ -58,14 +58,10 @@ pub async fn payload(
                 if r.name == failing || (migration.is_none() && !seen_failing) {
                     seen_failing = true;
                     r.status = Status::Failed;
-                    r.error = Some(Failure {
-                        file: r.file.clone(),
-                        statement: None,
-                        line: None,
-                        sql: None,
-                        sqlstate: None,
-                        message: format!("payload migrate failed ({status}); its output ends with:\n{output_tail}"),
-                    });
+                    r.error = Some(Failure::of_file(
+                        r.file.clone(),
+                        format!("payload migrate failed ({status}); its output ends with:\n{output_tail}"),
+                    ));
                 } else if !seen_failing {
                     r.status = Status::Applied;
                     r.ok = true;
@@ -97,50 +93,22 @@ pub async fn command(
     let (mut conn, sampler, wal0) = observe(url).await?;
     let apply = source.config.apply.clone().unwrap_or_default();
     let start = Instant::now();
-    let run = cmd::run(
-        &apply,
-        source.config,
-        url,
-        "pgrehearse-command",
-        source.config.timeout,
-        Some(&pg_options(source.target)),
-    )
-    .await;
+    let run = run_command(source, &apply, url).await;
     let end = Instant::now();
     let r = &mut results[0];
     r.duration_ms = (end - start).as_millis() as u64;
     r.locks = locks(&sampler, pre, start, end);
-    let ok = match run {
-        Ok(run) if run.success => {
+    let ok = run.is_ok();
+    match run {
+        Ok(()) => {
             r.status = Status::Applied;
             r.ok = true;
-            true
         }
-        Ok(run) => {
+        Err(message) => {
             r.status = Status::Failed;
-            r.error = Some(Failure {
-                file: apply.clone(),
-                statement: None,
-                line: None,
-                sql: None,
-                sqlstate: None,
-                message: format!("`{apply}` failed ({}): {}", run.status, pg::tools::tail(&run.output, 2000)),
-            });
-            false
+            r.error = Some(Failure::of_file(apply.clone(), message));
         }
-        Err(e) => {
-            r.status = Status::Failed;
-            r.error = Some(Failure {
-                file: apply.clone(),
-                statement: None,
-                line: None,
-                sql: None,
-                sqlstate: None,
-                message: format!("cannot start `{apply}`: {e}"),
-            });
-            false
-        }
-    };
+    }
     finish(&mut conn, sampler, pre, &mut results, wal0).await?;
     Ok((results, ok))
 }
@@ -172,20 +140,7 @@ pub async fn reverse(
                 }
                 return true;
             }
-            Some(down) => match cmd::run(
-                down,
-                source.config,
-                url,
-                "pgrehearse-command",
-                source.config.timeout,
-                Some(&pg_options(source.target)),
-            )
-            .await
-            {
-                Ok(r) if r.success => Ok(()),
-                Ok(r) => Err(format!("`{down}` failed ({}): {}", r.status, pg::tools::tail(&r.output, 1000))),
-                Err(e) => Err(format!("cannot start `{down}`: {e}")),
-            },
+            Some(down) => run_command(source, down, url).await,
         },
     };
     let verdict = match down {
@@ -214,23 +169,7 @@ async fn again(source: &Source<'_>, url: &ConnUrl, tool: &Tool, names: &[String]
         crate::config::MigrationKind::Payload => {
             project(source).migrate(url, "pgrehearse-payload", names).await.map(|_| ()).map_err(|e| e.to_string())
         }
-        _ => {
-            let apply = source.config.apply.clone().unwrap_or_default();
-            match cmd::run(
-                &apply,
-                source.config,
-                url,
-                "pgrehearse-command",
-                source.config.timeout,
-                Some(&pg_options(source.target)),
-            )
-            .await
-            {
-                Ok(r) if r.success => Ok(()),
-                Ok(r) => Err(format!("({}) {}", r.status, pg::tools::tail(&r.output, 1000))),
-                Err(e) => Err(e.to_string()),
-            }
-        }
+        _ => run_command(source, source.config.apply.as_deref().unwrap_or_default(), url).await,
     };
     if let Err(e) = ran {
         return Reversal::Failed { reason: format!("applying the plan again after its down failed: {e}"), diff: None };
@@ -263,6 +202,17 @@ pub fn pg_options(target: &Target) -> String {
         o.push_str(&format!(" -c statement_timeout={}", st.as_millis()));
     }
     o
+}
+
+/// Runs one of a `command` source's commands on the scratch copy with the
+/// target's timeouts; the error is a sentence with the end of its output.
+async fn run_command(source: &Source<'_>, command: &str, url: &ConnUrl) -> Result<(), String> {
+    let options = pg_options(source.target);
+    match cmd::run(command, source.config, url, "pgrehearse-command", source.config.timeout, Some(&options)).await {
+        Ok(r) if r.success => Ok(()),
+        Ok(r) => Err(format!("`{command}` failed ({}): {}", r.status, pg::tools::tail(&r.output, 2000))),
+        Err(e) => Err(format!("cannot start `{command}`: {e}")),
+    }
 }
 
 /// An observer session (catalog, WAL) and the lock sampler.

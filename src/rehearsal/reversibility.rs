@@ -9,15 +9,12 @@
 //! before comparing and reported as ignored. The tool's history table is
 //! excluded (its rows are the point of the migrations, not schema).
 
-use std::time::Duration;
-
 use serde::Serialize;
 use similar::TextDiff;
 use sqlx::PgConnection;
 
 use super::runner::{self, MigrationResult};
-use crate::config::MigrationKind;
-use crate::migrations::{self, Down, Migration, Source};
+use crate::migrations::{Down, Migration, Source};
 use crate::pg::tools::{self, Tool};
 use crate::pg::url::ConnUrl;
 
@@ -156,14 +153,7 @@ pub async fn check(
     }
     for i in (k..plan.len()).rev() {
         let m = &plan[i];
-        let Down::Sql { sql, transactional, .. } = &m.down else { continue };
-        let kind = source.kind();
-        let ran =
-            runner::run_script(conn, sql, *transactional, async |c: &mut PgConnection, _took: Duration| match kind {
-                MigrationKind::Sqlx => migrations::sqlx::record_reverted(c, &table, m).await,
-                _ => migrations::diesel::record_reverted(c, &table, m).await,
-            })
-            .await;
+        let ran = runner::run_script(conn, source.kind(), &table, m, true).await;
         let verdict = match ran {
             Err(e) => Some(Reversal::Failed { reason: format!("the down failed: {e}"), diff: None }),
             Ok(_) => match schema(tool, url, &table).await {
@@ -188,18 +178,7 @@ pub async fn check(
     // give the schema they gave the first time.
     for i in k..plan.len() {
         let m = &plan[i];
-        let kind = source.kind();
-        let ran =
-            runner::run_script(
-                conn,
-                &m.up_sql,
-                m.transactional,
-                async |c: &mut PgConnection, took: Duration| match kind {
-                    MigrationKind::Sqlx => migrations::sqlx::record_applied(c, &table, m, took).await,
-                    _ => migrations::diesel::record_applied(c, &table, m).await,
-                },
-            )
-            .await;
+        let ran = runner::run_script(conn, source.kind(), &table, m, false).await;
         let verdict = match ran {
             Err(e) => Reversal::Failed { reason: format!("applying it again after its down failed: {e}"), diff: None },
             Ok(_) => match schema(tool, url, &table).await {
@@ -236,15 +215,9 @@ async fn stepwise(
     let mut conn = runner::session(url, target, "pgrehearse-reference").await.map_err(|e| e.to_string())?;
     let mut states = vec![schema(tool, url, &table).await?];
     for m in plan {
-        let kind = source.kind();
-        runner::run_script(&mut conn, &m.up_sql, m.transactional, async |c: &mut PgConnection, took: Duration| {
-            match kind {
-                MigrationKind::Sqlx => migrations::sqlx::record_applied(c, &table, m, took).await,
-                _ => migrations::diesel::record_applied(c, &table, m).await,
-            }
-        })
-        .await
-        .map_err(|e| format!("migration {}: {e}", m.version))?;
+        runner::run_script(&mut conn, source.kind(), &table, m, false)
+            .await
+            .map_err(|e| format!("migration {}: {e}", m.version))?;
         states.push(schema(tool, url, &table).await?);
     }
     Ok(states)

@@ -15,7 +15,7 @@ use sqlx::{Connection, PgConnection};
 
 use super::observer::{self, Catalog, Rewrite, Sampler, SizeDelta};
 use crate::config::{MigrationKind, Target};
-use crate::migrations::{Migration, split};
+use crate::migrations::{self, Change, Down, Migration, split};
 use crate::pg::url::ConnUrl;
 use crate::pg::{self, PgError};
 
@@ -83,6 +83,13 @@ pub struct Failure {
     pub sql: Option<String>,
     pub sqlstate: Option<String>,
     pub message: String,
+}
+
+impl Failure {
+    /// A failure known only by its file and a message (external tools).
+    pub fn of_file(file: String, message: String) -> Failure {
+        Failure { file, statement: None, line: None, sql: None, sqlstate: None, message }
+    }
 }
 
 impl MigrationResult {
@@ -211,10 +218,7 @@ pub async fn run_native(
             }
         }
         if failed.is_none() {
-            let rec = match kind {
-                MigrationKind::Sqlx => crate::migrations::sqlx::record_applied(conn, table, m, started.elapsed()).await,
-                _ => crate::migrations::diesel::record_applied(conn, table, m).await,
-            };
+            let rec = migrations::record(conn, kind, table, m, Change::Applied(started.elapsed())).await;
             if let Err(e) = rec {
                 failed = Some(Failure {
                     file: m.path.display().to_string(),
@@ -300,35 +304,43 @@ fn close_locks(
     }
 }
 
-/// Runs a down script (or an up again, unmeasured) on `conn`, in a
-/// transaction when `transactional`, then fixes the history as the tool would.
+/// Runs `m`'s up (again, unmeasured) or its down SQL on `conn`, in a
+/// transaction when the script is transactional, then fixes the history as
+/// the tool would. Errors name the line and statement.
 pub async fn run_script(
     conn: &mut PgConnection,
-    sql: &str,
-    transactional: bool,
-    history: impl AsyncFnOnce(&mut PgConnection, Duration) -> Result<(), sqlx::Error>,
+    kind: MigrationKind,
+    table: &str,
+    m: &Migration,
+    revert: bool,
 ) -> Result<Duration, String> {
+    let (sql, transactional) = match (&m.down, revert) {
+        (_, false) => (m.up_sql.as_str(), m.transactional),
+        (Down::Sql { sql, transactional, .. }, true) => (sql.as_str(), *transactional),
+        (_, true) => return Err(format!("migration {} has no down script", m.version)),
+    };
     let started = Instant::now();
+    let change = |took| if revert { Change::Reverted } else { Change::Applied(took) };
     if transactional {
         let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
-        for stmt in split::split(sql) {
-            sqlx::raw_sql(&stmt.sql)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| format!("line {}: {}: {e}", stmt.line, excerpt(&stmt.sql)))?;
-        }
-        history(&mut tx, started.elapsed()).await.map_err(|e| e.to_string())?;
+        execute_all(&mut tx, sql).await?;
+        migrations::record(&mut tx, kind, table, m, change(started.elapsed())).await.map_err(|e| e.to_string())?;
         tx.commit().await.map_err(|e| e.to_string())?;
     } else {
-        for stmt in split::split(sql) {
-            sqlx::raw_sql(&stmt.sql)
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| format!("line {}: {}: {e}", stmt.line, excerpt(&stmt.sql)))?;
-        }
-        history(conn, started.elapsed()).await.map_err(|e| e.to_string())?;
+        execute_all(conn, sql).await?;
+        migrations::record(conn, kind, table, m, change(started.elapsed())).await.map_err(|e| e.to_string())?;
     }
     Ok(started.elapsed())
+}
+
+async fn execute_all(conn: &mut PgConnection, sql: &str) -> Result<(), String> {
+    for stmt in split::split(sql) {
+        sqlx::raw_sql(&stmt.sql)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| format!("line {}: {}: {e}", stmt.line, excerpt(&stmt.sql)))?;
+    }
+    Ok(())
 }
 
 fn failure(m: &Migration, index: usize, stmt: &split::Statement, e: &sqlx::Error) -> Failure {
