@@ -53,8 +53,9 @@ pub enum Command {
     /// Disaster recovery: restore a snapshot into a new database on the live
     /// server (`--as NAME`), or in place of the live database (`--replace-live --yes`).
     Restore(RestoreArgs),
-    /// Show applied and pending migrations, drift, the plan hash, and the
-    /// latest snapshot and rehearsal. Reads live's history table only.
+    /// Show applied and pending migrations, drift, the plan hash, the latest
+    /// snapshot and rehearsal, the approval and the release window. Reads
+    /// live's history table only.
     Status,
     /// Rehearse the pending plan on a restored copy of production: run it as
     /// live will, measure every migration (duration, locks, rewrites, WAL),
