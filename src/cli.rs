@@ -64,6 +64,19 @@ pub enum Command {
     /// Approve the pending plan by its hash: only a plan whose latest
     /// rehearsal passed (and is younger than `approval_max_age`) is accepted.
     Approve(ApproveArgs),
+    /// Release the approved plan to live now, if a window is open and
+    /// preflight passes: pre-release snapshot (pinned), apply as rehearsed,
+    /// post-checks; on failure recover per `on_failure`. Exit 0 applied,
+    /// 75 refused, 1 failed (rolled back, restored or halted).
+    Apply,
+    /// Show the target's recent releases (or one, with its journal).
+    Releases(ReleasesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReleasesArgs {
+    /// A release id (`r-…`); without it, the newest 50.
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Args)]

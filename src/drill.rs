@@ -87,7 +87,7 @@ pub async fn verify(config: &Config, target: &Target, id: &str, full: bool, keep
     std::fs::create_dir_all(&staging).map_err(|source| DrillError::Staging { dir: staging.clone(), source })?;
     clean_staging(&staging, &target.name);
     check_space(&staging, &m, config.store.staging_reserve)?;
-    let lock = HeavyLock::try_acquire(&target.live_url, &target.name, "verify").await?;
+    let lock = HeavyLock::for_target(target, "verify").await?;
 
     let run = crate::snapshot::new_id(Utc::now());
     state.verification_started(&run, &target.name, &m.id).await?;
@@ -485,7 +485,7 @@ pub fn check_space(dir: &Path, m: &Manifest, reserve: u64) -> Result<(), DrillEr
     Ok(())
 }
 
-fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };

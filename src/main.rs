@@ -84,6 +84,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
     let config = Config::load(&cli.config)?;
     let target = config.target(cli.target.as_deref())?;
+    // A release a crash interrupted is finished before anything else acts
+    // on the target (`apply` does it itself and reports it).
+    if !matches!(cli.command, Command::Apply | Command::Releases(_) | Command::Snapshots | Command::Download(_))
+        && let Some(r) = release::recover_interrupted(&config, target).await?
+    {
+        tracing::warn!(release = %r.release_id, outcome = %r.outcome, "Finished a release that was interrupted.");
+    }
     match cli.command {
         Command::Config(_) => unreachable!("handled above"),
         Command::Snapshot(args) => {
@@ -146,6 +153,17 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             output::approved(cli.json, &a);
             Ok(exit::OK)
         }
+        Command::Apply => {
+            let _guard = hold_signals();
+            let r = release::apply(&config, target).await?;
+            output::released(cli.json, &r);
+            Ok(r.outcome().exit_code())
+        }
+        Command::Releases(args) => {
+            let list = release::list(&config, target, args.id.as_deref()).await?;
+            output::releases(cli.json, &list, args.id.is_some());
+            Ok(exit::OK)
+        }
         Command::Prune(args) => {
             let outcome = snapshot::catalog::prune(&config, target, args.dry_run).await?;
             output::pruned(cli.json, &outcome);
@@ -170,6 +188,22 @@ fn cancel_on_signal() -> tokio_util::sync::CancellationToken {
         t.cancel();
     });
     token
+}
+
+/// While a release runs, SIGINT and SIGTERM are noted, not obeyed: a
+/// release is never abandoned half-way (it finishes or rolls back). The
+/// returned task ends when dropped.
+fn hold_signals() -> tokio::task::JoinHandle<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    tokio::spawn(async move {
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            return;
+        };
+        loop {
+            let name = tokio::select! { _ = int.recv() => "SIGINT", _ = term.recv() => "SIGTERM" };
+            tracing::warn!(signal = name, "A release is running: it finishes (or recovers) before pgrehearse exits.");
+        }
+    })
 }
 
 /// Maps an error to its exit code by the first domain error in its chain.
@@ -202,6 +236,20 @@ fn classify(err: &anyhow::Error) -> u8 {
                 A::Snapshot(s) => snapshot_code(s),
                 A::State(_) => exit::FAILED,
                 _ => exit::REFUSED,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<release::ReleaseError>() {
+            use release::ReleaseError as R;
+            return match e {
+                R::NotFound { .. } => exit::USAGE,
+                R::Plan(p) => plan_code(p),
+                R::Snapshot(s) => snapshot_code(s),
+                R::Lock(pg::lock::LockError::Held { .. }) => exit::REFUSED,
+                R::Lock(pg::lock::LockError::Pg(p)) => pg_code(p),
+                R::Store(s) => store_code(s),
+                R::Preflight(release::preflight::PreflightError::Pg(p)) => pg_code(p),
+                R::Preflight(release::preflight::PreflightError::Store(s)) => store_code(s),
+                _ => exit::FAILED,
             };
         }
         if let Some(e) = cause.downcast_ref::<status::StatusError>() {

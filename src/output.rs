@@ -288,3 +288,64 @@ pub fn approved(json: bool, a: &crate::release::approval::Approved) {
         println!("Approval {} rests on rehearsal {}; it expires {}.", a.approval_id, a.rehearsal_id, a.expires_at);
     }
 }
+
+/// `apply`: the outcome first, then what ran, the warnings and what to do.
+pub fn released(json: bool, r: &crate::release::Release) {
+    if json {
+        return print_json(r);
+    }
+    let verb = match r.outcome.as_str() {
+        "applied" => "applied",
+        "rolled_back" => "failed and was rolled back: live is as it was before",
+        "restored" => "failed: live was restored from the pre-release snapshot",
+        "halted" => "failed and HALTED: a person must act",
+        "refused" => "refused",
+        "aborted" => "stopped before any migration ran: live untouched",
+        "nothing_pending" => "has nothing to do: no pending migration",
+        other => other,
+    };
+    let again = if r.recovered { " (finished after an interruption)" } else { "" };
+    println!("Release {} of target {} {verb}{again}.", r.release_id, r.target);
+    if let Some(reason) = &r.reason {
+        println!("Reason: {reason}");
+    }
+    if let Some(snap) = &r.pre_snapshot_id {
+        println!("Pre-release snapshot: {snap} (pinned)");
+    }
+    if let Some(db) = &r.failed_database {
+        println!("The failed database is kept as `{db}`.");
+    }
+    for m in r.migrations.as_array().into_iter().flatten() {
+        println!(
+            "  {:<12} {:<40} {:>8} ms  {}",
+            m["status"].as_str().unwrap_or(""),
+            format!("{} {}", m["version"].as_str().unwrap_or(""), m["name"].as_str().unwrap_or("")),
+            m["duration_ms"].as_u64().unwrap_or(0),
+            m["error"].as_str().unwrap_or("")
+        );
+    }
+    for w in &r.warnings {
+        println!("warning: {w}");
+    }
+}
+
+/// `releases [ID]`: a table, or one release with its journal.
+pub fn releases(json: bool, list: &[crate::release::Release], one: bool) {
+    if json {
+        return if one { print_json(&list[0]) } else { print_json(&list) };
+    }
+    if one {
+        released(false, &list[0]);
+        println!("Journal:");
+        for e in &list[0].journal {
+            println!("  {:>3} {} {} {}", e.seq, e.at, e.step, e.detail.as_deref().unwrap_or(""));
+        }
+        return;
+    }
+    if list.is_empty() {
+        println!("No releases yet.");
+    }
+    for r in list {
+        println!("{:<28} {:<16} {} {}", r.release_id, r.outcome, r.started_at, r.reason.as_deref().unwrap_or(""));
+    }
+}

@@ -114,33 +114,32 @@ pub async fn replace_live(config: &Config, target: &Target, id: &str, yes: bool)
         let m = catalog::resolve(store.as_ref(), &target.name, id).await.map_err(DrillError::from)?;
         return Err(RestoreError::NeedsYes { id: m.id, live, new, old });
     }
-    let lock = HeavyLock::try_acquire(&target.live_url, &target.name, "restore").await.map_err(DrillError::from)?;
+    // Held through the swap: it lives in the maintenance database, not live.
+    let lock = HeavyLock::for_target(target, "restore").await.map_err(DrillError::from)?;
     let mut restored = restore_as(config, target, id, &new).await?;
     let admin_url = target.admin().with_database("postgres");
     let mut admin = pg::connect(&admin_url, "pgrehearse-restore").await?;
-    // The lock's session is connected to live: release it before the swap
-    // (renaming needs live to have no sessions at all).
-    lock.release().await;
     carry_over(&mut admin, &admin_url, &live, &new).await?;
-    swap(&mut admin, &admin_url, &live, &new, &old).await?;
+    swap(&mut admin, &admin_url, &live, &new, &old, None).await?;
+    lock.release().await;
     tracing::warn!(database = %live, kept_as = %old, snapshot = %restored.snapshot_id, "Live database replaced by the restored snapshot; the previous one is kept.");
     restored.database = live;
     restored.replaced = Some(old);
     Ok(restored)
 }
 
-fn truncate(name: &str) -> String {
+pub(crate) fn truncate(name: &str) -> String {
     let mut s = name.to_string();
     s.truncate(63);
     s
 }
 
-async fn exec(conn: &mut PgConnection, url: &ConnUrl, sql: &str) -> Result<(), PgError> {
+pub(crate) async fn exec(conn: &mut PgConnection, url: &ConnUrl, sql: &str) -> Result<(), PgError> {
     conn.execute(sql).await.map_err(|source| PgError::Query { url: url.redacted(), source })?;
     Ok(())
 }
 
-async fn database_exists(conn: &mut PgConnection, url: &ConnUrl, name: &str) -> Result<bool, PgError> {
+pub(crate) async fn database_exists(conn: &mut PgConnection, url: &ConnUrl, name: &str) -> Result<bool, PgError> {
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
         .bind(name)
         .fetch_one(&mut *conn)
@@ -151,7 +150,7 @@ async fn database_exists(conn: &mut PgConnection, url: &ConnUrl, name: &str) -> 
 
 /// Owner, database-level settings (also per role) and grants of `from`,
 /// applied to `to`.
-async fn carry_over(conn: &mut PgConnection, url: &ConnUrl, from: &str, to: &str) -> Result<(), PgError> {
+pub(crate) async fn carry_over(conn: &mut PgConnection, url: &ConnUrl, from: &str, to: &str) -> Result<(), PgError> {
     let q = |source| PgError::Query { url: url.redacted(), source };
     let owner: String = sqlx::query_scalar("SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1")
         .bind(from)
@@ -239,37 +238,75 @@ fn setting_value(name: &str, value: &str) -> String {
     items.iter().map(|i| quote_literal(i)).collect::<Vec<_>>().join(", ")
 }
 
-/// Closes live to new sessions, disconnects its clients, and renames.
-async fn swap(conn: &mut PgConnection, url: &ConnUrl, live: &str, new: &str, old: &str) -> Result<(), PgError> {
-    exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false", quote_ident(live))).await?;
-    let terminate = sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+/// Closes live to new sessions, disconnects its clients, and renames:
+/// `live` → `old`, then `new` → `live`. Resumable: when a crash stopped an
+/// earlier swap between the two renames (`live` gone, `old` and `new`
+/// there) it finishes it, and when both were done it only reopens `old`.
+/// With a journal, the state between the renames is journaled.
+pub(crate) async fn swap(
+    conn: &mut PgConnection,
+    url: &ConnUrl,
+    live: &str,
+    new: &str,
+    old: &str,
+    journal: Option<&crate::release::journal::Journal>,
+) -> Result<(), PgError> {
+    let (has_live, has_new, has_old) = (
+        database_exists(conn, url, live).await?,
+        database_exists(conn, url, new).await?,
+        database_exists(conn, url, old).await?,
     );
-    terminate.bind(live).execute(&mut *conn).await.map_err(|source| PgError::Query { url: url.redacted(), source })?;
-    // Terminated sessions take a moment to exit; renaming waits for them.
-    let mut first = rename(conn, url, live, old).await;
-    for _ in 0..100 {
-        if first.is_ok() {
-            break;
+    if has_live && has_new {
+        exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false", quote_ident(live))).await?;
+        let terminate = sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        );
+        terminate
+            .bind(live)
+            .execute(&mut *conn)
+            .await
+            .map_err(|source| PgError::Query { url: url.redacted(), source })?;
+        // Terminated sessions take a moment to exit; renaming waits for them.
+        let mut first = rename(conn, url, live, old).await;
+        for _ in 0..100 {
+            if first.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            first = rename(conn, url, live, old).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        first = rename(conn, url, live, old).await;
-    }
-    if let Err(e) = first {
-        exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(live))).await?;
-        return Err(e);
-    }
-    if let Err(e) = rename(conn, url, new, live).await {
-        // Put live back where it was: never leave the name without a database.
-        rename(conn, url, old, live).await?;
-        exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(live))).await?;
-        return Err(e);
+        if let Err(e) = first {
+            exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(live))).await?;
+            return Err(e);
+        }
+        if let Some(j) = journal
+            && let Err(e) = j.step(crate::release::journal::step::SWAP_RENAMED, Some(old)).await
+        {
+            tracing::warn!(error = %e, "Cannot journal the swap's first rename; finishing the swap.");
+        }
+        if let Err(e) = rename(conn, url, new, live).await {
+            // Put live back where it was: never leave the name without a database.
+            rename(conn, url, old, live).await?;
+            exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(live))).await?;
+            return Err(e);
+        }
+    } else if !has_live && has_new && has_old {
+        tracing::warn!(database = live, "Finishing a swap interrupted between its renames.");
+        rename(conn, url, new, live).await?;
+    } else if !(has_live && has_old) {
+        return Err(PgError::Query {
+            url: url.redacted(),
+            source: sqlx::Error::Protocol(format!(
+                "cannot swap `{new}` in for `{live}`: expected both (or `{old}` and `{new}`), found live {has_live}, new {has_new}, old {has_old}"
+            )),
+        });
     }
     // The kept database stays open for inspection.
-    exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(old))).await
+    exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(old))).await?;
+    exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(live))).await
 }
 
-async fn rename(conn: &mut PgConnection, url: &ConnUrl, from: &str, to: &str) -> Result<(), PgError> {
+pub(crate) async fn rename(conn: &mut PgConnection, url: &ConnUrl, from: &str, to: &str) -> Result<(), PgError> {
     exec(conn, url, &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(from), quote_ident(to))).await
 }
 

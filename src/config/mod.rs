@@ -140,6 +140,41 @@ pub struct Target {
     /// How long an approval stays valid.
     #[serde(with = "humantime_serde_compat")]
     pub approval_expires_after: Duration,
+    /// How releases of this target run (windows, retries, promotion).
+    pub release: ReleasePolicy,
+}
+
+/// Release rules of a target beyond its windows and `on_failure`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleasePolicy {
+    /// The same migrations must have been released on this target first
+    /// (dev → staging → production promotion).
+    pub requires_release_on: Option<String>,
+    /// A release starts only if (rehearsed apply time + measured snapshot
+    /// time) × this factor fits in what remains of the open window.
+    pub window_safety_factor: f64,
+    /// Retries of a migration (or of the whole single-transaction plan)
+    /// that failed on `lock_timeout`.
+    pub lock_retries: u32,
+    /// First wait before a retry; doubles each time, capped at 30 s.
+    #[serde(with = "humantime_serde_compat")]
+    pub lock_retry_backoff: Duration,
+    /// A transaction on live older than this (or a running pg_dump) makes
+    /// preflight refuse: it would block the migrations' locks.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_transaction_age: Duration,
+}
+
+impl Default for ReleasePolicy {
+    fn default() -> Self {
+        ReleasePolicy {
+            requires_release_on: None,
+            window_safety_factor: 1.5,
+            lock_retries: 5,
+            lock_retry_backoff: Duration::from_secs(1),
+            max_transaction_age: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Lint rules by id (see `pgrehearse rehearse`): `deny` turns a finding into

@@ -101,6 +101,11 @@ pub struct RawTarget {
     pub approval_max_age: Option<String>,
     pub approval_expires_after: Option<String>,
     pub lint: Option<RawLint>,
+    pub requires_release_on: Option<String>,
+    pub window_safety_factor: Option<f64>,
+    pub lock_retries: Option<u32>,
+    pub lock_retry_backoff: Option<String>,
+    pub max_transaction_age: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

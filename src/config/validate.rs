@@ -120,6 +120,17 @@ pub fn from_source(file: &Path, src: &str) -> Result<Config, Vec<Problem>> {
             targets.push(t);
         }
     }
+    for (i, t) in targets.iter().enumerate() {
+        if let Some(other) = &t.release.requires_release_on
+            && (other == &t.name || !targets.iter().any(|o| &o.name == other))
+        {
+            let known: Vec<&str> = targets.iter().filter(|o| o.name != t.name).map(|o| o.name.as_str()).collect();
+            cx.problem(
+                &root.key("targets").index(i).key("requires_release_on"),
+                format!("`{other}` is not another target of this config (others: {})", known.join(", ")),
+            );
+        }
+    }
 
     if !cx.problems.is_empty() {
         return Err(cx.problems);
@@ -462,6 +473,7 @@ fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
             .duration(&p.key("approval_expires_after"), raw.approval_expires_after.as_deref(), Some(WEEK))
             .unwrap_or(WEEK),
         lint: lint(cx, &p.key("lint"), raw.lint.as_ref()),
+        release: release(cx, p, raw),
         pg_bindir: raw.pg_bindir.as_deref().map(|d| cx.path(d)),
     })
 }
@@ -503,6 +515,25 @@ fn migrations(cx: &mut Ctx, p: &KeyPath, raw: &RawMigrations) -> Option<Migratio
 }
 
 const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn release(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> ReleasePolicy {
+    let d = ReleasePolicy::default();
+    let factor = raw.window_safety_factor.unwrap_or(d.window_safety_factor);
+    if !(factor.is_finite() && factor >= 1.0) {
+        cx.problem(&p.key("window_safety_factor"), format!("`{factor}`: use a number of at least 1.0, e.g. 1.5"));
+    }
+    ReleasePolicy {
+        requires_release_on: raw.requires_release_on.clone(),
+        window_safety_factor: factor,
+        lock_retries: raw.lock_retries.unwrap_or(d.lock_retries).min(100),
+        lock_retry_backoff: cx
+            .duration(&p.key("lock_retry_backoff"), raw.lock_retry_backoff.as_deref(), Some(d.lock_retry_backoff))
+            .unwrap_or(d.lock_retry_backoff),
+        max_transaction_age: cx
+            .duration(&p.key("max_transaction_age"), raw.max_transaction_age.as_deref(), Some(d.max_transaction_age))
+            .unwrap_or(d.max_transaction_age),
+    }
+}
 
 fn lint(cx: &mut Ctx, p: &KeyPath, raw: Option<&RawLint>) -> LintConfig {
     let Some(raw) = raw else { return LintConfig::default() };

@@ -2,6 +2,12 @@
 //! server. Its session holds no open transaction (a held transaction would
 //! block `CREATE INDEX CONCURRENTLY` on live), and because the lock lives in
 //! PostgreSQL, two pgrehearse processes on different hosts exclude each other.
+//!
+//! Advisory locks belong to one database, and a release that restores may
+//! rename the live database away and another into its place (which needs
+//! the live database to have no session at all). So the lock is taken in
+//! the live server's maintenance database, `postgres`, through `admin_url`
+//! when one is set: it stays held, and means the same, across the swap.
 
 use sha2::{Digest, Sha256};
 use sqlx::Connection;
@@ -31,7 +37,14 @@ pub struct HeavyLock {
 }
 
 impl HeavyLock {
-    /// Tries to take the lock without waiting.
+    /// Tries to take target's heavy-job lock (see the module doc) without waiting.
+    pub async fn for_target(target: &crate::config::Target, job: &str) -> Result<HeavyLock, LockError> {
+        let url = target.admin().with_database("postgres");
+        HeavyLock::try_acquire(&url, &target.name, job).await
+    }
+
+    /// Tries to take the lock on `target` (a lock key) in the database at
+    /// `url` without waiting.
     pub async fn try_acquire(url: &ConnUrl, target: &str, job: &str) -> Result<HeavyLock, LockError> {
         let mut conn = super::connect(url, &format!("pgrehearse-lock-{job}")).await?;
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")

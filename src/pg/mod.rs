@@ -88,3 +88,25 @@ pub async fn server_info(conn: &mut PgConnection, url: &ConnUrl) -> Result<Serve
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
+
+/// Constraints not yet validated (`NOT VALID`), as `schema.table.constraint`.
+pub async fn not_valid_constraints(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT format('%s.%s.%s', n.nspname, c.relname, k.conname) FROM pg_constraint k \
+         JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE NOT k.convalidated ORDER BY 1",
+    )
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Indexes marked invalid (a failed or interrupted concurrent build), as
+/// `schema.index`.
+pub async fn invalid_indexes(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT format('%s.%s', n.nspname, c.relname) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT i.indisvalid ORDER BY 1",
+    )
+    .fetch_all(&mut *conn)
+    .await
+}

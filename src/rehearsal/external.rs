@@ -186,7 +186,8 @@ async fn again(source: &Source<'_>, url: &ConnUrl, tool: &Tool, names: &[String]
     }
 }
 
-fn project(source: &Source<'_>) -> Payload {
+/// The target's Payload project, with its timeouts for the CLI's sessions.
+pub fn project(source: &Source<'_>) -> Payload {
     Payload {
         project_dir: source.config.dir.clone().unwrap_or_default(),
         timeout: source.config.timeout,

@@ -11,6 +11,8 @@
 //! report, kept in the state store and the object store.
 
 mod external;
+
+pub use external::{pg_options as external_pg_options, project as payload_project};
 pub mod lint;
 pub mod observer;
 pub mod ops;
@@ -160,6 +162,13 @@ pub struct Report {
     pub notes: Vec<String>,
     /// The command that approves this plan.
     pub approve: String,
+    /// The copy's schema right after the plan (owners and privileges left
+    /// out), for the release's post-check; kept in the state store only.
+    #[serde(skip)]
+    pub schema_after: Option<String>,
+    /// NOT VALID constraints right after the plan (intended by it).
+    #[serde(skip)]
+    pub not_valid: Vec<String>,
 }
 
 /// Rehearses the target's pending plan. Returns the report (whose `ok` says
@@ -211,6 +220,7 @@ pub async fn rehearse(
     let json = serde_json::to_string_pretty(&report).expect("report serializes");
     let status = if report.ok { "passed" } else { "problems" };
     state.rehearsal_finished(&id, &report.plan, &report.snapshot_id, status, &json).await?;
+    state.rehearsal_evidence_set(&id, report.schema_after.as_deref(), &report.not_valid).await?;
     store.put(&report_key(&target.name, &id, "report.json"), Bytes::from(json)).await?;
     let text = crate::report::rehearsal::markdown(&report);
     store.put(&report_key(&target.name, &id, "report.md"), Bytes::from(text)).await?;
@@ -401,6 +411,17 @@ async fn plan_and_checks(
         }
     };
     let apply_ms = t_apply.elapsed().as_millis() as u64;
+    // What the release's post-checks compare live with.
+    let (schema_after, not_valid) = if ok {
+        let schema = reversibility::portable_schema(pg_dump, url, &table).await;
+        if let Err(e) = &schema {
+            tracing::warn!(error = %e, "Cannot dump the schema after the plan; the release cannot compare live with it.");
+        }
+        let nv = crate::pg::not_valid_constraints(conn).await.unwrap_or_default();
+        (schema.ok(), nv)
+    } else {
+        (None, Vec::new())
+    };
 
     let mut notes = vec![format!(
         "Timings are from a cold copy restored from snapshot {} (taken {}); production's caches are warm, its load is not.",
@@ -461,6 +482,8 @@ async fn plan_and_checks(
         seeds,
         notes,
         approve: format!("pgrehearse approve --target {} --plan {}", target.name, plan.hash),
+        schema_after,
+        not_valid,
     })
 }
 

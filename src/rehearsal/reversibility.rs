@@ -43,8 +43,18 @@ pub const IGNORED: &str = "pg_dump's random \\restrict/\\unrestrict key lines, i
 
 /// Dumps the schema of the database at `url` without noise.
 pub async fn schema(tool: &Tool, url: &ConnUrl, exclude_table: &str) -> Result<String, String> {
+    dump_schema(tool, url, exclude_table, &[]).await
+}
+
+/// The schema as a release compares it with live: [`schema`] without
+/// owners and privileges (the shadow copy is restored without them).
+pub async fn portable_schema(tool: &Tool, url: &ConnUrl, exclude_table: &str) -> Result<String, String> {
+    dump_schema(tool, url, exclude_table, &["--no-owner", "--no-privileges"]).await
+}
+
+async fn dump_schema(tool: &Tool, url: &ConnUrl, exclude_table: &str, extra: &[&str]) -> Result<String, String> {
     let mut cmd = tools::command(tool, url, "pgrehearse-schema");
-    cmd.arg("--schema-only");
+    cmd.arg("--schema-only").args(extra);
     if !exclude_table.is_empty() {
         cmd.arg(format!("--exclude-table={exclude_table}"));
     }

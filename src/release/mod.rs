@@ -1,6 +1,455 @@
-//! Releases: the path from a rehearsed plan to live. So far the approval —
-//! a person's (or CI's) yes to one plan hash, bound to the evidence of a
-//! passing rehearsal of exactly that plan.
+//! Releases: the path from a rehearsed, approved plan to live.
+//!
+//! `pgrehearse apply` takes the target's heavy-job lock (so two pgrehearse
+//! processes can never release one target at once), finishes any release a
+//! crash interrupted, runs preflight (refusals exit 75 and change nothing),
+//! takes a pre-release snapshot and pins it, applies the plan as it was
+//! rehearsed, and runs the post-checks. A failure is recovered as the
+//! target's `on_failure` says: `restore` (default) the pinned snapshot into
+//! a new database and swap it in, keeping the failed one as
+//! `<db>_failed_<release>`; `down` the migrations this release applied;
+//! `halt`. A plan that ran in one transaction simply rolled back. Every
+//! step is journaled before it is taken (`journal`), and the release record
+//! keeps what reports and metrics need: outcome, reason, timings, the
+//! migrations, the recovery taken.
 
+pub mod apply;
 pub mod approval;
+pub mod journal;
+mod postcheck;
+pub mod preflight;
+mod recovery;
 pub mod window;
+
+use std::time::Instant;
+
+use chrono::Utc;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, OnFailure, Target};
+use crate::migrations::{self, Migration, Plan, PlanError, Source};
+use crate::pg::lock::{HeavyLock, LockError};
+use crate::snapshot::{self, SnapshotError, open_stores};
+use crate::state::{JournalEntry, ReleaseRow, State, StateError};
+use crate::store::{Store, StoreError};
+use apply::Mode;
+use journal::{Journal, step};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Applied,
+    /// Nothing of the plan stayed on live: its transaction rolled back, or
+    /// `on_failure = "down"` reverted what it applied.
+    RolledBack,
+    /// The pre-release snapshot was restored in place of live.
+    Restored,
+    /// Stopped with live as the failure left it (`on_failure = "halt"`, or a
+    /// recovery that could not finish); a person must act.
+    Halted,
+    /// Preflight refused; nothing was done.
+    Refused,
+    /// Interrupted before any migration ran; live untouched.
+    Aborted,
+    NothingPending,
+    /// Still in progress (only seen in the record of a running release).
+    Running,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Restored => "restored",
+            Outcome::Halted => "halted",
+            Outcome::Refused => "refused",
+            Outcome::Aborted => "aborted",
+            Outcome::NothingPending => "nothing_pending",
+            Outcome::Running => "running",
+        }
+    }
+
+    /// The exit code of `apply` for this outcome (see README).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Applied | Outcome::NothingPending => 0,
+            Outcome::Refused => 75,
+            _ => 1,
+        }
+    }
+}
+
+/// What `apply --json` prints (and `releases` lists).
+#[derive(Debug, Clone, Serialize)]
+pub struct Release {
+    pub release_id: String,
+    pub target: String,
+    pub plan: String,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub error_kind: Option<String>,
+    pub pre_snapshot_id: Option<String>,
+    /// Where the failed database was kept (`restore` recovery).
+    pub failed_database: Option<String>,
+    /// `restore`, `down`, `halt`, or null when none was needed.
+    pub recovery: Option<String>,
+    pub approval_id: Option<String>,
+    pub rehearsal_id: Option<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub migrations: serde_json::Value,
+    pub warnings: Vec<String>,
+    /// Milliseconds per phase: preflight, snapshot, apply, postcheck, recovery, total.
+    pub timings: serde_json::Value,
+    pub journal: Vec<JournalEntry>,
+    /// True when this run finished a release a crash had interrupted.
+    pub recovered: bool,
+}
+
+impl Release {
+    pub fn outcome(&self) -> Outcome {
+        match self.outcome.as_str() {
+            "applied" => Outcome::Applied,
+            "rolled_back" => Outcome::RolledBack,
+            "restored" => Outcome::Restored,
+            "refused" => Outcome::Refused,
+            "aborted" => Outcome::Aborted,
+            "nothing_pending" => Outcome::NothingPending,
+            "running" => Outcome::Running,
+            _ => Outcome::Halted,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("release {id} of target `{target}` was not found; list them with `pgrehearse releases`")]
+    NotFound { target: String, id: String },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Preflight(#[from] preflight::PreflightError),
+}
+
+/// Everything a release step needs.
+pub(crate) struct Ctx<'a> {
+    pub config: &'a Config,
+    pub target: &'a Target,
+    pub state: State,
+    pub store: Box<dyn Store>,
+    pub source: Source<'a>,
+}
+
+/// `pgrehearse apply`: releases the approved plan now, if preflight allows.
+/// Signals do not interrupt it (a release is never abandoned mid-way); a
+/// crash is finished by the next run.
+pub async fn apply(config: &Config, target: &Target) -> Result<Release, ReleaseError> {
+    let (state, store) = open_stores(config).await?;
+    let source = Source::of(target).map_err(PlanError::from)?;
+    let cx = Ctx { config, target, state, store, source };
+    let t0 = Instant::now();
+    let lock = match HeavyLock::for_target(target, "release").await {
+        Ok(l) => l,
+        Err(LockError::Held { target: t, holder }) => {
+            let plan = migrations::plan_for(&cx.state, &cx.source, &target.live_url).await?;
+            let reason = LockError::Held { target: t, holder }.to_string();
+            return refuse(&cx, &plan, preflight::Refusal::Busy(reason), t0).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(r) = recovery::finish_interrupted(&cx).await? {
+        lock.release().await;
+        return Ok(r);
+    }
+    let plan = migrations::plan_for(&cx.state, &cx.source, &target.live_url).await?;
+    if plan.pending.is_empty() && plan.drift.is_empty() {
+        lock.release().await;
+        tracing::info!(target = %target.name, "Nothing pending: live has every migration.");
+        let mut row = new_row(&cx, &plan, Outcome::NothingPending);
+        row.finished_at = Some(Utc::now().to_rfc3339());
+        cx.state.release_insert(&row).await?;
+        return release_doc(&cx.state, row, false).await;
+    }
+    let ready = match preflight::check(config, target, &cx.state, cx.store.as_ref(), &plan, Utc::now()).await? {
+        Ok(r) => r,
+        Err(refusal) => {
+            lock.release().await;
+            return refuse(&cx, &plan, refusal, t0).await;
+        }
+    };
+    let preflight_ms = t0.elapsed().as_millis() as u64;
+    let mut row = new_row(&cx, &plan, Outcome::Running);
+    row.approval_id = Some(ready.approval.id.clone());
+    row.rehearsal_id = Some(ready.rehearsal.id.clone());
+    row.timings = serde_json::json!({ "preflight_ms": preflight_ms });
+    cx.state.release_insert(&row).await?;
+    let span = tracing::info_span!("release", run_id = %row.id, target = %target.name, job = "release");
+    let result = tracing::Instrument::instrument(run(&cx, &plan, &ready, row.clone(), t0), span).await;
+    lock.release().await;
+    let row = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // The state store itself failed mid-release: say so loudly; the
+            // journal (as far as it got) lets the next run finish it.
+            tracing::error!(release = %row.id, error = %e, "The release could not be recorded; the next pgrehearse run will finish it from its journal.");
+            return Err(e);
+        }
+    };
+    release_doc(&cx.state, row, false).await
+}
+
+async fn refuse(cx: &Ctx<'_>, plan: &Plan, refusal: preflight::Refusal, t0: Instant) -> Result<Release, ReleaseError> {
+    tracing::warn!(target = %cx.target.name, reason = %refusal, "Release refused.");
+    let mut row = new_row(cx, plan, Outcome::Refused);
+    row.reason = Some(refusal.to_string());
+    row.error_kind = Some(refusal.kind().to_string());
+    row.finished_at = Some(Utc::now().to_rfc3339());
+    row.timings = serde_json::json!({ "preflight_ms": t0.elapsed().as_millis() as u64 });
+    cx.state.release_insert(&row).await?;
+    release_doc(&cx.state, row, false).await
+}
+
+fn new_row(cx: &Ctx<'_>, plan: &Plan, outcome: Outcome) -> ReleaseRow {
+    let now = Utc::now();
+    ReleaseRow {
+        id: format!("r-{}", snapshot::new_id(now)),
+        target: cx.target.name.clone(),
+        plan_hash: plan.hash.clone(),
+        content_hash: content_hash(&plan.pending),
+        approval_id: None,
+        rehearsal_id: None,
+        database: cx.target.live_url.database(),
+        on_failure: format!("{:?}", cx.target.on_failure).to_lowercase(),
+        outcome: outcome.as_str().to_string(),
+        reason: None,
+        error_kind: None,
+        pre_snapshot_id: None,
+        failed_database: None,
+        recovery: None,
+        started_at: now.to_rfc3339(),
+        finished_at: None,
+        pid: std::process::id(),
+        host: crate::state::hostname(),
+        migrations: serde_json::Value::Array(Vec::new()),
+        timings: serde_json::json!({}),
+        warnings: Vec::new(),
+        pending: serde_json::Value::Array(
+            plan.pending
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "version": m.version, "name": m.name, "checksum": m.checksum, "transactional": m.transactional,
+                    })
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// SHA-256 over the pending migrations' versions and checksums: the same
+/// plan content on every target (the plan hash also covers target and history).
+fn content_hash(pending: &[Migration]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for m in pending {
+        h.update(format!("{} {}\n", m.version, m.checksum));
+    }
+    hex::encode(h.finalize())
+}
+
+/// Snapshot → pin → apply → post-checks, or failure → recovery.
+async fn run(
+    cx: &Ctx<'_>,
+    plan: &Plan,
+    ready: &preflight::Ready,
+    mut row: ReleaseRow,
+    t0: Instant,
+) -> Result<ReleaseRow, ReleaseError> {
+    let journal = Journal::new(&cx.state, &row.id);
+    tracing::info!(plan = %plan.hash, pending = plan.pending.len(), window_closes = %ready.opening.end, "Release started: taking the pre-release snapshot.");
+    journal.step(step::SNAPSHOT, None).await?;
+    let t = Instant::now();
+    let snap = snapshot::take_with(
+        cx.config,
+        cx.target,
+        snapshot::Reason::PreRelease,
+        &CancellationToken::new(),
+        snapshot::Locking::HeldByCaller,
+    )
+    .await;
+    let snapshot_ms = t.elapsed().as_millis() as u64;
+    timing(&mut row, "snapshot_ms", snapshot_ms);
+    let snap = match snap {
+        Ok(s) => s,
+        Err(e) => {
+            // Nothing ran on live: the release stops here.
+            row.outcome = Outcome::Aborted.as_str().into();
+            row.reason = Some(format!("the pre-release snapshot failed, so nothing was applied: {e}"));
+            row.error_kind = Some("snapshot_failed".into());
+            return finish(cx, &journal, row, t0).await;
+        }
+    };
+    journal.step(step::SNAPSHOT_DONE, Some(&snap.id)).await?;
+    row.pre_snapshot_id = Some(snap.id.clone());
+    cx.state.release_update(&row).await?;
+    recovery::pin(cx.store.as_ref(), &cx.target.name, &snap.id, Some(&row.id)).await?;
+
+    let before_not_valid = not_valid_on_live(cx.target).await;
+    let mode = Mode::of(cx.source.kind(), plan.all_transactional());
+    journal.step(step::APPLY, Some(mode_name(mode))).await?;
+    tracing::info!(mode = mode_name(mode), snapshot = %snap.id, "Applying the plan to live.");
+    let t = Instant::now();
+    let outcome = apply::run(&cx.source, cx.target, &plan.pending, mode, &journal).await?;
+    timing(&mut row, "apply_ms", t.elapsed().as_millis() as u64);
+    row.migrations = serde_json::to_value(&outcome.steps).expect("steps serialize");
+    match &outcome.failure {
+        None => {
+            journal.step(step::APPLIED, None).await?;
+            cx.state.release_update(&row).await?;
+            journal.step(step::POSTCHECK, None).await?;
+            let t = Instant::now();
+            row.warnings = postcheck::run(
+                &cx.target.live_url,
+                &ready.pg_dump,
+                &cx.source.table(),
+                &ready.evidence,
+                &before_not_valid,
+            )
+            .await;
+            timing(&mut row, "postcheck_ms", t.elapsed().as_millis() as u64);
+            row.outcome = Outcome::Applied.as_str().into();
+            recovery::unpin_older(cx, &row.id).await;
+            tracing::info!(warnings = row.warnings.len(), "Release applied.");
+        }
+        Some(failure) => {
+            tracing::error!(error = %failure, "A migration failed on live.");
+            journal.step(step::FAILED, Some(failure)).await?;
+            row.reason = Some(failure.clone());
+            row.error_kind = Some("migration_failed".into());
+            if outcome.partial {
+                let t = Instant::now();
+                recovery::recover(cx, &journal, &mut row, &plan.pending).await?;
+                timing(&mut row, "recovery_ms", t.elapsed().as_millis() as u64);
+            } else {
+                row.outcome = Outcome::RolledBack.as_str().into();
+                tracing::warn!("The failed migration's transaction rolled back: live is as it was before the release.");
+            }
+        }
+    }
+    finish(cx, &journal, row, t0).await
+}
+
+async fn finish(cx: &Ctx<'_>, journal: &Journal, mut row: ReleaseRow, t0: Instant) -> Result<ReleaseRow, ReleaseError> {
+    timing(&mut row, "total_ms", t0.elapsed().as_millis() as u64);
+    row.finished_at = Some(Utc::now().to_rfc3339());
+    journal.step(step::FINISHED, Some(&row.outcome)).await?;
+    cx.state.release_update(&row).await?;
+    Ok(row)
+}
+
+fn timing(row: &mut ReleaseRow, key: &str, ms: u64) {
+    if let Some(o) = row.timings.as_object_mut() {
+        o.insert(key.into(), serde_json::json!(ms));
+    }
+}
+
+pub(crate) fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::SingleTransaction => "single_transaction",
+        Mode::PerMigration => "per_migration",
+        Mode::Payload => "payload",
+        Mode::Command => "command",
+    }
+}
+
+async fn not_valid_on_live(target: &Target) -> Vec<String> {
+    match crate::pg::connect(&target.live_url, "pgrehearse-postcheck").await {
+        Ok(mut c) => crate::pg::not_valid_constraints(&mut c).await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
+async fn release_doc(state: &State, row: ReleaseRow, recovered: bool) -> Result<Release, ReleaseError> {
+    let journal = state.journal(&row.id).await?;
+    Ok(Release {
+        release_id: row.id,
+        target: row.target,
+        plan: row.plan_hash,
+        outcome: row.outcome,
+        reason: row.reason,
+        error_kind: row.error_kind,
+        pre_snapshot_id: row.pre_snapshot_id,
+        failed_database: row.failed_database,
+        recovery: row.recovery,
+        approval_id: row.approval_id,
+        rehearsal_id: row.rehearsal_id,
+        started_at: row.started_at,
+        finished_at: row.finished_at,
+        migrations: row.migrations,
+        warnings: row.warnings,
+        timings: row.timings,
+        journal,
+        recovered,
+    })
+}
+
+/// `pgrehearse releases [ID]`: the target's recent releases, or one.
+pub async fn list(config: &Config, target: &Target, id: Option<&str>) -> Result<Vec<Release>, ReleaseError> {
+    let state = State::open(&config.state_dir).await?;
+    let rows = match id {
+        Some(id) => vec![
+            state
+                .release(id)
+                .await?
+                .filter(|r| r.target == target.name)
+                .ok_or_else(|| ReleaseError::NotFound { target: target.name.clone(), id: id.into() })?,
+        ],
+        None => state.releases(Some(&target.name), 50).await?,
+    };
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(release_doc(&state, r, false).await?);
+    }
+    Ok(out)
+}
+
+/// Finishes a release of `target` that a crash interrupted, if there is one
+/// and no other process holds the target's lock (then it is not
+/// interrupted, just running). Every command that acts on a target calls
+/// this first.
+pub async fn recover_interrupted(config: &Config, target: &Target) -> Result<Option<Release>, ReleaseError> {
+    let state = State::open(&config.state_dir).await?;
+    if state.unfinished_releases(&target.name).await?.is_empty() || target.migrations.is_none() {
+        return Ok(None);
+    }
+    let lock = match HeavyLock::for_target(target, "release-recovery").await {
+        Ok(l) => l,
+        Err(LockError::Held { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let (state, store) = open_stores(config).await?;
+    let source = Source::of(target).map_err(PlanError::from)?;
+    let cx = Ctx { config, target, state, store, source };
+    let r = recovery::finish_interrupted(&cx).await;
+    lock.release().await;
+    r
+}
+
+/// Keeps `OnFailure` readable in logs and records.
+pub(crate) fn on_failure_name(f: OnFailure) -> &'static str {
+    match f {
+        OnFailure::Restore => "restore",
+        OnFailure::Down => "down",
+        OnFailure::Halt => "halt",
+    }
+}

@@ -122,14 +122,35 @@ pub async fn take(
     reason: Reason,
     cancel: &CancellationToken,
 ) -> Result<Outcome, SnapshotError> {
+    take_with(config, target, reason, cancel, Locking::Acquire).await
+}
+
+/// Whether a snapshot takes the target's heavy-job lock itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locking {
+    Acquire,
+    /// The caller (a release) holds it already.
+    HeldByCaller,
+}
+
+/// [`take`], for a caller that may already hold the heavy-job lock.
+pub async fn take_with(
+    config: &Config,
+    target: &Target,
+    reason: Reason,
+    cancel: &CancellationToken,
+    locking: Locking,
+) -> Result<Outcome, SnapshotError> {
     let (state, store) = open_stores(config).await?;
     let started_at = Utc::now();
     let id = new_id(started_at);
     state.snapshot_started(&id, &target.name, reason.as_str(), started_at).await?;
     let span = tracing::info_span!("snapshot", run_id = %id, target = %target.name, job = "snapshot");
-    let result =
-        tracing::Instrument::instrument(run(config, target, reason, &id, started_at, store.as_ref(), cancel), span)
-            .await;
+    let result = tracing::Instrument::instrument(
+        run(config, target, reason, &id, started_at, store.as_ref(), cancel, locking),
+        span,
+    )
+    .await;
     match &result {
         Ok(o) => {
             state
@@ -153,6 +174,7 @@ pub async fn take(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     config: &Config,
     target: &Target,
@@ -161,10 +183,14 @@ async fn run(
     started_at: chrono::DateTime<Utc>,
     store: &dyn Store,
     cancel: &CancellationToken,
+    locking: Locking,
 ) -> Result<Outcome, SnapshotError> {
     let t0 = Instant::now();
     let live = &target.live_url;
-    let lock = HeavyLock::try_acquire(live, &target.name, "snapshot").await?;
+    let lock = match locking {
+        Locking::Acquire => Some(HeavyLock::for_target(target, "snapshot").await?),
+        Locking::HeldByCaller => None,
+    };
     let mut conn = pg::connect(live, "pgrehearse-snapshot").await?;
     let q = |source| PgError::Query { url: live.redacted(), source };
     let info = pg::server_info(&mut conn, live).await?;
@@ -305,7 +331,9 @@ async fn run(
     let manifest_key = store::snapshot_key(&target.name, id, store::MANIFEST);
     let body = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
     store.put(&manifest_key, Bytes::from(body)).await?;
-    lock.release().await;
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
     tracing::info!(
         snapshot = %id, bytes_raw = totals.bytes_raw, bytes_stored = totals.bytes_stored,
         elapsed_ms = duration_ms, "Snapshot stored."

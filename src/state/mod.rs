@@ -1,8 +1,12 @@
 //! The daemon's own state: a SQLite file under `state_dir`, schema from
 //! `migrations/` (applied on open). It lives outside the live database on
 //! purpose: pgrehearse may restore that database, and must still remember
-//! what it did. This issue records snapshot runs; later ones add rehearsals,
-//! approvals and the release journal.
+//! what it did: snapshot runs, shadow databases, drills, rehearsals,
+//! approvals, and releases with their journal (`releases.rs`).
+
+mod releases;
+
+pub use releases::{Evidence, JournalEntry, ReleaseRow};
 
 use std::path::Path;
 use std::str::FromStr;

@@ -1,0 +1,66 @@
+//! The release journal: every step of a release is written to the state
+//! store *before* it is taken, so that after a crash at any point the next
+//! pgrehearse knows how far the release got and can finish it safely (see
+//! `recovery`). SQLite commits each entry before the step starts; a killed
+//! process loses nothing it journaled.
+//!
+//! Fault injection for tests: when `PGREHEARSE_CRASH_AT` names a step
+//! (`snapshot`, or `migration:2` for one detail), the process kills itself
+//! with SIGKILL right after journaling it, exactly like a `kill -9` at that
+//! point. It has no other effect, and nothing sets it outside tests.
+
+use crate::state::{State, StateError};
+
+/// Steps, in the order a release takes them.
+pub mod step {
+    pub const SNAPSHOT: &str = "snapshot";
+    pub const SNAPSHOT_DONE: &str = "snapshot_done";
+    pub const APPLY: &str = "apply";
+    pub const MIGRATION: &str = "migration";
+    pub const MIGRATION_DONE: &str = "migration_done";
+    pub const RETRY: &str = "lock_retry";
+    pub const APPLIED: &str = "applied";
+    pub const POSTCHECK: &str = "postcheck";
+    pub const FAILED: &str = "failed";
+    pub const RECOVERY: &str = "recovery";
+    pub const RESTORE: &str = "restore";
+    pub const RESTORE_DONE: &str = "restore_done";
+    pub const SWAP: &str = "swap";
+    pub const SWAP_RENAMED: &str = "swap_renamed";
+    pub const SWAP_DONE: &str = "swap_done";
+    pub const DOWN: &str = "down";
+    pub const INTERRUPTED: &str = "interrupted";
+    pub const FINISHED: &str = "finished";
+}
+
+/// The journal of one release.
+#[derive(Clone)]
+pub struct Journal {
+    state: State,
+    release: String,
+}
+
+impl Journal {
+    pub fn new(state: &State, release: &str) -> Journal {
+        Journal { state: state.clone(), release: release.to_string() }
+    }
+
+    /// Records that `step` is about to be taken (with an optional detail:
+    /// a version, a database name, a snapshot id).
+    pub async fn step(&self, step: &str, detail: Option<&str>) -> Result<(), StateError> {
+        self.state.journal_append(&self.release, step, detail).await?;
+        tracing::debug!(release = %self.release, step, detail, "Journaled.");
+        crash_if_asked(step, detail);
+        Ok(())
+    }
+}
+
+fn crash_if_asked(step: &str, detail: Option<&str>) {
+    let Ok(at) = std::env::var("PGREHEARSE_CRASH_AT") else { return };
+    let full = detail.map(|d| format!("{step}:{d}"));
+    if at == step || Some(&at) == full.as_ref() {
+        eprintln!("PGREHEARSE_CRASH_AT={at}: killing this process at this step");
+        // SAFETY: signals our own process; nothing runs after SIGKILL.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
