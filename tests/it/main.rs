@@ -17,6 +17,7 @@ mod rehearse_command;
 mod rehearse_diesel;
 mod rehearse_payload;
 mod rehearse_sqlx;
+mod release;
 mod restore;
 mod roundtrip;
 mod secrets;

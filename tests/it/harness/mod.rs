@@ -14,6 +14,7 @@ pub mod migrations;
 pub mod pg;
 pub mod proc;
 pub mod proxy;
+pub mod release;
 pub mod s3;
 pub mod shadow;
 

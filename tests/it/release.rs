@@ -1,0 +1,160 @@
+//! `pgrehearse apply` with a sqlx project on real clusters (live + shadow):
+//!
+//! - Happy path: rehearse → approve → apply inside an always-open window →
+//!   outcome `applied`; `_sqlx_migrations` holds every file as sqlx writes
+//!   it (SHA-384 computed here), so a sqlx app sees nothing pending; the
+//!   pre-release snapshot exists, is pinned, and holds live as it was.
+//! - Refusals exit 75 and leave live byte-for-byte as it was: not approved,
+//!   approval expired, a file edited after approval, outside the window, a
+//!   rehearsed duration that does not fit the window, the approval already
+//!   spent, a second `apply` while the first runs.
+
+use crate::harness::data;
+use crate::harness::migrations::*;
+use crate::harness::release::*;
+use std::time::Duration;
+
+const SETUP: &str = "CREATE TABLE t (id int PRIMARY KEY, note text);
+    INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 5000) g;";
+
+#[test]
+fn an_approved_plan_is_applied_in_its_window_as_sqlx_would() {
+    let rig = Rig::start("sqlx", SETUP);
+    configure(&rig, "");
+    let up1 = rig.sqlx(
+        "1",
+        "add_flag",
+        "ALTER TABLE t ADD COLUMN flag boolean NOT NULL DEFAULT false;\n",
+        Some("ALTER TABLE t DROP COLUMN flag;\n"),
+    );
+    let up2 = rig.sqlx("2", "index_note", "CREATE INDEX t_note ON t (note);\n", Some("DROP INDEX t_note;\n"));
+    let before = live_fingerprint(&rig);
+    let plan = rehearse_and_approve(&rig);
+
+    let r = apply(&rig);
+    r.ok();
+    let rel = r.json();
+    assert_eq!(rel["outcome"], "applied", "{rel:#}");
+    assert_eq!(rel["plan"], plan.as_str());
+    assert!(rel["warnings"].as_array().unwrap().is_empty(), "post-checks found problems: {rel:#}");
+    let steps = journal_steps(&rel);
+    for s in ["snapshot", "snapshot_done", "apply", "migration", "applied", "postcheck", "finished"] {
+        assert!(steps.iter().any(|x| x == s), "journal lacks {s}: {steps:?}");
+    }
+    // History exactly as sqlx writes it (checksums computed here).
+    let history = rows(
+        &rig.live,
+        "app",
+        "SELECT version || '|' || success || '|' || encode(checksum, 'hex') || '|' || (execution_time > 0) FROM _sqlx_migrations ORDER BY version",
+    );
+    assert_eq!(
+        history,
+        vec![format!("1|true|{}|true", sha384_hex(&up1)), format!("2|true|{}|true", sha384_hex(&up2))],
+        "sqlx's history"
+    );
+    assert_eq!(rig.live.psql("app", "SELECT count(*) FROM t WHERE NOT flag"), "5000");
+    assert_eq!(rig.live.psql("app", "SELECT count(*) FROM pg_indexes WHERE indexname = 't_note'"), "1");
+    let st = rig.status().json();
+    assert!(st["pending"].as_array().unwrap().is_empty(), "nothing pending after the release: {st:#}");
+
+    // The pre-release snapshot: listed, pinned by this release, and it holds
+    // live as it was before (restored independently with pg_restore).
+    let snap = rel["pre_snapshot_id"].as_str().expect("pre_snapshot_id").to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(crate::harness::cli::local_store_path(&rig.pgr).join("app").join(&snap).join("manifest.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["pinned_by"], rel["release_id"], "{manifest:#}");
+    assert_eq!(manifest["reason"], "pre-release");
+    let stored = crate::harness::cli::local_store_path(&rig.pgr).join("app").join(&snap).join("dump.pgdump.zst");
+    data::restore_stored_zst(&rig.live, &stored, "pre_copy");
+    assert_eq!(
+        fingerprint(&rig.live, "pre_copy").replace("pre_copy", "app"),
+        before,
+        "the pre-release snapshot holds live as it was before the release"
+    );
+
+    // The approval was spent: applying again has nothing to do.
+    let again = apply(&rig);
+    again.ok();
+    assert_eq!(again.json()["outcome"], "nothing_pending");
+    let listed = rig.pgr.run_json(&["releases"]);
+    listed.ok();
+    assert_eq!(listed.json().as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn refusals_exit_75_and_leave_live_untouched() {
+    let rig = Rig::start("sqlx", SETUP);
+    configure(&rig, "approval_expires_after = \"2s\"");
+    rig.sqlx("1", "add_a", "ALTER TABLE t ADD COLUMN a int;\n", Some("ALTER TABLE t DROP COLUMN a;\n"));
+    let before = live_fingerprint(&rig);
+    let refused = |why: &str| {
+        let r = apply(&rig);
+        r.expect_code(75);
+        let rel = r.json();
+        assert_eq!(rel["outcome"], "refused", "{rel:#}");
+        let reason = rel["reason"].as_str().unwrap_or_default().to_string();
+        assert!(reason.contains(why), "reason `{reason}` should mention `{why}`");
+        assert_eq!(live_fingerprint(&rig), before, "a refusal ({why}) changed live");
+        assert!(!table_exists(&rig.live, "app", "_sqlx_migrations"), "a refusal wrote history");
+        rel
+    };
+
+    // Not approved (never rehearsed).
+    assert_eq!(refused("not approved")["error_kind"], "not_approved");
+
+    // Approved, then expired.
+    rehearse_and_approve(&rig);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(refused("expired")["error_kind"], "approval_expired");
+
+    // Approved, then the file edited: the plan changed.
+    configure(&rig, "");
+    rehearse_and_approve(&rig);
+    rig.sqlx("1", "add_a", "ALTER TABLE t ADD COLUMN a bigint;\n", Some("ALTER TABLE t DROP COLUMN a;\n"));
+    assert_eq!(refused("plan changed")["error_kind"], "plan_changed");
+
+    // Outside the window (a one-second window on 1 January only).
+    rehearse_and_approve(&rig);
+    rig.configure(&format!(
+        "admin_url = {}\nwindows = [{{ cron = \"0 0 0 1 1 *\", duration = \"1s\", timezone = \"Europe/Berlin\" }}]\n",
+        crate::harness::cli::toml_string(&rig.live.url("postgres", "postgres", ""))
+    ));
+    assert_eq!(refused("outside the release window")["error_kind"], "outside_window");
+
+    // The rehearsed duration does not fit what remains of the window: a
+    // migration that takes 3 s, a window of 2 s opening every second.
+    rig.sqlx("2", "slow", "SELECT pg_sleep(3);\n", Some("SELECT 1;\n"));
+    configure(&rig, "");
+    rehearse_and_approve(&rig);
+    rig.configure(&format!(
+        "admin_url = {}\nwindows = [{{ cron = \"* * * * * *\", duration = \"2s\", timezone = \"UTC\" }}]\n",
+        crate::harness::cli::toml_string(&rig.live.url("postgres", "postgres", ""))
+    ));
+    assert_eq!(refused("only")["error_kind"], "does_not_fit");
+
+    // A second apply while the first runs (its slow migration holds the
+    // target's lock) is refused; the first completes.
+    configure(&rig, "");
+    let first = rig.pgr.spawn(&["--json", "apply"]);
+    crate::harness::wait_for(
+        "the first release to run its slow migration",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || {
+            (rig.live.psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(3)%' AND pid <> pg_backend_pid()",
+            ) == "1")
+                .then_some(())
+        },
+    );
+    let second = apply(&rig);
+    second.expect_code(75);
+    assert_eq!(second.json()["error_kind"], "lock_held", "{}", second.stdout);
+    let done = first.wait(Duration::from_secs(120));
+    assert_eq!(done.code, 0, "{}\n{}", done.stdout, tail(&done.stderr, 3000));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&done.stdout).unwrap()["outcome"], "applied");
+}
