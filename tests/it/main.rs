@@ -18,6 +18,8 @@ mod rehearse_diesel;
 mod rehearse_payload;
 mod rehearse_sqlx;
 mod release;
+mod release_payload;
+mod release_failure;
 mod restore;
 mod roundtrip;
 mod secrets;
