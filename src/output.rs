@@ -268,6 +268,15 @@ pub fn status(json: bool, st: &crate::status::Status) {
         (None, Some(n)) => println!("Window: closed; next opens {} until {}", n.start.to_rfc3339(), n.end.to_rfc3339()),
         (None, None) => println!("Window: none configured"),
     }
+    if let Some(r) = &st.last_release {
+        println!(
+            "Last release: {} {} ({}){}",
+            r.id,
+            r.outcome,
+            r.started_at,
+            r.reason.as_deref().map(|x| format!(": {x}")).unwrap_or_default()
+        );
+    }
 }
 
 /// `rehearse`: the Markdown report, or the JSON report.

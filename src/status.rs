@@ -27,6 +27,16 @@ pub struct Status {
     /// The release window open now (with its end), and the next one.
     pub window_open: Option<crate::release::window::Opening>,
     pub next_window: Option<crate::release::window::Opening>,
+    /// The newest release of the target (any outcome).
+    pub last_release: Option<ReleaseStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReleaseStatus {
+    pub id: String,
+    pub outcome: String,
+    pub started_at: String,
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -96,6 +106,12 @@ pub async fn status(config: &Config, target: &Target) -> Result<Status, StatusEr
         valid: crate::release::approval::is_valid(&a, &plan.hash, chrono::Utc::now()),
         approval: a,
     });
+    let last_release = state.releases(Some(&target.name), 1).await?.into_iter().next().map(|r| ReleaseStatus {
+        id: r.id,
+        outcome: r.outcome,
+        started_at: r.started_at,
+        reason: r.reason,
+    });
     let windows: Vec<_> = target.windows.iter().filter_map(|w| crate::release::window::Window::parse(w).ok()).collect();
     let now = chrono::Utc::now();
     Ok(Status {
@@ -120,5 +136,6 @@ pub async fn status(config: &Config, target: &Target) -> Result<Status, StatusEr
         last_snapshot,
         last_rehearsal,
         approval,
+        last_release,
     })
 }

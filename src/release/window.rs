@@ -129,6 +129,49 @@ mod tests {
     }
 
     #[test]
+    fn new_york_daylight_saving_changes() {
+        // Spring forward, New York 2026-03-08: 02:00–03:00 EST does not
+        // exist. A daily 02:30 window opens at 03:00 EDT (07:00 UTC) that
+        // day; the days around it keep 02:30 local (07:30 UTC, then 06:30).
+        let w = window("0 30 2 * * *", 1800, "America/New_York");
+        assert_eq!(w.next_after(utc("2026-03-07T00:00:00Z")).unwrap().start, utc("2026-03-07T07:30:00Z"));
+        let skipped = w.next_after(utc("2026-03-08T00:00:00Z")).unwrap();
+        assert_eq!(skipped.start, utc("2026-03-08T07:00:00Z"), "{skipped:?}");
+        assert_eq!(skipped.end - skipped.start, chrono::Duration::minutes(30));
+        assert_eq!(w.next_after(utc("2026-03-09T00:00:00Z")).unwrap().start, utc("2026-03-09T06:30:00Z"));
+        // Open at 03:10 EDT on the day of the change, closed at 03:31.
+        assert!(w.open_at(utc("2026-03-08T07:10:00Z")).is_some());
+        assert!(w.open_at(utc("2026-03-08T07:31:00Z")).is_none());
+
+        // Fall back, New York 2026-11-01: 01:30 happens twice (EDT, then
+        // EST). A 01:30 window opens once, and a 2 h window across the
+        // change lasts two real hours.
+        let w = window("0 30 1 * * *", 7200, "America/New_York");
+        let first = w.next_after(utc("2026-11-01T00:00:00Z")).unwrap();
+        assert_eq!(first.start, utc("2026-11-01T05:30:00Z"), "the first 01:30 (EDT): {first:?}");
+        assert_eq!(first.end, utc("2026-11-01T07:30:00Z"));
+        let next = w.next_after(first.start).unwrap();
+        assert_eq!(next.start, utc("2026-11-02T06:30:00Z"), "once that day, then 01:30 EST: {next:?}");
+        // Inside the repeated hour (01:45 EST = 06:45 UTC) the window opened
+        // at 05:30 UTC is still the open one.
+        assert_eq!(w.open_at(utc("2026-11-01T06:45:00Z")).unwrap().start, first.start);
+    }
+
+    #[test]
+    fn berlin_window_open_across_the_changes() {
+        // A Saturday-night window 23:00–05:00 Berlin spanning each change
+        // lasts its six real hours and is open at its wall-clock times.
+        let w = window("0 0 23 * * Sat", 6 * 3600, "Europe/Berlin");
+        let spring = w.next_after(utc("2026-03-28T00:00:00Z")).unwrap();
+        assert_eq!(spring.start, utc("2026-03-28T22:00:00Z"), "23:00 CET");
+        assert!(w.open_at(utc("2026-03-29T03:30:00Z")).is_some(), "05:30 CEST is 03:30 UTC: inside");
+        assert!(w.open_at(utc("2026-03-29T04:01:00Z")).is_none());
+        let autumn = w.next_after(utc("2026-10-24T00:00:00Z")).unwrap();
+        assert_eq!(autumn.start, utc("2026-10-24T21:00:00Z"), "23:00 CEST");
+        assert_eq!(autumn.end, utc("2026-10-25T03:00:00Z"), "six real hours: 04:00 CET");
+    }
+
+    #[test]
     fn the_open_window_with_most_time_left_wins() {
         let ws = [window("0 0 * * * *", 600, "UTC"), window("0 0 0 * * *", 4 * 3600, "UTC")];
         let now = utc("2026-11-24T02:05:00Z");

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod data;
 pub mod dump;
 pub mod migrations;
+pub mod payload;
 pub mod pg;
 pub mod proc;
 pub mod proxy;
