@@ -46,6 +46,7 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    crate::pg::tools::die_with_parent(&mut cmd);
     if let Some(p) = url.password() {
         cmd.env("PGPASSWORD", p);
     }

@@ -133,7 +133,29 @@ fn finish(mut cmd: Command, url: &ConnUrl, application_name: &str) -> Command {
     }
     cmd.stdin(Stdio::null());
     cmd.kill_on_drop(true);
+    die_with_parent(&mut cmd);
     cmd
+}
+
+/// Makes a child die with pgrehearse (`PR_SET_PDEATHSIG`): a pg_restore or
+/// migration tool must not go on writing after a killed pgrehearse, or it
+/// would race the recovery the next run makes.
+pub fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe calls (prctl, getppid, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
 }
 
 /// The last `max` bytes of a text, at a line boundary where possible.

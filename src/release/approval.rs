@@ -3,7 +3,9 @@
 //! `approval_max_age`. An approval names who approved, when, the rehearsal
 //! it rests on, and expires after `approval_expires_after`. Any edited file,
 //! new migration or moved live history changes the plan hash, so an approval
-//! can never release a plan other than the one rehearsed.
+//! can never release a plan other than the one rehearsed. With
+//! `requires_release_on`, the same migrations must have been released on
+//! that other target first (promotion dev → staging → production).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -38,6 +40,8 @@ pub enum ApprovalError {
         "the passing rehearsal of plan {plan} ({id}) finished {age} ago, longer than approval_max_age ({max}); rehearse again and approve that rehearsal"
     )]
     TooOld { plan: String, id: String, age: String, max: String },
+    #[error("{0}")]
+    NotPromoted(String),
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error(transparent)]
@@ -85,6 +89,9 @@ pub async fn approve(
         .ok_or_else(|| ApprovalError::NotRehearsed { plan: current.hash.clone() })?;
     if rehearsal.status != "passed" {
         return Err(ApprovalError::NotPassed { plan: current.hash, id: rehearsal.id, status: rehearsal.status });
+    }
+    if let Some(refusal) = super::preflight::promotion(&state, target, &current).await? {
+        return Err(ApprovalError::NotPromoted(refusal.to_string()));
     }
     let now = Utc::now();
     let finished = rehearsal

@@ -8,6 +8,8 @@
 //!   approval expired, a file edited after approval, outside the window, a
 //!   rehearsed duration that does not fit the window, the approval already
 //!   spent, a second `apply` while the first runs.
+//! - Promotion: with `requires_release_on = "staging"`, production's plan is
+//!   approved only once the same migrations were released on staging.
 
 use crate::harness::data;
 use crate::harness::migrations::*;
@@ -157,4 +159,61 @@ fn refusals_exit_75_and_leave_live_untouched() {
     let done = first.wait(Duration::from_secs(120));
     assert_eq!(done.code, 0, "{}\n{}", done.stdout, tail(&done.stderr, 3000));
     assert_eq!(serde_json::from_str::<serde_json::Value>(&done.stdout).unwrap()["outcome"], "applied");
+}
+
+#[test]
+fn promotion_requires_the_same_migrations_released_on_staging_first() {
+    use crate::harness::cli::{local_store_toml, target_toml, toml_string};
+    let rig = Rig::start("sqlx", SETUP);
+    rig.live.psql("postgres", "CREATE DATABASE staging TEMPLATE app OWNER app");
+    let common = format!(
+        "shadow_url = {}\nrestore_jobs = 2\nmigrations = {{ kind = \"sqlx\", dir = {} }}\n{}\n",
+        toml_string(&crate::harness::shadow::shadow_url(&rig.shadow)),
+        toml_string(&rig.dir.display().to_string()),
+        release_config(&rig, "")
+    );
+    rig.pgr.write_config(&format!(
+        "{}{}{}",
+        local_store_toml(&rig.pgr, ""),
+        target_toml("staging", &rig.live.url("staging", "app", PASSWORD), &common),
+        target_toml(
+            "app",
+            &rig.live.url("app", "app", PASSWORD),
+            &format!("{common}requires_release_on = \"staging\"\n")
+        )
+    ));
+    rig.sqlx("1", "add_a", "ALTER TABLE t ADD COLUMN a int;\n", Some("ALTER TABLE t DROP COLUMN a;\n"));
+    let on = |target: &str, args: &[&str]| {
+        let mut all = vec!["--target", target];
+        all.extend_from_slice(args);
+        let r = rig.pgr.run_json(&all);
+        eprintln!("{target} {args:?}: exit {}\n{}\n{}", r.code, r.stdout, tail(&r.stderr, 2000));
+        r
+    };
+    let plan = |target: &str| on(target, &["status"]).json()["plan"].as_str().unwrap().to_string();
+
+    // Production first: rehearsed fine, but not released on staging yet.
+    on("app", &["rehearse"]).ok();
+    let r = on("app", &["approve", "--plan", &plan("app")]);
+    r.expect_code(75);
+    assert!(r.stderr.contains("released on `staging` first"), "{}", r.stderr);
+    let before = live_fingerprint(&rig);
+
+    // Staging: rehearse, approve, apply.
+    on("staging", &["rehearse"]).ok();
+    on("staging", &["approve", "--plan", &plan("staging")]).ok();
+    assert_eq!(on("staging", &["apply"]).json()["outcome"], "applied");
+    assert_eq!(live_fingerprint(&rig), before, "staging's release did not touch production");
+
+    // Now production may follow.
+    on("app", &["approve", "--plan", &plan("app")]).ok();
+    let r = on("app", &["apply"]);
+    r.ok();
+    assert_eq!(r.json()["outcome"], "applied");
+    assert_eq!(rows(&rig.live, "app", "SELECT version FROM _sqlx_migrations"), ["1"]);
+
+    // A new migration not yet on staging: production's approval is refused again.
+    rig.sqlx("2", "add_b", "ALTER TABLE t ADD COLUMN b int;\n", Some("ALTER TABLE t DROP COLUMN b;\n"));
+    on("app", &["rehearse"]).ok();
+    on("app", &["approve", "--plan", &plan("app")]).expect_code(75);
 }

@@ -140,7 +140,7 @@ fn a_payload_release_failing_on_live_is_restored_to_the_pre_release_state() {
     // the slug file with its row, the index file rolled back.
     let failed = rel["failed_database"].as_str().expect("failed_database").to_string();
     assert!(failed.starts_with("app_failed_"), "{failed}");
-    assert_eq!(live_dbs_like(&rig, "app_failed_"), [failed.clone()], "the failed database is on the live cluster");
+    assert_eq!(live_dbs_like(&rig, "app_failed_"), [failed.as_str()], "the failed database is on the live cluster");
     let kept = rows(&rig.live, &failed, "SELECT name || ':' || batch FROM payload_migrations ORDER BY id");
     assert_eq!(kept, [format!("{INITIAL}:1"), format!("{SLUG}:2")], "history in the failed database");
     assert!(columns(&rig, &failed, "posts").contains(&"slug".to_string()), "the failed database has posts.slug");

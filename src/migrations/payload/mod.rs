@@ -449,6 +449,7 @@ impl Payload {
             .stderr(Stdio::from(writer))
             .process_group(0)
             .kill_on_drop(true);
+        crate::pg::tools::die_with_parent(&mut cmd);
         if let Some(pw) = url.password() {
             cmd.env("PGPASSWORD", pw);
         }

@@ -74,3 +74,56 @@ pub fn journal_steps(release: &Value) -> Vec<String> {
         .map(|e| e["step"].as_str().unwrap_or_default().to_string())
         .collect()
 }
+
+/// `--json apply` with `PGREHEARSE_CRASH_AT=at`: the process must SIGKILL
+/// itself right after journaling that step.
+pub fn crash_apply(rig: &Rig, at: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let out = rig.pgr.command(&["--json", "apply"]).env("PGREHEARSE_CRASH_AT", at).output().expect("run pgrehearse");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "pgrehearse did not kill itself at step {at} ({:?})\nstdout:\n{}\nstderr (tail):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        tail(&String::from_utf8_lossy(&out.stderr), 3000)
+    );
+}
+
+/// Approves the current plan again (on its latest passing rehearsal): a
+/// release that got past preflight spent the previous approval.
+pub fn approve_current(rig: &Rig) {
+    rig.pgr.run_json(&["approve", "--plan", &plan_of(rig), "--by", "test"]).ok();
+}
+
+/// The one release a killed pgrehearse left `running` (`releases` does not
+/// recover it), whose journal must end with `last` (`step`, or
+/// `step:detail`); returns its id.
+pub fn interrupted_release(rig: &Rig, last: &str) -> String {
+    let r = rig.pgr.run_json(&["releases"]);
+    r.ok();
+    let list = r.json();
+    let running: Vec<&Value> =
+        list.as_array().expect("releases is an array").iter().filter(|x| x["outcome"] == "running").collect();
+    assert_eq!(running.len(), 1, "exactly one release should be left running: {list:#}");
+    let entry = running[0]["journal"].as_array().and_then(|j| j.last()).cloned().unwrap_or_default();
+    let step = entry["step"].as_str().unwrap_or_default();
+    let got = match entry["detail"].as_str() {
+        Some(d) if last.contains(':') => format!("{step}:{d}"),
+        _ => step.to_string(),
+    };
+    assert_eq!(got, last, "the crashed release's journal should end at the crash: {:#}", running[0]);
+    running[0]["release_id"].as_str().expect("release_id").to_string()
+}
+
+/// Waits until no session on `c` has an `application_name` LIKE `pattern`
+/// (a killed client's backends exit once they see the socket close).
+pub fn wait_no_sessions(c: &super::pg::Cluster, pattern: &str) {
+    let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '{pattern}'");
+    super::wait_for(
+        &format!("sessions {pattern} to end"),
+        std::time::Duration::from_secs(20),
+        std::time::Duration::from_millis(20),
+        || (c.psql("postgres", &sql) == "0").then_some(()),
+    );
+}
