@@ -230,6 +230,7 @@ pub async fn promotion(state: &State, target: &Target, plan: &Plan) -> Result<Op
 }
 
 /// The open window, if the rehearsed time fits in what remains of it.
+#[allow(clippy::result_large_err)] // a refusal is built once per release
 fn fits(
     target: &Target,
     evidence: &Evidence,

@@ -1,0 +1,72 @@
+//! Tests of the validation pass: located problems, shipped examples, redaction.
+use super::*;
+
+fn problems(src: &str) -> Vec<Problem> {
+    from_source(Path::new("/etc/pgrehearse/t.toml"), src).err().unwrap_or_default()
+}
+
+/// Every example shipped in `config/` must stay valid.
+#[test]
+fn shipped_examples_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let src = std::fs::read_to_string(&path).unwrap();
+            if let Err(p) = from_source(&path, &src) {
+                panic!("{}: {}", path.display(), p.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "));
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 2);
+}
+
+#[test]
+fn problems_are_located_and_collected() {
+    let src = "state_dir = \"/x\"\n[[targets]]\nname = \"a\"\nlive_url = \"postgres://u@h/db\"\nlock_timeout = \"3 parsecs\"\non_failure = \"pray\"\n";
+    let p = problems(src);
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert_eq!((p[0].line, p[0].key.as_str()), (Some(5), "targets[0].lock_timeout"));
+    assert_eq!((p[1].line, p[1].key.as_str()), (Some(6), "targets[0].on_failure"));
+}
+
+#[test]
+fn lint_rules_are_checked_by_name() {
+    let src = "[[targets]]\nname = \"a\"\nlive_url = \"postgres://u@h/db\"\nlint = { deny = [\"drop_table\", \"drop_tables\"] }\n";
+    let p = problems(src);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!((p[0].line, p[0].key.as_str()), (Some(4), "targets[0].lint.deny[1]"));
+    assert!(p[0].message.contains("unknown lint rule `drop_tables`"), "{}", p[0].message);
+    assert!(p[0].message.contains("index_not_concurrent"), "the message lists the rules: {}", p[0].message);
+}
+
+#[test]
+fn unknown_keys_name_their_line() {
+    let p = problems("[store]\nkind = \"s3\"\nbucketz = \"x\"\n");
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].line, Some(3));
+    assert!(p[0].message.contains("bucketz"), "{}", p[0].message);
+}
+
+#[test]
+fn shadow_must_not_be_live() {
+    let same =
+        "[[targets]]\nname = \"a\"\nlive_url = \"postgres://u@h:5432/db\"\nshadow_url = \"postgres://postgres@h/db\"\n";
+    let p = problems(same);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "targets[0].shadow_url");
+    let server = same.replace("postgres@h/db", "postgres@h/postgres");
+    assert!(problems(&server)[0].message.contains("shadow_on_live_server"));
+    let allowed = format!("{server}shadow_on_live_server = true\n");
+    assert!(problems(&allowed).is_empty());
+}
+
+#[test]
+fn secrets_are_redacted_when_printed() {
+    let src = "[[targets]]\nname = \"a\"\nlive_url = \"postgres://u:hunter2@h/db\"\n";
+    let cfg = from_source(Path::new("/t.toml"), src).unwrap();
+    let printed = toml::to_string(&cfg).unwrap() + &serde_json::to_string(&cfg).unwrap() + &format!("{cfg:?}");
+    assert!(!printed.contains("hunter2"));
+}
