@@ -190,3 +190,64 @@ fn lock_timeouts_are_retried_until_the_lock_goes_or_the_retries_run_out() {
     drop(holder);
     assert_eq!(live_fingerprint(&rig), before);
 }
+
+#[test]
+fn on_failure_down_reverts_what_the_release_applied_and_halt_leaves_live_for_a_person() {
+    let rig = Rig::start("sqlx", SETUP);
+    configure(&rig, "on_failure = \"down\"");
+    rig.sqlx(
+        "1",
+        "add_score",
+        "ALTER TABLE t ADD COLUMN score int NOT NULL DEFAULT 7;\n",
+        Some("ALTER TABLE t DROP COLUMN score;\n"),
+    );
+    rig.sqlx(
+        "2",
+        "index_score",
+        "-- no-transaction\nCREATE INDEX CONCURRENTLY t_score ON t (score);\n",
+        Some("-- no-transaction\nDROP INDEX CONCURRENTLY t_score;\n"),
+    );
+    rig.sqlx("3", "unique_email", "CREATE UNIQUE INDEX t_email ON t (email);\n", Some("DROP INDEX t_email;\n"));
+    rehearse_and_approve(&rig);
+    as_app(&rig.live, "app", DUPLICATE);
+    let before = live_fingerprint(&rig);
+
+    let r = apply(&rig);
+    r.expect_code(1);
+    let rel = r.json();
+    assert_eq!((rel["outcome"].as_str(), rel["recovery"].as_str()), (Some("rolled_back"), Some("down")), "{rel:#}");
+    let statuses: Vec<&str> =
+        rel["migrations"].as_array().unwrap().iter().map(|m| m["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["reverted", "reverted", "failed"], "{rel:#}");
+    let downs: Vec<&str> = rel["journal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["step"] == "down")
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(downs, ["2", "1"], "downs run newest first");
+    assert_eq!(rows(&rig.live, "app", "SELECT count(*) FROM _sqlx_migrations"), ["0"], "sqlx's history is empty again");
+    // The downs give back the schema and data as they were (the history
+    // table, which the downs leave empty, aside).
+    as_app(&rig.live, "app", "DROP TABLE _sqlx_migrations");
+    assert_eq!(live_fingerprint(&rig), before);
+    assert!(live_dbs_like(&rig, "app_failed_").is_empty(), "down restores nothing");
+
+    // halt: live is left as the failure left it, and the reason says how to go back.
+    // (Rehearsed on the first snapshot, from before the duplicate row.)
+    configure(&rig, "on_failure = \"halt\"");
+    let snaps = rig.pgr.run_json(&["snapshots"]).json();
+    let oldest = snaps.as_array().unwrap().last().unwrap()["id"].as_str().unwrap().to_string();
+    rig.rehearse(&["--snapshot", &oldest]).ok();
+    rig.pgr.run_json(&["approve", "--plan", &plan_of(&rig)]).ok();
+    let r = apply(&rig);
+    r.expect_code(1);
+    let rel = r.json();
+    assert_eq!(rel["outcome"], "halted", "{rel:#}");
+    let reason = rel["reason"].as_str().unwrap();
+    let snap = rel["pre_snapshot_id"].as_str().unwrap();
+    assert!(reason.contains(&format!("pgrehearse restore {snap} --replace-live --yes")), "{reason}");
+    assert_eq!(rows(&rig.live, "app", "SELECT version FROM _sqlx_migrations ORDER BY version"), ["1", "2"]);
+    assert!(live_dbs_like(&rig, "app_failed_").is_empty());
+}
