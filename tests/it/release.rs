@@ -217,3 +217,33 @@ fn promotion_requires_the_same_migrations_released_on_staging_first() {
     on("app", &["rehearse"]).ok();
     on("app", &["approve", "--plan", &plan("app")]).expect_code(75);
 }
+
+#[test]
+fn post_checks_warn_about_a_schema_that_differs_from_the_rehearsal_and_invalid_indexes() {
+    let rig = Rig::start("sqlx", SETUP);
+    configure(&rig, "");
+    // A NOT VALID check the plan intends: the rehearsal leaves it so too.
+    rig.sqlx(
+        "1",
+        "note_check",
+        "ALTER TABLE t ADD CONSTRAINT note_short CHECK (length(note) < 100) NOT VALID;\n",
+        Some("ALTER TABLE t DROP CONSTRAINT note_short;\n"),
+    );
+    rehearse_and_approve(&rig);
+    // Live drifts from the snapshot the plan was rehearsed on: a table made
+    // by hand, and an invalid index from a failed concurrent build.
+    as_app(&rig.live, "app", "CREATE TABLE made_by_hand (id int)");
+    as_app(&rig.live, "app", "INSERT INTO t VALUES (5001, 'row 1')");
+    let failed = rig.live.psql_output("app", "CREATE UNIQUE INDEX CONCURRENTLY t_note_unique ON t (note)");
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(err.contains("could not create unique index"), "the concurrent build must fail on the duplicate: {err}");
+
+    let r = apply(&rig);
+    r.ok();
+    let rel = r.json();
+    assert_eq!(rel["outcome"], "applied", "still applied: the migrations committed");
+    let warnings = rel["warnings"].to_string();
+    assert!(warnings.contains("made_by_hand") && warnings.contains("differs"), "schema mismatch reported: {warnings}");
+    assert!(warnings.contains("t_note_unique") && warnings.contains("invalid"), "invalid index reported: {warnings}");
+    assert!(!warnings.contains("note_short"), "an intended NOT VALID constraint is no finding: {warnings}");
+}
