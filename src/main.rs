@@ -89,7 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     if !matches!(cli.command, Command::Apply | Command::Releases(_) | Command::Snapshots | Command::Download(_))
         && let Some(r) = release::recover_interrupted(&config, target).await?
     {
-        tracing::warn!(release = %r.release_id, outcome = %r.outcome, "Finished a release that was interrupted.");
+        tracing::warn!(release = %r.record.id, outcome = %r.record.outcome, "Finished a release that was interrupted.");
     }
     match cli.command {
         Command::Config(_) => unreachable!("handled above"),

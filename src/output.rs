@@ -299,10 +299,11 @@ pub fn approved(json: bool, a: &crate::release::approval::Approved) {
 }
 
 /// `apply`: the outcome first, then what ran, the warnings and what to do.
-pub fn released(json: bool, r: &crate::release::Release) {
+pub fn released(json: bool, rel: &crate::release::Release) {
     if json {
-        return print_json(r);
+        return print_json(rel);
     }
+    let r = &rel.record;
     let verb = match r.outcome.as_str() {
         "applied" => "applied",
         "rolled_back" => "failed and was rolled back: live is as it was before",
@@ -313,8 +314,8 @@ pub fn released(json: bool, r: &crate::release::Release) {
         "nothing_pending" => "has nothing to do: no pending migration",
         other => other,
     };
-    let again = if r.recovered { " (finished after an interruption)" } else { "" };
-    println!("Release {} of target {} {verb}{again}.", r.release_id, r.target);
+    let again = if rel.recovered { " (finished after an interruption)" } else { "" };
+    println!("Release {} of target {} {verb}{again}.", r.id, r.target);
     if let Some(reason) = &r.reason {
         println!("Reason: {reason}");
     }
@@ -355,6 +356,7 @@ pub fn releases(json: bool, list: &[crate::release::Release], one: bool) {
         println!("No releases yet.");
     }
     for r in list {
-        println!("{:<28} {:<16} {} {}", r.release_id, r.outcome, r.started_at, r.reason.as_deref().unwrap_or(""));
+        let r = &r.record;
+        println!("{:<28} {:<16} {} {}", r.id, r.outcome, r.started_at, r.reason.as_deref().unwrap_or(""));
     }
 }

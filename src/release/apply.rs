@@ -196,10 +196,7 @@ async fn single(
             if let Err((text, e)) = ran {
                 let _ = exec(conn, "ROLLBACK").await;
                 if is_lock_timeout(&e) && attempt < policy.lock_retries {
-                    let wait = backoff(policy, attempt);
-                    tracing::warn!(migration = %m.version, attempt = attempt + 1, wait_ms = wait.as_millis() as u64, "Lock timeout; the plan's transaction was rolled back and will be retried.");
-                    journal.step(step::RETRY, Some(&m.version)).await?;
-                    tokio::time::sleep(wait).await;
+                    retry_wait(policy, attempt, m, journal).await?;
                     attempt += 1;
                     continue 'attempt;
                 }

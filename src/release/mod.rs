@@ -81,28 +81,12 @@ impl Outcome {
     }
 }
 
-/// What `apply --json` prints (and `releases` lists).
+/// What `apply --json` prints (and `releases` lists): the release record
+/// (outcome, reason, timings, migrations, recovery) and its journal.
 #[derive(Debug, Clone, Serialize)]
 pub struct Release {
-    pub release_id: String,
-    pub target: String,
-    pub plan: String,
-    pub outcome: String,
-    pub reason: Option<String>,
-    pub error_kind: Option<String>,
-    pub pre_snapshot_id: Option<String>,
-    /// Where the failed database was kept (`restore` recovery).
-    pub failed_database: Option<String>,
-    /// `restore`, `down`, `halt`, or null when none was needed.
-    pub recovery: Option<String>,
-    pub approval_id: Option<String>,
-    pub rehearsal_id: Option<String>,
-    pub started_at: String,
-    pub finished_at: Option<String>,
-    pub migrations: serde_json::Value,
-    pub warnings: Vec<String>,
-    /// Milliseconds per phase: preflight, snapshot, apply, postcheck, recovery, total.
-    pub timings: serde_json::Value,
+    #[serde(flatten)]
+    pub record: ReleaseRow,
     pub journal: Vec<JournalEntry>,
     /// True when this run finished a release a crash had interrupted.
     pub recovered: bool,
@@ -110,7 +94,7 @@ pub struct Release {
 
 impl Release {
     pub fn outcome(&self) -> Outcome {
-        match self.outcome.as_str() {
+        match self.record.outcome.as_str() {
             "applied" => Outcome::Applied,
             "rolled_back" => Outcome::RolledBack,
             "restored" => Outcome::Restored,
@@ -379,28 +363,9 @@ async fn not_valid_on_live(target: &Target) -> Vec<String> {
     }
 }
 
-async fn release_doc(state: &State, row: ReleaseRow, recovered: bool) -> Result<Release, ReleaseError> {
-    let journal = state.journal(&row.id).await?;
-    Ok(Release {
-        release_id: row.id,
-        target: row.target,
-        plan: row.plan_hash,
-        outcome: row.outcome,
-        reason: row.reason,
-        error_kind: row.error_kind,
-        pre_snapshot_id: row.pre_snapshot_id,
-        failed_database: row.failed_database,
-        recovery: row.recovery,
-        approval_id: row.approval_id,
-        rehearsal_id: row.rehearsal_id,
-        started_at: row.started_at,
-        finished_at: row.finished_at,
-        migrations: row.migrations,
-        warnings: row.warnings,
-        timings: row.timings,
-        journal,
-        recovered,
-    })
+async fn release_doc(state: &State, record: ReleaseRow, recovered: bool) -> Result<Release, ReleaseError> {
+    let journal = state.journal(&record.id).await?;
+    Ok(Release { record, journal, recovered })
 }
 
 /// `pgrehearse releases [ID]`: the target's recent releases, or one.

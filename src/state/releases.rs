@@ -13,26 +13,34 @@ use super::{State, StateError, hostname};
 /// (the CLI, the daemon's API and reports) see exactly what was written.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReleaseRow {
+    #[serde(rename = "release_id")]
     pub id: String,
     pub target: String,
+    #[serde(rename = "plan")]
     pub plan_hash: String,
     pub content_hash: String,
     pub approval_id: Option<String>,
     pub rehearsal_id: Option<String>,
+    /// The live database's name.
     pub database: String,
     pub on_failure: String,
     pub outcome: String,
     pub reason: Option<String>,
     pub error_kind: Option<String>,
     pub pre_snapshot_id: Option<String>,
+    /// Where the failed database was kept (`restore` recovery).
     pub failed_database: Option<String>,
+    /// `restore`, `down`, `halt`, or null when none was needed.
     pub recovery: Option<String>,
     pub started_at: String,
     pub finished_at: Option<String>,
     pub pid: u32,
     pub host: String,
+    /// Per migration: status, duration, attempts, error.
     pub migrations: serde_json::Value,
+    /// Milliseconds per phase: preflight, snapshot, apply, postcheck, recovery, total.
     pub timings: serde_json::Value,
+    /// Post-check findings of an applied release.
     pub warnings: Vec<String>,
     /// The plan's migrations: `[{version, name, checksum, transactional}]`.
     pub pending: serde_json::Value,
@@ -148,10 +156,11 @@ impl State {
     }
 
     /// Whether an approval was already spent by a release that got past
-    /// preflight (an approval releases a plan once).
+    /// preflight (an approval releases a plan once). A release that stopped
+    /// before any migration ran (`aborted`) spends nothing.
     pub async fn approval_spent(&self, approval_id: &str) -> Result<Option<String>, StateError> {
         let id: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM releases WHERE approval_id = ? AND outcome NOT IN ('refused') ORDER BY started_at LIMIT 1",
+            "SELECT id FROM releases WHERE approval_id = ? AND outcome NOT IN ('refused', 'aborted', 'nothing_pending') ORDER BY started_at LIMIT 1",
         )
         .bind(approval_id)
         .fetch_optional(&self.pool)

@@ -1,10 +1,12 @@
 //! Crash matrix of `pgrehearse apply`: the process is killed with SIGKILL
-//! (as by `kill -9`) at each journaled step of a release — before the
-//! pre-release snapshot, while its pg_dump streams, after it, at migration K
-//! and inside a migration's statement, inside the recovery's restore (also
-//! while its pg_restore runs) and swap (also between the two renames, while
-//! the live database's name is free) — and then started again. After the
-//! restart, live is exactly in its pre-release state (schema and every
+//! (as by `kill -9`) at every journaled step of a release — before the
+//! pre-release snapshot, while its pg_dump streams into the store, after
+//! it, at `apply`, at migration K and inside a migration's statement, after
+//! the last migration committed, in the post-checks, and at each step of a
+//! restore recovery (also while its pg_restore runs, and between the swap's
+//! two renames while the live database's name is free, also when that
+//! recovery was itself finishing a crash) — and then started again. After
+//! the restart, live is exactly in its pre-release state (schema and every
 //! table's rows, history included, equal to what they were just before
 //! `apply`) or exactly in its post-release state (equal to a copy of live
 //! to which the test applied the plan itself as sqlx would, the history
@@ -15,13 +17,14 @@
 //! `applied` for the post-release one, with `interrupted` then `finished`
 //! in its journal.
 //!
-//! One rig, two plans: an all-transactional one (one transaction: a crash
-//! mid-plan is rolled back, nothing restored), then one with a
+//! One rig, three plans: an all-transactional one (one transaction: a crash
+//! mid-plan is rolled back, nothing restored), one with a
 //! `-- no-transaction` `CREATE INDEX CONCURRENTLY` in the middle (a crash
-//! mid-plan leaves live in between, so recovery must restore). The crash
-//! points inside recovery use a release that fails on live first: a row the
-//! rehearsal never saw violates migration 5's CHECK. Each crash point is
-//! checked on its own; a failing one is reported and the next still runs.
+//! mid-plan leaves live in between, so recovery must restore), and a last
+//! one-file plan for the post-checks. The crash points inside a recovery
+//! use a release that fails on live first: a row the rehearsal never saw
+//! violates migration 5's CHECK. Each crash point is checked on its own; a
+//! failing one is reported and the next still runs.
 
 use crate::harness::cli::local_store_path;
 use crate::harness::dump::{step_until, stopped_pg_dump};
@@ -116,15 +119,25 @@ fn crash_point(rig: &Rig, e: &Expect, post: Option<&Post>, crash: impl FnOnce(&R
         assert_eq!(kept, Vec::<String>::new(), "a database was kept although live was not restored");
     }
     match post {
-        None => assert!(live_fingerprint(rig) == before, "live is not exactly as it was before the release"),
+        None => same(&live_fingerprint(rig), &before, "live is not exactly as it was before the release"),
         Some(p) => {
             assert_eq!(history_rows(rig, "app"), p.history, "live's history after the release");
-            assert!(without_history(&live_fingerprint(rig)) == p.fingerprint, "live is not exactly the plan applied");
+            same(&without_history(&live_fingerprint(rig)), &p.fingerprint, "live is not exactly the plan applied");
             let invalid = rig.live.psql("app", "SELECT count(*) FROM pg_index WHERE NOT indisvalid");
             assert_eq!(invalid, "0", "invalid indexes on live");
         }
     }
     rel
+}
+
+/// Panics with the lines that differ unless `got == want`.
+fn same(got: &str, want: &str, what: &str) {
+    if got != want {
+        let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+        let only =
+            |a: &[&str], b: &[&str]| a.iter().filter(|l| !b.contains(l)).map(|l| l.to_string()).collect::<Vec<_>>();
+        panic!("{what}:\nonly now: {:#?}\nonly expected: {:#?}", only(&g, &w), only(&w, &g));
+    }
 }
 
 /// Versions that succeeded in `db`'s sqlx history (none without the table).
@@ -153,7 +166,7 @@ fn without_history(fp: &str) -> String {
 /// `-- no-transaction` file outside a transaction): what live must be
 /// after the plan.
 fn post_state(rig: &Rig, files: &[PathBuf]) -> Post {
-    let create = format!("CREATE DATABASE {REFERENCE} TEMPLATE app");
+    let create = format!("CREATE DATABASE {REFERENCE} TEMPLATE app OWNER app");
     wait_for("a copy of live", Duration::from_secs(20), Duration::from_millis(100), || {
         rig.live.psql_output("postgres", &create).status.success().then_some(())
     });
@@ -232,6 +245,14 @@ fn crash_between_renames(rig: &Rig) {
     let dbs = databases(&rig.live);
     assert!(!dbs.iter().any(|d| d == "app"), "between the renames `app` should not exist: {dbs:?}");
     assert_eq!(live_dbs_like(rig, "app_restoring_").len(), 1, "the restored database waits to be renamed: {dbs:?}");
+}
+
+/// A crash at migration 4, then the restart's recovery killed between the
+/// swap's renames.
+fn crash_twice(rig: &Rig) {
+    crash_apply(rig, "migration:4");
+    wait_no_sessions(&rig.live, "pgrehearse-lock-%");
+    crash_between_renames(rig);
 }
 
 fn detail(rel: &Value, step: &str) -> String {
@@ -333,6 +354,11 @@ fn a_release_killed_at_any_step_ends_exactly_before_or_after_it() {
         let rel = crash_point(&rig, &e, None, |r| crash_apply(r, "migration:3"));
         assert_eq!(detail(&rel, "apply"), "per_migration");
     });
+    point(&mut failures, "B: journaled apply (snapshot pinned, no migration yet)", || {
+        crash_point(&rig, &ex("apply", "rolled_back", &["apply"], &["migration", "recovery"]), None, |r| {
+            crash_apply(r, "apply")
+        });
+    });
     let restored =
         |last, kept| Expect { kept, ..ex(last, "restored", &["recovery", "restore_done", "swap_done"], &[]) };
     point(&mut failures, "B: journaled migration:4 (3 committed)", || {
@@ -346,6 +372,9 @@ fn a_release_killed_at_any_step_ends_exactly_before_or_after_it() {
     point(&mut failures, "B: journaled migration:5 (3 and 4 committed)", || {
         crash_point(&rig, &restored("migration:5", &["1", "2", "3", "4"]), None, |r| crash_apply(r, "migration:5"));
     });
+    point(&mut failures, "B: journaled migration:4, then the recovery killed between its renames", || {
+        crash_point(&rig, &restored("swap_renamed", &["1", "2", "3"]), None, crash_twice);
+    });
 
     // Recovery itself interrupted: migration 5 fails on live only.
     as_app(&rig.live, "app", "INSERT INTO t VALUES (100001, 'bad row')");
@@ -353,6 +382,11 @@ fn a_release_killed_at_any_step_ends_exactly_before_or_after_it() {
         has: &["failed", "recovery", "restore_done", "swap_done"],
         ..restored(last, &["1", "2", "3", "4"])
     };
+    for at in ["failed", "recovery"] {
+        point(&mut failures, &format!("B: migration 5 failed, journaled {at}"), || {
+            crash_point(&rig, &failed(at), None, |r| crash_apply(r, at));
+        });
+    }
     point(&mut failures, "B: migration 5 failed, journaled restore", || {
         crash_point(&rig, &failed("restore"), None, |r| crash_apply(r, "restore"));
     });
@@ -362,15 +396,31 @@ fn a_release_killed_at_any_step_ends_exactly_before_or_after_it() {
     point(&mut failures, "B: migration 5 failed, journaled swap", || {
         crash_point(&rig, &failed("swap"), None, |r| crash_apply(r, "swap"));
     });
+    point(&mut failures, "B: migration 5 failed, journaled restore_done", || {
+        crash_point(&rig, &failed("restore_done"), None, |r| crash_apply(r, "restore_done"));
+    });
     point(&mut failures, "B: migration 5 failed, journaled swap_renamed (live name free)", || {
         crash_point(&rig, &Expect { restart: "status", ..failed("swap_renamed") }, None, crash_between_renames);
     });
+    for at in ["swap_done", "finished"] {
+        point(&mut failures, &format!("B: migration 5 failed, journaled {at}"), || {
+            crash_point(&rig, &failed(at), None, |r| crash_apply(r, at));
+        });
+    }
     as_app(&rig.live, "app", "DELETE FROM t WHERE id = 100001");
 
     point(&mut failures, "B: journaled migration_done:5 (all committed)", || {
         let post = post_state(&rig, &plan_b);
         let e = ex("migration_done:5", "applied", &["migration_done"], &["recovery", "applied"]);
         crash_point(&rig, &e, Some(&post), |r| crash_apply(r, "migration_done:5"));
+    });
+    // Plan C, one migration: killed during the post-checks.
+    let plan_c = [rig.sqlx("6", "index_note", "CREATE INDEX t_note ON t (note);\n", Some("DROP INDEX t_note;\n"))];
+    rig.rehearse(&["--snapshot", "fresh"]).ok();
+    point(&mut failures, "C: journaled postcheck", || {
+        let post = post_state(&rig, &plan_c);
+        let e = ex("postcheck", "applied", &["applied", "postcheck"], &["recovery"]);
+        crash_point(&rig, &e, Some(&post), |r| crash_apply(r, "postcheck"));
     });
     eprintln!("crash matrix done in {:?}", t0.elapsed());
     assert!(failures.is_empty(), "{} crash point(s) failed:\n\n{}", failures.len(), failures.join("\n\n"));

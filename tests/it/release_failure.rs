@@ -25,10 +25,12 @@ const SETUP: &str = "CREATE TABLE t (id int PRIMARY KEY, email text);
 /// a unique index on `email` then fails on live but not in the rehearsal.
 const DUPLICATE: &str = "INSERT INTO t VALUES (20001, 'user1@example.com');";
 
-#[test]
-fn a_failure_mid_plan_restores_the_pre_release_snapshot_and_keeps_the_failed_database() {
-    let rig = Rig::start("sqlx", SETUP);
-    configure(&rig, "");
+/// A plan that is not all-transactional and fails at migration 3 on live
+/// only: (1) a column filled by an UPDATE, (2) a concurrent index outside a
+/// transaction, (3) a unique index that the duplicate row added to live
+/// after the rehearsal breaks. Rehearsed and approved; returns live's
+/// fingerprint just before the release.
+fn failing_plan(rig: &Rig) -> String {
     rig.sqlx(
         "1",
         "add_score",
@@ -42,9 +44,16 @@ fn a_failure_mid_plan_restores_the_pre_release_snapshot_and_keeps_the_failed_dat
         Some("-- no-transaction\nDROP INDEX CONCURRENTLY t_score;\n"),
     );
     rig.sqlx("3", "unique_email", "CREATE UNIQUE INDEX t_email ON t (email);\n", Some("DROP INDEX t_email;\n"));
-    rehearse_and_approve(&rig);
+    rehearse_and_approve(rig);
     as_app(&rig.live, "app", DUPLICATE);
-    let before = live_fingerprint(&rig);
+    live_fingerprint(rig)
+}
+
+#[test]
+fn a_failure_mid_plan_restores_the_pre_release_snapshot_and_keeps_the_failed_database() {
+    let rig = Rig::start("sqlx", SETUP);
+    configure(&rig, "");
+    let before = failing_plan(&rig);
 
     let r = apply(&rig);
     r.expect_code(1);
@@ -195,22 +204,7 @@ fn lock_timeouts_are_retried_until_the_lock_goes_or_the_retries_run_out() {
 fn on_failure_down_reverts_what_the_release_applied_and_halt_leaves_live_for_a_person() {
     let rig = Rig::start("sqlx", SETUP);
     configure(&rig, "on_failure = \"down\"");
-    rig.sqlx(
-        "1",
-        "add_score",
-        "ALTER TABLE t ADD COLUMN score int NOT NULL DEFAULT 7;\n",
-        Some("ALTER TABLE t DROP COLUMN score;\n"),
-    );
-    rig.sqlx(
-        "2",
-        "index_score",
-        "-- no-transaction\nCREATE INDEX CONCURRENTLY t_score ON t (score);\n",
-        Some("-- no-transaction\nDROP INDEX CONCURRENTLY t_score;\n"),
-    );
-    rig.sqlx("3", "unique_email", "CREATE UNIQUE INDEX t_email ON t (email);\n", Some("DROP INDEX t_email;\n"));
-    rehearse_and_approve(&rig);
-    as_app(&rig.live, "app", DUPLICATE);
-    let before = live_fingerprint(&rig);
+    let before = failing_plan(&rig);
 
     let r = apply(&rig);
     r.expect_code(1);
