@@ -20,7 +20,10 @@ use crate::pg::url::ConnUrl;
 pub struct CommandRun {
     pub success: bool,
     pub status: String,
+    /// Standard output then standard error, for messages.
     pub output: String,
+    /// Standard output alone (what `pending` lists).
+    pub stdout: String,
 }
 
 /// Runs `command` with `sh -c`, stdin closed, the database (and
@@ -58,9 +61,9 @@ pub async fn run(
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(out) => {
             let out = out?;
-            let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
-            output.push_str(&String::from_utf8_lossy(&out.stderr));
-            Ok(CommandRun { success: out.status.success(), status: out.status.to_string(), output })
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let output = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+            Ok(CommandRun { success: out.status.success(), status: out.status.to_string(), output, stdout })
         }
         Err(_) => {
             if let Some(pid) = pid {
@@ -71,6 +74,7 @@ pub async fn run(
                 success: false,
                 status: format!("killed after the {}s timeout", timeout.as_secs()),
                 output: String::new(),
+                stdout: String::new(),
             })
         }
     }
@@ -93,8 +97,9 @@ pub async fn pending(config: &MigrationsConfig, url: &ConnUrl) -> Result<Vec<Mig
             output_tail: crate::pg::tools::tail(&run.output, 2000),
         });
     }
+    // Only standard output lists migrations: tools log to standard error.
     Ok(run
-        .output
+        .stdout
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))

@@ -283,7 +283,8 @@ async fn live_activity(conn: &mut PgConnection, target: &Target) -> Result<Optio
         "SELECT format('pid %s, %s, %s, open for %s s', pid, coalesce(nullif(application_name, ''), 'no application_name'), \
                 state, round(extract(epoch FROM now() - xact_start))) \
          FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
-           AND xact_start < now() - make_interval(secs => $1) ORDER BY xact_start LIMIT 5",
+           AND backend_type = 'client backend' AND xact_start < now() - make_interval(secs => $1) \
+         ORDER BY xact_start LIMIT 5",
     )
     .bind(max.as_secs_f64())
     .fetch_all(&mut *conn)

@@ -216,6 +216,8 @@ pub async fn finish_interrupted(cx: &Ctx<'_>) -> Result<Option<Release>, Release
     for mut row in cx.state.unfinished_releases(&cx.target.name).await? {
         tracing::warn!(release = %row.id, pid = row.pid, host = %row.host, "Found a release whose process died; finishing it.");
         cx.state.release_adopt(&row.id).await?;
+        row.pid = std::process::id();
+        row.host = crate::state::hostname();
         let journal = Journal::new(&cx.state, &row.id);
         let steps = cx.state.journal(&row.id).await?;
         let at = steps.last().map(|e| match &e.detail {
@@ -327,9 +329,23 @@ async fn plan_of(cx: &Ctx<'_>, row: &ReleaseRow) -> Result<Vec<Migration>, Relea
         .collect())
 }
 
-/// Versions (or Payload names) of the plan that live's history holds.
+/// Versions (or Payload names) of the plan that live's history holds. For
+/// a `command` source, those its `pending` command no longer lists.
 async fn applied_on_live(cx: &Ctx<'_>, plan: &[Migration]) -> Result<Vec<String>, PgError> {
     let url = &cx.target.live_url;
+    if cx.source.kind() == MigrationKind::Command {
+        if cx.source.config.pending.is_none() {
+            return Ok(Vec::new());
+        }
+        let pending = crate::migrations::command::pending(cx.source.config, url)
+            .await
+            .map_err(|e| PgError::Query { url: url.redacted(), source: sqlx::Error::Protocol(e.to_string()) })?;
+        return Ok(plan
+            .iter()
+            .filter(|m| !pending.iter().any(|p| p.version == m.version))
+            .map(|m| m.version.clone())
+            .collect());
+    }
     let mut conn = pg::connect(url, "pgrehearse-recovery").await?;
     let history = cx
         .source

@@ -18,6 +18,7 @@ mod rehearse_diesel;
 mod rehearse_payload;
 mod rehearse_sqlx;
 mod release;
+mod release_command;
 mod release_crash;
 mod release_failure;
 mod release_payload;

@@ -7,8 +7,8 @@
 
 use crate::harness::migrations::*;
 
-const PENDING: &str = r#"psql -XAtq "$DATABASE_URL" -c "CREATE TABLE IF NOT EXISTS tool_log (name text PRIMARY KEY)" >/dev/null && for f in *.sql; do [ "$(psql -XAtq "$DATABASE_URL" -c "SELECT count(*) FROM tool_log WHERE name = '$f'")" = 0 ] && echo "$f"; done; true"#;
-const APPLY: &str = r#"psql -XAtq "$DATABASE_URL" -c "SHOW lock_timeout" > applied_with_lock_timeout.txt && psql -XAtq "$DATABASE_URL" -c "CREATE TABLE IF NOT EXISTS tool_log (name text PRIMARY KEY)" && for f in *.sql; do if [ "$(psql -XAtq "$DATABASE_URL" -c "SELECT count(*) FROM tool_log WHERE name = '$f'")" = 0 ]; then psql -XAtq -v ON_ERROR_STOP=1 "$DATABASE_URL" -1 -f "$f" -c "INSERT INTO tool_log VALUES ('$f')" || exit 1; fi; done"#;
+pub(crate) const PENDING: &str = r#"psql -XAtq "$DATABASE_URL" -c "CREATE TABLE IF NOT EXISTS tool_log (name text PRIMARY KEY)" >/dev/null && for f in *.sql; do [ "$(psql -XAtq "$DATABASE_URL" -c "SELECT count(*) FROM tool_log WHERE name = '$f'")" = 0 ] && echo "$f"; done; true"#;
+pub(crate) const APPLY: &str = r#"psql -XAtq "$DATABASE_URL" -c "SHOW lock_timeout" > applied_with_lock_timeout.txt && psql -XAtq "$DATABASE_URL" -c "CREATE TABLE IF NOT EXISTS tool_log (name text PRIMARY KEY)" && for f in *.sql; do if [ "$(psql -XAtq "$DATABASE_URL" -c "SELECT count(*) FROM tool_log WHERE name = '$f'")" = 0 ]; then psql -XAtq -v ON_ERROR_STOP=1 "$DATABASE_URL" -1 -f "$f" -c "INSERT INTO tool_log VALUES ('$f')" || exit 1; fi; done"#;
 
 #[test]
 fn command_source_is_rehearsed_as_one_measured_step() {
