@@ -142,12 +142,13 @@ pub async fn check(
         Ok(o) => o,
         Err(r) => return Ok(Err(r)),
     };
-    let live = &target.live_url;
+    // Through admin_url when set: pg_stat_activity hides other roles'
+    // transactions from a role without pg_read_all_stats.
+    let live = &target.admin().with_database(&target.live_url.database());
     let mut conn = pg::connect(live, "pgrehearse-preflight").await?;
     let server = pg::server_info(&mut conn, live).await?;
-    if let Some(r) =
-        live_activity(&mut conn, target).await.map_err(|source| PgError::Query { url: live.redacted(), source })?
-    {
+    let activity = live_activity(&mut conn, target).await;
+    if let Some(r) = activity.map_err(|source| PgError::Query { url: live.redacted(), source })? {
         return Ok(Err(r));
     }
     if target.on_failure == OnFailure::Restore {
@@ -289,6 +290,18 @@ async fn live_activity(conn: &mut PgConnection, target: &Target) -> Result<Optio
     .bind(max.as_secs_f64())
     .fetch_all(&mut *conn)
     .await?;
+    let hidden: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+           AND backend_type = 'client backend' AND state IS NULL",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if hidden > 0 {
+        tracing::warn!(
+            sessions = hidden,
+            "Cannot see the transactions of some sessions of other roles on live; grant pg_monitor to the role (or set admin_url) so that preflight can check them."
+        );
+    }
     if !old.is_empty() {
         return Ok(Some(Refusal::LongTransaction {
             max: humantime::format_duration(max).to_string(),

@@ -247,3 +247,63 @@ fn post_checks_warn_about_a_schema_that_differs_from_the_rehearsal_and_invalid_i
     assert!(warnings.contains("t_note_unique") && warnings.contains("invalid"), "invalid index reported: {warnings}");
     assert!(!warnings.contains("note_short"), "an intended NOT VALID constraint is no finding: {warnings}");
 }
+
+#[test]
+fn preflight_refuses_old_transactions_small_staging_and_an_old_pg_dump() {
+    use std::io::Write;
+    let rig = Rig::start("sqlx", SETUP);
+    configure(&rig, "max_transaction_age = \"1s\"");
+    rig.sqlx("1", "add_a", "ALTER TABLE t ADD COLUMN a int;\n", Some("ALTER TABLE t DROP COLUMN a;\n"));
+    rehearse_and_approve(&rig);
+    let before = live_fingerprint(&rig);
+    let refused = |kind: &str, says: &str| {
+        let r = apply(&rig);
+        r.expect_code(75);
+        let rel = r.json();
+        assert_eq!(rel["error_kind"], kind, "{rel:#}");
+        assert!(rel["reason"].as_str().unwrap().contains(says), "{rel:#}");
+        assert_eq!(live_fingerprint(&rig), before);
+    };
+
+    // An open transaction older than max_transaction_age (idle in it).
+    let mut holder = rig
+        .live
+        .client("psql")
+        .args(["-XAtq", "-d", "app"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    holder.stdin.as_mut().unwrap().write_all(b"BEGIN;\nSELECT txid_current();\n").unwrap();
+    holder.stdin.as_mut().unwrap().flush().unwrap();
+    crate::harness::wait_for(
+        "the open transaction",
+        std::time::Duration::from_secs(20),
+        std::time::Duration::from_millis(50),
+        || {
+            let n = rig.live.psql("app", "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND xact_start < now() - interval '1.2 s'");
+            (n == "1").then_some(())
+        },
+    );
+    refused("long_transaction", "idle in transaction");
+    let _ = holder.kill();
+    let _ = holder.wait();
+
+    // Not enough staging space to restore if the release failed.
+    rig.pgr.write_config(
+        &std::fs::read_to_string(rig.pgr.config_path())
+            .unwrap()
+            .replace("[store]\n", "[store]\nstaging_reserve = \"900000GiB\"\n"),
+    );
+    refused("no_staging_space", "free space");
+
+    // A pg_dump older than the server.
+    configure(&rig, "");
+    let bindir = rig.pgr.dir().join("old-bin");
+    std::fs::create_dir_all(&bindir).unwrap();
+    let fake = bindir.join("pg_dump");
+    std::fs::write(&fake, "#!/bin/sh\necho 'pg_dump (PostgreSQL) 11.22'\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    configure(&rig, &format!("pg_bindir = {}", crate::harness::cli::toml_string(&bindir.display().to_string())));
+    refused("client_too_old", "older than the server");
+}
