@@ -307,3 +307,31 @@ fn preflight_refuses_old_transactions_small_staging_and_an_old_pg_dump() {
     configure(&rig, &format!("pg_bindir = {}", crate::harness::cli::toml_string(&bindir.display().to_string())));
     refused("client_too_old", "older than the server");
 }
+
+#[test]
+fn sigterm_and_sigint_do_not_abandon_a_running_release() {
+    let rig = Rig::start("sqlx", SETUP);
+    configure(&rig, "");
+    rig.sqlx(
+        "1",
+        "slow",
+        "ALTER TABLE t ADD COLUMN b int;\nSELECT pg_sleep(2);\n",
+        Some("ALTER TABLE t DROP COLUMN b;\n"),
+    );
+    rehearse_and_approve(&rig);
+    let bg = rig.pgr.spawn(&["--json", "apply"]);
+    crate::harness::wait_for("the slow migration on live", Duration::from_secs(60), Duration::from_millis(20), || {
+        let n = rig.live.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(2)%' AND pid <> pg_backend_pid()",
+        );
+        (n == "1").then_some(())
+    });
+    crate::harness::proc::signal(bg.pid(), libc::SIGTERM);
+    crate::harness::proc::signal(bg.pid(), libc::SIGINT);
+    let r = bg.wait(Duration::from_secs(60));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["outcome"], "applied");
+    assert!(r.stderr.contains("A release is running"), "the signal was noted: {}", tail(&r.stderr, 2000));
+    assert_eq!(rows(&rig.live, "app", "SELECT version FROM _sqlx_migrations"), ["1"]);
+}
