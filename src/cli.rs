@@ -71,6 +71,9 @@ pub enum Command {
     Apply,
     /// Show the target's recent releases (or one, with its journal).
     Releases(ReleasesArgs),
+    /// Run every target's schedules, the HTTP API and metrics (for systemd:
+    /// Type=notify, reload with SIGHUP, stop with SIGTERM).
+    Daemon,
 }
 
 #[derive(Debug, Args)]

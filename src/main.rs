@@ -1,9 +1,12 @@
 //! pgrehearse: parse the command line, set up logging, run the command, and
 //! map its result to a documented exit code. Nothing else lives here.
 
+mod api;
 mod cli;
 mod config;
+mod daemon;
 mod drill;
+mod metrics;
 mod migrations;
 mod output;
 mod pg;
@@ -83,6 +86,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         return Ok(output::config_check(&cli.config, cli.json));
     }
     let config = Config::load(&cli.config)?;
+    if let Command::Daemon = cli.command {
+        return daemon::run(&cli.config, config).await;
+    }
     let target = config.target(cli.target.as_deref())?;
     // A release a crash interrupted is finished before anything else acts
     // on the target (`apply` does it itself and reports it).
@@ -92,7 +98,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         tracing::warn!(release = %r.record.id, outcome = %r.record.outcome, "Finished a release that was interrupted.");
     }
     match cli.command {
-        Command::Config(_) => unreachable!("handled above"),
+        Command::Config(_) | Command::Daemon => unreachable!("handled above"),
         Command::Snapshot(args) => {
             let cancel = cancel_on_signal();
             let outcome = snapshot::take(&config, target, args.reason, &cancel).await?;

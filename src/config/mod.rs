@@ -27,7 +27,24 @@ pub struct Config {
     pub snapshot: SnapshotConfig,
     pub email: Option<EmailConfig>,
     pub api: Option<ApiConfig>,
+    pub daemon: DaemonConfig,
     pub targets: Vec<Target>,
+}
+
+/// How `pgrehearse daemon` runs its jobs.
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonConfig {
+    /// Jobs of different targets running at once (one target's heavy jobs
+    /// never overlap).
+    pub max_concurrent_jobs: usize,
+    /// How often migration sources are checked for changes and approved
+    /// plans for an open window.
+    #[serde(with = "humantime_serde_compat")]
+    pub poll_interval: Duration,
+    /// After preflight refused an approved plan, how long before the daemon
+    /// tries it again (a held lock is retried at the next poll).
+    #[serde(with = "humantime_serde_compat")]
+    pub refused_retry_after: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,6 +130,9 @@ pub struct Target {
     pub migrations: Option<MigrationsConfig>,
     pub snapshot_schedule: Option<String>,
     pub verify_schedule: Option<String>,
+    /// Scheduled rehearsals (besides the one after every change of the
+    /// migration source).
+    pub rehearse_schedule: Option<String>,
     pub windows: Vec<WindowConfig>,
     #[serde(with = "humantime_serde_compat")]
     pub lock_timeout: Duration,

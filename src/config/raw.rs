@@ -17,7 +17,17 @@ pub struct RawConfig {
     pub email: Option<RawEmail>,
     pub api: Option<RawApi>,
     #[serde(default)]
+    pub daemon: RawDaemon,
+    #[serde(default)]
     pub targets: Vec<RawTarget>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    pub max_concurrent_jobs: Option<usize>,
+    pub poll_interval: Option<String>,
+    pub refused_retry_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,6 +93,7 @@ pub struct RawTarget {
     pub migrations: Option<RawMigrations>,
     pub snapshot_schedule: Option<String>,
     pub verify_schedule: Option<String>,
+    pub rehearse_schedule: Option<String>,
     #[serde(default)]
     pub windows: Vec<RawWindow>,
     pub lock_timeout: Option<String>,

@@ -106,6 +106,7 @@ pub fn from_source(file: &Path, src: &str) -> Result<Config, Vec<Problem>> {
     };
     let email = raw.email.as_ref().map(|e| email(&mut cx, e, &state_dir));
     let api = raw.api.as_ref().and_then(|a| api(&mut cx, a));
+    let daemon = daemon(&mut cx, &raw.daemon);
 
     if raw.targets.is_empty() {
         cx.problem(&root.key("targets"), "no target is configured; add a [[targets]] table with name and live_url");
@@ -135,7 +136,7 @@ pub fn from_source(file: &Path, src: &str) -> Result<Config, Vec<Problem>> {
     if !cx.problems.is_empty() {
         return Err(cx.problems);
     }
-    Ok(Config { state_dir, store, snapshot, email, api, targets })
+    Ok(Config { state_dir, store, snapshot, email, api, daemon, targets })
 }
 
 fn store(cx: &mut Ctx, raw: &RawStore, state_dir: &Path) -> StoreConfig {
@@ -289,6 +290,26 @@ fn email(cx: &mut Ctx, raw: &RawEmail, state_dir: &Path) -> EmailConfig {
     }
 }
 
+fn daemon(cx: &mut Ctx, raw: &RawDaemon) -> DaemonConfig {
+    let p = KeyPath::root().key("daemon");
+    let poll = Duration::from_secs(30);
+    let retry = Duration::from_secs(600);
+    let max = raw.max_concurrent_jobs.unwrap_or(2);
+    if max == 0 {
+        cx.problem(&p.key("max_concurrent_jobs"), "must be at least 1");
+    }
+    DaemonConfig {
+        max_concurrent_jobs: max.max(1),
+        poll_interval: cx
+            .duration(&p.key("poll_interval"), raw.poll_interval.as_deref(), Some(poll))
+            .unwrap_or(poll)
+            .max(Duration::from_millis(100)),
+        refused_retry_after: cx
+            .duration(&p.key("refused_retry_after"), raw.refused_retry_after.as_deref(), Some(retry))
+            .unwrap_or(retry),
+    }
+}
+
 fn api(cx: &mut Ctx, raw: &RawApi) -> Option<ApiConfig> {
     let p = KeyPath::root().key("api");
     let listen = raw.listen.as_deref().unwrap_or("127.0.0.1:9187");
@@ -380,7 +401,11 @@ fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
         }
     }
     let migrations = raw.migrations.as_ref().and_then(|m| migrations(cx, &p.key("migrations"), m));
-    for (key, expr) in [("snapshot_schedule", &raw.snapshot_schedule), ("verify_schedule", &raw.verify_schedule)] {
+    for (key, expr) in [
+        ("snapshot_schedule", &raw.snapshot_schedule),
+        ("verify_schedule", &raw.verify_schedule),
+        ("rehearse_schedule", &raw.rehearse_schedule),
+    ] {
         if let Some(e) = expr
             && let Err(msg) = check_cron(e)
         {
@@ -452,6 +477,7 @@ fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
         migrations,
         snapshot_schedule: raw.snapshot_schedule.clone(),
         verify_schedule: raw.verify_schedule.clone(),
+        rehearse_schedule: raw.rehearse_schedule.clone(),
         windows,
         lock_timeout,
         statement_timeout,

@@ -1,4 +1,5 @@
 //! Reports for people: the readable (Markdown) forms of what pgrehearse
 //! measured. The JSON forms are the domain structs themselves.
 
+pub mod email;
 pub mod rehearsal;
