@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import dataset  # noqa: E402
 
-BENCHMARKS = ["snapshot", "restore", "rehearse", "release"]
+BENCHMARKS = ["snapshot", "restore", "rehearse", "release", "daemon"]
 BENCH_DIR = Path(__file__).resolve().parent
 DB = "benchdb"
 

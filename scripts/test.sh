@@ -31,6 +31,32 @@ fi
 # zstd decompresses stored dumps; age-keygen makes test keys.
 command -v zstd >/dev/null 2>&1 || apt_install zstd
 command -v age-keygen >/dev/null 2>&1 || apt_install age
+# systemd-analyze (verify, security), systemd-sysusers and systemd-tmpfiles
+# check the shipped unit and its sysusers/tmpfiles files; systemd need not
+# be PID 1 for that.
+if ! command -v systemd-analyze >/dev/null 2>&1 || ! command -v systemd-sysusers >/dev/null 2>&1 \
+    || ! command -v systemd-tmpfiles >/dev/null 2>&1; then
+    apt_install systemd
+fi
+# The unit's ExecReload= runs /bin/kill (procps; absent from minimal images).
+[ -x /bin/kill ] || apt_install procps
+# promtool (Debian's prometheus package) parses and lints /metrics in the
+# API test. Only the CLI is used: a policy-rc.d keeps the package's server
+# from starting (Debian container images ship one; else one is made for
+# the install and removed after).
+if ! command -v promtool >/dev/null 2>&1; then
+    if [ -e /usr/sbin/policy-rc.d ]; then
+        apt_install --no-install-recommends prometheus
+    else
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        apt_install --no-install-recommends prometheus
+        rm -f /usr/sbin/policy-rc.d
+    fi
+fi
+# Debian's Chromium for the status page's browser test (playwright-core
+# drives it; Playwright's own browser downloads are not used).
+[ -x /usr/bin/chromium ] || apt_install chromium
 # Debian's python3 needs python3-venv for `python3 -m venv`.
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt_install python3 python3-venv
@@ -62,6 +88,16 @@ fi
 # The Payload CMS fixture project the payload rehearsal tests drive
 # (npm ci from its lockfile; skipped when up to date).
 bash "$(dirname "$0")/payload-fixture.sh"
+
+# The browser test's driver, playwright-core, pinned by the fixture's
+# lockfile (npm ci; skipped when node_modules matches it).
+browser_fixture="tests/fixtures/browser"
+browser_want="$(sha256sum "$browser_fixture/package-lock.json" | cut -d' ' -f1)"
+if [ "$(cat "$browser_fixture/node_modules/.lock-hash" 2>/dev/null)" != "$browser_want" ] \
+    || [ ! -f "$browser_fixture/node_modules/playwright-core/package.json" ]; then
+    (cd "$browser_fixture" && npm ci --no-audit --no-fund --loglevel=error)
+    printf '%s\n' "$browser_want" >"$browser_fixture/node_modules/.lock-hash"
+fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pgrehearse-target}"
 exec cargo test --locked "$@"

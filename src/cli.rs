@@ -74,6 +74,17 @@ pub enum Command {
     /// Run every target's schedules, the HTTP API and metrics (for systemd:
     /// Type=notify, reload with SIGHUP, stop with SIGTERM).
     Daemon,
+    /// Check the email configuration.
+    #[command(subcommand)]
+    Email(EmailCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EmailCommand {
+    /// Send one test message through the configured transport (with the
+    /// daemon's retries). Exit 0 sent, 69 mail server unreachable, 1 refused
+    /// or not usable as configured, 78 no [email] section.
+    Test,
 }
 
 #[derive(Debug, Args)]

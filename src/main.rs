@@ -24,7 +24,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, ConfigCommand};
+use cli::{Cli, Command, ConfigCommand, EmailCommand};
 use config::Config;
 
 /// Exit codes are API (see README).
@@ -89,6 +89,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     if let Command::Daemon = cli.command {
         return daemon::run(&cli.config, config).await;
     }
+    if let Command::Email(EmailCommand::Test) = cli.command {
+        let sent = report::email::send_test(&config).await?;
+        output::email_sent(cli.json, &sent);
+        return Ok(exit::OK);
+    }
     let target = config.target(cli.target.as_deref())?;
     // A release a crash interrupted is finished before anything else acts
     // on the target (`apply` does it itself and reports it).
@@ -98,7 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         tracing::warn!(release = %r.record.id, outcome = %r.record.outcome, "Finished a release that was interrupted.");
     }
     match cli.command {
-        Command::Config(_) | Command::Daemon => unreachable!("handled above"),
+        Command::Config(_) | Command::Daemon | Command::Email(_) => unreachable!("handled above"),
         Command::Snapshot(args) => {
             let cancel = cancel_on_signal();
             let outcome = snapshot::take(&config, target, args.reason, &cancel).await?;
@@ -280,6 +285,13 @@ fn classify(err: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<pg::PgError>() {
             return pg_code(e);
+        }
+        if let Some(e) = cause.downcast_ref::<report::email::EmailError>() {
+            return match e {
+                report::email::EmailError::NotConfigured => exit::CONFIG,
+                e if e.is_unavailable() => exit::UNAVAILABLE,
+                _ => exit::FAILED,
+            };
         }
     }
     exit::FAILED

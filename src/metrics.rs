@@ -34,6 +34,13 @@ impl Metrics {
         Metrics::default()
     }
 
+    /// Label sets are kept sorted by name, so that one series has one key.
+    fn key(labels: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+        let mut key: Vec<(&'static str, String)> = labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        key.sort();
+        key
+    }
+
     fn with(&self, name: &'static str, help: &'static str, kind: Kind, f: impl FnOnce(&mut Family)) {
         let mut g = self.families.lock().unwrap_or_else(|e| e.into_inner());
         let fam = g.entry(name).or_insert_with(|| Family { help, kind, samples: BTreeMap::new() });
@@ -42,7 +49,7 @@ impl Metrics {
 
     /// Sets a gauge.
     pub fn set(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)], value: f64) {
-        let key = labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        let key = Metrics::key(labels);
         self.with(name, help, Kind::Gauge, |f| {
             f.samples.insert(key, value);
         });
@@ -50,7 +57,7 @@ impl Metrics {
 
     /// Adds to a counter (created at 0).
     pub fn add(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)], by: f64) {
-        let key = labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        let key = Metrics::key(labels);
         self.with(name, help, Kind::Counter, |f| {
             *f.samples.entry(key).or_insert(0.0) += by;
         });
@@ -126,7 +133,7 @@ mod tests {
     fn renders_the_text_format() {
         let m = Metrics::new();
         m.add("pgrehearse_jobs_total", "Jobs run.", &[("job", "snapshot"), ("outcome", "ok")], 1.0);
-        m.add("pgrehearse_jobs_total", "Jobs run.", &[("job", "snapshot"), ("outcome", "ok")], 1.0);
+        m.add("pgrehearse_jobs_total", "Jobs run.", &[("outcome", "ok"), ("job", "snapshot")], 1.0);
         m.set("pgrehearse_snapshot_bytes", "Stored bytes.", &[("target", "a\"b")], 1.5);
         let text = m.render();
         assert!(

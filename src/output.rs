@@ -360,3 +360,17 @@ pub fn releases(json: bool, list: &[crate::release::Release], one: bool) {
         println!("{:<28} {:<16} {} {}", r.id, r.outcome, r.started_at, r.reason.as_deref().unwrap_or(""));
     }
 }
+
+/// `email test`.
+pub fn email_sent(json: bool, d: &crate::report::email::Delivered) {
+    if json {
+        let mut v = serde_json::to_value(d).expect("serializable");
+        v["ok"] = json!(true);
+        return print_json(&v);
+    }
+    let how = if d.transport == "file" { "written to" } else { "sent through" };
+    println!("Test message \"{}\" {how} {} for {}.", d.subject, d.destination, d.to.join(", "));
+    if d.attempts > 1 {
+        println!("(It took {} attempts.)", d.attempts);
+    }
+}

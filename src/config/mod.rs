@@ -102,14 +102,33 @@ pub struct SnapshotConfig {
     pub pg_bindir: Option<PathBuf>,
 }
 
+/// Where reports and alerts are mailed (`[email]`).
 #[derive(Debug, Clone, Serialize)]
 pub struct EmailConfig {
-    pub transport: String,
+    pub transport: MailTransport,
+    /// `smtp://host:port` (plain, or STARTTLS with `?tls=required`) or
+    /// `smtps://host:port` (TLS); a user name in it authenticates with
+    /// `smtp_password`. Never holds a password (validation refuses one).
     pub smtp_url: Option<String>,
     pub smtp_password: Option<Secret>,
+    /// Where `transport = "file"` writes `.eml` files.
     pub dir: PathBuf,
+    /// Validated mailboxes (`addr@host` or `Name <addr@host>`).
     pub from: String,
     pub to: Vec<String>,
+    /// Put in front of every subject, e.g. `[pgrehearse]`.
+    pub subject_prefix: String,
+    /// Bound on connecting to the SMTP server and on each of its replies.
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MailTransport {
+    Smtp,
+    /// `.eml` files in a directory (the default: works with no mail server).
+    File,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -70,6 +70,8 @@ pub struct RawEmail {
     pub from: Option<String>,
     #[serde(default)]
     pub to: Vec<String>,
+    pub subject_prefix: Option<String>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

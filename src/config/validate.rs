@@ -10,6 +10,10 @@ use super::raw::*;
 use super::secret::{self, Secret};
 use super::*;
 
+#[path = "validate_email.rs"]
+mod email;
+use email::email;
+
 struct Ctx<'a> {
     file: &'a Path,
     src: &'a str,
@@ -258,36 +262,6 @@ fn parse_size(s: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(mult)
-}
-
-fn email(cx: &mut Ctx, raw: &RawEmail, state_dir: &Path) -> EmailConfig {
-    let p = KeyPath::root().key("email");
-    let transport = raw.transport.clone().unwrap_or_else(|| "file".into());
-    match transport.as_str() {
-        "smtp" => match &raw.smtp_url {
-            Some(u) if url::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "smtp" | "smtps")) => {}
-            Some(u) => cx.problem(&p.key("smtp_url"), format!("`{u}`: write smtp://host:port or smtps://host:port")),
-            None => cx.problem(&p.key("smtp_url"), "transport = \"smtp\" needs smtp_url"),
-        },
-        "file" => {}
-        other => cx.problem(&p.key("transport"), format!("`{other}`: use \"smtp\" or \"file\"")),
-    }
-    let from = raw.from.clone().unwrap_or_else(|| "pgrehearse@localhost".into());
-    for (i, addr) in std::iter::once(&from).chain(raw.to.iter()).enumerate() {
-        if !addr.contains('@') {
-            let key = if i == 0 { p.key("from") } else { p.key("to").index(i - 1) };
-            cx.problem(&key, format!("`{addr}` is not an email address"));
-        }
-    }
-    let smtp_password = raw.smtp_password_file.as_deref().and_then(|f| cx.secret_file(&p.key("smtp_password_file"), f));
-    EmailConfig {
-        transport,
-        smtp_url: raw.smtp_url.clone(),
-        smtp_password,
-        dir: raw.dir.as_deref().map(|d| cx.path(d)).unwrap_or_else(|| state_dir.join("mail")),
-        from,
-        to: raw.to.clone(),
-    }
 }
 
 fn daemon(cx: &mut Ctx, raw: &RawDaemon) -> DaemonConfig {

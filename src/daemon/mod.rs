@@ -92,6 +92,9 @@ struct TargetState {
     refused: HashMap<String, Instant>,
     /// The approval a queued release is for.
     release_approval: Option<String>,
+    /// Whether the pending plan was compared with the latest rehearsal yet
+    /// (once per start: a plan pending but never rehearsed is rehearsed).
+    plan_checked: bool,
     queue: Vec<Job>,
 }
 
@@ -105,6 +108,7 @@ impl TargetState {
             next_poll: Instant::now(),
             refused: HashMap::new(),
             release_approval: None,
+            plan_checked: false,
             queue: Vec::new(),
         }
     }
@@ -126,7 +130,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<u8> {
     // Start-up checks: the state store opens, interrupted releases are
     // finished, the API listens. Only then READY=1.
     let cfg = shared.config();
-    crate::state::State::open(&cfg.state_dir).await?;
+    let mut state = crate::state::State::open(&cfg.state_dir).await?;
     for t in &cfg.targets {
         match crate::release::recover_interrupted(&cfg, t).await {
             Ok(Some(r)) => {
@@ -138,6 +142,11 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<u8> {
             }
         }
     }
+    // Each source's first checksum is taken now, before READY=1 and before
+    // the API answers: a file added after that is a change.
+    let now = Utc::now();
+    let mut states: HashMap<String, TargetState> =
+        cfg.targets.iter().map(|t| (t.name.clone(), TargetState::new(t, now))).collect();
     if let Some(api) = &cfg.api {
         let listener = tokio::net::TcpListener::bind(api.listen)
             .await
@@ -166,7 +175,6 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<u8> {
     let mut hup = signal(SignalKind::hangup())?;
     let watchdog = notify::watchdog_interval();
     let mut last_ping = Instant::now() - watchdog.unwrap_or_default();
-    let mut states: HashMap<String, TargetState> = HashMap::new();
     let release_cancel = CancellationToken::new();
     let mut last_status = String::new();
     let mut next_host = Instant::now() + Duration::from_secs(30);
@@ -178,6 +186,10 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<u8> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 reload(&shared);
+                match crate::state::State::open(&shared.config().state_dir).await {
+                    Ok(s) => state = s,
+                    Err(e) => tracing::error!(error = %e, "Cannot open the state store of the reloaded configuration."),
+                }
                 // Schedules restart from the new file; what was seen of the
                 // sources is kept, so a reload alone triggers no rehearsal.
                 let sums: HashMap<String, Option<String>> = states.drain().map(|(k, v)| (k, v.source_sum)).collect();
@@ -202,7 +214,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<u8> {
             host_metrics(&shared.metrics, &cfg);
             next_host = Instant::now() + Duration::from_secs(30);
         }
-        schedule(&cfg, &mut states).await;
+        schedule(&cfg, &state, &mut states).await;
         dispatch(&shared, &cfg, &mut states, &tracker, &cancel, &release_cancel);
         let status = shared.status_line();
         if status != last_status {
@@ -256,7 +268,7 @@ fn reload(shared: &Shared) {
 
 /// Queues what is due: cron schedules, a changed migration source, an
 /// approved plan in an open window.
-async fn schedule(cfg: &Config, states: &mut HashMap<String, TargetState>) {
+async fn schedule(cfg: &Config, state: &crate::state::State, states: &mut HashMap<String, TargetState>) {
     let now = Utc::now();
     for t in &cfg.targets {
         let st = states.entry(t.name.clone()).or_insert_with(|| TargetState::new(t, now));
@@ -276,15 +288,33 @@ async fn schedule(cfg: &Config, states: &mut HashMap<String, TargetState>) {
             tracing::info!(target = %t.name, "The migration source changed: rehearsing.");
             st.source_sum = sum;
             st.enqueue(Job::Rehearse);
+        } else if !st.plan_checked && t.migrations.is_some() && t.shadow_url.is_some() {
+            st.plan_checked = true;
+            if unrehearsed(state, t).await {
+                tracing::info!(target = %t.name, "The pending plan was never rehearsed: rehearsing.");
+                st.enqueue(Job::Rehearse);
+            }
         }
-        if release_due(cfg, t, st).await {
+        if release_due(cfg, state, t, st).await {
             st.enqueue(Job::Release);
         }
     }
 }
 
+/// A pending plan whose hash no rehearsal has (one read of live's history;
+/// an unreachable live says no, and the next start asks again).
+async fn unrehearsed(state: &crate::state::State, t: &Target) -> bool {
+    let Ok(source) = crate::migrations::Source::of(t) else { return false };
+    let plan = tokio::time::timeout(Duration::from_secs(10), crate::migrations::plan_for(state, &source, &t.live_url));
+    let Ok(Ok(plan)) = plan.await else { return false };
+    if plan.pending.is_empty() {
+        return false;
+    }
+    matches!(state.latest_rehearsal(&t.name, Some(&plan.hash)).await, Ok(None))
+}
+
 /// An approved, unspent, unexpired plan and an open window.
-async fn release_due(cfg: &Config, t: &Target, st: &mut TargetState) -> bool {
+async fn release_due(cfg: &Config, state: &crate::state::State, t: &Target, st: &mut TargetState) -> bool {
     if t.migrations.is_none() || t.windows.is_empty() {
         return false;
     }
@@ -293,7 +323,6 @@ async fn release_due(cfg: &Config, t: &Target, st: &mut TargetState) -> bool {
     if crate::release::window::open_now(&windows, now).is_none() {
         return false;
     }
-    let Ok(state) = crate::state::State::open(&cfg.state_dir).await else { return false };
     let Ok(Some(a)) = state.latest_approval(&t.name, None).await else { return false };
     if !crate::release::approval::is_valid(&a, &a.plan_hash, now) {
         return false;

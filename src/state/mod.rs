@@ -311,6 +311,22 @@ pub struct RehearsalRow {
     pub status: String,
 }
 
+/// A rehearsal as stored, with its report (null while it runs, or when it
+/// could not run: then `error` says why).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RehearsalRecord {
+    pub id: String,
+    pub target: String,
+    pub plan_hash: Option<String>,
+    pub snapshot_id: Option<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// `running`, `passed`, `problems` or `error`.
+    pub status: String,
+    pub error: Option<String>,
+    pub report: Option<serde_json::Value>,
+}
+
 /// An approval of a plan hash (times RFC 3339, UTC).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ApprovalRow {
@@ -389,6 +405,31 @@ impl State {
             started_at: r.get("started_at"),
             finished_at: r.get("finished_at"),
             status: r.get("status"),
+        }))
+    }
+
+    /// One rehearsal with its stored JSON report (`None` when unknown).
+    pub async fn rehearsal_record(&self, id: &str) -> Result<Option<RehearsalRecord>, StateError> {
+        let row = sqlx::query(
+            "SELECT id, target, plan_hash, snapshot_id, started_at, finished_at, status, error, report
+               FROM rehearsals WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| {
+            let report: Option<String> = r.get("report");
+            RehearsalRecord {
+                id: r.get("id"),
+                target: r.get("target"),
+                plan_hash: r.get("plan_hash"),
+                snapshot_id: r.get("snapshot_id"),
+                started_at: r.get("started_at"),
+                finished_at: r.get("finished_at"),
+                status: r.get("status"),
+                error: r.get("error"),
+                report: report.and_then(|s| serde_json::from_str(&s).ok()),
+            }
         }))
     }
 

@@ -7,9 +7,12 @@
 
 mod harness;
 
+mod api;
 mod approve;
 mod config;
 mod crash;
+mod daemon;
+mod email;
 mod encryption;
 mod prune;
 mod rehearse_checks;
@@ -29,6 +32,8 @@ mod smoke;
 mod snapshot_failures;
 mod snapshot_local;
 mod snapshot_s3;
+mod status_page;
+mod systemd;
 mod targets;
 mod verify;
 mod verify_checks;

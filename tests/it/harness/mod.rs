@@ -1,15 +1,18 @@
-//! Test harnesses: real PostgreSQL clusters, a real S3 server (moto), a TCP
-//! fault proxy, and a runner for the real `pgrehearse` binary, plus small
-//! helpers shared by the tests (commands, hashes, `/proc` inspection, data).
+//! Test harnesses: real PostgreSQL clusters, a real S3 server (moto), a real
+//! SMTP server (aiosmtpd), a TCP fault proxy, and a runner for the real
+//! `pgrehearse` binary, plus small helpers shared by the tests (commands,
+//! hashes, `/proc` inspection, data).
 //!
-//! Nothing here mocks PostgreSQL or S3: every helper starts or talks to the
+//! Nothing here mocks PostgreSQL, S3 or SMTP: every helper starts or talks to the
 //! real thing, and results are read back with independent tools.
 
 #![allow(dead_code)] // Not every test module uses every helper.
 
 pub mod cli;
+pub mod daemon;
 pub mod data;
 pub mod dump;
+pub mod http;
 pub mod migrations;
 pub mod payload;
 pub mod pg;
@@ -18,6 +21,7 @@ pub mod proxy;
 pub mod release;
 pub mod s3;
 pub mod shadow;
+pub mod smtp;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

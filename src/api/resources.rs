@@ -1,0 +1,92 @@
+//! The read-only resources of `/api/v1`: targets (where each stands),
+//! snapshots (with their restore drills), rehearsal reports and releases
+//! (record and journal). They read the state store and the object store
+//! only; live is read for the pending plan, with a timeout.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+
+use super::ApiError;
+use super::overview::{self, SnapshotView, TargetSummary};
+use crate::config::Config;
+use crate::daemon::Shared;
+use crate::release::Release;
+
+/// `GET /api/v1/targets`: every target's summary.
+pub async fn targets(State(s): State<Arc<Shared>>) -> Result<Json<Vec<TargetSummary>>, ApiError> {
+    let cfg = s.config();
+    Ok(Json(all(&s, &cfg, false).await?.into_iter().map(|o| o.summary).collect()))
+}
+
+/// Every target's overview, gathered side by side (one slow live server
+/// does not add up with another).
+pub async fn all(s: &Shared, cfg: &Config, detail: bool) -> Result<Vec<overview::Overview>, ApiError> {
+    let state = crate::state::State::open(&cfg.state_dir).await?;
+    let store = overview::open_store(cfg).await;
+    let store = store.as_ref().map(|b| b.as_ref()).map_err(|e| e.message.as_str());
+    let running = s.running();
+    let jobs = cfg.targets.iter().map(|t| {
+        let job = running.iter().find(|(name, _)| *name == t.name).map(|(_, j)| *j);
+        overview::gather(&state, store, t, job, detail)
+    });
+    futures::future::join_all(jobs).await.into_iter().collect()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotsQuery {
+    target: Option<String>,
+}
+
+/// `GET /api/v1/snapshots?target=NAME`: newest first, with each one's
+/// latest restore drill (`verified_at`, `restore_duration_ms`). The target
+/// may be left out when the config has only one.
+pub async fn snapshots(
+    State(s): State<Arc<Shared>>,
+    query: Result<Query<SnapshotsQuery>, QueryRejection>,
+) -> Result<Json<Vec<SnapshotView>>, ApiError> {
+    let Query(q) =
+        query.map_err(|e| ApiError::bad_request(format!("{}; the only parameter is ?target=NAME", e.body_text())))?;
+    let cfg = s.config();
+    let target = cfg.target(q.target.as_deref())?;
+    let store = overview::open_store(&cfg).await?;
+    Ok(Json(overview::snapshots(store.as_ref(), &target.name).await?))
+}
+
+/// `GET /api/v1/rehearsals/{id}`: the stored JSON report. A rehearsal
+/// still running, or one that could not run, has no report: then its
+/// record (status, error) is returned instead.
+pub async fn rehearsal(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let cfg = s.config();
+    let state = crate::state::State::open(&cfg.state_dir).await?;
+    let rec = state.rehearsal_record(&id).await?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "rehearsal `{id}` does not exist; GET /api/v1/targets shows each target's latest rehearsal"
+        ))
+    })?;
+    match rec.report {
+        Some(report) => Ok(Json(report)),
+        None => Ok(Json(serde_json::to_value(&rec).expect("a rehearsal record serializes"))),
+    }
+}
+
+/// `GET /api/v1/releases/{id}`: the release record and its journal, as
+/// `pgrehearse --json releases ID` prints them.
+pub async fn release(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<Release>, ApiError> {
+    let cfg = s.config();
+    let state = crate::state::State::open(&cfg.state_dir).await?;
+    let record = state.release(&id).await?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "release `{id}` does not exist; GET /api/v1/targets shows each target's latest release"
+        ))
+    })?;
+    let journal = state.journal(&record.id).await?;
+    Ok(Json(Release { record, journal, recovered: false }))
+}

@@ -1,0 +1,434 @@
+//! The messages themselves: subject, plain text and HTML for a rehearsal,
+//! a restore drill, a release, an alert and the `email test` message.
+//! Subjects name the target, what happened and its verdict, so that an
+//! inbox reads as a log ("app: rehearsal … passed", "ALERT app: snapshot
+//! failed"). The rehearsal's text part is its Markdown report; its HTML adds
+//! the chart of durations and locks.
+
+use std::fmt::Write;
+
+use super::Mail;
+use super::html::{Bar, Cell, LockBar, Page, Tone};
+use crate::config::{Config, MailTransport};
+use crate::output::human_bytes;
+use crate::rehearsal::lint::secs;
+use crate::rehearsal::observer::human_mode;
+use crate::rehearsal::reversibility::Reversal;
+use crate::rehearsal::runner::{MigrationResult, Status};
+
+/// A rehearsal report: verdict, per-migration table and chart, problems and
+/// warnings, and the command that approves the plan.
+pub fn rehearsal(r: &crate::rehearsal::Report) -> Mail {
+    let verdict = if r.ok { "passed" } else { "found problems" };
+    let mut p = Page::new(
+        &format!("Rehearsal {} of {}", r.id, r.target),
+        if r.ok { "PASS" } else { "PROBLEMS FOUND" },
+        if r.ok { Tone::Good } else { Tone::Bad },
+    );
+    let mut facts = vec![
+        ("Plan", r.plan.clone()),
+        ("Migrations", format!("{} pending, run {}", r.migrations.len(), r.mode.replace('_', " "))),
+        (
+            "Snapshot",
+            format!(
+                "{} (taken {}), {} in {}",
+                r.snapshot_id,
+                r.snapshot_taken_at,
+                r.method.replace('_', " "),
+                secs(r.restore_duration_ms)
+            ),
+        ),
+        ("Plan ran in", secs(r.apply_ms)),
+        ("Rehearsal took", secs(r.duration_ms)),
+        ("lock_timeout", if r.lock_timeout_ms == 0 { "none".into() } else { secs(r.lock_timeout_ms) }),
+        (
+            "Reversible",
+            match r.reversible {
+                Some(true) => "yes".into(),
+                Some(false) => "no (see the migrations)".into(),
+                None => "not checked".into(),
+            },
+        ),
+    ];
+    if !r.catch_up.is_empty() {
+        facts.push(("Replayed first", r.catch_up.join(", ")));
+    }
+    p.facts(&facts);
+    p.list(&r.notes, Tone::Plain);
+    if !r.problems.is_empty() {
+        p.heading("Problems");
+        p.list(&r.problems, Tone::Bad);
+    }
+    if !r.migrations.is_empty() {
+        p.heading("Duration and locks");
+        p.chart(&r.migrations.iter().map(bar).collect::<Vec<_>>());
+        p.heading("Migrations");
+        let rows: Vec<Vec<Cell>> = r.migrations.iter().map(row).collect();
+        p.table(&["version", "name", "status", "duration", "strongest lock", "held", "rewrites"], &rows);
+    }
+    for m in r.migrations.iter().filter(|m| m.error.is_some() || matches!(m.reversible, Some(Reversal::Failed { .. })))
+    {
+        p.heading(&format!("{} {}", m.version, m.name));
+        if let Some(e) = &m.error {
+            let at = e.line.map(|l| format!(" at line {l}")).unwrap_or_default();
+            p.para(&format!("Error in {}{at}: {}", e.file, e.message), Tone::Bad);
+            if let Some(sql) = &e.sql {
+                p.code(sql);
+            }
+        }
+        if let Some(Reversal::Failed { reason, diff }) = &m.reversible {
+            p.para(&format!("Down failed: {reason}"), Tone::Bad);
+            if let Some(d) = diff {
+                p.code(d);
+            }
+        }
+    }
+    if !r.lint.is_empty() {
+        p.heading("Lint");
+        let rows: Vec<Vec<Cell>> = r
+            .lint
+            .iter()
+            .map(|f| {
+                let tone = if f.severity == "error" { Tone::Bad } else { Tone::Warn };
+                vec![Cell::tone(f.severity, tone), Cell::mono(f.rule), Cell::new(&f.migration), Cell::new(&f.message)]
+            })
+            .collect();
+        p.table(&["severity", "rule", "migration", "finding"], &rows);
+    }
+    if !r.seeds.is_empty() {
+        p.heading("Seeds");
+        let seeds: Vec<String> = r
+            .seeds
+            .iter()
+            .map(|s| match (&s.error, s.idempotent) {
+                (Some(e), _) => format!("{}: failed: {e}", s.file),
+                (None, Some(true)) => format!("{}: idempotent", s.file),
+                (None, _) => format!("{}: NOT idempotent (second run changed {})", s.file, s.changed.join(", ")),
+            })
+            .collect();
+        p.list(&seeds, Tone::Plain);
+    }
+    // Lint findings are shown above; the other warnings here.
+    let warnings: Vec<String> = r.warnings.iter().filter(|w| !w.starts_with('[')).cloned().collect();
+    if !warnings.is_empty() {
+        p.heading("Warnings");
+        p.list(&warnings, Tone::Warn);
+    }
+    if r.ok {
+        p.heading("Approve");
+        p.code(&r.approve);
+    } else {
+        p.para("Fix the problems above and rehearse again; a plan with problems cannot be approved.", Tone::Bad);
+    }
+    Mail {
+        subject: format!("{}: rehearsal {} {verdict}", r.target, r.id),
+        text: crate::report::rehearsal::markdown(r),
+        html: p.finish(&footer()),
+    }
+}
+
+fn status(s: Status) -> (&'static str, Tone) {
+    match s {
+        Status::Applied => ("applied", Tone::Good),
+        Status::Failed => ("FAILED", Tone::Bad),
+        Status::RolledBack => ("rolled back with the plan", Tone::Plain),
+        Status::NotRun => ("not run", Tone::Warn),
+    }
+}
+
+fn bar(m: &MigrationResult) -> Bar {
+    let longest = m.locks.iter().max_by_key(|l| l.held_ms);
+    Bar {
+        label: format!("{} {}", m.version, m.name),
+        duration_ms: m.duration_ms,
+        lock: longest.map(|l| LockBar {
+            held_ms: l.held_ms,
+            label: format!("{} on {}", human_mode(&l.mode), l.relation),
+            exclusive: l.mode == "AccessExclusiveLock",
+        }),
+        failed: m.status == Status::Failed,
+    }
+}
+
+fn row(m: &MigrationResult) -> Vec<Cell> {
+    let (st, tone) = status(m.status);
+    let strongest = m.strongest_locks().first().copied();
+    let rewrites: Vec<String> = m
+        .rewrites
+        .iter()
+        .map(|rw| format!("{} {} ({})", rw.kind, rw.relation, human_bytes(rw.bytes_before.max(0) as u64)))
+        .collect();
+    vec![
+        Cell::mono(&m.version),
+        Cell::new(&m.name),
+        Cell::tone(st, tone),
+        Cell::new(secs(m.duration_ms)),
+        Cell::new(strongest.map_or("none".into(), |l| format!("{} on {}", human_mode(&l.mode), l.relation))),
+        Cell::new(strongest.map_or(String::new(), |l| secs(l.held_ms))),
+        Cell::new(if rewrites.is_empty() { "none".into() } else { rewrites.join(", ") }),
+    ]
+}
+
+/// A restore drill's report: RTO, tables checked, mismatches.
+pub fn drill(r: &crate::drill::Report) -> Mail {
+    let verdict = if r.ok { "passed" } else { "FAILED" };
+    let method =
+        r.method.map_or("nothing restored (the stored object failed its checksum)".into(), |m| m.replace('_', " "));
+    let rto = r.restore_duration_ms.map_or("not measured".into(), secs);
+    let mismatches = if r.mismatches.is_empty() { "none".into() } else { r.mismatches.len().to_string() };
+    let mut facts = vec![
+        ("Snapshot", r.snapshot_id.clone()),
+        ("Restored by", method),
+        ("Restore time (RTO)", rto),
+        ("Tables checked", r.tables_checked.to_string()),
+        ("Mismatches", mismatches),
+    ];
+    if let Some(at) = &r.verified_at {
+        facts.push(("Verified at", at.clone()));
+    }
+    if let (true, Some(db)) = (r.kept, &r.database) {
+        facts.push(("Scratch database kept", db.clone()));
+    }
+    let advice = (!r.ok).then(|| {
+        format!(
+            "This snapshot cannot be trusted for recovery. Take a new one (pgrehearse --target {t} snapshot) and \
+             verify it (pgrehearse --target {t} verify latest).",
+            t = r.target
+        )
+    });
+    let title = format!("Restore drill of {} ({})", r.snapshot_id, r.target);
+    let mut text = format!("{title}: {}\n\n", if r.ok { "PASSED" } else { "FAILED" });
+    push_facts(&mut text, &facts);
+    let mut p = Page::new(&title, if r.ok { "PASSED" } else { "FAILED" }, if r.ok { Tone::Good } else { Tone::Bad });
+    p.facts(&facts);
+    if !r.mismatches.is_empty() {
+        p.heading("Mismatches");
+        p.list(&r.mismatches, Tone::Bad);
+        push_list(&mut text, "Mismatches", &r.mismatches);
+    }
+    if let Some(a) = &advice {
+        p.para(a, Tone::Bad);
+        let _ = writeln!(text, "\n{a}");
+    }
+    Mail {
+        subject: format!("{}: restore drill of {} {verdict}", r.target, r.snapshot_id),
+        text,
+        html: p.finish(&footer()),
+    }
+}
+
+/// A release's report: outcome, reason, timings, per-migration status, the
+/// recovery taken, the failed database kept, the pre-release snapshot.
+pub fn release(rel: &crate::release::Release) -> Mail {
+    let r = &rel.record;
+    let (word, badge, tone, meaning) = match r.outcome.as_str() {
+        "applied" => ("applied", "APPLIED", Tone::Good, "The plan was applied to live."),
+        "rolled_back" => (
+            "rolled back",
+            "ROLLED BACK",
+            Tone::Warn,
+            "The release failed and was rolled back: live is as it was before.",
+        ),
+        "restored" => {
+            ("restored", "RESTORED", Tone::Warn, "The release failed: live was restored from the pre-release snapshot.")
+        }
+        "halted" => (
+            "HALTED, action needed",
+            "HALTED",
+            Tone::Bad,
+            "The release failed and HALTED: live is as the failure left it, and a person must act.",
+        ),
+        "aborted" => ("aborted", "ABORTED", Tone::Plain, "Stopped before any migration ran: live is untouched."),
+        "refused" => ("refused", "REFUSED", Tone::Plain, "Preflight refused the release: nothing was done."),
+        "nothing_pending" => ("had nothing to do", "NOTHING PENDING", Tone::Plain, "No migration was pending."),
+        other => (other, other, Tone::Plain, ""),
+    };
+    let mut facts = vec![("Database", r.database.clone()), ("Plan", r.plan_hash.clone())];
+    if let Some(reason) = &r.reason {
+        facts.push(("Reason", reason.clone()));
+    }
+    facts.push(("Recovery taken", r.recovery.clone().unwrap_or_else(|| "none needed".into())));
+    if let Some(db) = &r.failed_database {
+        facts.push(("Failed database kept as", db.clone()));
+    }
+    facts.push(("Pre-release snapshot", r.pre_snapshot_id.clone().unwrap_or_else(|| "none".into())));
+    facts.push(("Timings", timings(&r.timings)));
+    facts.push(("Started", r.started_at.clone()));
+    if let Some(f) = &r.finished_at {
+        facts.push(("Finished", f.clone()));
+    }
+    facts.push(("Ran on", format!("{} (pid {})", r.host, r.pid)));
+    if rel.recovered {
+        facts.push(("Note", "finished after an interruption".into()));
+    }
+    let title = format!("Release {} of {}", r.id, r.target);
+    let mut text = format!("{title}: {badge}\n\n{meaning}\n\n");
+    push_facts(&mut text, &facts);
+    let mut p = Page::new(&title, badge, tone);
+    p.para(meaning, tone);
+    p.facts(&facts);
+    let steps: Vec<&serde_json::Value> = r.migrations.as_array().into_iter().flatten().collect();
+    if !steps.is_empty() {
+        let field = |m: &serde_json::Value, k: &str| m[k].as_str().unwrap_or_default().to_string();
+        let ms = |m: &serde_json::Value| m["duration_ms"].as_u64().unwrap_or(0);
+        p.heading("Duration");
+        let bars: Vec<Bar> = steps
+            .iter()
+            .map(|m| Bar {
+                label: format!("{} {}", field(m, "version"), field(m, "name")),
+                duration_ms: ms(m),
+                lock: None,
+                failed: m["status"] == "failed",
+            })
+            .collect();
+        p.chart(&bars);
+        p.heading("Migrations");
+        let _ = writeln!(text, "\nMigrations:");
+        let mut rows = Vec::new();
+        for m in &steps {
+            let st = field(m, "status");
+            let tone = match st.as_str() {
+                "applied" => Tone::Good,
+                "failed" => Tone::Bad,
+                _ => Tone::Plain,
+            };
+            let attempts = m["attempts"].as_u64().map_or(String::new(), |a| a.to_string());
+            let error = field(m, "error");
+            let _ = writeln!(
+                text,
+                "  {:<12} {} {} — {}{}{}",
+                st.replace('_', " "),
+                field(m, "version"),
+                field(m, "name"),
+                secs(ms(m)),
+                if attempts.is_empty() || attempts == "1" { String::new() } else { format!(", {attempts} attempts") },
+                if error.is_empty() { String::new() } else { format!(": {error}") }
+            );
+            rows.push(vec![
+                Cell::mono(field(m, "version")),
+                Cell::new(field(m, "name")),
+                Cell::tone(st.replace('_', " "), tone),
+                Cell::new(secs(ms(m))),
+                Cell::new(attempts),
+                Cell::tone(error, Tone::Bad),
+            ]);
+        }
+        p.table(&["version", "name", "status", "duration", "attempts", "error"], &rows);
+    }
+    if !r.warnings.is_empty() {
+        p.heading("Post-check warnings");
+        p.list(&r.warnings, Tone::Warn);
+        push_list(&mut text, "Post-check warnings", &r.warnings);
+    }
+    let details = format!("pgrehearse --target {} releases {}", r.target, r.id);
+    let _ = writeln!(text, "\nThe journal of every step: {details}");
+    p.para("The journal of every step:", Tone::Plain);
+    p.code(&details);
+    Mail { subject: format!("{}: release {} {word}", r.target, r.id), text, html: p.finish(&footer()) }
+}
+
+/// An alert: `job` of `target` failed with `error`.
+pub fn alert(target: &str, job: &str, error: &str) -> Mail {
+    let host = crate::state::hostname();
+    let when = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC");
+    let next = match job {
+        "snapshot" => format!(
+            "Check that live and the store are reachable, then take one by hand: pgrehearse --target {target} snapshot"
+        ),
+        "verify" => format!("Run the drill by hand to see every detail: pgrehearse --target {target} verify latest"),
+        "rehearse" => format!("Run the rehearsal by hand to see every detail: pgrehearse --target {target} rehearse"),
+        "release" | "recovery" => format!(
+            "Check live now, and read the release's journal: pgrehearse --target {target} releases (then releases ID)"
+        ),
+        _ => format!("See the daemon's log on {host}."),
+    };
+    let mut title = format!("{job} of {target} failed");
+    if let Some(first) = title.get_mut(..1) {
+        first.make_ascii_uppercase();
+    }
+    let lead = format!("The {job} job of target {target} failed on {host} at {when}.");
+    let text = format!("{lead}\n\nError: {error}\n\nNext: {next}\n");
+    let mut p = Page::new(&title, "ALERT", Tone::Bad);
+    p.para(&lead, Tone::Plain);
+    p.code(error);
+    p.para(&format!("Next: {next}"), Tone::Plain);
+    Mail { subject: format!("ALERT {target}: {job} failed"), text, html: p.finish(&footer()) }
+}
+
+/// The `pgrehearse email test` message: where reports go and a sample chart,
+/// to check that the mail client shows it.
+pub fn test_message(config: &Config) -> Mail {
+    let host = crate::state::hostname();
+    let Some(e) = &config.email else {
+        return Mail { subject: String::new(), text: String::new(), html: String::new() };
+    };
+    let via = match e.transport {
+        MailTransport::Smtp => format!("SMTP, {}", e.smtp_url.as_deref().map(super::server_of).unwrap_or_default()),
+        MailTransport::File => format!(".eml files in {}", e.dir.display()),
+    };
+    let targets: Vec<&str> = config.targets.iter().map(|t| t.name.as_str()).collect();
+    let facts = vec![
+        ("Sent from", host.clone()),
+        ("Transport", via),
+        ("From", e.from.clone()),
+        ("To", e.to.join(", ")),
+        ("Targets", targets.join(", ")),
+    ];
+    let lead = "This is a test message from pgrehearse (pgrehearse email test). If you read it, \
+                rehearsal, drill and release reports and failure alerts reach you.";
+    let mut text = format!("{lead}\n\n");
+    push_facts(&mut text, &facts);
+    let mut p = Page::new("pgrehearse test message", "TEST", Tone::Good);
+    p.para(lead, Tone::Plain);
+    p.facts(&facts);
+    p.heading("Sample chart");
+    p.para("Rehearsal reports draw each migration's duration and longest lock like this:", Tone::Plain);
+    p.chart(&[
+        Bar { label: "1 example_create".into(), duration_ms: 800, lock: None, failed: false },
+        Bar {
+            label: "2 example_alter".into(),
+            duration_ms: 2400,
+            lock: Some(LockBar { held_ms: 1900, label: "ACCESS EXCLUSIVE on example".into(), exclusive: true }),
+            failed: false,
+        },
+    ]);
+    Mail { subject: format!("test message from {host}"), text, html: p.finish(&footer()) }
+}
+
+fn footer() -> String {
+    format!("Sent by pgrehearse {} on {}.", env!("CARGO_PKG_VERSION"), crate::state::hostname())
+}
+
+/// `preflight 0.2 s, snapshot 4.1 s, …` in the order a release runs.
+fn timings(t: &serde_json::Value) -> String {
+    let names = [
+        ("preflight_ms", "preflight"),
+        ("snapshot_ms", "pre-release snapshot"),
+        ("apply_ms", "apply"),
+        ("postcheck_ms", "post-checks"),
+        ("recovery_ms", "recovery"),
+        ("total_ms", "total"),
+    ];
+    let parts: Vec<String> = names
+        .iter()
+        .filter_map(|(k, n)| t.get(*k).and_then(|v| v.as_u64()).map(|ms| format!("{n} {}", secs(ms))))
+        .collect();
+    if parts.is_empty() { "none recorded".into() } else { parts.join(", ") }
+}
+
+fn push_facts(text: &mut String, facts: &[(&str, String)]) {
+    for (k, v) in facts {
+        let _ = writeln!(text, "- {k}: {v}");
+    }
+}
+
+fn push_list(text: &mut String, title: &str, items: &[String]) {
+    let _ = writeln!(text, "\n{title}:");
+    for i in items {
+        let _ = writeln!(text, "  - {i}");
+    }
+}
+
+#[cfg(test)]
+#[path = "render_tests.rs"]
+mod tests;
