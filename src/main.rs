@@ -66,13 +66,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Text on stderr; under systemd (`$JOURNAL_STREAM` names the journal as
+/// our stderr) natively to journald instead, so fields stay fields.
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
         EnvFilter::new(
             "info,sqlx=warn,sqlx::query=error,aws_config=error,aws_smithy_runtime=warn,aws_sdk_s3=warn,hyper=warn",
         )
     });
+    let journald = std::env::var_os("JOURNAL_STREAM")
+        .and_then(|_| tracing_journald::layer().ok())
+        .map(|l| l.with_syslog_identifier("pgrehearse".into()));
+    if let Some(journald) = journald {
+        tracing_subscriber::registry().with(filter).with(journald).init();
+        return;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -30,6 +30,29 @@ impl Job {
     }
 }
 
+/// Memory a heavy job wants free before it starts (pg_restore, pg_dump and
+/// the compression pipeline; staging space is checked by the job itself,
+/// against the snapshot's size).
+const MIN_AVAILABLE_MEMORY: u64 = 128 << 20;
+
+/// Why the host cannot take `job` now, if it cannot.
+fn host_short(job: Job) -> Option<String> {
+    use sysinfo::{MemoryRefreshKind, RefreshKind, System};
+    if job == Job::Release {
+        // A release's own preflight decides (staging space for its restore).
+        return None;
+    }
+    let sys = System::new_with_specifics(RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()));
+    let available = sys.available_memory();
+    (sys.total_memory() > 0 && available < MIN_AVAILABLE_MEMORY).then(|| {
+        format!(
+            "only {} MiB of memory available (at least {} MiB wanted); free memory or move the job",
+            available >> 20,
+            MIN_AVAILABLE_MEMORY >> 20
+        )
+    })
+}
+
 /// How a job ended, for metrics and the scheduler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {
@@ -89,6 +112,17 @@ async fn run(shared: Arc<Shared>, config: Arc<Config>, target: String, job: Job,
     let mailer = email::Mailer::new(config.email.clone(), m.clone());
     let t0 = Instant::now();
     tracing::info!(target = %target, job = job.name(), "Job started.");
+    if let Some(reason) = host_short(job) {
+        tracing::warn!(target = %target, job = job.name(), reason = %reason, "Job skipped: the host is short of resources.");
+        mailer.send(email::alert(&target, job.name(), &reason)).await;
+        m.add(
+            "pgrehearse_job_runs_total",
+            "Jobs run by the daemon, by outcome.",
+            &[("job", job.name()), ("target", target.as_str()), ("outcome", "skipped")],
+            1.0,
+        );
+        return Ended::Error;
+    }
     let ended = match job {
         Job::Snapshot => match crate::snapshot::take(&config, t, crate::snapshot::Reason::Scheduled, &cancel).await {
             Ok(o) => {

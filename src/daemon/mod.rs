@@ -84,8 +84,11 @@ struct TargetState {
     snapshot: Option<Timer>,
     verify: Option<Timer>,
     rehearse: Option<Timer>,
-    /// Checksum of the migration source as last seen.
+    /// Checksum of the migration source as last rehearsed (or at start).
     source_sum: Option<String>,
+    /// A new checksum seen at the last poll: a change counts once it holds
+    /// for a whole poll (files are often written one by one).
+    settling: Option<String>,
     next_poll: Instant,
     /// Approval id → when a release of it was last refused (not retried
     /// before `refused_retry_after`).
@@ -105,6 +108,7 @@ impl TargetState {
             verify: Timer::new(t.verify_schedule.as_deref(), now),
             rehearse: Timer::new(t.rehearse_schedule.as_deref(), now),
             source_sum: source_checksum(t),
+            settling: None,
             next_poll: Instant::now(),
             refused: HashMap::new(),
             release_approval: None,
@@ -285,9 +289,14 @@ async fn schedule(cfg: &Config, state: &crate::state::State, states: &mut HashMa
         st.next_poll = Instant::now() + cfg.daemon.poll_interval;
         let sum = source_checksum(t);
         if sum.is_some() && sum != st.source_sum {
-            tracing::info!(target = %t.name, "The migration source changed: rehearsing.");
-            st.source_sum = sum;
-            st.enqueue(Job::Rehearse);
+            if st.settling == sum {
+                tracing::info!(target = %t.name, "The migration source changed: rehearsing.");
+                st.source_sum = sum;
+                st.settling = None;
+                st.enqueue(Job::Rehearse);
+            } else {
+                st.settling = sum;
+            }
         } else if !st.plan_checked && t.migrations.is_some() && t.shadow_url.is_some() {
             st.plan_checked = true;
             if unrehearsed(state, t).await {
