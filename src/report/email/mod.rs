@@ -11,7 +11,7 @@
 //! [`Mailer::try_send`] is the same path with the result, for
 //! `pgrehearse email test`.
 
-mod html;
+pub(crate) mod html;
 mod render;
 
 use std::path::PathBuf;
