@@ -77,6 +77,24 @@ pub enum Command {
     /// Check the email configuration.
     #[command(subcommand)]
     Email(EmailCommand),
+    /// The whole cycle in a sandbox: starts two throwaway PostgreSQL clusters
+    /// (live and shadow) with a sample shop database, then snapshot, restore
+    /// drill, rehearsal, approval, release, and a second release that fails
+    /// on live and is restored; prints where the reports and emails are.
+    /// Needs only PostgreSQL's programs; ignores -c. Exit 0 when every stage
+    /// did what it should, 1 otherwise, 69 without PostgreSQL.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The sandbox directory (created; an earlier demo's sandbox there is
+    /// stopped and replaced, any other non-empty directory is refused).
+    #[arg(long, default_value = "pgrehearse-demo")]
+    pub dir: PathBuf,
+    /// Size of the sample tables in MiB (README: for quick test runs).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=100_000), hide = true)]
+    pub size_mb: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod config;
 mod daemon;
+mod demo;
 mod drill;
 mod metrics;
 mod migrations;
@@ -47,7 +48,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_logging();
+    init_logging(matches!(cli.command, Command::Demo(_)));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -67,15 +68,17 @@ fn main() -> ExitCode {
 }
 
 /// Text on stderr; under systemd (`$JOURNAL_STREAM` names the journal as
-/// our stderr) natively to journald instead, so fields stay fields.
-fn init_logging() {
+/// our stderr) natively to journald instead, so fields stay fields. `quiet`
+/// (the demo, whose progress is on stdout) logs warnings and errors only.
+fn init_logging(quiet: bool) {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    let level = if quiet { "warn" } else { "info" };
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
-        EnvFilter::new(
-            "info,sqlx=warn,sqlx::query=error,aws_config=error,aws_smithy_runtime=warn,aws_sdk_s3=warn,hyper=warn",
-        )
+        EnvFilter::new(format!(
+            "{level},sqlx=warn,sqlx::query=error,aws_config=error,aws_smithy_runtime=warn,aws_sdk_s3=warn,hyper=warn"
+        ))
     });
     let journald = std::env::var_os("JOURNAL_STREAM")
         .and_then(|_| tracing_journald::layer().ok())
@@ -93,6 +96,10 @@ fn init_logging() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Command::Demo(args) = &cli.command {
+        let opts = demo::Options { dir: args.dir.clone(), size_mb: args.size_mb, json: cli.json };
+        return Ok(demo::run(&opts).await?);
+    }
     if let Command::Config(ConfigCommand::Check) = cli.command {
         return Ok(output::config_check(&cli.config, cli.json));
     }
@@ -114,7 +121,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         tracing::warn!(release = %r.record.id, outcome = %r.record.outcome, "Finished a release that was interrupted.");
     }
     match cli.command {
-        Command::Config(_) | Command::Daemon | Command::Email(_) => unreachable!("handled above"),
+        Command::Config(_) | Command::Daemon | Command::Email(_) | Command::Demo(_) => unreachable!("handled above"),
         Command::Snapshot(args) => {
             let cancel = cancel_on_signal();
             let outcome = snapshot::take(&config, target, args.reason, &cancel).await?;
@@ -233,6 +240,9 @@ fn hold_signals() -> tokio::task::JoinHandle<()> {
 /// domain enum is unwrapped by hand.)
 fn classify(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<demo::DemoError>() {
+            return e.exit_code();
+        }
         if cause.downcast_ref::<config::ConfigError>().is_some() {
             return exit::CONFIG;
         }

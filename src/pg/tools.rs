@@ -60,7 +60,7 @@ fn candidates(configured: Option<&Path>) -> Vec<PathBuf> {
 }
 
 /// `pg_dump (PostgreSQL) 15.4 (Debian …)` → ("15.4", 15).
-fn parse_version(out: &str) -> Option<(String, u32)> {
+pub fn parse_version(out: &str) -> Option<(String, u32)> {
     let v = out.split_whitespace().find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))?;
     let major = v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
     Some((v.to_string(), major))

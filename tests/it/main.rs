@@ -12,6 +12,7 @@ mod approve;
 mod config;
 mod crash;
 mod daemon;
+mod demo;
 mod email;
 mod encryption;
 mod prune;
