@@ -35,8 +35,9 @@ if ! have_postgres; then
 fi
 
 # A debug build: its dependencies are optimised (Cargo.toml), so the demo
-# runs at nearly release speed, and it builds in a fraction of the time.
-echo "==> Building pgrehearse (cargo build; the first build takes a few minutes)"
+# runs at nearly release speed, and `scripts/test.sh` (cargo test) reuses
+# what it compiled.
+echo "==> Building pgrehearse (cargo build; a first build takes about 11 minutes on 2 cores)"
 cargo build --locked --quiet
 
 echo "==> pgrehearse demo $*"

@@ -302,6 +302,10 @@ async fn schedule(cfg: &Config, state: &crate::state::State, states: &mut HashMa
             if unrehearsed(state, t).await {
                 tracing::info!(target = %t.name, "The pending plan was never rehearsed: rehearsing.");
                 st.enqueue(Job::Rehearse);
+                // The queued rehearsal reads the files when it runs, so it
+                // covers them as they are now: this is the new baseline.
+                st.source_sum = source_checksum(t);
+                st.settling = None;
             }
         }
         if release_due(cfg, state, t, st).await {
