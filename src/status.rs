@@ -21,8 +21,8 @@ pub struct Status {
     pub plan: String,
     pub last_snapshot: Option<SnapshotStatus>,
     pub last_rehearsal: Option<RehearsalStatus>,
-    /// The newest approval; `valid` when it names the pending plan and has
-    /// not expired.
+    /// The newest approval; `valid` when it names the pending plan, has not
+    /// expired and no release used it yet.
     pub approval: Option<ApprovalStatus>,
     /// The release window open now (with its end), and the next one.
     pub window_open: Option<crate::release::window::Opening>,
@@ -102,10 +102,15 @@ pub async fn status(config: &Config, target: &Target) -> Result<Status, StatusEr
         status: r.status,
         started_at: r.started_at,
     });
-    let approval = state.latest_approval(&target.name, None).await?.map(|a| ApprovalStatus {
-        valid: crate::release::approval::is_valid(&a, &plan.hash, chrono::Utc::now()),
-        approval: a,
-    });
+    let approval = match state.latest_approval(&target.name, None).await? {
+        // An approval a release already used no longer holds.
+        Some(a) => Some(ApprovalStatus {
+            valid: crate::release::approval::is_valid(&a, &plan.hash, chrono::Utc::now())
+                && state.approval_spent(&a.id).await?.is_none(),
+            approval: a,
+        }),
+        None => None,
+    };
     let last_release = state.releases(Some(&target.name), 1).await?.into_iter().next().map(|r| ReleaseStatus {
         id: r.id,
         outcome: r.outcome,
