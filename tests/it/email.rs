@@ -173,10 +173,15 @@ fn the_daemon_mails_rehearsal_and_release_reports_and_survives_a_dead_mail_serve
         "ALTER TABLE orders ADD COLUMN flag boolean NOT NULL DEFAULT false;\n",
         Some("ALTER TABLE orders DROP COLUMN flag;\n"),
     );
-    let m = wait_mail(&smtp, &bg, "rehearsal", Duration::from_secs(180));
-    let st = rig.pgr.run_json(&["status"]).json();
-    let plan = st["plan"].as_str().expect("plan").to_string();
-    let id = st["last_rehearsal"]["id"].as_str().unwrap_or_else(|| panic!("no rehearsal in {st:#}")).to_string();
+    let (plan, id) =
+        wait_for("a passing rehearsal of the plan", Duration::from_secs(180), Duration::from_millis(300), || {
+            let st = rig.pgr.run_json(&["status"]).json();
+            let r = &st["last_rehearsal"];
+            (r["current_plan"] == true && r["status"] == "passed")
+                .then(|| (st["plan"].as_str().unwrap().to_string(), r["id"].as_str().unwrap().to_string()))
+        });
+    // The report of exactly that rehearsal arrives.
+    let m = wait_mail(&smtp, &bg, &format!("rehearsal {id}"), Duration::from_secs(60));
     assert_eq!(m.subject, format!("[pgrehearse] app: rehearsal {id} passed"));
     assert_addressed(&m);
     let approve = format!("pgrehearse approve --target app --plan {plan}");
