@@ -77,14 +77,7 @@ fn candidates() -> Vec<PathBuf> {
                 .filter_map(|p| std::fs::canonicalize(&p).ok()?.parent().map(Path::to_path_buf)),
         );
     }
-    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
-        let mut versioned: Vec<(u32, PathBuf)> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
-            .collect();
-        versioned.sort_by_key(|v| std::cmp::Reverse(v.0));
-        dirs.extend(versioned.into_iter().map(|(_, p)| p));
-    }
+    dirs.extend(crate::pg::tools::debian_bindirs());
     dirs
 }
 

@@ -73,7 +73,7 @@ pub fn migrations(r: &crate::rehearsal::Report) -> Vec<String> {
         let mut locks: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
         for l in &m.locks {
             let e = locks.entry(&l.relation).or_insert((&l.mode, 0));
-            if rank(&l.mode) > rank(e.0) {
+            if crate::rehearsal::observer::strength(&l.mode) > crate::rehearsal::observer::strength(e.0) {
                 e.0 = &l.mode;
             }
             e.1 = e.1.max(l.held_ms);
@@ -106,21 +106,6 @@ pub fn migrations(r: &crate::rehearsal::Report) -> Vec<String> {
     }
     out.extend(r.problems.iter().map(|p| format!("problem: {p}")));
     out
-}
-
-/// Lock modes from weakest to strongest.
-fn rank(mode: &str) -> usize {
-    const ORDER: [&str; 8] = [
-        "AccessShareLock",
-        "RowShareLock",
-        "RowExclusiveLock",
-        "ShareUpdateExclusiveLock",
-        "ShareLock",
-        "ShareRowExclusiveLock",
-        "ExclusiveLock",
-        "AccessExclusiveLock",
-    ];
-    ORDER.iter().position(|m| *m == mode).unwrap_or(0)
 }
 
 pub fn release(rel: &crate::release::Release) -> String {

@@ -35,19 +35,23 @@ pub struct Tool {
 
 /// Candidate bindirs, best first: the configured one; Debian's versioned
 /// dirs from the newest down; `pg_config --bindir`; then `$PATH`.
+/// Debian's versioned bindirs (`/usr/lib/postgresql/<major>/bin`), newest first.
+pub fn debian_bindirs() -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") else { return Vec::new() };
+    let mut versioned: Vec<(u32, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .collect();
+    versioned.sort_by_key(|v| std::cmp::Reverse(v.0));
+    versioned.into_iter().map(|(_, p)| p).collect()
+}
+
 fn candidates(configured: Option<&Path>) -> Vec<PathBuf> {
     if let Some(dir) = configured {
         return vec![dir.to_path_buf()];
     }
     let mut dirs = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
-        let mut versioned: Vec<(u32, PathBuf)> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
-            .collect();
-        versioned.sort_by_key(|v| std::cmp::Reverse(v.0));
-        dirs.extend(versioned.into_iter().map(|(_, p)| p));
-    }
+    dirs.extend(debian_bindirs());
     if let Ok(out) = std::process::Command::new("pg_config").arg("--bindir").output()
         && out.status.success()
     {
