@@ -100,4 +100,12 @@ if [ "$(cat "$browser_fixture/node_modules/.lock-hash" 2>/dev/null)" != "$browse
 fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pgrehearse-target}"
-exec cargo test --locked "$@"
+# The fault-injection tests append one line per checked fault here; the
+# report rendered from it after the run lists every fault and its outcome.
+artifacts="$CARGO_TARGET_DIR/test-artifacts"
+mkdir -p "$artifacts"
+rm -f "$artifacts/faults.jsonl"
+status=0
+cargo test --locked "$@" || status=$?
+python3 scripts/fault-report.py "$artifacts/faults.jsonl" "$artifacts/fault-report.md" || status=1
+exit "$status"

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod daemon;
 pub mod data;
 pub mod dump;
+pub mod faults;
 pub mod http;
 pub mod migrations;
 pub mod payload;
