@@ -32,9 +32,9 @@ use crate::harness::migrations::*;
 use crate::harness::proc::signal;
 use crate::harness::release::*;
 use crate::harness::shadow::{databases, kill_and_wait, stopped_pg_restore, working_children};
-use crate::harness::{data, files_under, run_ok, wait_for};
+use crate::harness::{data, files_under, wait_for};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const SETUP: &str = "CREATE TABLE t (id int PRIMARY KEY, note text NOT NULL);
@@ -45,9 +45,6 @@ const SETUP: &str = "CREATE TABLE t (id int PRIMARY KEY, note text NOT NULL);
 /// long on live when a test kills pgrehearse inside it (data, so the plan
 /// hash stays the same).
 const PAUSE: &str = "SELECT pg_sleep((SELECT pause FROM ctl));\n";
-/// The copy of live the test applies a plan to itself.
-const REFERENCE: &str = "crash_reference";
-
 /// What one crash point must end in.
 struct Expect<'a> {
     /// The step (`step` or `step:detail`) the killed release's journal ends with.
@@ -60,12 +57,6 @@ struct Expect<'a> {
     lacks: &'a [&'a str],
     /// Versions the kept failed database's history holds (outcome `restored`).
     kept: &'a [&'a str],
-}
-
-/// Live after the plan, as the test made it on a copy.
-struct Post {
-    fingerprint: String,
-    history: Vec<String>,
 }
 
 /// Approves, records live, crashes the release with `crash`, restarts and
@@ -128,63 +119,6 @@ fn crash_point(rig: &Rig, e: &Expect, post: Option<&Post>, crash: impl FnOnce(&R
         }
     }
     rel
-}
-
-/// Panics with the lines that differ unless `got == want`.
-fn same(got: &str, want: &str, what: &str) {
-    if got != want {
-        let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
-        let only =
-            |a: &[&str], b: &[&str]| a.iter().filter(|l| !b.contains(l)).map(|l| l.to_string()).collect::<Vec<_>>();
-        panic!("{what}:\nonly now: {:#?}\nonly expected: {:#?}", only(&g, &w), only(&w, &g));
-    }
-}
-
-/// Versions that succeeded in `db`'s sqlx history (none without the table).
-fn versions_in(rig: &Rig, db: &str) -> Vec<String> {
-    if !table_exists(&rig.live, db, "_sqlx_migrations") {
-        return Vec::new();
-    }
-    rows(&rig.live, db, "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-}
-
-fn history_rows(rig: &Rig, db: &str) -> Vec<String> {
-    rows(
-        &rig.live,
-        db,
-        "SELECT version || '|' || description || '|' || success || '|' || encode(checksum, 'hex') \
-         FROM _sqlx_migrations ORDER BY version",
-    )
-}
-
-/// A fingerprint without the history's digest (timestamps differ per run).
-fn without_history(fp: &str) -> String {
-    fp.lines().filter(|l| !l.starts_with("public._sqlx_migrations: ")).collect::<Vec<_>>().join("\n")
-}
-
-/// Copies live now and applies `files` to the copy as sqlx would (a
-/// `-- no-transaction` file outside a transaction): what live must be
-/// after the plan.
-fn post_state(rig: &Rig, files: &[PathBuf]) -> Post {
-    let create = format!("CREATE DATABASE {REFERENCE} TEMPLATE app OWNER app");
-    wait_for("a copy of live", Duration::from_secs(20), Duration::from_millis(100), || {
-        rig.live.psql_output("postgres", &create).status.success().then_some(())
-    });
-    for path in files {
-        let file = path.file_name().unwrap().to_str().unwrap();
-        let (version, name) = file.trim_end_matches(".up.sql").split_once('_').unwrap();
-        if std::fs::read_to_string(path).unwrap().starts_with("-- no-transaction") {
-            let psql = ["-XAtq", "-v", "ON_ERROR_STOP=1", "-d", REFERENCE, "-c", "SET ROLE app", "-f"];
-            run_ok(rig.live.client("psql").args(psql).arg(path));
-            sqlx_record(&rig.live, REFERENCE, version, name, &sha384_hex(path), 1, true);
-        } else {
-            sqlx_apply(&rig.live, REFERENCE, path, version, name);
-        }
-    }
-    let fingerprint = without_history(&fingerprint(&rig.live, REFERENCE).replace(REFERENCE, "app"));
-    let post = Post { fingerprint, history: history_rows(rig, REFERENCE) };
-    rig.live.psql("postgres", &format!("DROP DATABASE {REFERENCE}"));
-    post
 }
 
 /// Bytes in `*.partial` files of the local store (a dump being written).

@@ -1,12 +1,16 @@
 //! Helpers for release tests (`pgrehearse apply`): a [`Rig`] configured
 //! with an always-open window and the live cluster's superuser as
-//! `admin_url` (restores create and rename databases), and the steps a
-//! release needs before it may run (rehearse, approve).
+//! `admin_url` (restores create and rename databases), the steps a
+//! release needs before it may run (rehearse, approve), and the checks of
+//! the crash and fault tests: live's pre-release fingerprint against the
+//! post-release state the test makes itself on a copy ([`post_state`]).
 
 use super::cli::{Run, toml_string};
-use super::migrations::{Rig, fingerprint, tail};
+use super::migrations::{Rig, fingerprint, rows, sha384_hex, sqlx_apply, sqlx_record, table_exists, tail};
+use super::{run_ok, wait_for};
 use serde_json::Value;
-use std::time::Instant;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// A window that is always open: every second, for a day.
 pub const ALWAYS_OPEN: &str = "windows = [{ cron = \"* * * * * *\", duration = \"24h\", timezone = \"UTC\" }]";
@@ -126,4 +130,73 @@ pub fn wait_no_sessions(c: &super::pg::Cluster, pattern: &str) {
         std::time::Duration::from_millis(20),
         || (c.psql("postgres", &sql) == "0").then_some(()),
     );
+}
+
+/// The copy of live a test applies a plan to itself ([`post_state`]).
+pub const REFERENCE: &str = "crash_reference";
+
+/// Live after the plan, as the test made it on a copy.
+pub struct Post {
+    /// [`live_fingerprint`] of the copy, without the history's digest.
+    pub fingerprint: String,
+    /// [`history_rows`] of the copy.
+    pub history: Vec<String>,
+}
+
+/// Panics with the lines that differ unless `got == want`.
+pub fn same(got: &str, want: &str, what: &str) {
+    if got != want {
+        let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+        let only =
+            |a: &[&str], b: &[&str]| a.iter().filter(|l| !b.contains(l)).map(|l| l.to_string()).collect::<Vec<_>>();
+        panic!("{what}:\nonly now: {:#?}\nonly expected: {:#?}", only(&g, &w), only(&w, &g));
+    }
+}
+
+/// Versions that succeeded in `db`'s sqlx history (none without the table).
+pub fn versions_in(rig: &Rig, db: &str) -> Vec<String> {
+    if !table_exists(&rig.live, db, "_sqlx_migrations") {
+        return Vec::new();
+    }
+    rows(&rig.live, db, "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+}
+
+/// `version|description|success|checksum` of every row of `db`'s sqlx history.
+pub fn history_rows(rig: &Rig, db: &str) -> Vec<String> {
+    rows(
+        &rig.live,
+        db,
+        "SELECT version || '|' || description || '|' || success || '|' || encode(checksum, 'hex') \
+         FROM _sqlx_migrations ORDER BY version",
+    )
+}
+
+/// A fingerprint without the history's digest (timestamps differ per run).
+pub fn without_history(fp: &str) -> String {
+    fp.lines().filter(|l| !l.starts_with("public._sqlx_migrations: ")).collect::<Vec<_>>().join("\n")
+}
+
+/// Copies live now and applies `files` to the copy as sqlx would (a
+/// `-- no-transaction` file outside a transaction): what live must be
+/// after the plan.
+pub fn post_state(rig: &Rig, files: &[PathBuf]) -> Post {
+    let create = format!("CREATE DATABASE {REFERENCE} TEMPLATE app OWNER app");
+    wait_for("a copy of live", Duration::from_secs(20), Duration::from_millis(100), || {
+        rig.live.psql_output("postgres", &create).status.success().then_some(())
+    });
+    for path in files {
+        let file = path.file_name().unwrap().to_str().unwrap();
+        let (version, name) = file.trim_end_matches(".up.sql").split_once('_').unwrap();
+        if std::fs::read_to_string(path).unwrap().starts_with("-- no-transaction") {
+            let psql = ["-XAtq", "-v", "ON_ERROR_STOP=1", "-d", REFERENCE, "-c", "SET ROLE app", "-f"];
+            run_ok(rig.live.client("psql").args(psql).arg(path));
+            sqlx_record(&rig.live, REFERENCE, version, name, &sha384_hex(path), 1, true);
+        } else {
+            sqlx_apply(&rig.live, REFERENCE, path, version, name);
+        }
+    }
+    let fingerprint = without_history(&fingerprint(&rig.live, REFERENCE).replace(REFERENCE, "app"));
+    let post = Post { fingerprint, history: history_rows(rig, REFERENCE) };
+    rig.live.psql("postgres", &format!("DROP DATABASE {REFERENCE}"));
+    post
 }
