@@ -86,6 +86,11 @@ pub struct S3Config {
     /// Smallest part size; parts grow with the expected total.
     pub min_part_size: u64,
     pub max_attempts: u32,
+    /// Longest wait for a TCP connection to the store.
+    pub connect_timeout: Duration,
+    /// Longest the store may stay silent: for a reply once a request is
+    /// sent, and between two reads of a download (see `store::s3`).
+    pub io_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

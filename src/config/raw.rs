@@ -49,6 +49,8 @@ pub struct RawStore {
     pub upload_concurrency: Option<usize>,
     pub part_size: Option<String>,
     pub max_attempts: Option<u32>,
+    pub connect_timeout: Option<String>,
+    pub io_timeout: Option<String>,
     pub abort_incomplete_after: Option<String>,
     pub staging_reserve: Option<String>,
 }

@@ -229,6 +229,17 @@ fn s3(cx: &mut Ctx, p: &KeyPath, raw: &RawStore) -> S3Config {
     if !(1..=64).contains(&upload_concurrency) {
         cx.problem(&p.key("upload_concurrency"), "must be between 1 and 64");
     }
+    let connect_timeout = cx
+        .duration(&p.key("connect_timeout"), raw.connect_timeout.as_deref(), Some(Duration::from_secs(10)))
+        .unwrap_or(Duration::from_secs(10));
+    let io_timeout = cx
+        .duration(&p.key("io_timeout"), raw.io_timeout.as_deref(), Some(Duration::from_secs(60)))
+        .unwrap_or(Duration::from_secs(60));
+    for (key, d) in [("connect_timeout", connect_timeout), ("io_timeout", io_timeout)] {
+        if d < Duration::from_millis(100) {
+            cx.problem(&p.key(key), "must be at least 100ms; write e.g. \"10s\"");
+        }
+    }
     S3Config {
         bucket,
         prefix: raw.prefix.clone().unwrap_or_else(|| "pgrehearse".into()).trim_matches('/').to_string(),
@@ -241,6 +252,8 @@ fn s3(cx: &mut Ctx, p: &KeyPath, raw: &RawStore) -> S3Config {
         upload_concurrency: upload_concurrency.clamp(1, 64),
         min_part_size,
         max_attempts: raw.max_attempts.unwrap_or(5).max(1),
+        connect_timeout,
+        io_timeout,
     }
 }
 

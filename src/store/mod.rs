@@ -10,6 +10,7 @@
 pub mod local;
 pub mod retention;
 pub mod s3;
+mod s3_read;
 
 use async_trait::async_trait;
 use bytes::Bytes;

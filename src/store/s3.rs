@@ -4,6 +4,18 @@
 //! both bounds memory and applies backpressure to pg_dump; the SDK's standard
 //! retry (backoff with jitter on 5xx, throttling, timeouts and connection
 //! resets); and an abort of the multipart upload on any failure.
+//!
+//! Timeouts, so that a store that stops answering ends in an error instead
+//! of a hang: a TCP connect may take `[store] connect_timeout` (10 s); a
+//! request may wait `io_timeout` (60 s) for its reply and five times that
+//! for the whole attempt (paged listings, a CompleteMultipartUpload that S3
+//! takes a while over: fifteen times). An upload part's attempt may take
+//! `io_timeout` plus 1 s per MiB of the part (the SDK's read timeout runs
+//! while the body is sent, so it must grow with the part: 68 s for 8 MiB,
+//! 17 min for the 1 GiB parts of a 5 TB dump); a link slower than 1 MiB/s
+//! fails the attempt and the SDK retries it. Downloads are read through
+//! [`s3_read::Resuming`]: `io_timeout` without a byte is a break, and a
+//! break resumes from where it stopped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +37,7 @@ use tokio::io::AsyncRead;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::s3_read::{Resuming, Source};
 use super::{Incomplete, ObjectInfo, Store, StoreError, Upload};
 use crate::config::{Checksums, S3Config};
 
@@ -45,6 +58,45 @@ pub struct S3Store {
     prefix: String,
     min_part_size: u64,
     concurrency: usize,
+    timeouts: Timeouts,
+    max_attempts: u32,
+}
+
+/// The configured timeouts and what they make for each kind of request.
+#[derive(Clone, Copy, Debug)]
+struct Timeouts {
+    connect: Duration,
+    io: Duration,
+}
+
+impl Timeouts {
+    /// For requests with small bodies (the client's default).
+    fn small(&self) -> TimeoutConfig {
+        TimeoutConfig::builder()
+            .connect_timeout(self.connect)
+            .read_timeout(self.io)
+            .operation_attempt_timeout(self.io * 5)
+            .build()
+    }
+
+    /// For a request that sends `bytes` of body: `io` plus 1 s per MiB.
+    fn sending(&self, bytes: u64) -> TimeoutConfig {
+        let t = self.io + Duration::from_secs(bytes.div_ceil(1 << 20));
+        TimeoutConfig::builder().connect_timeout(self.connect).read_timeout(t).operation_attempt_timeout(t).build()
+    }
+
+    /// CompleteMultipartUpload: S3 may take minutes to assemble a big object.
+    fn completing(&self) -> TimeoutConfig {
+        TimeoutConfig::builder()
+            .connect_timeout(self.connect)
+            .read_timeout(self.io * 15)
+            .operation_attempt_timeout(self.io * 15)
+            .build()
+    }
+
+    fn config(t: TimeoutConfig) -> aws_sdk_s3::config::Builder {
+        aws_sdk_s3::config::Builder::default().timeout_config(t)
+    }
 }
 
 /// Classifies an SDK error (unreachable, 5xx, timeout: "unavailable", exit
@@ -128,6 +180,7 @@ impl S3Store {
                 (RequestChecksumCalculation::WhenSupported, ResponseChecksumValidation::WhenSupported)
             }
         };
+        let timeouts = Timeouts { connect: cfg.connect_timeout, io: cfg.io_timeout };
         let mut b = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(cfg.force_path_style)
             .request_checksum_calculation(req)
@@ -137,13 +190,7 @@ impl S3Store {
                     .with_max_attempts(cfg.max_attempts)
                     .with_initial_backoff(Duration::from_millis(200)),
             )
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .read_timeout(Duration::from_secs(120))
-                    .operation_attempt_timeout(Duration::from_secs(600))
-                    .build(),
-            );
+            .timeout_config(timeouts.small());
         if let Some(ep) = &cfg.endpoint {
             b = b.endpoint_url(ep);
         }
@@ -155,6 +202,8 @@ impl S3Store {
             prefix: cfg.prefix.clone(),
             min_part_size: cfg.min_part_size,
             concurrency: cfg.upload_concurrency,
+            timeouts,
+            max_attempts: cfg.max_attempts,
         })
     }
 
@@ -166,16 +215,27 @@ impl S3Store {
         if self.prefix.is_empty() { Some(full) } else { full.strip_prefix(&self.prefix)?.strip_prefix('/') }
     }
 
-    /// GetObject's body stream; a missing key is `NotFound` naming it.
-    async fn get_body(&self, key: &str) -> Result<ByteStream, StoreError> {
-        let out =
-            self.client.get_object().bucket(&self.bucket).key(self.full(key)).send().await.map_err(
-                |e| match classify(&self.place, "GetObject", e) {
-                    StoreError::NotFound { .. } => StoreError::NotFound { key: key.into() },
-                    other => other,
-                },
-            )?;
-        Ok(out.body)
+    /// GetObject's body, read through [`Resuming`]; a missing key is
+    /// `NotFound` naming it.
+    async fn get_body(&self, key: &str) -> Result<Resuming, StoreError> {
+        let full = self.full(key);
+        let out = self.client.get_object().bucket(&self.bucket).key(&full).send().await.map_err(|e| {
+            match classify(&self.place, "GetObject", e) {
+                StoreError::NotFound { .. } => StoreError::NotFound { key: key.into() },
+                other => other,
+            }
+        })?;
+        let src = Source {
+            client: self.client.clone(),
+            place: self.place.clone(),
+            bucket: self.bucket.clone(),
+            key: full,
+            etag: out.e_tag().map(str::to_string),
+            total: out.content_length().and_then(|n| u64::try_from(n).ok()),
+            io_timeout: self.timeouts.io,
+            max_attempts: self.max_attempts,
+        };
+        Ok(Resuming::new(src, Box::new(out.body.into_async_read())))
     }
 
     /// Part size for a stream of about `expected` bytes: at least the
@@ -210,6 +270,7 @@ impl Store for S3Store {
             parts: Vec::new(),
             size: 0,
             done: false,
+            timeouts: self.timeouts,
         }))
     }
 
@@ -226,13 +287,15 @@ impl Store for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        let body = self.get_body(key).await?;
-        let data = body.collect().await.map_err(|e| StoreError::Unavailable(format!("GetObject body: {e}")))?;
-        Ok(data.into_bytes())
+        use tokio::io::AsyncReadExt;
+        let mut body = self.get_body(key).await?;
+        let mut data = Vec::new();
+        body.read_to_end(&mut data).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(Bytes::from(data))
     }
 
     async fn open(&self, key: &str) -> Result<Box<dyn AsyncRead + Send + Unpin>, StoreError> {
-        Ok(Box::new(self.get_body(key).await?.into_async_read()))
+        Ok(Box::new(self.get_body(key).await?))
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
@@ -332,6 +395,7 @@ struct S3Upload {
     parts: Vec<CompletedPart>,
     size: u64,
     done: bool,
+    timeouts: Timeouts,
 }
 
 impl S3Upload {
@@ -373,6 +437,7 @@ impl S3Upload {
         self.next_part += 1;
         let (client, bucket, key, place) =
             (self.client.clone(), self.bucket.clone(), self.key.clone(), self.place.clone());
+        let timeouts = Timeouts::config(self.timeouts.sending(body.len() as u64));
         self.tasks.spawn(async move {
             let _permit = permit;
             let out = client
@@ -382,6 +447,8 @@ impl S3Upload {
                 .upload_id(upload_id)
                 .part_number(number)
                 .body(ByteStream::from(body))
+                .customize()
+                .config_override(timeouts)
                 .send()
                 .await
                 .map_err(|e| classify(&place, "UploadPart", e))?;
@@ -402,11 +469,14 @@ impl S3Upload {
         if self.upload_id.is_none() {
             // Smaller than one part: a single PUT.
             let body = self.buf.split().freeze();
+            let timeouts = Timeouts::config(self.timeouts.sending(body.len() as u64));
             self.client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&self.key)
                 .body(ByteStream::from(body))
+                .customize()
+                .config_override(timeouts)
                 .send()
                 .await
                 .map_err(|e| classify(&self.place, "PutObject", e))?;
@@ -429,6 +499,8 @@ impl S3Upload {
             .multipart_upload(
                 CompletedMultipartUpload::builder().set_parts(Some(std::mem::take(&mut self.parts))).build(),
             )
+            .customize()
+            .config_override(Timeouts::config(self.timeouts.completing()))
             .send()
             .await
             .map_err(|e| classify(&self.place, "CompleteMultipartUpload", e))?;
