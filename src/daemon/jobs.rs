@@ -16,6 +16,11 @@ pub enum Job {
     Snapshot,
     Verify,
     Rehearse,
+    /// A rehearsal because the migration source changed (or its pending
+    /// plan was never rehearsed): skipped when, by the time it runs, the
+    /// plan already has a rehearsal — the run before may have read the new
+    /// files already. Scheduled rehearsals always run (the data changes).
+    RehearseChanged,
     Release,
 }
 
@@ -24,7 +29,7 @@ impl Job {
         match self {
             Job::Snapshot => "snapshot",
             Job::Verify => "verify",
-            Job::Rehearse => "rehearse",
+            Job::Rehearse | Job::RehearseChanged => "rehearse",
             Job::Release => "release",
         }
     }
@@ -123,6 +128,10 @@ async fn run(shared: Arc<Shared>, config: Arc<Config>, target: String, job: Job,
         );
         return Ended::Error;
     }
+    if job == Job::RehearseChanged && !plan_unrehearsed(&config, t).await {
+        tracing::info!(target = %target, "The plan as it is now was rehearsed already: no new rehearsal.");
+        return Ended::Ok;
+    }
     let ended = match job {
         Job::Snapshot => match crate::snapshot::take(&config, t, crate::snapshot::Reason::Scheduled, &cancel).await {
             Ok(o) => {
@@ -177,7 +186,7 @@ async fn run(shared: Arc<Shared>, config: Arc<Config>, target: String, job: Job,
                 Some(Err(e)) => fail(&mailer, &target, job, &e.to_string()).await,
             }
         }
-        Job::Rehearse => {
+        Job::Rehearse | Job::RehearseChanged => {
             let opts =
                 crate::rehearsal::Options { snapshot: crate::rehearsal::Choice::Latest, keep: false, reverse: true };
             match crate::rehearsal::rehearse(&config, t, &opts, &cancel).await {
@@ -256,6 +265,16 @@ async fn run(shared: Arc<Shared>, config: Arc<Config>, target: String, job: Job,
     }
     tracing::info!(target = %target, job = job.name(), outcome = ended.label(), elapsed_ms = (secs * 1000.0) as u64, "Job finished.");
     ended
+}
+
+/// Whether the target's pending plan (as the files and live's history
+/// are now) has no rehearsal yet; `true` when that cannot be read, so the
+/// rehearsal runs and reports the problem itself.
+async fn plan_unrehearsed(config: &Config, t: &crate::config::Target) -> bool {
+    match crate::state::State::open(&config.state_dir).await {
+        Ok(state) => super::unrehearsed(&state, t).await.unwrap_or(true),
+        Err(_) => true,
+    }
 }
 
 async fn fail(mailer: &email::Mailer, target: &str, job: Job, error: &str) -> Ended {

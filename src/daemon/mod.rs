@@ -293,15 +293,15 @@ async fn schedule(cfg: &Config, state: &crate::state::State, states: &mut HashMa
                 tracing::info!(target = %t.name, "The migration source changed: rehearsing.");
                 st.source_sum = sum;
                 st.settling = None;
-                st.enqueue(Job::Rehearse);
+                st.enqueue(Job::RehearseChanged);
             } else {
                 st.settling = sum;
             }
         } else if !st.plan_checked && t.migrations.is_some() && t.shadow_url.is_some() {
             st.plan_checked = true;
-            if unrehearsed(state, t).await {
+            if unrehearsed(state, t).await == Some(true) {
                 tracing::info!(target = %t.name, "The pending plan was never rehearsed: rehearsing.");
-                st.enqueue(Job::Rehearse);
+                st.enqueue(Job::RehearseChanged);
                 // The queued rehearsal reads the files when it runs, so it
                 // covers them as they are now: this is the new baseline.
                 st.source_sum = source_checksum(t);
@@ -314,16 +314,17 @@ async fn schedule(cfg: &Config, state: &crate::state::State, states: &mut HashMa
     }
 }
 
-/// A pending plan whose hash no rehearsal has (one read of live's history;
-/// an unreachable live says no, and the next start asks again).
-async fn unrehearsed(state: &crate::state::State, t: &Target) -> bool {
-    let Ok(source) = crate::migrations::Source::of(t) else { return false };
+/// Whether a plan is pending whose hash no rehearsal has (one read of
+/// live's history); `None` when the source, live or the state store cannot
+/// be read.
+pub(super) async fn unrehearsed(state: &crate::state::State, t: &Target) -> Option<bool> {
+    let source = crate::migrations::Source::of(t).ok()?;
     let plan = tokio::time::timeout(Duration::from_secs(10), crate::migrations::plan_for(state, &source, &t.live_url));
-    let Ok(Ok(plan)) = plan.await else { return false };
+    let plan = plan.await.ok()?.ok()?;
     if plan.pending.is_empty() {
-        return false;
+        return Some(false);
     }
-    matches!(state.latest_rehearsal(&t.name, Some(&plan.hash)).await, Ok(None))
+    Some(state.latest_rehearsal(&t.name, Some(&plan.hash)).await.ok()?.is_none())
 }
 
 /// An approved, unspent, unexpired plan and an open window.
