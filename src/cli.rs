@@ -6,10 +6,24 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// Shown by `pgrehearse --help` and in the man page (the README has the same table).
+const EXIT_CODES: &str = "\
+Exit codes:
+  0   ok
+  1   the operation failed (the message says why and what to do)
+  2   a rehearsal or verification found problems
+  64  usage error
+  69  a dependency (PostgreSQL, S3, SMTP) is unavailable
+  75  refused for now (a heavy job of the target is running, outside a window, not approved, ...)
+  78  configuration invalid, or the database rejected the configured role, password or database
+
+Configuration: /etc/pgrehearse/pgrehearse.toml (or -c / $PGREHEARSE_CONFIG); check it with
+`pgrehearse config check`. Logs go to stderr (RUST_LOG=debug for more).";
+
 /// Safe PostgreSQL schema releases: proven snapshots, rehearsed migrations,
 /// windowed apply, restore on failure.
 #[derive(Debug, Parser)]
-#[command(name = "pgrehearse", version, about, long_about = None)]
+#[command(name = "pgrehearse", version, about, long_about = None, after_long_help = EXIT_CODES)]
 pub struct Cli {
     /// Configuration file.
     #[arg(
@@ -84,6 +98,32 @@ pub enum Command {
     /// Needs only PostgreSQL's programs; ignores -c. Exit 0 when every stage
     /// did what it should, 1 otherwise, 69 without PostgreSQL.
     Demo(DemoArgs),
+    /// Print a shell completion script on stdout (needs no config).
+    #[command(long_about = "Print a shell completion script on stdout (needs no config).\n\n\
+        Install it where the shell looks, e.g.:\n  \
+        bash:  pgrehearse completions bash > /usr/share/bash-completion/completions/pgrehearse\n  \
+        zsh:   pgrehearse completions zsh > /usr/local/share/zsh/site-functions/_pgrehearse\n  \
+        fish:  pgrehearse completions fish > ~/.config/fish/completions/pgrehearse.fish")]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout, or write one page per command into
+    /// a directory with --dir (needs no config).
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write `pgrehearse.1` and one page per subcommand (`pgrehearse-snapshot.1`,
+    /// `pgrehearse-config-check.1`, …) into this directory (created if missing)
+    /// instead of printing the top page.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 
 mod api;
 mod cli;
+mod cli_docs;
 mod config;
 mod daemon;
 mod demo;
@@ -96,6 +97,10 @@ fn init_logging(quiet: bool) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
+    // Generated from the CLI definition alone: no config needed.
+    if matches!(cli.command, Command::Completions(_) | Command::Man(_)) {
+        return docs(&cli.command, cli.json);
+    }
     if let Command::Demo(args) = &cli.command {
         let opts = demo::Options { dir: args.dir.clone(), size_mb: args.size_mb, json: cli.json };
         return Ok(demo::run(&opts).await?);
@@ -121,7 +126,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         tracing::warn!(release = %r.record.id, outcome = %r.record.outcome, "Finished a release that was interrupted.");
     }
     match cli.command {
-        Command::Config(_) | Command::Daemon | Command::Email(_) | Command::Demo(_) => unreachable!("handled above"),
+        Command::Config(_)
+        | Command::Daemon
+        | Command::Email(_)
+        | Command::Demo(_)
+        | Command::Completions(_)
+        | Command::Man(_) => unreachable!("handled above"),
         Command::Snapshot(args) => {
             let cancel = cancel_on_signal();
             let outcome = snapshot::take(&config, target, args.reason, &cancel).await?;
@@ -199,6 +209,19 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+/// `pgrehearse completions SHELL` and `pgrehearse man [--dir DIR]`.
+fn docs(command: &Command, json: bool) -> anyhow::Result<u8> {
+    match command {
+        Command::Completions(args) => cli_docs::print_completions(args.shell)?,
+        Command::Man(args) => match &args.dir {
+            None => cli_docs::print_man_page()?,
+            Some(dir) => cli_docs::print_written(dir, &cli_docs::write_man_pages(dir)?, json)?,
+        },
+        _ => {}
+    }
+    Ok(exit::OK)
 }
 
 /// A token cancelled by the first SIGINT or SIGTERM, so that work in flight

@@ -9,6 +9,7 @@ mod harness;
 
 mod api;
 mod approve;
+mod cli_docs;
 mod config;
 mod crash;
 mod daemon;
