@@ -9,6 +9,9 @@ mod raw;
 pub mod secret;
 mod validate;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -67,6 +67,24 @@ impl Ctx<'_> {
     }
 }
 
+/// The TOML parser's message, or what is wrong when it has none (it says
+/// nothing about a control character, even one inside a comment).
+fn toml_message(src: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    if !message.is_empty() {
+        return message.to_string();
+    }
+    let found = e.span().and_then(|s| src.get(s.start..)).and_then(|rest| rest.chars().next());
+    match found {
+        Some(c) if c.is_control() => format!(
+            "the control character U+{:04X} is not allowed in TOML, not even in a comment; delete it",
+            c as u32
+        ),
+        Some(c) => format!("unexpected `{c}`: this is not valid TOML; check the line's syntax"),
+        None => "the file ends in the middle of a value; check its last line".to_string(),
+    }
+}
+
 /// Parses and validates the text of a config file.
 pub fn from_source(file: &Path, src: &str) -> Result<Config, Vec<Problem>> {
     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -89,7 +107,7 @@ pub fn from_source(file: &Path, src: &str) -> Result<Config, Vec<Problem>> {
                 line,
                 column,
                 key,
-                message: e.message().trim().to_string(),
+                message: toml_message(src, &e),
             }]);
         }
     };
