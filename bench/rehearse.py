@@ -56,6 +56,7 @@ from common import Cluster, log, measure, median, sh
 from restore import write_config
 
 NAME = "rehearse"
+REPS = 2  # each repetition is a minute of psql + rehearse on the full dataset
 TITLE = "Rehearsal: measurement overhead and lock sampling"
 
 OVERHEAD_GOAL = 1.10  # rehearse apply_ms / psql -1 -f plan.sql wall time, at most

@@ -73,6 +73,7 @@ from pathlib import Path
 from common import MIB, Cluster, log, measure, median, sh
 
 NAME = "release"
+REPS = 2  # each repetition is a release and a failed, restored release on the full dataset
 TITLE = "Release: overhead around apply, and recovery by restore"
 
 SNAPSHOT_GOAL = 1.3   # pre-release snapshot_ms / (pg_dump -Fc -Z0 | zstd -1 > FILE), at most

@@ -8,7 +8,9 @@
                                           writes /tmp/pgrehearse-bench-RESULTS.quick.md, not RESULTS.md
   --keep                                  keep the cluster and its dataset in /tmp/pgrb-keep-{full,quick}
                                           (stopped) and reuse them on the next --keep run
-  --reps N                                repetitions per measurement (median reported; default 3)
+  --reps N                                repetitions per measurement (median reported); default: each
+                                          benchmark's REPS (3; 2 for the minute-long rehearse and release
+                                          runs, which keeps the full run under 15 minutes)
 
 Set-up done here, shared by every benchmark: build the binary, start a throwaway
 PostgreSQL cluster (unix socket only, fsync=off) and create the dataset
@@ -48,11 +50,11 @@ def parse(argv):
     p.add_argument("--quick", action="store_true", help="small dataset (~50 MiB), to check the scripts")
     p.add_argument("--bin", help="pgrehearse binary to use instead of a release build")
     p.add_argument("--keep", action="store_true", help="keep and reuse the cluster with its dataset")
-    p.add_argument("--reps", type=int, default=3, help="repetitions per measurement (default 3)")
+    p.add_argument("--reps", type=int, help="repetitions per measurement (default: 3; rehearse and release 2)")
     p.add_argument("--only", action="append", choices=BENCHMARKS, help="run only this benchmark (repeatable)")
     p.add_argument("--out", help="results file (default bench/RESULTS.md; quick: /tmp/pgrehearse-bench-RESULTS.quick.md)")
     args = p.parse_args(argv)
-    if args.reps < 1:
+    if args.reps is not None and args.reps < 1:
         p.error("--reps must be at least 1")
     args.command = " ".join(["python3 bench/run.py", *argv])
     return args
@@ -88,9 +90,11 @@ def render(args, binary, machine, sections, started, elapsed):
     return "\n".join(out) + "\n", failed
 
 
-def run_benchmark(name, ctx):
+def run_benchmark(name, ctx, reps):
     mod = importlib.import_module(name)
-    common.log(f"benchmark {name}: {mod.TITLE}")
+    ctx.args.reps = reps or getattr(mod, "REPS", 3)
+    common.log(f"benchmark {name}: {mod.TITLE} ({ctx.args.reps} repetitions)")
+    t0 = time.monotonic()
     try:
         section = mod.run(ctx)
     except Exception as e:  # one broken benchmark must not hide the others' results
@@ -98,6 +102,7 @@ def run_benchmark(name, ctx):
         section = {"markdown": f"The benchmark failed:\n\n```\n{e}\n```",
                    "checks": [(f"{name} ran to the end", 0, "yes", False, "no")]}
     section["title"] = mod.TITLE
+    section["minutes"] = (time.monotonic() - t0) / 60
     return section
 
 
@@ -108,6 +113,7 @@ def main(argv=None):
     started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     t0 = time.monotonic()
     binary = common.build_binary(args.bin)
+    build_min = (time.monotonic() - t0) / 60
     with contextlib.ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="pgrb-work-"))
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
@@ -115,13 +121,18 @@ def main(argv=None):
         cluster = common.Cluster(keep_dir)
         stack.callback(cluster.stop)
         cluster.start()
+        t_ds = time.monotonic()
         info = dataset.ensure(cluster, DB, args.quick)
+        dataset_min = (time.monotonic() - t_ds) / 60
         common.log(f"dataset: {info['database_mib']} MiB database ({info['rows']})")
         machine = common.machine_info(cluster)
         ctx = common.Context(args=args, binary=binary, cluster=cluster, db=DB, dataset=info,
                              workdir=workdir, stack=stack)
-        sections = [run_benchmark(name, ctx) for name in (args.only or BENCHMARKS)]
+        reps = args.reps
+        sections = [run_benchmark(name, ctx, reps) for name in (args.only or BENCHMARKS)]
         machine["load average (1, 5, 15 min) at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    machine["time: build, dataset, each benchmark"] = f"{build_min:.1f} min build; {dataset_min:.1f} min dataset; " + \
+        "; ".join(f"{s['title'].split(':')[0]} {s['minutes']:.1f} min" for s in sections)
     text, failed = render(args, binary, machine, sections, started, time.monotonic() - t0)
     out = Path(args.out or ("/tmp/pgrehearse-bench-RESULTS.quick.md" if args.quick else BENCH_DIR / "RESULTS.md"))
     out.write_text(text)
