@@ -30,6 +30,8 @@ pub mod step {
     pub const SWAP_DONE: &str = "swap_done";
     pub const DOWN: &str = "down";
     pub const INTERRUPTED: &str = "interrupted";
+    /// This run stopped unfinished: live's server went away during recovery.
+    pub const SUSPENDED: &str = "suspended";
     pub const FINISHED: &str = "finished";
 }
 

@@ -55,6 +55,10 @@ pub enum Outcome {
     NothingPending,
     /// Still in progress (only seen in the record of a running release).
     Running,
+    /// Stopped unfinished because live's server went away while live had
+    /// to be recovered (e.g. the server crashed mid-release): the next
+    /// pgrehearse command on the target finishes it once the server is back.
+    Interrupted,
 }
 
 impl Outcome {
@@ -68,6 +72,7 @@ impl Outcome {
             Outcome::Aborted => "aborted",
             Outcome::NothingPending => "nothing_pending",
             Outcome::Running => "running",
+            Outcome::Interrupted => "interrupted",
         }
     }
 
@@ -102,6 +107,7 @@ impl Release {
             "aborted" => Outcome::Aborted,
             "nothing_pending" => Outcome::NothingPending,
             "running" => Outcome::Running,
+            "interrupted" => Outcome::Interrupted,
             _ => Outcome::Halted,
         }
     }
@@ -335,10 +341,22 @@ async fn run(
 
 async fn finish(cx: &Ctx<'_>, journal: &Journal, mut row: ReleaseRow, t0: Instant) -> Result<ReleaseRow, ReleaseError> {
     timing(&mut row, "total_ms", t0.elapsed().as_millis() as u64);
-    row.finished_at = Some(Utc::now().to_rfc3339());
-    journal.step(step::FINISHED, Some(&row.outcome)).await?;
-    cx.state.release_update(&row).await?;
+    close(cx, journal, &mut row).await?;
     Ok(row)
+}
+
+/// Journals the end of this run of a release and saves its record:
+/// `finished` with the outcome, or `suspended` when live's server went away
+/// during recovery (the release stays unfinished for the next run).
+pub(crate) async fn close(cx: &Ctx<'_>, journal: &Journal, row: &mut ReleaseRow) -> Result<(), ReleaseError> {
+    if row.outcome == Outcome::Interrupted.as_str() {
+        journal.step(step::SUSPENDED, Some("live unreachable")).await?;
+    } else {
+        row.finished_at = Some(Utc::now().to_rfc3339());
+        journal.step(step::FINISHED, Some(&row.outcome)).await?;
+    }
+    cx.state.release_update(row).await?;
+    Ok(())
 }
 
 fn timing(row: &mut ReleaseRow, key: &str, ms: u64) {

@@ -7,7 +7,10 @@
 //! kept as `<db>_failed_<release>` (never dropped); `down` runs the downs of
 //! what this release applied, newest first; `halt` stops and leaves live as
 //! it is for a person. Every step is journaled first and each is safe to
-//! repeat, so recovery itself survives a crash.
+//! repeat, so recovery itself survives a crash. When live's server itself
+//! goes away during recovery (it crashed or restarted mid-release), the
+//! release is not halted but left `interrupted`: the next command on the
+//! target carries the recovery on once the server is back.
 //!
 //! After a crash, the journal and live's history decide: interrupted before
 //! any migration ran → `aborted` (live untouched); all of the plan in the
@@ -18,7 +21,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::Utc;
 
 use super::journal::{Journal, step};
 use super::{Ctx, Outcome, Release, ReleaseError, on_failure_name, release_doc};
@@ -74,6 +76,7 @@ pub async fn recover(
                 row.failed_database = Some(kept);
                 row.outcome = Outcome::Restored.as_str().into();
             }
+            Err(e) if !live_reachable(cx).await => suspend(row, &failed, "restoring the pre-release snapshot", &e),
             Err(e) => halt(row, format!("{failed}; then restoring the pre-release snapshot failed: {e}")),
         },
         "down" => match down(cx, journal, plan).await {
@@ -82,11 +85,31 @@ pub async fn recover(
                 mark_reverted(row, &reverted);
                 row.outcome = Outcome::RolledBack.as_str().into();
             }
+            Err(e) if !live_reachable(cx).await => suspend(row, &failed, "reverting with the downs", &e),
             Err(e) => halt(row, format!("{failed}; then reverting with the downs failed: {e}")),
         },
         _ => halt(row, format!("{failed}; on_failure = \"halt\": live was left as the failure left it")),
     }
     Ok(())
+}
+
+/// Whether live's server accepts a connection now (through `admin_url`).
+async fn live_reachable(cx: &Ctx<'_>) -> bool {
+    let url = cx.target.admin().with_database("postgres");
+    pg::connect(&url, "pgrehearse-recovery").await.is_ok()
+}
+
+/// Recovery could not run because live's server went away (a crash, a
+/// restart): halting would leave live half-released for a person, yet
+/// every recovery step can be repeated, so the release stays unfinished
+/// and the next pgrehearse command on the target carries the recovery on.
+fn suspend(row: &mut ReleaseRow, failed: &str, what: &str, e: &str) {
+    tracing::error!(error = %e, "Live's server became unreachable during recovery; the next pgrehearse command on this target will finish the recovery once it is back.");
+    row.reason = Some(format!(
+        "{failed}; then {what} failed because live's server became unreachable ({e}). Live may hold part of the plan: once the server is back, any pgrehearse command on this target (e.g. `pgrehearse status`) finishes the recovery"
+    ));
+    row.error_kind = Some("live_unreachable".into());
+    row.outcome = Outcome::Interrupted.as_str().into();
 }
 
 fn halt(row: &mut ReleaseRow, reason: String) {
@@ -227,10 +250,12 @@ pub async fn finish_interrupted(cx: &Ctx<'_>) -> Result<Option<Release>, Release
         journal.step(step::INTERRUPTED, at.as_deref()).await?;
         let interrupted = format!("interrupted at step {}", at.as_deref().unwrap_or("start"));
         decide(cx, &journal, &mut row, &steps, &interrupted).await?;
-        row.finished_at = Some(Utc::now().to_rfc3339());
-        journal.step(step::FINISHED, Some(&row.outcome)).await?;
-        cx.state.release_update(&row).await?;
-        tracing::warn!(release = %row.id, outcome = %row.outcome, "Interrupted release finished.");
+        super::close(cx, &journal, &mut row).await?;
+        if row.outcome == Outcome::Interrupted.as_str() {
+            tracing::error!(release = %row.id, "Interrupted release still unfinished: live's server is unreachable.");
+        } else {
+            tracing::warn!(release = %row.id, outcome = %row.outcome, "Interrupted release finished.");
+        }
         last = Some(release_doc(&cx.state, row, true).await?);
     }
     Ok(last)

@@ -144,10 +144,11 @@ impl State {
         Ok(rows.iter().map(release_from_row).collect())
     }
 
-    /// Releases of a target whose outcome is still `running`.
+    /// Releases of a target whose outcome is still `running`, or
+    /// `interrupted` (live's server went away during recovery).
     pub async fn unfinished_releases(&self, target: &str) -> Result<Vec<ReleaseRow>, StateError> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM releases WHERE target = ? AND outcome = 'running' ORDER BY started_at"
+            "SELECT {COLUMNS} FROM releases WHERE target = ? AND outcome IN ('running', 'interrupted') ORDER BY started_at"
         ))
         .bind(target)
         .fetch_all(&self.pool)

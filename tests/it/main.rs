@@ -16,6 +16,7 @@ mod daemon;
 mod demo;
 mod email;
 mod encryption;
+mod faults_kill;
 mod prune;
 mod rehearse_checks;
 mod rehearse_command;

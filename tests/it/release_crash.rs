@@ -32,9 +32,8 @@ use crate::harness::migrations::*;
 use crate::harness::proc::signal;
 use crate::harness::release::*;
 use crate::harness::shadow::{databases, kill_and_wait, stopped_pg_restore, working_children};
-use crate::harness::{data, files_under, wait_for};
+use crate::harness::{data, wait_for};
 use serde_json::Value;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const SETUP: &str = "CREATE TABLE t (id int PRIMARY KEY, note text NOT NULL);
@@ -119,15 +118,6 @@ fn crash_point(rig: &Rig, e: &Expect, post: Option<&Post>, crash: impl FnOnce(&R
         }
     }
     rel
-}
-
-/// Bytes in `*.partial` files of the local store (a dump being written).
-fn partial_bytes(store: &Path) -> u64 {
-    files_under(store)
-        .iter()
-        .filter(|p| p.to_string_lossy().ends_with(".partial"))
-        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .sum()
 }
 
 /// Kills `apply` while its pre-release pg_dump streams into the store

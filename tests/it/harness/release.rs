@@ -9,7 +9,7 @@ use super::cli::{Run, toml_string};
 use super::migrations::{Rig, fingerprint, rows, sha384_hex, sqlx_apply, sqlx_record, table_exists, tail};
 use super::{run_ok, wait_for};
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// A window that is always open: every second, for a day.
@@ -199,4 +199,13 @@ pub fn post_state(rig: &Rig, files: &[PathBuf]) -> Post {
     let post = Post { fingerprint, history: history_rows(rig, REFERENCE) };
     rig.live.psql("postgres", &format!("DROP DATABASE {REFERENCE}"));
     post
+}
+
+/// Bytes in `*.partial` files of a local store (a dump being written).
+pub fn partial_bytes(store: &Path) -> u64 {
+    super::files_under(store)
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with(".partial"))
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum()
 }
