@@ -317,8 +317,13 @@ pub async fn pg_restore(
     let mut cmd = tools::command(&tool, url, "pgrehearse-restore");
     cmd.arg(format!("--jobs={}", target.restore_jobs)).arg("--exit-on-error").args(extra);
     cmd.arg(file).stdout(Stdio::null()).stderr(Stdio::piped());
-    let out =
-        cmd.output().await.map_err(|source| ToolError::Spawn { path: tool.path.display().to_string(), source })?;
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let watch = tokio::spawn(watch_restore(url.clone(), m.database_size, stopped));
+    let out = cmd.output().await;
+    // The watcher's session is closed when this returns (see `watch_restore`).
+    let _ = stop.send(out.as_ref().is_ok_and(|o| o.status.success()));
+    let _ = watch.await;
+    let out = out.map_err(|source| ToolError::Spawn { path: tool.path.display().to_string(), source })?;
     if !out.status.success() {
         return Err(DrillError::RestoreFailed {
             id: m.id.clone(),
@@ -327,6 +332,47 @@ pub async fn pg_restore(
         });
     }
     Ok(())
+}
+
+/// Progress of a `pg_restore` into `url`: the database's growth, polled
+/// every second (see [`crate::progress::poll_interval`]), against the live
+/// database's size at dump time (an estimate: indexes and bloat differ). Its session is closed before this
+/// returns (`true` sent on `stop`: the restore succeeded), so that renames
+/// and template copies of the database find no other session.
+async fn watch_restore(url: pg::ConnUrl, live_size: u64, mut stop: tokio::sync::oneshot::Receiver<bool>) {
+    use crate::progress::Progress;
+    if !crate::progress::enabled() {
+        let _ = stop.await;
+        return;
+    }
+    let Ok(mut conn) = pg::connect(&url, "pgrehearse-progress").await else {
+        let _ = stop.await;
+        return;
+    };
+    let size = "SELECT pg_database_size(current_database())";
+    // The empty database's own size (its template's) is not restore work.
+    let base = sqlx::query_scalar::<_, i64>(size).fetch_one(&mut conn).await.map_or(0, |b| b.max(0) as u64);
+    let progress = Progress::start("restore", Some(live_size.saturating_sub(base)), true);
+    let every = crate::progress::poll_interval();
+    loop {
+        let ok = tokio::select! {
+            ok = &mut stop => Some(ok.unwrap_or(false)),
+            _ = tokio::time::sleep(every) => None,
+        };
+        // One last measurement when pg_restore is done: the final size.
+        if ok != Some(false)
+            && let Ok(now) = sqlx::query_scalar::<_, i64>(size).fetch_one(&mut conn).await
+        {
+            progress.set((now.max(0) as u64).saturating_sub(base));
+        }
+        if let Some(ok) = ok {
+            let _ = sqlx::Connection::close(conn).await;
+            if ok {
+                progress.finish();
+            }
+            return;
+        }
+    }
 }
 
 /// The staging file for `m`, named `<target>-<pid>-<snapshot id>.pgdump` so

@@ -12,6 +12,7 @@ mod metrics;
 mod migrations;
 mod output;
 mod pg;
+mod progress;
 mod rehearsal;
 mod release;
 mod report;
@@ -49,6 +50,13 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    progress::set_mode(match cli.command {
+        // The demo prints its own stages; the daemon's jobs may run side by side.
+        Command::Demo(_) => progress::Mode::Off,
+        Command::Daemon => progress::Mode::Logs,
+        _ if cli.json => progress::Mode::Logs,
+        _ => progress::Mode::Auto,
+    });
     init_logging(matches!(cli.command, Command::Demo(_)));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -90,7 +98,7 @@ fn init_logging(quiet: bool) {
     }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(progress::LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();

@@ -260,8 +260,10 @@ pub async fn fetch(
     let h = hash.clone();
     let mid = m.id.clone();
     let limit = m.bytes_stored;
+    let progress = crate::progress::Progress::start("download", Some(m.bytes_stored), false);
+    let counted = progress.reader(SyncIoBridge::new(reader));
     let result = tokio::task::spawn_blocking(move || -> Result<u64, CatalogError> {
-        let src = Rc::new(RefCell::new(SyncIoBridge::new(reader)));
+        let src = Rc::new(RefCell::new(counted));
         let hashed = Hashed { inner: src.clone(), state: h.clone(), limit };
         let decoded = decode_into(hashed, identity, file, &mid, durable);
         if matches!(decoded, Err(CatalogError::Decode { .. })) {
@@ -294,6 +296,7 @@ pub async fn fetch(
     };
     match checked {
         Ok(bytes) => {
+            progress.finish();
             std::fs::rename(&partial, output).map_err(|source| CatalogError::Write { path: output.into(), source })?;
             Ok(Downloaded { snapshot_id: m.id.clone(), path: output.into(), bytes, sha256: sha })
         }
@@ -309,6 +312,7 @@ pub async fn fetch(
 pub async fn check_stored(store: &dyn Store, m: &Manifest) -> Result<u64, CatalogError> {
     use tokio::io::AsyncReadExt;
     let mut reader = store.open(&m.dump.key).await?;
+    let progress = crate::progress::Progress::start("checksum", Some(m.bytes_stored), false);
     let mut hasher = Sha256::new();
     let mut count = 0u64;
     let mut buf = vec![0u8; 1 << 20];
@@ -320,6 +324,7 @@ pub async fn check_stored(store: &dyn Store, m: &Manifest) -> Result<u64, Catalo
         }
         hasher.update(&buf[..n]);
         count += n as u64;
+        progress.inc(n as u64);
         if count > m.bytes_stored {
             break;
         }
@@ -334,6 +339,7 @@ pub async fn check_stored(store: &dyn Store, m: &Manifest) -> Result<u64, Catalo
             actual_bytes: count,
         });
     }
+    progress.finish();
     Ok(count)
 }
 

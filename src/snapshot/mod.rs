@@ -144,10 +144,12 @@ pub async fn take_with(
     let (state, store) = open_stores(config).await?;
     let started_at = Utc::now();
     let id = new_id(started_at);
+    // Progress is shown against the last snapshot's raw size (pg_database_size otherwise).
+    let previous_raw = state.last_snapshot_bytes_raw(&target.name).await?;
     state.snapshot_started(&id, &target.name, reason.as_str(), started_at).await?;
     let span = tracing::info_span!("snapshot", run_id = %id, target = %target.name, job = "snapshot");
     let result = tracing::Instrument::instrument(
-        run(config, target, reason, &id, started_at, store.as_ref(), cancel, locking),
+        run(config, target, reason, &id, started_at, store.as_ref(), cancel, locking, previous_raw),
         span,
     )
     .await;
@@ -184,6 +186,7 @@ async fn run(
     store: &dyn Store,
     cancel: &CancellationToken,
     locking: Locking,
+    previous_raw: Option<u64>,
 ) -> Result<Outcome, SnapshotError> {
     let t0 = Instant::now();
     let live = &target.live_url;
@@ -223,7 +226,8 @@ async fn run(
 
     let (tx, mut rx) = mpsc::channel::<Bytes>(4);
     let level = config.snapshot.zstd_level;
-    let raw = pipeline::read_ahead(stdout).map_err(SnapshotError::Pipeline)?;
+    let progress = crate::progress::Progress::start("snapshot", previous_raw.or(Some(info.database_size)), true);
+    let raw = progress.reader(pipeline::read_ahead(stdout).map_err(SnapshotError::Pipeline)?);
     let encoder = tokio::task::spawn_blocking(move || pipeline::encode(raw, level, &recipients, tx));
     let mut upload = store.begin_upload(&dump_key, info.database_size).await?;
 
@@ -282,6 +286,7 @@ async fn run(
     let totals = encoded.map_err(SnapshotError::Pipeline)?;
     let counts = counted.map_err(q)?;
     let written = upload.finish().await?;
+    progress.finish();
     // A 200 OK proves nothing: read the size back.
     let stored = store.size(&dump_key).await?.unwrap_or(0);
     if stored != totals.bytes_stored || written != totals.bytes_stored {

@@ -189,6 +189,18 @@ impl State {
                 .await?;
         Ok(row.map(|r| run_from_row(&r)))
     }
+
+    /// The raw dump size of the target's newest successful snapshot (the
+    /// estimate a new snapshot's progress is shown against).
+    pub async fn last_snapshot_bytes_raw(&self, target: &str) -> Result<Option<u64>, StateError> {
+        let raw: Option<Option<i64>> = sqlx::query_scalar(
+            "SELECT bytes_raw FROM snapshot_runs WHERE target = ? AND status = 'ok' ORDER BY started_at DESC, rowid DESC LIMIT 1",
+        )
+        .bind(target)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(raw.flatten().map(|b| b.max(0) as u64))
+    }
 }
 
 /// A database pgrehearse created on a shadow server.

@@ -17,6 +17,7 @@ mod demo;
 mod email;
 mod encryption;
 mod faults_kill;
+mod progress;
 mod prune;
 mod rehearse_checks;
 mod rehearse_command;
