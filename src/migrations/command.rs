@@ -98,13 +98,13 @@ pub async fn pending(config: &MigrationsConfig, url: &ConnUrl) -> Result<Vec<Mig
         });
     }
     // Only standard output lists migrations: tools log to standard error.
-    Ok(run
-        .stdout
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|name| step(name, &apply, config))
-        .collect())
+    Ok(pending_names(&run.stdout).into_iter().map(|name| step(name, &apply, config)).collect())
+}
+
+/// The names a `pending` command printed: one per line, trimmed, blank lines
+/// and `#` comments left out.
+pub fn pending_names(stdout: &str) -> Vec<&str> {
+    stdout.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect()
 }
 
 fn step(name: &str, apply: &str, config: &MigrationsConfig) -> Migration {

@@ -14,6 +14,9 @@ pub mod plan;
 pub mod split;
 pub mod sqlx;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 

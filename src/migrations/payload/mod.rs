@@ -36,7 +36,7 @@ use sqlx::{Connection, PgConnection};
 use crate::pg::{self, ConnUrl, PgError};
 use output::{Progress, strip_ansi};
 
-mod output;
+pub(super) mod output;
 
 /// Payload's history table when the adapter sets no `schemaName`.
 pub const DEFAULT_TABLE: &str = "payload_migrations";

@@ -9,7 +9,7 @@ use crate::pg;
 
 /// Removes ANSI escape sequences (pino-pretty colours every line whether or
 /// not stdout is a terminal; `prompts` moves the cursor).
-pub(super) fn strip_ansi(s: &str) -> String {
+pub(in crate::migrations) fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
@@ -50,7 +50,7 @@ pub(super) fn strip_ansi(s: &str) -> String {
 
 /// What one line of the CLI's output says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Event {
+pub(in crate::migrations) enum Event {
     /// `Migrating: <name>` / `Migrating down: <name>`.
     Start(String),
     /// `Migrated:  <name> (<ms>ms)` / `Migrated down:  <name> (<ms>ms)`.
@@ -63,7 +63,7 @@ pub(super) enum Event {
     DevPrompt,
 }
 
-pub(super) fn event(line: &str) -> Option<Event> {
+pub(in crate::migrations) fn event(line: &str) -> Option<Event> {
     fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
         line.find(marker).map(|i| line[i + marker.len()..].trim())
     }
@@ -106,19 +106,19 @@ pub(super) fn event(line: &str) -> Option<Event> {
 
 /// The CLI's progress, fed line by line as output arrives.
 #[derive(Debug, Default)]
-pub(super) struct Progress {
-    pub(super) migrated: Vec<Migrated>,
+pub(in crate::migrations) struct Progress {
+    pub(in crate::migrations) migrated: Vec<Migrated>,
     /// The migration started and not reported done.
-    pub(super) running: Option<(String, Instant)>,
+    pub(in crate::migrations) running: Option<(String, Instant)>,
     /// The migration an error line named.
-    pub(super) failed: Option<String>,
-    pub(super) prompt: bool,
+    pub(in crate::migrations) failed: Option<String>,
+    pub(in crate::migrations) prompt: bool,
     /// The last part of the output (bounded).
-    pub(super) tail: String,
+    pub(in crate::migrations) tail: String,
 }
 
 impl Progress {
-    pub(super) fn line(&mut self, line: &str, at: Instant) {
+    pub(in crate::migrations) fn line(&mut self, line: &str, at: Instant) {
         self.tail.push_str(line);
         if !line.ends_with('\n') {
             self.tail.push('\n');
