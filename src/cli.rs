@@ -25,10 +25,11 @@ Configuration: /etc/pgrehearse/pgrehearse.toml (or -c / $PGREHEARSE_CONFIG); che
 #[derive(Debug, Parser)]
 #[command(name = "pgrehearse", version, about, long_about = None, after_long_help = EXIT_CODES)]
 pub struct Cli {
-    /// Configuration file.
+    /// The configuration file.
     #[arg(
         short = 'c',
         long = "config",
+        value_name = "PATH",
         env = "PGREHEARSE_CONFIG",
         default_value = "/etc/pgrehearse/pgrehearse.toml",
         global = true
@@ -40,7 +41,7 @@ pub struct Cli {
     pub json: bool,
 
     /// The target to act on (optional when the config has exactly one).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "NAME")]
     pub target: Option<String>,
 
     #[command(subcommand)]
@@ -53,50 +54,81 @@ pub enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Take a snapshot of the target's live database now.
+    ///
+    /// pg_dump streams through zstd (and age, if configured) into the store;
+    /// the manifest, written last, records the exact row count of every
+    /// table, taken in the dump's own MVCC snapshot.
     Snapshot(SnapshotArgs),
     /// List the target's snapshots, newest first.
     Snapshots,
-    /// Download a snapshot, check its SHA-256, decrypt and decompress it into a
-    /// plain `pg_dump -Fc` archive that `pg_restore` reads.
+    /// Download a snapshot as a plain `pg_dump -Fc` archive.
+    ///
+    /// Checks the stored object's SHA-256, decrypts and decompresses it, and
+    /// writes an archive that `pg_restore` reads.
     Download(DownloadArgs),
-    /// Apply the retention policy: delete snapshots the policy no longer keeps.
+    /// Delete the snapshots the retention policy no longer keeps.
+    ///
+    /// The newest snapshot, the `keep_verified_min` newest verified ones and
+    /// those pinned by a release are kept, and nothing is deleted while the
+    /// latest snapshot run failed (exit 75).
     Prune(PruneArgs),
-    /// Restore drill: restore a snapshot into a scratch database on the shadow
-    /// server and check it (row counts, indexes); records the recovery time.
+    /// Restore drill: prove a snapshot by restoring it on the shadow server.
+    ///
+    /// Restores into a scratch database (or clones the template that already
+    /// holds it), checks every table's row count against the manifest, index
+    /// validity, pg_amcheck and the configured checks, and records the
+    /// restore time (RTO). Exit 2 when problems are found.
     Verify(VerifyArgs),
-    /// Disaster recovery: restore a snapshot into a new database on the live
-    /// server (`--as NAME`), or in place of the live database (`--replace-live --yes`).
+    /// Disaster recovery: restore a snapshot on the live server.
+    ///
+    /// Into a new database (`--as NAME`), or in place of the live database
+    /// (`--replace-live --yes`: the old one is renamed and kept, never
+    /// dropped).
     Restore(RestoreArgs),
-    /// Show applied and pending migrations, drift, the plan hash, the latest
-    /// snapshot and rehearsal, the approval and the release window. Reads
-    /// live's history table only.
+    /// Show the target's migrations, drift, plan and latest activity.
+    ///
+    /// Applied and pending migrations, drift (an applied file edited or
+    /// gone, a failed history row, Payload dev-push rows), the plan hash,
+    /// the latest snapshot and rehearsal, the newest approval and whether it
+    /// still holds, and the release window. Reads live's history table
+    /// only. Exit 2 on drift.
     Status,
-    /// Rehearse the pending plan on a restored copy of production: run it as
-    /// live will, measure every migration (duration, locks, rewrites, WAL),
-    /// prove its downs, run seeds twice, lint it. Live is never written.
+    /// Rehearse the pending plan on a restored copy of production.
+    ///
+    /// Runs it as live will, measures every migration (duration, locks,
+    /// rewrites, WAL), proves its downs, runs seeds twice and lints it. Live
+    /// is never written. Exit 0 pass, 2 problems found, 1 could not run.
     Rehearse(RehearseArgs),
-    /// Approve the pending plan by its hash: only a plan whose latest
-    /// rehearsal passed (and is younger than `approval_max_age`) is accepted.
+    /// Approve the pending plan by its hash, after a passing rehearsal.
+    ///
+    /// Refused (exit 75) unless the plan is the one pending on live now and
+    /// its latest rehearsal passed within `approval_max_age`.
     Approve(ApproveArgs),
-    /// Release the approved plan to live now, if a window is open and
-    /// preflight passes: pre-release snapshot (pinned), apply as rehearsed,
-    /// post-checks; on failure recover per `on_failure`. Exit 0 applied,
-    /// 75 refused, 1 failed (rolled back, restored or halted).
+    /// Release the approved plan to live now.
+    ///
+    /// Only if a window is open and preflight passes: pre-release snapshot
+    /// (pinned), apply as rehearsed, post-checks; on failure recover per
+    /// `on_failure`. Exit 0 applied, 75 refused (nothing done), 1 failed
+    /// (rolled back, restored or halted).
     Apply,
     /// Show the target's recent releases (or one, with its journal).
     Releases(ReleasesArgs),
-    /// Run every target's schedules, the HTTP API and metrics (for systemd:
-    /// Type=notify, reload with SIGHUP, stop with SIGTERM).
+    /// Run every target's schedules, the HTTP API and metrics.
+    ///
+    /// For systemd: Type=notify, reload with SIGHUP, stop with SIGTERM (a
+    /// running release finishes first).
     Daemon,
     /// Check the email configuration.
     #[command(subcommand)]
     Email(EmailCommand),
-    /// The whole cycle in a sandbox: starts two throwaway PostgreSQL clusters
-    /// (live and shadow) with a sample shop database, then snapshot, restore
-    /// drill, rehearsal, approval, release, and a second release that fails
-    /// on live and is restored; prints where the reports and emails are.
-    /// Needs only PostgreSQL's programs; ignores -c. Exit 0 when every stage
-    /// did what it should, 1 otherwise, 69 without PostgreSQL.
+    /// Run the whole cycle in a throwaway sandbox (needs only PostgreSQL).
+    ///
+    /// Starts two throwaway PostgreSQL clusters (live and shadow) with a
+    /// sample shop database, then snapshot, restore drill, rehearsal,
+    /// approval, release, and a second release that fails on live and is
+    /// restored; prints where the reports and emails are. Ignores -c. Exit 0
+    /// when every stage did what it should, 1 otherwise, 69 without
+    /// PostgreSQL.
     Demo(DemoArgs),
     /// Print a shell completion script on stdout (needs no config).
     #[command(long_about = "Print a shell completion script on stdout (needs no config).\n\n\
@@ -105,8 +137,11 @@ pub enum Command {
         zsh:   pgrehearse completions zsh > /usr/local/share/zsh/site-functions/_pgrehearse\n  \
         fish:  pgrehearse completions fish > ~/.config/fish/completions/pgrehearse.fish")]
     Completions(CompletionsArgs),
-    /// Print the man page (roff) on stdout, or write one page per command into
-    /// a directory with --dir (needs no config).
+    /// Print the man page on stdout, or write all pages into a directory (needs no config).
+    ///
+    /// Without --dir: `pgrehearse.1` as roff on stdout (`pgrehearse man |
+    /// man -l -`). With --dir: one page per command, e.g. into
+    /// /usr/local/share/man/man1.
     Man(ManArgs),
 }
 
@@ -148,6 +183,7 @@ pub enum EmailCommand {
 #[derive(Debug, Args)]
 pub struct ReleasesArgs {
     /// A release id (`r-…`); without it, the newest 50.
+    #[arg(value_name = "ID")]
     pub id: Option<String>,
 }
 
@@ -195,19 +231,20 @@ pub struct SnapshotArgs {
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
     /// Snapshot id, or `latest`.
+    #[arg(value_name = "ID")]
     pub snapshot: String,
     /// Where to write the `pg_dump -Fc` archive (must not exist).
-    #[arg(short = 'o', long = "output")]
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
     /// age identity file for encrypted snapshots (overrides `[store] identity_file`).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub identity: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Snapshot id, or `latest`.
-    #[arg(default_value = "latest")]
+    #[arg(default_value = "latest", value_name = "ID")]
     pub snapshot: String,
     /// Restore for real even when the template holds this snapshot.
     #[arg(long)]
@@ -221,6 +258,7 @@ pub struct VerifyArgs {
 #[command(group(clap::ArgGroup::new("into").required(true).args(["as_name", "replace_live"])))]
 pub struct RestoreArgs {
     /// Snapshot id, or `latest`.
+    #[arg(value_name = "ID")]
     pub snapshot: String,
     /// Restore into this new database (refused if it exists).
     #[arg(long = "as", value_name = "DBNAME")]
