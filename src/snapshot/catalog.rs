@@ -260,15 +260,17 @@ pub async fn fetch(
     let h = hash.clone();
     let mid = m.id.clone();
     let limit = m.bytes_stored;
+    let failed = Arc::new(Mutex::new(None));
+    let f = failed.clone();
     let progress = crate::progress::Progress::start("download", Some(m.bytes_stored), false);
     let counted = progress.reader(SyncIoBridge::new(reader));
     let result = tokio::task::spawn_blocking(move || -> Result<u64, CatalogError> {
         let src = Rc::new(RefCell::new(counted));
-        let hashed = Hashed { inner: src.clone(), state: h.clone(), limit };
+        let hashed = Hashed { inner: src.clone(), state: h.clone(), limit, failed: f.clone() };
         let decoded = decode_into(hashed, identity, file, &mid, durable);
         if matches!(decoded, Err(CatalogError::Decode { .. })) {
             // Hash what the decoder left unread (bounded by the expected size).
-            let mut rest = Hashed { inner: src, state: h, limit };
+            let mut rest = Hashed { inner: src, state: h, limit, failed: f };
             let _ = io::copy(&mut rest, &mut io::sink());
         }
         decoded
@@ -288,7 +290,12 @@ pub async fn fetch(
         expected_bytes: m.bytes_stored,
         actual_bytes: count,
     };
+    let read_error = failed.lock().expect("not poisoned").take();
     let checked = match result {
+        // A download that broke off is the store failing, not a corrupt object.
+        Err(_) if read_error.is_some() => {
+            Err(StoreError::Unavailable(format!("reading {}: {}", m.dump.key, read_error.unwrap_or_default())).into())
+        }
         Err(CatalogError::Decode { .. }) if sha != m.sha256 || count != m.bytes_stored => Err(mismatch()),
         Err(e) => Err(e),
         Ok(_) if sha != m.sha256 || count != m.bytes_stored => Err(mismatch()),
@@ -403,6 +410,9 @@ struct Hashed<R> {
     inner: Rc<RefCell<R>>,
     state: Arc<Mutex<(Sha256, u64)>>,
     limit: u64,
+    /// The first error reading the store: the object could not be read,
+    /// which says nothing about whether it is corrupt.
+    failed: Arc<Mutex<Option<String>>>,
 }
 
 impl<R: Read> Read for Hashed<R> {
@@ -413,7 +423,9 @@ impl<R: Read> Read for Hashed<R> {
             return Ok(0);
         }
         let max = buf.len().min(room.min(usize::MAX as u64) as usize);
-        let n = self.inner.borrow_mut().read(&mut buf[..max])?;
+        let n = self.inner.borrow_mut().read(&mut buf[..max]).inspect_err(|e| {
+            self.failed.lock().expect("not poisoned").get_or_insert_with(|| e.to_string());
+        })?;
         g.0.update(&buf[..n]);
         g.1 += n as u64;
         Ok(n)

@@ -16,6 +16,8 @@ mod daemon;
 mod demo;
 mod email;
 mod encryption;
+mod faults_pg;
+mod faults_s3;
 mod faults_kill;
 mod progress;
 mod prune;

@@ -12,13 +12,14 @@
 //! - [`Fault::Stall`]: accept and hold connections but forward nothing until
 //!   the deadline passes or the fault is cleared; held bytes flow afterwards;
 //! - [`Fault::ResetAfter`]: reset a connection once it has forwarded `bytes`
-//!   (both directions counted), for the next `conns` new connections or all;
+//!   (both directions counted), for the next `conns` connections that get
+//!   that far, or all; clearing the fault disarms connections not yet reset;
 //! - [`Fault::HttpError`]: for HTTP upstreams, answer the next `requests` new
 //!   connections (or all) with `status`, an S3-style XML error body and
 //!   `Connection: close`, after reading the request, instead of forwarding.
 //!
-//! A fault that counts (`ResetAfter`, `HttpError`) applies to connections
-//! accepted after it was set; a connection open before keeps forwarding.
+//! `ResetAfter` and `HttpError` apply to connections accepted after they
+//! were set; a connection open before keeps forwarding.
 //! [`Proxy::injected`] counts the faults actually dealt, so a test that means
 //! to show survival can prove the fault happened.
 //!
@@ -145,7 +146,7 @@ impl Shared {
     }
 
     /// Blocks while a stall is in force (or until the proxy stops); a chunk
-    /// that had to wait counts as a dealt fault.
+    /// that has to wait counts as a dealt fault as soon as it waits.
     fn wait_while_stalled(&self) {
         let mut waited = false;
         loop {
@@ -157,11 +158,25 @@ impl Shared {
                 Fault::Stall { until: Some(t) } if Instant::now() < t => {}
                 _ => break,
             }
-            waited = true;
+            if !waited {
+                waited = true;
+                self.injected.fetch_add(1, Ordering::SeqCst);
+            }
             thread::sleep(Duration::from_millis(10));
         }
-        if waited {
-            self.injected.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A link armed by `ResetAfter` reached its byte count: whether to reset
+    /// it now (the fault is still in force), counting down `conns`.
+    fn take_reset(&self) -> bool {
+        let mut f = self.fault.lock().unwrap();
+        match *f {
+            Fault::ResetAfter { conns: None, .. } => true,
+            Fault::ResetAfter { bytes, conns: Some(n) } => {
+                *f = if n <= 1 { Fault::Up } else { Fault::ResetAfter { bytes, conns: Some(n - 1) } };
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -286,12 +301,8 @@ fn plan_for_new(shared: &Shared) -> Plan {
         Fault::Up | Fault::Stall { .. } => Plan::Forward { reset_at: None },
         Fault::Reset => Plan::Reset,
         Fault::Drop => Plan::Close,
-        Fault::ResetAfter { bytes, conns } => {
-            if let Some(n) = conns {
-                *f = if n <= 1 { Fault::Up } else { Fault::ResetAfter { bytes, conns: Some(n - 1) } };
-            }
-            Plan::Forward { reset_at: Some(bytes) }
-        }
+        // Counted down when a link is reset (`take_reset`).
+        Fault::ResetAfter { bytes, .. } => Plan::Forward { reset_at: Some(bytes) },
         Fault::HttpError { status, requests } => {
             if let Some(n) = requests {
                 *f = if n <= 1 { Fault::Up } else { Fault::HttpError { status, requests: Some(n - 1) } };
@@ -389,7 +400,7 @@ fn pump(shared: &Shared, link: &Link, mut from: Box<dyn Read + Send>, mut to: Bo
         let mut chunk = &buf[..n];
         if let Some(limit) = link.reset_at {
             let before = link.forwarded.fetch_add(n as u64, Ordering::SeqCst);
-            if before + n as u64 >= limit {
+            if before < limit && before + n as u64 >= limit && shared.take_reset() {
                 let allowed = limit.saturating_sub(before) as usize;
                 let _ = to.write_all(&chunk[..allowed.min(chunk.len())]);
                 if !link.cut.swap(true, Ordering::SeqCst) {
