@@ -30,7 +30,15 @@ pub fn files(dir: &Path) -> Result<Vec<Migration>, SourceError> {
     for entry in entries {
         let entry = entry.map_err(|source| SourceError::Dir { dir: dir.to_path_buf(), source })?;
         let path = entry.path();
-        let Some(dir_name) = path.file_name().and_then(|f| f.to_str()).map(str::to_string) else { continue };
+        let Some(dir_name) = path.file_name().and_then(|f| f.to_str()).map(str::to_string) else {
+            if path.is_dir() {
+                return Err(SourceError::Layout {
+                    path,
+                    problem: "the directory name is not valid UTF-8; rename it".into(),
+                });
+            }
+            continue;
+        };
         if dir_name.starts_with('.') || !path.is_dir() {
             continue;
         }

@@ -221,9 +221,18 @@ pub async fn record(
 /// Reads a file as UTF-8 text.
 pub(crate) fn read_text(path: &Path) -> Result<String, SourceError> {
     let bytes = std::fs::read(path).map_err(|source| SourceError::File { path: path.to_path_buf(), source })?;
-    String::from_utf8(bytes).map_err(|_| SourceError::Layout {
-        path: path.to_path_buf(),
-        problem: "not valid UTF-8; save the file as UTF-8".into(),
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let at = e.utf8_error().valid_up_to();
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        SourceError::Layout {
+            path: path.to_path_buf(),
+            problem: format!(
+                "not valid UTF-8 (byte 0x{:02X} on line {line}; Latin-1 or Windows-1252 text?); \
+                 save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`",
+                bytes.get(at).copied().unwrap_or_default()
+            ),
+        }
     })
 }
 

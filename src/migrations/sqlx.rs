@@ -29,7 +29,13 @@ pub fn files(dir: &Path) -> Result<Vec<Migration>, SourceError> {
     for entry in entries {
         let entry = entry.map_err(|source| SourceError::Dir { dir: dir.to_path_buf(), source })?;
         let path = entry.path();
-        let Some(file) = path.file_name().and_then(|f| f.to_str()) else { continue };
+        let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
+            // sqlx would run it under a lossy name; skipping it would drop a migration.
+            if path.extension().is_some_and(|e| e == "sql") {
+                return Err(SourceError::Layout { path, problem: "the file name is not valid UTF-8; rename it".into() });
+            }
+            continue;
+        };
         if file.starts_with('.') || !file.ends_with(".sql") || !path.is_file() {
             continue;
         }

@@ -19,6 +19,7 @@ mod encryption;
 mod faults_pg;
 mod faults_s3;
 mod faults_kill;
+mod migration_files;
 mod progress;
 mod prune;
 mod rehearse_checks;
