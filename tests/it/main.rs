@@ -22,6 +22,7 @@ mod faults_kill;
 mod migration_files;
 mod progress;
 mod prune;
+mod readme;
 mod rehearse_checks;
 mod rehearse_command;
 mod rehearse_diesel;
