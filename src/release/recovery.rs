@@ -147,6 +147,7 @@ async fn restore_live(cx: &Ctx<'_>, journal: &Journal, row: &ReleaseRow) -> Resu
     let admin_url = cx.target.admin().with_database("postgres");
     let mut admin = pg::connect(&admin_url, "pgrehearse-recovery").await.map_err(|e| e.to_string())?;
     let steps = cx.state.journal(&row.id).await.map_err(|e| e.to_string())?;
+    settle(&mut admin, &[&new, &kept]).await.map_err(|e| e.to_string())?;
     if !steps.iter().any(|e| e.step == step::SWAP) {
         if restore::database_exists(&mut admin, &admin_url, &new).await.map_err(|e| e.to_string())? {
             tracing::warn!(database = %new, "Dropping the partial restore of an interrupted recovery.");
@@ -163,6 +164,32 @@ async fn restore_live(cx: &Ctx<'_>, journal: &Journal, row: &ReleaseRow) -> Resu
     restore::swap(&mut admin, &admin_url, &live, &new, &kept, Some(journal)).await.map_err(|e| e.to_string())?;
     journal.step(step::SWAP_DONE, Some(&kept)).await.map_err(|e| e.to_string())?;
     Ok(kept)
+}
+
+/// Ends the sessions a killed earlier run of this recovery left on the
+/// databases it restores or keeps, or still running statements that name
+/// them (its `CREATE DATABASE`, `DROP DATABASE` or rename, which the server
+/// finishes after the client died), and waits until they are gone:
+/// otherwise this run could find the restored database missing and then
+/// see it appear, or race the dead run's pg_restore. The names carry the
+/// release id, so nothing else is touched.
+async fn settle(admin: &mut sqlx::PgConnection, names: &[&str]) -> Result<(), sqlx::Error> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    for _ in 0..100 {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
+             AND (datname = ANY($1) OR EXISTS (SELECT 1 FROM unnest($1::text[]) n WHERE strpos(query, n) > 0))",
+        )
+        .bind(&names)
+        .fetch_one(&mut *admin)
+        .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        tracing::warn!(sessions = n, "Ended sessions an interrupted recovery left; waiting for them to exit.");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 /// Runs the downs of the plan's migrations that live's history holds,

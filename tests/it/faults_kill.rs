@@ -311,11 +311,11 @@ fn a_live_server_stopped_mid_release_is_recovered_after_its_restart() {
 // ---------------------------------------------------------------- part 2
 
 const KILL_SETUP: &str = "CREATE TABLE t (id int PRIMARY KEY, note text NOT NULL);
-    INSERT INTO t SELECT g, 'row ' || g || repeat('.', g % 50) FROM generate_series(1, 20000) g;";
+    INSERT INTO t SELECT g, 'row ' || g || repeat('.', g % 50) FROM generate_series(1, 200000) g;";
 /// The pristine copy of live every iteration starts from.
 const PRISTINE: &str = "pristine_app";
 /// A row the rehearsal never saw: migration 3's CHECK fails on live.
-const BAD_ROW: &str = "INSERT INTO t VALUES (100001, 'bad row')";
+const BAD_ROW: &str = "INSERT INTO t VALUES (1000001, 'bad row')";
 
 /// splitmix64: a small, seedable generator (no dependency for one loop).
 struct Rng(u64);
@@ -441,13 +441,22 @@ fn sigkill_at_random_points_of_a_release_leaves_live_exactly_before_or_after_it(
     rig.rehearse(&["--snapshot", "fresh"]).ok();
     let post = post_state(&rig, &files);
 
-    // One uncrashed release of each kind, to learn how long they take.
-    let (rel, d_ok) = timed_apply(&rig, 0);
-    assert_eq!(rel["outcome"], "applied", "{rel:#}");
-    same(&without_history(&live_fingerprint(&rig)), &post.fingerprint, "the uncrashed release");
-    reset(&rig, true);
-    let (rel, d_fail) = timed_apply(&rig, 1);
-    assert_eq!(rel["outcome"], "restored", "{rel:#}");
+    // Uncrashed releases of each kind, to learn how long they take (the
+    // faster of two: the first run on a cold cluster is slower).
+    let (mut d_ok, mut d_fail) = (f64::MAX, f64::MAX);
+    for _ in 0..2 {
+        reset(&rig, false);
+        let (rel, d) = timed_apply(&rig, 0);
+        assert_eq!(rel["outcome"], "applied", "{rel:#}");
+        same(&without_history(&live_fingerprint(&rig)), &post.fingerprint, "the uncrashed release");
+        d_ok = d_ok.min(d);
+        reset(&rig, true);
+        let before = live_fingerprint(&rig);
+        let (rel, d) = timed_apply(&rig, 1);
+        assert_eq!(rel["outcome"], "restored", "{rel:#}");
+        same(&live_fingerprint(&rig), &before, "the uncrashed failing release");
+        d_fail = d_fail.min(d);
+    }
     eprintln!("uncrashed releases: applied in {d_ok:.2} s, failed and restored in {d_fail:.2} s");
 
     let mut landings: BTreeMap<String, u32> = BTreeMap::new();
@@ -468,7 +477,7 @@ fn sigkill_at_random_points_of_a_release_leaves_live_exactly_before_or_after_it(
             fault.push_str(", migration 3 fails on live");
         }
         // Sometimes the recovery itself is killed too.
-        if killed && at != "preflight (no release recorded yet)" && !at.starts_with("after") && rng.below(1.0) < 0.4 {
+        if killed && at != "preflight (no release recorded yet)" && !at.starts_with("after") && rng.below(1.0) < 0.6 {
             let d2 = rng.below(d_fail);
             if run_and_kill(&rig, &["--json", "status"], Duration::from_secs_f64(d2)) {
                 recoveries_killed += 1;
@@ -488,6 +497,7 @@ fn sigkill_at_random_points_of_a_release_leaves_live_exactly_before_or_after_it(
         let outcome = outcome.unwrap_or_else(|| "no release".into());
         if let Some(r) = &rel {
             let steps = journal_steps(r);
+            eprintln!("release {outcome}: {steps:?}\nreason: {}", r["reason"].as_str().unwrap_or("-"));
             assert_eq!(steps.last().map(String::as_str), Some("finished"), "iteration {i}: {r:#}");
             if killed && !at.starts_with("after") {
                 assert!(steps.iter().any(|s| s == "interrupted"), "iteration {i}: not taken over: {steps:?}");
@@ -502,7 +512,12 @@ fn sigkill_at_random_points_of_a_release_leaves_live_exactly_before_or_after_it(
             pre += 1;
             "pre-release"
         } else {
-            assert!(!bad, "iteration {i} ({fault}): the failing plan cannot end post-release");
+            if bad || without_history(&fp) != post.fingerprint {
+                eprintln!("release: {rel:#?}\nstatus stderr:\n{}", tail(&st.stderr, 4000));
+            }
+            if bad {
+                same(&fp, &before, &format!("iteration {i} ({fault}): the failing plan must end pre-release"));
+            }
             same(&without_history(&fp), &post.fingerprint, &format!("iteration {i} ({fault}): live is neither pre- nor post-release"));
             assert_eq!(history_rows(&rig, "app"), post.history, "iteration {i}: live's history");
             assert_eq!(outcome, "applied", "iteration {i} ({fault}): live is post-release: {rel:#?}");
