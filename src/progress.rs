@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use indicatif::{BinaryBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{BinaryBytes, HumanDuration, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 /// How progress is shown, for the whole process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,7 +282,17 @@ fn bar_style(estimated: bool) -> ProgressStyle {
     } else {
         "{prefix:>9} [{wide_bar}] {binary_bytes} of {binary_total_bytes}  {binary_bytes_per_sec}  ETA {eta}"
     };
-    ProgressStyle::with_template(template).expect("valid template").progress_chars("=> ")
+    ProgressStyle::with_template(template)
+        .expect("valid template")
+        .progress_chars("=> ")
+        // Until a byte has moved there is no rate to extrapolate: `?`, not `0s`.
+        .with_key("eta", |st: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = if st.pos() == 0 || st.per_sec() <= 0.0 {
+                w.write_str("?")
+            } else {
+                write!(w, "{:#}", HumanDuration(st.eta()))
+            };
+        })
 }
 
 fn spinner_style() -> ProgressStyle {
