@@ -10,7 +10,6 @@
 //! then the approval itself (409 refused, with the reason); 201 with the
 //! approval on success.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{Extensions, HeaderMap, StatusCode, header};
 use serde::Deserialize;
 
+use super::conn::Peer;
 use super::{ApiError, auth};
 use crate::daemon::Shared;
 use crate::release::approval::{self, Approved};
@@ -46,7 +46,7 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Approved>), ApiError> {
     let cfg = s.config();
-    let peer = extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(a)| a.to_string()).unwrap_or_default();
+    let peer = extensions.get::<ConnectInfo<Peer>>().map(|ConnectInfo(Peer(a))| a.to_string()).unwrap_or_default();
     if let Err(denied) = auth::check(&headers, cfg.api.as_ref().and_then(|a| a.token.as_ref())) {
         tracing::warn!(peer = %peer, reason = denied.kind(), "Refused an approval request: not authorized.");
         return Err(denied.into());

@@ -1,7 +1,8 @@
 //! The HTTP API (axum): `/healthz`, `/metrics` (Prometheus text), the
 //! `/api/v1/…` resources (`resources.rs`), approvals (`approvals.rs`, the
 //! only write, behind the bearer token of `[api] token_file`, `auth.rs`)
-//! and the status page at `/` (`page.rs`).
+//! and the status page at `/` (`page.rs`). Connections of slow or idle
+//! clients are timed out (`conn.rs`).
 //!
 //! Handlers read the state store and the object store, and read live's
 //! migration history with a short timeout (`overview.rs`); none waits for a
@@ -10,12 +11,12 @@
 
 mod approvals;
 mod auth;
+mod conn;
 mod error;
 mod overview;
 mod page;
 mod resources;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -34,9 +35,12 @@ pub async fn serve(
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    // The peer address is kept for the log line of a refused approval.
-    let app = router(shared).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await }).await
+    // The peer address is kept for the log line of a refused approval; slow
+    // clients are timed out by the listener's streams (`conn.rs`).
+    let app = router(shared).into_make_service_with_connect_info::<conn::Peer>();
+    axum::serve(conn::GuardedListener(listener), app)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {

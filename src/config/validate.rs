@@ -76,10 +76,9 @@ fn toml_message(src: &str, e: &toml::de::Error) -> String {
     }
     let found = e.span().and_then(|s| src.get(s.start..)).and_then(|rest| rest.chars().next());
     match found {
-        Some(c) if c.is_control() => format!(
-            "the control character U+{:04X} is not allowed in TOML, not even in a comment; delete it",
-            c as u32
-        ),
+        Some(c) if c.is_control() => {
+            format!("the control character U+{:04X} is not allowed in TOML, not even in a comment; delete it", c as u32)
+        }
         Some(c) => format!("unexpected `{c}`: this is not valid TOML; check the line's syntax"),
         None => "the file ends in the middle of a value; check its last line".to_string(),
     }
@@ -102,13 +101,7 @@ pub fn from_source(file: &Path, src: &str) -> Result<Config, Vec<Problem>> {
                 }
                 None => (None, None, String::new()),
             };
-            return Err(vec![Problem {
-                file: file.to_path_buf(),
-                line,
-                column,
-                key,
-                message: toml_message(src, &e),
-            }]);
+            return Err(vec![Problem { file: file.to_path_buf(), line, column, key, message: toml_message(src, &e) }]);
         }
     };
 

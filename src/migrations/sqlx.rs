@@ -32,7 +32,10 @@ pub fn files(dir: &Path) -> Result<Vec<Migration>, SourceError> {
         let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
             // sqlx would run it under a lossy name; skipping it would drop a migration.
             if path.extension().is_some_and(|e| e == "sql") {
-                return Err(SourceError::Layout { path, problem: "the file name is not valid UTF-8; rename it".into() });
+                return Err(SourceError::Layout {
+                    path,
+                    problem: "the file name is not valid UTF-8; rename it".into(),
+                });
             }
             continue;
         };

@@ -8,6 +8,7 @@
 mod harness;
 
 mod api;
+mod api_malformed;
 mod approve;
 mod cli_docs;
 mod config;

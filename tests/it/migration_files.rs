@@ -107,7 +107,11 @@ fn sqlx_bom_crlf_empty_and_spaces_are_handled() {
     let kept = kept_db(&rig, &report);
     let sh = &rig.shadow;
     assert!(table_exists(sh, &kept, "bom_t"), "the BOM'd migration did not create its table");
-    assert_eq!(sh.psql(&kept, "SELECT note = E'a\\r\\nb' FROM crlf_t"), "t", "the CRLF inside a string literal changed");
+    assert_eq!(
+        sh.psql(&kept, "SELECT note = E'a\\r\\nb' FROM crlf_t"),
+        "t",
+        "the CRLF inside a string literal changed"
+    );
     assert_eq!(
         sh.psql(&kept, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'crlf_idx'::regclass"),
         "t",
@@ -188,7 +192,12 @@ fn sqlx_files_it_cannot_run_are_refused_by_name() {
             "save the file as UTF-8",
         ),
         bad("no version", &[(b"add_users.sql", ok)], &["add_users.sql"], "is not a version number"),
-        bad("no underscore", &[(b"20240101-add-users.sql", ok)], &["20240101-add-users.sql"], "<version>_<name>.up.sql"),
+        bad(
+            "no underscore",
+            &[(b"20240101-add-users.sql", ok)],
+            &["20240101-add-users.sql"],
+            "<version>_<name>.up.sql",
+        ),
         bad(
             "duplicate versions",
             &[(b"1_a.up.sql", ok), (b"1_b.up.sql", ok)],
@@ -262,10 +271,18 @@ fn diesel_odd_directories() {
             &["2024-01-01-000000_a", "20240101000000_b"],
             "give one of them another version",
         ),
-        bad("Latin-1 up.sql", &[(b"2024-01-01-000000_a/up.sql", b"SELECT 'caf\xe9';\n")], &["up.sql"], "save the file as UTF-8"),
+        bad(
+            "Latin-1 up.sql",
+            &[(b"2024-01-01-000000_a/up.sql", b"SELECT 'caf\xe9';\n")],
+            &["up.sql"],
+            "save the file as UTF-8",
+        ),
         bad(
             "bad metadata.toml",
-            &[(b"2024-01-01-000000_a/up.sql", ok), (b"2024-01-01-000000_a/metadata.toml", b"run_in_transaction = \"no\"\n")],
+            &[
+                (b"2024-01-01-000000_a/up.sql", ok),
+                (b"2024-01-01-000000_a/metadata.toml", b"run_in_transaction = \"no\"\n"),
+            ],
             &["metadata.toml"],
             "run_in_transaction must be true or false",
         ),
