@@ -147,6 +147,10 @@ impl Progress {
     /// `n` more bytes done.
     pub fn inc(&self, n: u64) {
         let Some(inner) = &self.0 else { return };
+        if n == 0 {
+            // A reader's end of file: nothing new to show.
+            return;
+        }
         let bytes = inner.bytes.fetch_add(n, Ordering::Relaxed) + n;
         inner.update(bytes);
     }

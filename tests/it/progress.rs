@@ -5,8 +5,10 @@
 //!   and a last line whose bytes are exactly what the snapshot reports
 //!   (`bytes_raw`) and what the store holds (`aws s3api head-object`);
 //!   no ANSI escapes anywhere, and `--json` stdout stays one document.
-//! - A restore drill (`verify --full`) logs the download to staging and
-//!   the `pg_restore` growing the scratch database on the shadow server.
+//! - A restore drill (`verify`) logs the download to staging and the
+//!   `pg_restore` growing the scratch database on the shadow server (its
+//!   last line matches the restored copy's size, read back with `psql`);
+//!   the next drill, a template clone, logs reading the object back.
 //! - Under a pseudo-terminal (`script` from util-linux) the same commands
 //!   draw an indicatif line with bytes, rate and ETA (`~` on a snapshot's
 //!   estimated total) and leave a summary line.
@@ -188,6 +190,15 @@ fn restore_drill_logs_download_and_restore_progress() {
     // ANALYZE (after the last poll) adds statistics; the kept copy is at
     // least as big and not much bigger.
     assert!(size >= last.bytes && size < last.bytes + (8 << 20), "kept copy {size} vs logged {lines:?}");
+
+    // A second drill clones the template; reading the stored object back
+    // for its SHA-256 is the long part, and it is shown too.
+    let again = pgr.run_json(&["verify", "latest"]);
+    again.ok();
+    assert_eq!(again.json()["method"], "template_clone", "{}", again.stdout);
+    assert_no_escapes(&again);
+    assert_sane(&again, "checksum", bytes_stored, Some(bytes_stored));
+    assert!(progress_lines(&again, "restore").is_empty(), "a clone runs no pg_restore: {}", again.stderr);
 }
 
 /// Runs `pgrehearse <args>` under a pseudo-terminal and returns what the
