@@ -24,7 +24,7 @@
 use crate::harness::cli::{Background, Run, s3_store_toml, target_toml, toml_string};
 use crate::harness::dump::final_error;
 use crate::harness::faults::record;
-use crate::harness::migrations::{PASSWORD, Rig, fingerprint, rows, tail};
+use crate::harness::migrations::{PASSWORD, Rig, fingerprint, rows, table_exists, tail};
 use crate::harness::proxy::{Fault, Proxy};
 use crate::harness::release::{plan_of, release_config};
 use crate::harness::s3::S3Server;
@@ -55,6 +55,15 @@ pub struct S3Fault {
     pub expect: [Expect; 4],
 }
 
+impl S3Fault {
+    /// Strikes only once a connection (or the proxy) carried 1 MiB or
+    /// more: a rehearsal must move that much, so it takes a fresh snapshot
+    /// (a clone of the template already on the shadow would not).
+    fn needs_bulk(&self) -> bool {
+        self.name.contains("mid-transfer") || self.name.contains("reset after")
+    }
+}
+
 fn s3_faults() -> Vec<S3Fault> {
     use Expect::*;
     vec![
@@ -74,13 +83,23 @@ fn s3_faults() -> Vec<S3Fault> {
             expect: [Fail; 4],
         },
         S3Fault {
+            name: "S3: from 4 MiB forwarded on (mid-transfer), open connections closed and every request answered 500",
+            set: |p| p.set_after(4 << 20, Fault::HttpError { status: 500, requests: None }),
+            expect: [Fail; 4],
+        },
+        S3Fault {
+            name: "S3: from 4 MiB forwarded on (mid-transfer), every connection dropped (FIN)",
+            set: |p| p.set_after(4 << 20, Fault::Drop),
+            expect: [Fail; 4],
+        },
+        S3Fault {
             name: "S3: stall of 1.5 s (io_timeout 3 s)",
             set: |p| p.set(Fault::Stall { until: Some(Instant::now() + Duration::from_millis(1500)) }),
             expect: [Survive; 4],
         },
         S3Fault {
-            name: "S3: stall until cleared (permanent)",
-            set: |p| p.set(Fault::Stall { until: None }),
+            name: "S3: from 4 MiB forwarded on (mid-transfer), stall until cleared (permanent)",
+            set: |p| p.set_after(4 << 20, Fault::Stall { until: None }),
             expect: [Fail; 4],
         },
         S3Fault {
@@ -136,7 +155,9 @@ pub fn finish_run(bg: Background, expect: Expect, what: &str) -> (Run, Duration)
     }
     if r.code != 0 {
         assert!([1, 69].contains(&r.code), "{what}: exit {} is neither 1 (failed) nor 69 (unavailable)", r.code);
-        assert!(r.stderr.contains("error:"), "{what} failed without an error message:\n{}", r.stderr);
+        let json = serde_json::from_str::<Value>(&r.stdout).unwrap_or(Value::Null);
+        let said = r.stderr.contains("error:") || json["reason"].is_string() || json["error"].is_string();
+        assert!(said, "{what} failed without an error message:\n{}\n{}", r.stdout, r.stderr);
     }
     (r, took)
 }
@@ -173,7 +194,7 @@ impl World {
             target_toml("app", &rig.live.url("app", "app", PASSWORD), &target)
         ));
         let mut w = World { rig, s3, proxy, baseline: (String::new(), String::new()), next_migration: 1 };
-        let id = w.snapshot_ok("baseline snapshot");
+        let id = w.snapshot_ok("baseline snapshot", true);
         let sha = w.manifest(&id)["sha256"].as_str().expect("sha256").to_string();
         w.baseline = (id, sha);
         w
@@ -204,10 +225,15 @@ impl World {
         r.json().as_array().expect("array").iter().map(|s| s["id"].as_str().unwrap().to_string()).collect()
     }
 
-    fn snapshot_ok(&self, what: &str) -> String {
+    /// A snapshot that must succeed; `check` reads it back with the CLI.
+    fn snapshot_ok(&self, what: &str, check: bool) -> String {
         let (r, _) = finish_run(self.rig.pgr.spawn(&["--json", "snapshot"]), Expect::Survive, what);
         let id = r.json()["id"].as_str().expect("id").to_string();
-        self.assert_whole(&id);
+        if check {
+            self.assert_whole(&id);
+        } else {
+            assert!(self.listed().contains(&id), "snapshot {id} is not listed");
+        }
         id
     }
 
@@ -249,16 +275,37 @@ impl World {
     }
 
     fn applied_versions(&self) -> Vec<String> {
-        rows(&self.rig.live, "app", "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-            .into_iter()
-            .collect()
+        applied_versions(&self.rig.live)
     }
 }
 
+/// Versions in live's sqlx history (none before the first release).
+pub fn applied_versions(live: &crate::harness::pg::Cluster) -> Vec<String> {
+    if !table_exists(live, "app", "_sqlx_migrations") {
+        return Vec::new();
+    }
+    rows(live, "app", "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+}
+
+/// The release ids `releases --json` lists.
+pub fn release_ids(rig: &Rig) -> Vec<String> {
+    let r = rig.pgr.run_json(&["releases"]);
+    r.ok();
+    r.json().as_array().expect("releases is an array").iter().filter_map(|x| x["release_id"].as_str()).map(str::to_string).collect()
+}
+
 /// "exit 1 in 7.2s: <last error line>"
-fn failed_how(r: &Run, took: Duration) -> String {
-    let msg = final_error(&r.stderr).lines().next().unwrap_or_default().trim_start_matches("error: ");
-    format!("exit {} in {:.1}s ({})", r.code, took.as_secs_f64(), tail(msg, 160))
+/// (The message is the JSON's `reason` or `error`, else the `error:` line.)
+pub fn failed_how(r: &Run, took: Duration) -> String {
+    let json = serde_json::from_str::<Value>(&r.stdout).unwrap_or(Value::Null);
+    let msg = match json["reason"].as_str().or(json["error"].as_str()) {
+        Some(m) => m.to_string(),
+        None => final_error(&r.stderr).lines().next().unwrap_or_default().trim_start_matches("error: ").to_string(),
+    };
+    let msg = msg.split_whitespace().collect::<Vec<_>>().join(" ");
+    let short: String = msg.chars().take(240).collect();
+    let more = if short.len() < msg.len() { "…" } else { "" };
+    format!("exit {} in {:.1}s ({short}{more})", r.code, took.as_secs_f64())
 }
 
 fn snapshot_case(w: &World, f: &S3Fault) -> String {
@@ -283,11 +330,11 @@ fn snapshot_case(w: &World, f: &S3Fault) -> String {
             Ok(()) => "multipart upload aborted".to_string(),
             Err(n) => format!("{n} multipart upload(s) left while S3 was down, aborted by the next run's sweeper"),
         };
-        format!("{}; no object, no manifest, not listed; {uploads}", failed_how(&r, took))
+        w.assert_baseline();
+        format!("{}; no object, no manifest, not listed; {uploads}; earlier snapshots intact (SHA-256)", failed_how(&r, took))
     };
-    w.assert_baseline();
-    let again = w.snapshot_ok("snapshot after clearing the fault");
-    format!("{outcome}; earlier snapshots intact (SHA-256); retry after clearing: ok ({again})")
+    let again = w.snapshot_ok("snapshot after clearing the fault", false);
+    format!("{outcome}; retry after clearing: ok ({again})")
 }
 
 fn verify_case(w: &World, f: &S3Fault) -> String {
@@ -325,7 +372,8 @@ fn rehearse_case(w: &mut World, f: &S3Fault) -> String {
     let live = fingerprint(&w.rig.live, "app");
     let injected = w.proxy.injected();
     (f.set)(&w.proxy);
-    let (r, took) = finish_run(w.rig.pgr.spawn(&["--json", "rehearse"]), f.expect[2], "rehearse");
+    let args: &[&str] = if f.needs_bulk() { &["--json", "rehearse", "--snapshot", "fresh"] } else { &["--json", "rehearse"] };
+    let (r, took) = finish_run(w.rig.pgr.spawn(args), f.expect[2], "rehearse");
     let dealt = w.proxy.injected() - injected;
     w.proxy.clear();
     assert!(dealt > 0, "the proxy dealt no fault: the case proves nothing");
@@ -356,6 +404,7 @@ fn apply_case(w: &mut World, f: &S3Fault) -> String {
     w.approve(&plan).ok();
     let before = fingerprint(&w.rig.live, "app");
     let objects = w.objects();
+    let releases = release_ids(&w.rig);
     let injected = w.proxy.injected();
     (f.set)(&w.proxy);
     let (r, took) = finish_run(w.rig.pgr.spawn(&["--json", "apply"]), f.expect[3], "apply");
@@ -370,27 +419,36 @@ fn apply_case(w: &mut World, f: &S3Fault) -> String {
         format!("survived ({dealt} faults dealt, {:.1}s): applied, pre-release snapshot whole", took.as_secs_f64())
     } else {
         assert_eq!(fingerprint(&w.rig.live, "app"), before, "live is not exactly its pre-release state");
-        let id = rel["release_id"].as_str().unwrap_or_else(|| panic!("no release_id in {}", r.stdout));
-        let record = crate::harness::release::release(&w.rig, id);
-        assert_eq!(record["outcome"], "aborted", "the record must say nothing was applied: {record:#}");
+        let record = match rel["release_id"].as_str() {
+            Some(id) => {
+                let record = crate::harness::release::release(&w.rig, id);
+                assert_eq!(record["outcome"], "aborted", "the record must say nothing was applied: {record:#}");
+                "release `aborted` (pre-release snapshot failed)"
+            }
+            None => {
+                assert_eq!(release_ids(&w.rig), releases, "no release_id printed, yet a release was recorded");
+                "stopped before a release began (no release recorded)"
+            }
+        };
         assert_eq!(w.objects(), objects, "the failed pre-release snapshot left objects");
         let swept = w.uploads_after_failure();
         format!(
-            "{}; release `aborted` (pre-release snapshot failed), live exactly pre-release, no object left{}",
+            "{}; {record}, live exactly pre-release, no object left{}",
             failed_how(&r, took),
             if swept.is_err() { ", upload swept by the next run" } else { ", upload aborted" }
         )
     };
-    w.assert_baseline();
     if r.code != 0 {
+        w.assert_baseline();
         if w.approve(&plan).code != 0 {
             panic!("the plan could not be approved again after the aborted release");
         }
         let (r, _) = finish_run(w.rig.pgr.spawn(&["--json", "apply"]), Expect::Survive, "apply again");
         assert_eq!(r.json()["outcome"], "applied");
         assert!(w.applied_versions().contains(&version), "live lacks migration {version} after the retry");
+        return format!("{outcome}; earlier snapshots intact (SHA-256); retry after clearing: applied");
     }
-    format!("{outcome}; retry after clearing: applied")
+    outcome
 }
 
 #[test]

@@ -18,6 +18,8 @@
 //!   connections (or all) with `status`, an S3-style XML error body and
 //!   `Connection: close`, after reading the request, instead of forwarding.
 //!
+//! [`Proxy::set_after`] arms a fault to strike once so many bytes have gone
+//! through, so that it lands in the middle of an upload or a download.
 //! `ResetAfter` and `HttpError` apply to connections accepted after they
 //! were set; a connection open before keeps forwarding.
 //! [`Proxy::injected`] counts the faults actually dealt, so a test that means
@@ -138,9 +140,54 @@ struct Shared {
     next_id: AtomicU64,
     injected: AtomicU64,
     stopping: AtomicBool,
+    /// Bytes forwarded (both directions, all connections) since `set_after`.
+    total: AtomicU64,
+    /// A fault to put in force once `total` reaches the count.
+    armed: Mutex<Option<(u64, Fault)>>,
 }
 
 impl Shared {
+    fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+        if matches!(fault, Fault::Reset | Fault::Drop) {
+            let links: Vec<Arc<Link>> = self.links.lock().unwrap().drain().map(|(_, l)| l).collect();
+            for l in links {
+                self.injected.fetch_add(1, Ordering::SeqCst);
+                if fault == Fault::Reset {
+                    l.reset();
+                } else {
+                    l.cut.store(true, Ordering::SeqCst);
+                    let _ = l.client.shutdown(Shutdown::Both);
+                    l.server.shutdown(Shutdown::Both);
+                }
+            }
+        }
+    }
+
+    /// Counts forwarded bytes; fires the armed fault at its count.
+    fn forwarded(&self, n: usize) {
+        let total = self.total.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+        let fire = {
+            let mut armed = self.armed.lock().unwrap();
+            match *armed {
+                Some((at, fault)) if total >= at => {
+                    *armed = None;
+                    Some(fault)
+                }
+                _ => None,
+            }
+        };
+        if let Some(fault) = fire {
+            // An HTTP error applies to new connections: close the open ones
+            // (keep-alive would carry the next requests past it), as a load
+            // balancer failing over would.
+            if matches!(fault, Fault::HttpError { .. }) {
+                self.set(Fault::Drop);
+            }
+            self.set(fault);
+        }
+    }
+
     fn fault(&self) -> Fault {
         *self.fault.lock().unwrap()
     }
@@ -209,6 +256,8 @@ impl Proxy {
             next_id: AtomicU64::new(0),
             injected: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            total: AtomicU64::new(0),
+            armed: Mutex::new(None),
         });
         let s = shared.clone();
         thread::spawn(move || accept_loop(listener, s));
@@ -237,24 +286,23 @@ impl Proxy {
     /// connection now; the other faults leave open connections alone
     /// (a stall holds them from their next chunk on).
     pub fn set(&self, fault: Fault) {
-        *self.shared.fault.lock().unwrap() = fault;
-        if matches!(fault, Fault::Reset | Fault::Drop) {
-            let links: Vec<Arc<Link>> = self.shared.links.lock().unwrap().drain().map(|(_, l)| l).collect();
-            for l in links {
-                self.shared.injected.fetch_add(1, Ordering::SeqCst);
-                if fault == Fault::Reset {
-                    l.reset();
-                } else {
-                    l.cut.store(true, Ordering::SeqCst);
-                    let _ = l.client.shutdown(Shutdown::Both);
-                    l.server.shutdown(Shutdown::Both);
-                }
-            }
-        }
+        self.shared.set(fault);
     }
 
-    /// Back to [`Fault::Up`]; held connections flow again.
+    /// Forwards normally until `bytes` more have gone through (both
+    /// directions, all connections), then puts `fault` in force as
+    /// [`Proxy::set`] would: a fault that strikes mid-transfer. An
+    /// `HttpError` then also closes the open connections (FIN) first.
+    pub fn set_after(&self, bytes: u64, fault: Fault) {
+        self.shared.set(Fault::Up);
+        self.shared.total.store(0, Ordering::SeqCst);
+        *self.shared.armed.lock().unwrap() = Some((bytes, fault));
+    }
+
+    /// Back to [`Fault::Up`] (also disarms [`Proxy::set_after`]); held
+    /// connections flow again.
     pub fn clear(&self) {
+        *self.shared.armed.lock().unwrap() = None;
         self.set(Fault::Up);
     }
 
@@ -416,6 +464,7 @@ fn pump(shared: &Shared, link: &Link, mut from: Box<dyn Read + Send>, mut to: Bo
                 Ok(k) => chunk = &chunk[k..],
             }
         }
+        shared.forwarded(n);
     }
 }
 
