@@ -314,3 +314,19 @@ fn control_character_in_a_comment_is_explained() {
     assert_eq!((problems[0].line, problems[0].column), (Some(1), Some(2)));
     assert!(problems[0].message.contains("U+000B"), "{problems:?}");
 }
+
+/// A Latin-1 config is refused with the line and column of its first bad
+/// byte (and a BOM'd UTF-8 one loads).
+#[test]
+fn latin1_config_is_located() {
+    let (_dir, path) = write_config(b"state_dir = \"/x\"\n# caf\xe9\n");
+    match Config::load(&path) {
+        Err(ConfigError::Invalid { problems }) => {
+            assert_eq!((problems[0].line, problems[0].column), (Some(2), Some(6)), "{problems:?}");
+            assert!(problems[0].message.contains("0xE9"), "{problems:?}");
+        }
+        other => panic!("expected a located problem, got {other:?}"),
+    }
+    let (_dir, path) = write_config(b"\xef\xbb\xbf[[targets]]\nname = \"a\"\nlive_url = \"postgres://u@h/db\"\n");
+    assert!(Config::load(&path).is_ok(), "a UTF-8 BOM at the start is fine");
+}

@@ -365,8 +365,8 @@ impl Config {
 
     /// Reads and validates the file; all problems at once.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let src =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let src = String::from_utf8(bytes).map_err(|e| ConfigError::Invalid { problems: vec![not_utf8(path, &e)] })?;
         validate::from_source(path, &src).map_err(|problems| ConfigError::Invalid { problems })
     }
 
@@ -382,6 +382,25 @@ impl Config {
             None if self.targets.len() == 1 => Ok(&self.targets[0]),
             None => Err(ConfigError::AmbiguousTarget { count: self.targets.len(), known }),
         }
+    }
+}
+
+/// The problem of a config file that is not UTF-8, located at the first bad byte.
+fn not_utf8(path: &Path, e: &std::string::FromUtf8Error) -> Problem {
+    let bytes = e.as_bytes();
+    let at = e.utf8_error().valid_up_to();
+    let before = &bytes[..at];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = at - before.iter().rposition(|&b| b == b'\n').map_or(0, |nl| nl + 1) + 1;
+    Problem {
+        file: path.to_path_buf(),
+        line: Some(line),
+        column: Some(column),
+        key: String::new(),
+        message: format!(
+            "byte 0x{:02X} is not UTF-8 (Latin-1 or Windows-1252 text?); TOML files are UTF-8: save it as UTF-8",
+            bytes.get(at).copied().unwrap_or_default()
+        ),
     }
 }
 

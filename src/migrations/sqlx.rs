@@ -64,6 +64,7 @@ pub fn files(dir: &Path) -> Result<Vec<Migration>, SourceError> {
             continue;
         }
         let sql = read_text(&path)?;
+        refuse_hidden_directive(&path, &sql)?;
         let migration = Migration {
             version: version.to_string(),
             // sqlx's description: the name with underscores as spaces.
@@ -87,6 +88,7 @@ pub fn files(dir: &Path) -> Result<Vec<Migration>, SourceError> {
             return Err(SourceError::Layout { path, problem: "a down migration without its up migration".into() });
         };
         let sql = read_text(&path)?;
+        refuse_hidden_directive(&path, &sql)?;
         m.down = if super::is_blank_sql(&sql) {
             Down::Empty { path }
         } else {
@@ -94,6 +96,22 @@ pub fn files(dir: &Path) -> Result<Vec<Migration>, SourceError> {
         };
     }
     Ok(ups.into_values().collect())
+}
+
+/// A BOM before `-- no-transaction` hides the directive from sqlx, which
+/// then runs the file in a transaction (where `CREATE INDEX CONCURRENTLY`
+/// fails, and other statements lock differently than written): refused, as
+/// the author meant the directive.
+fn refuse_hidden_directive(path: &Path, sql: &str) -> Result<(), SourceError> {
+    if sql.strip_prefix('\u{feff}').is_some_and(split::no_transaction) {
+        return Err(SourceError::Layout {
+            path: path.to_path_buf(),
+            problem: "starts with a UTF-8 BOM before `-- no-transaction`, so sqlx does not see the directive and \
+                      would run the file in a transaction; save the file as UTF-8 without a BOM"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 pub async fn history(conn: &mut PgConnection, table: &str) -> Result<Vec<Applied>, sqlx::Error> {

@@ -14,7 +14,7 @@
 //!   `metadata.toml`.
 //!
 //! Refused with an error that names the file and says what to do (exit 1):
-//! Latin-1 bytes, a `.sql` name that is not `<version>_<name>`, a version
+//! Latin-1 bytes, a BOM that hides `-- no-transaction` from sqlx, a `.sql` name that is not `<version>_<name>`, a version
 //! that is not a number, two files with one version, a down without its up,
 //! a file name that is not UTF-8, a diesel directory without `up.sql`, two
 //! diesel directories with one version.
@@ -205,6 +205,15 @@ fn sqlx_files_it_cannot_run_are_refused_by_name() {
             "give one of them another version",
         ),
         bad("down without up", &[(b"1_a.up.sql", ok), (b"2_b.down.sql", ok)], &["2_b.down.sql"], "without its up"),
+        bad(
+            "BOM before -- no-transaction",
+            &[(
+                b"1_idx.up.sql",
+                "\u{feff}-- no-transaction\nCREATE INDEX CONCURRENTLY base_idx ON base (id);\n".as_bytes(),
+            )],
+            &["1_idx.up.sql"],
+            "without a BOM",
+        ),
         bad("non-UTF-8 file name", &[(b"1_caf\xe9.up.sql", ok)], &["1_caf"], "not valid UTF-8; rename it"),
     ];
     for (i, b) in cases.iter().enumerate() {
