@@ -17,7 +17,7 @@ use sha2::{Digest, Sha384};
 
 use super::payload::output::{Progress, event, strip_ansi};
 use super::split::{self, TokenKind};
-use super::{Down, SourceError, command, diesel, sqlx};
+use super::{Down, SourceError, command, diesel, payload, sqlx};
 
 /// Pieces that decide where tokens end, and multi-byte text around them.
 const SQL_PIECES: &[&str] = &[
@@ -326,6 +326,60 @@ proptest! {
                 }
             }
             Err(e) => assert_names_a_path(&e, dir.path())?,
+        }
+    }
+
+    /// Payload migration directories of random names: files in JavaScript's
+    /// order (UTF-16 code units), one per name, `index.*` left out; or an
+    /// error naming the path.
+    #[test]
+    fn payload_dir_never_panics(
+        names in prop::collection::vec(
+            prop_oneof![
+                file_name(),
+                "[0-9]{8}_[0-9]{6}(_[a-zé日🦀 ]{0,8})?(\\.[a-z]{0,3})?\\.(ts|js)",
+                Just("index.ts".to_string()),
+                Just("a.b.ts".to_string()),
+                Just("a.ts".to_string()),
+                Just("a.js".to_string()),
+            ],
+            0..6,
+        ),
+        project in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mdir = if project {
+            std::fs::write(dir.path().join("package.json"), "{}").expect("write");
+            dir.path().join("src/migrations")
+        } else {
+            dir.path().to_path_buf()
+        };
+        std::fs::create_dir_all(&mdir).expect("mkdir");
+        for n in &names {
+            std::fs::write(mdir.join(n), "export async function up() {}\n").expect("write");
+        }
+        match payload::files(dir.path()) {
+            Ok(files) => {
+                let file_names: Vec<String> =
+                    files.iter().map(|f| f.path.file_name().unwrap().to_str().unwrap().to_string()).collect();
+                prop_assert!(
+                    file_names.windows(2).all(|w| w[0].encode_utf16().cmp(w[1].encode_utf16()).is_lt()),
+                    "not in JavaScript's order: {:?}", file_names
+                );
+                for (f, n) in files.iter().zip(&file_names) {
+                    prop_assert!(n.ends_with(".ts") || n.ends_with(".js"));
+                    prop_assert!(n != "index.ts" && n != "index.js");
+                    prop_assert_eq!(&f.name, n.split('.').next().unwrap());
+                }
+                let mut unique: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+                unique.sort();
+                unique.dedup();
+                prop_assert_eq!(unique.len(), files.len());
+            }
+            Err(e) => {
+                let shown = e.to_string();
+                prop_assert!(shown.contains(&dir.path().display().to_string()), "error names no path: {}", shown);
+            }
         }
     }
 }
