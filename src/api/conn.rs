@@ -7,8 +7,9 @@
 //! once a request's first bytes have arrived, the request must be read and
 //! answered within [`REQUEST_TIMEOUT`]; a connection with nothing in flight
 //! is closed after [`IDLE_TIMEOUT`]; a response the client does not read is
-//! abandoned after [`REQUEST_TIMEOUT`] without progress. Every handler
-//! bounds its own work well below that (an approval gives up after 15 s).
+//! abandoned after [`REQUEST_TIMEOUT`] without progress. So that no slow
+//! handler is cut off without an answer, [`deadline`] answers 503 after
+//! [`HANDLER_TIMEOUT`].
 
 use std::io;
 use std::net::SocketAddr;
@@ -26,6 +27,25 @@ use tokio::time::{Instant, Sleep};
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A kept-alive connection with no request in flight.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Every handler answers within this (503 otherwise), so its response
+/// starts before [`REQUEST_TIMEOUT`] closes the connection.
+pub const HANDLER_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// Middleware bounding a handler by [`HANDLER_TIMEOUT`].
+pub async fn deadline(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let path = req.uri().path().to_string();
+    match tokio::time::timeout(HANDLER_TIMEOUT, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(path = %path, "An API request took too long and was answered 503.");
+            axum::response::IntoResponse::into_response(super::ApiError::unavailable(format!(
+                "{path} took longer than {} s (a store or database is slow to answer); try again",
+                HANDLER_TIMEOUT.as_secs()
+            )))
+        }
+    }
+}
 
 /// A TCP listener whose connections are [`Guarded`].
 pub struct GuardedListener(pub TcpListener);

@@ -55,6 +55,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/releases/{id}", get(resources::release))
         .route("/api/v1/approvals", post(approvals::create))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(conn::deadline))
         .with_state(shared)
 }
 

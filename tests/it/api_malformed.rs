@@ -14,6 +14,10 @@
 //!   connections itself (a request must arrive within 30 s);
 //! - 300 idle connections held open plus 40 concurrent requests: all served.
 //!
+//! A request whose handler is stuck on a store that does not answer (S3
+//! behind a stalled proxy) gets a 503 that says so before the connection's
+//! deadline, not a connection closed without an answer.
+//!
 //! After every case `/healthz` answers 200, the process is alive, and its
 //! stderr has no "panicked".
 
@@ -21,10 +25,12 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::harness::cli::{Background, Pgr, local_store_toml, target_toml};
+use crate::harness::cli::{Background, Pgr, local_store_toml, s3_store_toml, target_toml};
 use crate::harness::daemon::{daemon_toml, start};
 use crate::harness::http;
 use crate::harness::pg::Cluster;
+use crate::harness::proxy::{Fault, Proxy};
+use crate::harness::s3::S3Server;
 
 const TOKEN: &str = "malformed-test-token-42a9";
 
@@ -36,7 +42,13 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// A daemon with a local store.
     fn start() -> Daemon {
+        Daemon::with_store(|pgr| local_store_toml(pgr, ""))
+    }
+
+    /// A daemon whose `state_dir` and `[store]` are `store(pgr)`.
+    fn with_store(store: impl FnOnce(&Pgr) -> String) -> Daemon {
         let live = Cluster::start();
         live.create_app_db("app", "app", "pw-malformed");
         let pgr = Pgr::new();
@@ -44,7 +56,7 @@ impl Daemon {
         let port = http::free_port();
         pgr.write_config(&format!(
             "{}{}{}",
-            local_store_toml(&pgr, ""),
+            store(&pgr),
             target_toml("app", &live.url("app", "app", "pw-malformed"), ""),
             daemon_toml(port, Some(&token))
         ));
@@ -315,4 +327,34 @@ fn malformed_requests_never_hurt_the_daemon() {
     );
     d.assert_healthy("slowloris");
     let _ = &d.pgr;
+}
+
+#[test]
+fn a_handler_stuck_on_the_store_answers_503_in_time() {
+    let s3 = S3Server::start();
+    s3.create_bucket("stuck");
+    let proxy = Proxy::start(s3.addr());
+    let endpoint = proxy.endpoint();
+    let mut d = Daemon::with_store(|pgr| s3_store_toml(pgr, &endpoint, "stuck", ""));
+    d.assert_healthy("start");
+    let r = raw(&d.addr, request("GET", "/api/v1/snapshots", &[], b""));
+    assert_eq!(r.0, Some(200), "snapshots with S3 up:\n{}", head(&r.1));
+
+    proxy.set(Fault::Stall { until: None });
+    let t0 = Instant::now();
+    let r = raw(&d.addr, request("GET", "/api/v1/snapshots", &[], b""));
+    let took = t0.elapsed();
+    eprintln!("stalled store: answered {:?} after {took:?}", r.0);
+    assert_eq!(r.0, Some(503), "a stalled store after {took:?}:\n{}", head(&r.1));
+    // The handler's own store timeout (10 s) answers, well before the
+    // connection's 30 s deadline would have cut it off.
+    let (_, body) = r.1.split_once("\r\n\r\n").expect("a body");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("snapshot store")), "the 503 does not say why: {v}");
+    assert!(took < Duration::from_secs(30), "answered only after {took:?}");
+    d.assert_healthy("a stalled store");
+    proxy.clear();
+    let r = raw(&d.addr, request("GET", "/api/v1/snapshots", &[], b""));
+    assert_eq!(r.0, Some(200), "snapshots once S3 is back:\n{}", head(&r.1));
+    d.assert_healthy("S3 back");
 }
