@@ -219,12 +219,13 @@ impl S3Store {
     /// `NotFound` naming it.
     async fn get_body(&self, key: &str) -> Result<Resuming, StoreError> {
         let full = self.full(key);
-        let out = self.client.get_object().bucket(&self.bucket).key(&full).send().await.map_err(|e| {
-            match classify(&self.place, "GetObject", e) {
-                StoreError::NotFound { .. } => StoreError::NotFound { key: key.into() },
-                other => other,
-            }
-        })?;
+        let out =
+            self.client.get_object().bucket(&self.bucket).key(&full).send().await.map_err(|e| {
+                match classify(&self.place, "GetObject", e) {
+                    StoreError::NotFound { .. } => StoreError::NotFound { key: key.into() },
+                    other => other,
+                }
+            })?;
         let src = Source {
             client: self.client.clone(),
             place: self.place.clone(),

@@ -5,7 +5,8 @@
 //! stops flowing afterwards (a stalled link, a load balancer that holds the
 //! connection) would block a download forever, and a connection reset
 //! mid-body is returned to the caller as is, not retried. [`Resuming`]
-//! wraps the body: no byte for `io_timeout` counts as a break, and a break
+//! wraps the body: waiting `io_timeout` for a byte counts as a break (time
+//! the caller takes between reads does not count), and a break
 //! (timeout, reset, early end) re-requests the rest with
 //! `Range: bytes=<offset>-` and `If-Match: <ETag>` (so a replaced object is
 //! never spliced onto the old one), up to `max_attempts - 1` times in a row
@@ -55,6 +56,9 @@ pub(super) struct Resuming {
     src: Source,
     state: State,
     idle: Pin<Box<Sleep>>,
+    /// Whether `idle` runs: it starts when the body first has nothing to
+    /// give, so a reader that is slow to ask (backpressure) is no stall.
+    waiting: bool,
     offset: u64,
     since_break: u64,
     breaks_without_progress: u32,
@@ -63,7 +67,15 @@ pub(super) struct Resuming {
 impl Resuming {
     pub fn new(src: Source, body: Body) -> Resuming {
         let idle = Box::pin(tokio::time::sleep(src.io_timeout));
-        Resuming { src, state: State::Reading(body), idle, offset: 0, since_break: 0, breaks_without_progress: 0 }
+        Resuming {
+            src,
+            state: State::Reading(body),
+            idle,
+            waiting: false,
+            offset: 0,
+            since_break: 0,
+            breaks_without_progress: 0,
+        }
     }
 
     /// Records a break and starts re-requesting the rest, or fails for good.
@@ -98,7 +110,10 @@ impl Resuming {
                 .send()
                 .await
                 .map_err(|e| {
-                    format!("S3 {place}: GetObject {key} from byte {offset} to resume the download: {}", DisplayErrorContext(&e))
+                    format!(
+                        "S3 {place}: GetObject {key} from byte {offset} to resume the download: {}",
+                        DisplayErrorContext(&e)
+                    )
                 })?;
             Ok(Box::new(out.body.into_async_read()) as Body)
         }));
@@ -114,7 +129,7 @@ impl AsyncRead for Resuming {
                 State::Reopening(fut) => match ready!(fut.as_mut().poll(cx)) {
                     Ok(body) => {
                         this.state = State::Reading(body);
-                        this.idle.as_mut().reset(Instant::now() + this.src.io_timeout);
+                        this.waiting = false;
                     }
                     // The SDK already retried the request itself.
                     Err(msg) => this.state = State::Failed(msg),
@@ -130,12 +145,20 @@ impl AsyncRead for Resuming {
                             }
                             this.offset += n;
                             this.since_break += n;
-                            this.idle.as_mut().reset(Instant::now() + this.src.io_timeout);
+                            this.waiting = false;
                             return Poll::Ready(Ok(()));
                         }
-                        Poll::Ready(Err(e)) => this.broke(error_chain(&e)),
+                        Poll::Ready(Err(e)) => {
+                            this.waiting = false;
+                            this.broke(error_chain(&e));
+                        }
                         Poll::Pending => {
+                            if !this.waiting {
+                                this.waiting = true;
+                                this.idle.as_mut().reset(Instant::now() + this.src.io_timeout);
+                            }
                             ready!(this.idle.as_mut().poll(cx));
+                            this.waiting = false;
                             this.broke(format!("no data for {:?}", this.src.io_timeout));
                         }
                     }

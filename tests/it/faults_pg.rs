@@ -218,7 +218,10 @@ fn verify_case(w: &World, f: &PgFault) -> String {
         format!("survived ({dealt} faults dealt, {:.1}s): restored, checked, recorded", took.as_secs_f64())
     } else {
         assert_eq!(w.manifest(&id), manifest, "a failed verify changed the manifest");
-        format!("{}; manifest unchanged (not marked verified), no scratch database, staging empty", failed_how(&r, took))
+        format!(
+            "{}; manifest unchanged (not marked verified), no scratch database, staging empty",
+            failed_how(&r, took)
+        )
     };
     let (r, _) = finish_run(w.rig.pgr.spawn(&["--json", "verify", &id, "--full"]), Expect::Survive, "verify again");
     assert_eq!(r.json()["ok"], true);
@@ -231,8 +234,11 @@ fn rehearse_case(w: &mut World, f: &PgFault) -> String {
     let live = fingerprint(&w.rig.live, "app");
     // A reset after 1 MiB needs a restore to stream through the proxy: a
     // fresh snapshot (the latest is already a template on the shadow).
-    let args: &[&str] =
-        if f.name.contains("reset after") { &["--json", "rehearse", "--snapshot", "fresh"] } else { &["--json", "rehearse"] };
+    let args: &[&str] = if f.name.contains("reset after") {
+        &["--json", "rehearse", "--snapshot", "fresh"]
+    } else {
+        &["--json", "rehearse"]
+    };
     let (r, took, dealt) = under(w, &w.shadow, f.set, f.expect[2], args);
     assert_eq!(fingerprint(&w.rig.live, "app"), live, "a rehearsal changed live");
     wait_for("no scratch database", Duration::from_secs(10), Duration::from_millis(100), || {
@@ -266,8 +272,17 @@ fn ready_release(w: &mut World) -> (String, String, String) {
 /// Live is exactly pre- or post-release, and the record says which; then
 /// a retry after clearing applies the plan.
 /// `releases` were the ids listed before the run.
-fn check_release(w: &World, r: &Run, took: Duration, version: &str, plan: &str, before: &str, releases: &[String]) -> String {
-    let rel: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("apply printed no JSON ({e}): {}", r.stdout));
+fn check_release(
+    w: &World,
+    r: &Run,
+    took: Duration,
+    version: &str,
+    plan: &str,
+    before: &str,
+    releases: &[String],
+) -> String {
+    let rel: Value =
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("apply printed no JSON ({e}): {}", r.stdout));
     let outcome = match rel["release_id"].as_str() {
         Some(id) => crate::harness::release::release(&w.rig, id)["outcome"].as_str().unwrap_or_default().to_string(),
         None => {
@@ -313,6 +328,7 @@ fn apply_reset_mid_migration(w: &mut World) -> String {
     as_app(&w.rig.live, "app", "UPDATE ctl SET pause = 3");
     let before = fingerprint(&w.rig.live, "app");
     let releases = release_ids(&w.rig);
+    let t0 = Instant::now();
     let bg = w.rig.pgr.spawn(&["--json", "apply"]);
     wait_for("the migration to sleep on live", Duration::from_secs(60), Duration::from_millis(20), || {
         let n = w.rig.live.psql(
@@ -326,8 +342,8 @@ fn apply_reset_mid_migration(w: &mut World) -> String {
     std::thread::sleep(Duration::from_secs(1));
     w.live.clear();
     assert!(w.live.injected() > injected, "no connection was reset");
-    let (r, took) = finish_run(bg, Expect::Either, "apply");
-    let out = check_release(w, &r, took, &version, &plan, &before, &releases);
+    let (r, _) = finish_run(bg, Expect::Either, "apply");
+    let out = check_release(w, &r, t0.elapsed(), &version, &plan, &before, &releases);
     as_app(&w.rig.live, "app", "UPDATE ctl SET pause = 0");
     out
 }

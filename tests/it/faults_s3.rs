@@ -146,7 +146,12 @@ pub fn finish_run(bg: Background, expect: Expect, what: &str) -> (Run, Duration)
     let t0 = Instant::now();
     let r = bg.wait(BOUND);
     let took = t0.elapsed();
-    eprintln!("{what}: exit {} in {took:?}\n--- stdout:\n{}\n--- stderr (tail):\n{}", r.code, r.stdout, tail(&r.stderr, 2500));
+    eprintln!(
+        "{what}: exit {} in {took:?}\n--- stdout:\n{}\n--- stderr (tail):\n{}",
+        r.code,
+        r.stdout,
+        tail(&r.stderr, 2500)
+    );
     assert!(!r.stderr.contains("panicked"), "{what} panicked:\n{}", r.stderr);
     match expect {
         Expect::Survive => assert_eq!(r.code, 0, "{what} should have survived the fault:\n{}", r.stderr),
@@ -291,7 +296,13 @@ pub fn applied_versions(live: &crate::harness::pg::Cluster) -> Vec<String> {
 pub fn release_ids(rig: &Rig) -> Vec<String> {
     let r = rig.pgr.run_json(&["releases"]);
     r.ok();
-    r.json().as_array().expect("releases is an array").iter().filter_map(|x| x["release_id"].as_str()).map(str::to_string).collect()
+    r.json()
+        .as_array()
+        .expect("releases is an array")
+        .iter()
+        .filter_map(|x| x["release_id"].as_str())
+        .map(str::to_string)
+        .collect()
 }
 
 /// "exit 1 in 7.2s: <last error line>"
@@ -331,7 +342,10 @@ fn snapshot_case(w: &World, f: &S3Fault) -> String {
             Err(n) => format!("{n} multipart upload(s) left while S3 was down, aborted by the next run's sweeper"),
         };
         w.assert_baseline();
-        format!("{}; no object, no manifest, not listed; {uploads}; earlier snapshots intact (SHA-256)", failed_how(&r, took))
+        format!(
+            "{}; no object, no manifest, not listed; {uploads}; earlier snapshots intact (SHA-256)",
+            failed_how(&r, took)
+        )
     };
     let again = w.snapshot_ok("snapshot after clearing the fault", false);
     format!("{outcome}; retry after clearing: ok ({again})")
@@ -356,10 +370,16 @@ fn verify_case(w: &World, f: &S3Fault) -> String {
         let after = w.manifest(&id);
         assert_eq!(after["verification"]["ok"], true, "{after:#}");
         assert_ne!(after["verification"], manifest["verification"], "the drill was not recorded");
-        format!("survived ({dealt} faults dealt, {:.1}s): restored, checked, recorded in the manifest", took.as_secs_f64())
+        format!(
+            "survived ({dealt} faults dealt, {:.1}s): restored, checked, recorded in the manifest",
+            took.as_secs_f64()
+        )
     } else {
         assert_eq!(w.manifest(&id), manifest, "a failed verify changed the manifest (marked it verified or failed)");
-        format!("{}; manifest unchanged (not marked verified), no scratch database, staging empty", failed_how(&r, took))
+        format!(
+            "{}; manifest unchanged (not marked verified), no scratch database, staging empty",
+            failed_how(&r, took)
+        )
     };
     let (r, _) = finish_run(w.rig.pgr.spawn(&["--json", "verify", &id, "--full"]), Expect::Survive, "verify again");
     assert_eq!(r.json()["ok"], true);
@@ -372,7 +392,8 @@ fn rehearse_case(w: &mut World, f: &S3Fault) -> String {
     let live = fingerprint(&w.rig.live, "app");
     let injected = w.proxy.injected();
     (f.set)(&w.proxy);
-    let args: &[&str] = if f.needs_bulk() { &["--json", "rehearse", "--snapshot", "fresh"] } else { &["--json", "rehearse"] };
+    let args: &[&str] =
+        if f.needs_bulk() { &["--json", "rehearse", "--snapshot", "fresh"] } else { &["--json", "rehearse"] };
     let (r, took) = finish_run(w.rig.pgr.spawn(args), f.expect[2], "rehearse");
     let dealt = w.proxy.injected() - injected;
     w.proxy.clear();

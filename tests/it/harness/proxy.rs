@@ -45,11 +45,19 @@ pub enum Fault {
     Reset,
     Drop,
     /// `until: None` holds until the fault is changed.
-    Stall { until: Option<Instant> },
+    Stall {
+        until: Option<Instant>,
+    },
     /// `conns: None` arms every new connection.
-    ResetAfter { bytes: u64, conns: Option<u32> },
+    ResetAfter {
+        bytes: u64,
+        conns: Option<u32>,
+    },
     /// `requests: None` answers every new connection.
-    HttpError { status: u16, requests: Option<u32> },
+    HttpError {
+        status: u16,
+        requests: Option<u32>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -345,7 +353,7 @@ enum Plan {
 
 fn plan_for_new(shared: &Shared) -> Plan {
     let mut f = shared.fault.lock().unwrap();
-    let plan = match *f {
+    match *f {
         Fault::Up | Fault::Stall { .. } => Plan::Forward { reset_at: None },
         Fault::Reset => Plan::Reset,
         Fault::Drop => Plan::Close,
@@ -357,8 +365,7 @@ fn plan_for_new(shared: &Shared) -> Plan {
             }
             Plan::Answer(status)
         }
-    };
-    plan
+    }
 }
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -390,18 +397,13 @@ fn forward(shared: &Arc<Shared>, client: TcpStream, reset_at: Option<u64>) {
         reset(&client);
         return;
     };
-    let (Ok(c2), Ok(c3), Ok(s2), Ok(s3)) = (client.try_clone(), client.try_clone(), server.try_clone(), server.try_clone())
+    let (Ok(c2), Ok(c3), Ok(s2), Ok(s3)) =
+        (client.try_clone(), client.try_clone(), server.try_clone(), server.try_clone())
     else {
         reset(&client);
         return;
     };
-    let link = Arc::new(Link {
-        client,
-        server,
-        forwarded: AtomicU64::new(0),
-        reset_at,
-        cut: AtomicBool::new(false),
-    });
+    let link = Arc::new(Link { client, server, forwarded: AtomicU64::new(0), reset_at, cut: AtomicBool::new(false) });
     let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
     shared.links.lock().unwrap().insert(id, link.clone());
     let pending = Arc::new(AtomicUsize::new(2));
@@ -481,11 +483,8 @@ fn answer_http_error(mut client: TcpStream, status: u16) {
         }
     }
     let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    let length: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let length: u64 =
+        text.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
     let expects_continue = text.lines().any(|l| l.starts_with("expect:") && l.contains("100-continue"));
     if !expects_continue {
         let _ = std::io::copy(&mut (&client).take(length), &mut std::io::sink());
