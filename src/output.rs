@@ -309,6 +309,9 @@ pub fn released(json: bool, rel: &crate::release::Release) {
         "rolled_back" => "failed and was rolled back: live is as it was before",
         "restored" => "failed: live was restored from the pre-release snapshot",
         "halted" => "failed and HALTED: a person must act",
+        "interrupted" => {
+            "is unfinished: live's server went away during recovery; the next command on this target finishes it"
+        }
         "refused" => "refused",
         "aborted" => "stopped before any migration ran: live untouched",
         "nothing_pending" => "has nothing to do: no pending migration",

@@ -220,11 +220,16 @@ fn stop_during_cic(rig: &Rig) -> Run {
     let _blocker = Blocker::start(&rig.live, "app", "LOCK TABLE t IN ROW EXCLUSIVE MODE");
     let sql = "SELECT p.phase FROM pg_stat_progress_create_index p JOIN pg_stat_activity a USING (pid) \
                WHERE a.application_name = 'pgrehearse-release' AND p.command = 'CREATE INDEX CONCURRENTLY'";
-    let phase = wait_for("the concurrent build to wait for writers", Duration::from_secs(30), Duration::from_millis(20), || {
-        assert!(bg.running(), "apply exited before the index build:\n{}", bg.stderr_so_far());
-        let p = rig.live.psql("postgres", sql);
-        p.starts_with("waiting for writers").then_some(p)
-    });
+    let phase = wait_for(
+        "the concurrent build to wait for writers",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || {
+            assert!(bg.running(), "apply exited before the index build:\n{}", bg.stderr_so_far());
+            let p = rig.live.psql("postgres", sql);
+            p.starts_with("waiting for writers").then_some(p)
+        },
+    );
     eprintln!("CREATE INDEX CONCURRENTLY is in phase `{phase}`; stopping live");
     assert_eq!(invalid_indexes(&rig.live, "app"), "1", "the build's invalid index should exist now");
     rig.live.stop_immediate();
@@ -254,11 +259,17 @@ fn a_live_server_stopped_mid_release_is_recovered_after_its_restart() {
     // Plan A, all transactional: one transaction.
     rig.sqlx("1", "add_flag", "ALTER TABLE t ADD COLUMN flag boolean NOT NULL DEFAULT false;\n", None);
     let pause = "SELECT pg_sleep((SELECT pause FROM ctl));\n";
-    rig.sqlx("2", "pause_then_check", &format!("{pause}ALTER TABLE t ADD CONSTRAINT t_note_set CHECK (note <> '');\n"), None);
+    rig.sqlx(
+        "2",
+        "pause_then_check",
+        &format!("{pause}ALTER TABLE t ADD CONSTRAINT t_note_set CHECK (note <> '');\n"),
+        None,
+    );
     rig.rehearse(&["--snapshot", "fresh"]).ok();
 
     data::create_blob_table(&rig.live, "app", "app", 16);
-    let s = Stop { fault: "while the pre-release pg_dump streams", failed_as: "aborted", outcome: "aborted", kept: &[] };
+    let s =
+        Stop { fault: "while the pre-release pg_dump streams", failed_as: "aborted", outcome: "aborted", kept: &[] };
     let rel = stop_case(&rig, &s, stop_during_dump);
     assert!(!journal_steps(&rel).iter().any(|x| x == "apply"), "no migration may run without its snapshot");
     as_app(&rig.live, "app", "DROP TABLE blobs");
@@ -274,7 +285,12 @@ fn a_live_server_stopped_mid_release_is_recovered_after_its_restart() {
     as_app(&rig.live, "app", "UPDATE ctl SET pause = 0");
 
     // Plan B: a non-transactional concurrent index build in the middle.
-    rig.sqlx("3", "add_score", "ALTER TABLE t ADD COLUMN score int NOT NULL DEFAULT 0;\nUPDATE t SET score = id % 100;\n", None);
+    rig.sqlx(
+        "3",
+        "add_score",
+        "ALTER TABLE t ADD COLUMN score int NOT NULL DEFAULT 0;\nUPDATE t SET score = id % 100;\n",
+        None,
+    );
     let cic = "-- no-transaction\nSELECT pg_sleep((SELECT cic_pause FROM ctl));\nCREATE INDEX CONCURRENTLY t_score ON t (score);\n";
     rig.sqlx("4", "index_score", cic, None);
     rig.sqlx("5", "check_note", "ALTER TABLE t ADD CONSTRAINT t_note_ok CHECK (note NOT LIKE 'bad%');\n", None);
@@ -518,14 +534,22 @@ fn sigkill_at_random_points_of_a_release_leaves_live_exactly_before_or_after_it(
             if bad {
                 same(&fp, &before, &format!("iteration {i} ({fault}): the failing plan must end pre-release"));
             }
-            same(&without_history(&fp), &post.fingerprint, &format!("iteration {i} ({fault}): live is neither pre- nor post-release"));
+            same(
+                &without_history(&fp),
+                &post.fingerprint,
+                &format!("iteration {i} ({fault}): live is neither pre- nor post-release"),
+            );
             assert_eq!(history_rows(&rig, "app"), post.history, "iteration {i}: live's history");
             assert_eq!(outcome, "applied", "iteration {i} ({fault}): live is post-release: {rel:#?}");
             postn += 1;
             "post-release"
         };
         assert_eq!(invalid_indexes(&rig.live, "app"), "0", "iteration {i}: invalid indexes on live");
-        assert_eq!(live_dbs_like(&rig, "app_restoring_"), Vec::<String>::new(), "iteration {i}: half-restored database");
+        assert_eq!(
+            live_dbs_like(&rig, "app_restoring_"),
+            Vec::<String>::new(),
+            "iteration {i}: half-restored database"
+        );
         let failed = live_dbs_like(&rig, "app_failed_");
         if outcome == "restored" {
             let r = rel.as_ref().unwrap();

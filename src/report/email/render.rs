@@ -238,6 +238,12 @@ pub fn release(rel: &crate::release::Release) -> Mail {
             Tone::Bad,
             "The release failed and HALTED: live is as the failure left it, and a person must act.",
         ),
+        "interrupted" => (
+            "INTERRUPTED, recovery pending",
+            "INTERRUPTED",
+            Tone::Bad,
+            "Live's server went away while live had to be recovered: once it is back, the next pgrehearse command on this target finishes the recovery.",
+        ),
         "aborted" => ("aborted", "ABORTED", Tone::Plain, "Stopped before any migration ran: live is untouched."),
         "refused" => ("refused", "REFUSED", Tone::Plain, "Preflight refused the release: nothing was done."),
         "nothing_pending" => ("had nothing to do", "NOTHING PENDING", Tone::Plain, "No migration was pending."),
