@@ -70,3 +70,25 @@ fn secrets_are_redacted_when_printed() {
     let printed = toml::to_string(&cfg).unwrap() + &serde_json::to_string(&cfg).unwrap() + &format!("{cfg:?}");
     assert!(!printed.contains("hunter2"));
 }
+
+#[test]
+fn s3_timeouts_default_parse_and_refuse_nonsense() {
+    let base = "[store]\nkind = \"s3\"\nbucket = \"b\"\n";
+    let target = "[[targets]]\nname = \"a\"\nlive_url = \"postgres://u@h/db\"\n";
+    let s3 = |extra: &str| match from_source(Path::new("/t.toml"), &format!("{base}{extra}\n{target}"))
+        .unwrap()
+        .store
+        .kind
+    {
+        StoreKind::S3(s) => (s.connect_timeout, s.io_timeout),
+        other => panic!("not S3: {other:?}"),
+    };
+    assert_eq!(s3(""), (Duration::from_secs(10), Duration::from_secs(60)));
+    assert_eq!(
+        s3("connect_timeout = \"2s\"\nio_timeout = \"500ms\""),
+        (Duration::from_secs(2), Duration::from_millis(500))
+    );
+    let p = problems(&format!("{base}io_timeout = \"soon\"\nconnect_timeout = \"1ms\"\n{target}"));
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["store.io_timeout", "store.connect_timeout"], "{p:?}");
+}
