@@ -330,3 +330,27 @@ fn latin1_config_is_located() {
     let (_dir, path) = write_config(b"\xef\xbb\xbf[[targets]]\nname = \"a\"\nlive_url = \"postgres://u@h/db\"\n");
     assert!(Config::load(&path).is_ok(), "a UTF-8 BOM at the start is fine");
 }
+
+/// The mutations are worth running: a fair share of them is valid TOML that
+/// reaches validation (and some still load), not only parser errors.
+#[test]
+fn mutations_reach_validation() {
+    use proptest::strategy::ValueTree;
+    let bases = examples();
+    let strategy = (any::<usize>(), prop::collection::vec(edit(), 0..8), damage());
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let (mut toml_errors, mut refused, mut loaded) = (0, 0, 0);
+    for _ in 0..500 {
+        let (which, edits, dmg) = strategy.new_tree(&mut runner).expect("a case").current();
+        let doc = mutate(&bases[which % bases.len()], &edits, &dmg);
+        if toml::from_str::<toml::Table>(&doc).is_err() {
+            toml_errors += 1;
+        } else if validate::from_source(Path::new("/x/p.toml"), &doc).is_err() {
+            refused += 1;
+        } else {
+            loaded += 1;
+        }
+    }
+    eprintln!("500 mutations: {toml_errors} not TOML, {refused} refused by validation, {loaded} loaded");
+    assert!(refused >= 50 && loaded >= 25 && toml_errors >= 25, "{toml_errors} / {refused} / {loaded}");
+}
