@@ -240,9 +240,12 @@ fn file_name() -> impl Strategy<Value = String> {
         "-",
         "\u{301}",
     ];
-    prop::collection::vec(prop::sample::select(pieces), 1..6)
+    let random = prop::collection::vec(prop::sample::select(pieces), 1..6)
         .prop_map(|v| v.concat())
-        .prop_filter("a file name", |n| n != "." && n != ".." && !n.contains('/'))
+        .prop_filter("a file name", |n| n != "." && n != ".." && !n.contains('/'));
+    // Names in the tools' layouts, so that many directories also load.
+    let layout = "(-|\\+)?[0-9]{1,3}_[a-z é_]{1,8}(\\.up|\\.down)?\\.sql|2024-0[12]-0[1-3]-00000[0-2]_[a-z é]{1,6}";
+    prop_oneof![1 => random, 2 => layout]
 }
 
 fn file_bytes() -> impl Strategy<Value = Vec<u8>> {
@@ -382,4 +385,37 @@ proptest! {
             }
         }
     }
+}
+
+/// The directory generators are worth running: many sqlx and diesel
+/// directories load with migrations in them, many are refused.
+#[test]
+fn directory_fuzzing_reaches_both_outcomes() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let files = prop::collection::vec((file_name(), file_bytes()), 1..6);
+    let (mut loaded, mut refused) = ((0, 0), (0, 0));
+    for _ in 0..150 {
+        let case = files.new_tree(&mut runner).expect("a case").current();
+        let (sqlx_dir, diesel_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for (name, bytes) in &case {
+            std::fs::write(sqlx_dir.path().join(name), bytes).unwrap();
+            let d = diesel_dir.path().join(name);
+            if std::fs::create_dir(&d).is_ok() {
+                std::fs::write(d.join("up.sql"), bytes).unwrap();
+            }
+        }
+        match sqlx::files(sqlx_dir.path()) {
+            Ok(ms) if !ms.is_empty() => loaded.0 += 1,
+            Ok(_) => {}
+            Err(_) => refused.0 += 1,
+        }
+        match diesel::files(diesel_dir.path()) {
+            Ok(ms) if !ms.is_empty() => loaded.1 += 1,
+            Ok(_) => {}
+            Err(_) => refused.1 += 1,
+        }
+    }
+    eprintln!("150 directories: loaded (sqlx, diesel) {loaded:?}, refused {refused:?}");
+    assert!(loaded.0 >= 15 && refused.0 >= 15 && loaded.1 >= 15 && refused.1 >= 15, "{loaded:?} {refused:?}");
 }
