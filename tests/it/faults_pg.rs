@@ -198,7 +198,7 @@ fn snapshot_case(w: &World, f: &PgFault) -> String {
     };
     w.assert_baseline();
     let again = w.snapshot_ok("snapshot after clearing the fault");
-    format!("{outcome}; earlier snapshots intact (SHA-256); retry after clearing: ok ({again})")
+    format!("{outcome}; the first snapshot still listed, its SHA-256 re-verified; retry after clearing: ok ({again})")
 }
 
 fn verify_case(w: &World, f: &PgFault) -> String {

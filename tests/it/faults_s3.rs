@@ -10,7 +10,7 @@
 //! proxy, equals the manifest's) or fails cleanly within a bound: a
 //! non-zero exit naming S3, no panic, no new object (so no manifest and no
 //! listed snapshot), no multipart upload left once S3 answers again, the
-//! earlier snapshots intact, a failed verify not recorded in the manifest
+//! first snapshot intact (SHA-256), a failed verify not recorded in the manifest
 //! and no scratch database left, a failed rehearsal not approvable and live
 //! untouched, a failed release `aborted` with live exactly as before. Then
 //! the fault is cleared and the same operation must succeed.
@@ -306,6 +306,12 @@ pub fn release_ids(rig: &Rig) -> Vec<String> {
 }
 
 /// "exit 1 in 7.2s: <last error line>"
+/// Panics unless the failure's message (see [`failed_how`]) says S3 failed.
+fn assert_blames_s3(r: &Run) {
+    let how = failed_how(r, Duration::ZERO).to_lowercase();
+    assert!(how.contains("s3"), "the error does not say S3 failed: {how}\n{}", r.stderr);
+}
+
 /// (The message is the JSON's `reason` or `error`, else the `error:` line.)
 pub fn failed_how(r: &Run, took: Duration) -> String {
     let json = serde_json::from_str::<Value>(&r.stdout).unwrap_or(Value::Null);
@@ -343,7 +349,7 @@ fn snapshot_case(w: &World, f: &S3Fault) -> String {
         };
         w.assert_baseline();
         format!(
-            "{}; no object, no manifest, not listed; {uploads}; earlier snapshots intact (SHA-256)",
+            "{}; no object, no manifest, not listed; {uploads}; earlier objects unchanged, the first snapshot's SHA-256 re-verified via the AWS CLI",
             failed_how(&r, took)
         )
     };
@@ -375,6 +381,7 @@ fn verify_case(w: &World, f: &S3Fault) -> String {
             took.as_secs_f64()
         )
     } else {
+        assert_blames_s3(&r);
         assert_eq!(w.manifest(&id), manifest, "a failed verify changed the manifest (marked it verified or failed)");
         format!(
             "{}; manifest unchanged (not marked verified), no scratch database, staging empty",
@@ -406,6 +413,7 @@ fn rehearse_case(w: &mut World, f: &S3Fault) -> String {
         assert_eq!(r.json()["ok"], true);
         format!("survived ({dealt} faults dealt, {:.1}s)", took.as_secs_f64())
     } else {
+        assert_blames_s3(&r);
         let a = w.approve(&plan);
         assert_eq!(a.code, 75, "a plan whose rehearsal failed was approvable:\n{}\n{}", a.stdout, a.stderr);
         format!("{}; live untouched, approval refused (exit 75), no scratch database", failed_how(&r, took))
@@ -439,6 +447,7 @@ fn apply_case(w: &mut World, f: &S3Fault) -> String {
         w.assert_whole(rel["pre_snapshot_id"].as_str().expect("pre_snapshot_id"));
         format!("survived ({dealt} faults dealt, {:.1}s): applied, pre-release snapshot whole", took.as_secs_f64())
     } else {
+        assert_blames_s3(&r);
         assert_eq!(fingerprint(&w.rig.live, "app"), before, "live is not exactly its pre-release state");
         let record = match rel["release_id"].as_str() {
             Some(id) => {
@@ -467,7 +476,9 @@ fn apply_case(w: &mut World, f: &S3Fault) -> String {
         let (r, _) = finish_run(w.rig.pgr.spawn(&["--json", "apply"]), Expect::Survive, "apply again");
         assert_eq!(r.json()["outcome"], "applied");
         assert!(w.applied_versions().contains(&version), "live lacks migration {version} after the retry");
-        return format!("{outcome}; earlier snapshots intact (SHA-256); retry after clearing: applied");
+        return format!(
+            "{outcome}; the first snapshot's SHA-256 re-verified via the AWS CLI; retry after clearing: applied"
+        );
     }
     outcome
 }
