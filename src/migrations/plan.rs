@@ -29,7 +29,15 @@ pub struct Plan {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Drift {
     /// An applied migration whose file changed since it was applied.
-    Changed { version: String, recorded: String, current: String },
+    Changed {
+        version: String,
+        recorded: String,
+        current: String,
+        /// Set when the file differs from the applied one only in a way an
+        /// editor or git makes (see [`Cosmetic`]).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        only: Option<Cosmetic>,
+    },
     /// An applied migration whose file is gone.
     Missing { version: String },
     /// A history row marked failed: the migration was partly applied.
@@ -38,10 +46,54 @@ pub enum Drift {
     DevPush { name: String },
 }
 
+/// A change of a file's bytes that leaves its SQL alone but changes its
+/// checksum (sqlx hashes the raw bytes: sqlx issue #2659).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cosmetic {
+    /// CRLF where the applied file had LF, or the other way round.
+    LineEndings,
+    /// A UTF-8 BOM added or removed.
+    Bom,
+}
+
+impl Cosmetic {
+    /// What changed, when the file's text with that undone hashes to
+    /// `recorded` (`digest` is the tool's checksum, hex).
+    pub fn find(text: &str, recorded: &str, digest: impl Fn(&[u8]) -> String) -> Option<Cosmetic> {
+        let lf = text.replace("\r\n", "\n");
+        let crlf = lf.replace('\n', "\r\n");
+        let (bare, bom) = match text.strip_prefix('\u{feff}') {
+            Some(rest) => (rest.to_string(), text.to_string()),
+            None => (text.to_string(), format!("\u{feff}{text}")),
+        };
+        let matches = |t: &str| t != text && digest(t.as_bytes()) == recorded;
+        if matches(&lf) || matches(&crlf) {
+            Some(Cosmetic::LineEndings)
+        } else if matches(&bare) || matches(&bom) {
+            Some(Cosmetic::Bom)
+        } else {
+            None
+        }
+    }
+}
+
 impl std::fmt::Display for Drift {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Drift::Changed { version, recorded, current } => write!(
+            Drift::Changed { version, recorded, current, only: Some(Cosmetic::LineEndings) } => write!(
+                f,
+                "migration {version} differs from the applied file only in its line endings (CRLF vs LF; checksum {} recorded, file now {}), which changes sqlx's checksum; check it out with the line endings it was applied with (e.g. `*.sql text eol=lf` in .gitattributes, or git's core.autocrlf)",
+                short(recorded),
+                short(current)
+            ),
+            Drift::Changed { version, recorded, current, only: Some(Cosmetic::Bom) } => write!(
+                f,
+                "migration {version} differs from the applied file only by a UTF-8 byte order mark (checksum {} recorded, file now {}); save it as it was applied (with or without the BOM)",
+                short(recorded),
+                short(current)
+            ),
+            Drift::Changed { version, recorded, current, only: None } => write!(
                 f,
                 "migration {version} was edited after it was applied (checksum {} recorded, file now {}); restore the file or add a new migration instead",
                 short(recorded),
@@ -99,6 +151,7 @@ pub fn build(
                         version: a.version.clone(),
                         recorded: recorded.clone(),
                         current: file.checksum.clone(),
+                        only: cosmetic(kind, file, recorded),
                     });
                 }
             }
@@ -107,6 +160,18 @@ pub fn build(
     let pending: Vec<Migration> = files.iter().filter(|m| !done.contains(m.version.as_str())).cloned().collect();
     let hash = hash(target, kind, &applied, &pending);
     Plan { target: target.to_string(), kind, applied, pending, drift, hash }
+}
+
+/// [`Cosmetic::find`] with the source's checksum: SHA-384 for sqlx, SHA-256
+/// of the up SQL for diesel; nothing for external tools (no text here).
+fn cosmetic(kind: MigrationKind, file: &Migration, recorded: &str) -> Option<Cosmetic> {
+    use sha2::Sha384;
+    match kind {
+        _ if file.up_sql.is_empty() => None,
+        MigrationKind::Sqlx => Cosmetic::find(&file.up_sql, recorded, |b| hex::encode(Sha384::digest(b))),
+        MigrationKind::Diesel => Cosmetic::find(&file.up_sql, recorded, |b| hex::encode(Sha256::digest(b))),
+        _ => None,
+    }
 }
 
 fn hash(target: &str, kind: MigrationKind, applied: &[Applied], pending: &[Migration]) -> String {
@@ -190,7 +255,7 @@ mod tests {
         assert_eq!(
             drifted.drift,
             vec![
-                Drift::Changed { version: "1".into(), recorded: "x".into(), current: "a".into() },
+                Drift::Changed { version: "1".into(), recorded: "x".into(), current: "a".into(), only: None },
                 Drift::Failed { version: "2".into() },
                 Drift::Missing { version: "9".into() },
             ]
@@ -202,5 +267,46 @@ mod tests {
         let known = HashMap::from([("1".to_string(), "old".to_string())]);
         let plan = build("app", MigrationKind::Diesel, vec![file("1", "new")], vec![row("1", None, true)], &known);
         assert!(matches!(plan.drift[0], Drift::Changed { .. }));
+    }
+
+    #[test]
+    fn line_endings_and_bom_are_told_apart_from_edits() {
+        use sha2::Sha384;
+        let sum = |t: &str| hex::encode(Sha384::digest(t.as_bytes()));
+        let applied = "CREATE TABLE t (\n  id int\n);\n";
+        let mut f = file("1", "");
+        for (now, only) in [
+            ("CREATE TABLE t (\r\n  id int\r\n);\r\n", Some(Cosmetic::LineEndings)),
+            ("\u{feff}CREATE TABLE t (\n  id int\n);\n", Some(Cosmetic::Bom)),
+            ("CREATE TABLE t (\n  id bigint\n);\n", None),
+        ] {
+            f.up_sql = now.into();
+            f.checksum = sum(now);
+            let plan = build(
+                "app",
+                MigrationKind::Sqlx,
+                vec![f.clone()],
+                vec![row("1", Some(&sum(applied)), true)],
+                &HashMap::new(),
+            );
+            match &plan.drift[..] {
+                [d @ Drift::Changed { only: o, .. }] => {
+                    assert_eq!(*o, only, "{now:?}");
+                    let text = d.to_string();
+                    assert!(text.contains(if only.is_some() { "only" } else { "was edited" }), "{text}");
+                }
+                other => panic!("{now:?}: {other:?}"),
+            }
+        }
+        // And the other way round: applied with CRLF, now LF.
+        f.up_sql = applied.into();
+        f.checksum = sum(applied);
+        let crlf = sum(&applied.replace('\n', "\r\n"));
+        let plan = build("app", MigrationKind::Sqlx, vec![f], vec![row("1", Some(&crlf), true)], &HashMap::new());
+        assert!(
+            matches!(plan.drift[..], [Drift::Changed { only: Some(Cosmetic::LineEndings), .. }]),
+            "{:?}",
+            plan.drift
+        );
     }
 }

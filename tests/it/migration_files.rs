@@ -19,6 +19,10 @@
 //! a file name that is not UTF-8, a diesel directory without `up.sql`, two
 //! diesel directories with one version.
 //!
+//! Explained: an applied migration checked out again with CRLF (or with a
+//! BOM) is drift, as it is for sqlx (which checksums the raw bytes); status
+//! says it is only the line endings (or the BOM) and how to fix the checkout.
+//!
 //! In every case nothing panics, live gets no history table and no changed
 //! table, and a refused rehearsal leaves no scratch database on the shadow.
 //! Read back with `psql` on both clusters and SHA-384 computed by the test.
@@ -135,6 +139,55 @@ fn sqlx_bom_crlf_empty_and_spaces_are_handled() {
     assert!(!table_exists(&rig.live, "app", "_sqlx_migrations"), "the rehearsal wrote history on live");
     assert!(!table_exists(&rig.live, "app", "bom_t"), "the rehearsal ran a migration on live");
     assert_eq!(rig.live.psql("app", "SELECT count(*) FROM base"), "2");
+}
+
+/// sqlx checksums the raw bytes, so an applied file checked out again with
+/// CRLF (git's `core.autocrlf`) is drift for sqlx too; status says it is
+/// only the line endings (and only the BOM, for a BOM), and what to do.
+#[test]
+fn an_applied_file_checked_out_with_crlf_is_explained() {
+    let rig = Rig::start("sqlx", "");
+    let lf = "CREATE TABLE things (\n    id integer PRIMARY KEY\n);\n";
+    let up1 = rig.sqlx("1", "create_things", lf, Some("DROP TABLE things;\n"));
+    let up2 = rig.sqlx("2", "create_others", "CREATE TABLE others (id integer);\n", None);
+    sqlx_apply(&rig.live, "app", &up1, "1", "create_things");
+    sqlx_apply(&rig.live, "app", &up2, "2", "create_others");
+    let (recorded1, recorded2) = (sha384_hex(&up1), sha384_hex(&up2));
+    rig.status().ok();
+
+    std::fs::write(&up1, lf.replace('\n', "\r\n")).unwrap();
+    std::fs::write(&up2, format!("{BOM}CREATE TABLE others (id integer);\n")).unwrap();
+    let st = rig.status();
+    no_panic(&st, "status");
+    st.expect_code(2);
+    let v = st.json();
+    assert_eq!(
+        v["drift"],
+        serde_json::json!([
+            { "kind": "changed", "version": "1", "recorded": recorded1, "current": sha384_hex(&up1), "only": "line_endings" },
+            { "kind": "changed", "version": "2", "recorded": recorded2, "current": sha384_hex(&up2), "only": "bom" },
+        ]),
+        "{v:#}"
+    );
+    let human = rig.pgr.run(&["status"]);
+    no_panic(&human, "status (text)");
+    assert!(
+        human.stdout.contains("migration 1 differs from the applied file only in its line endings")
+            && human.stdout.contains("eol=lf"),
+        "status does not explain the CRLF checkout:\n{}",
+        human.stdout
+    );
+    assert!(
+        human.stdout.contains("migration 2 differs from the applied file only by a UTF-8 byte order mark"),
+        "{}",
+        human.stdout
+    );
+
+    // A real edit is still an edit.
+    std::fs::write(&up1, "CREATE TABLE things (id bigint PRIMARY KEY);\n").unwrap();
+    let v = rig.status().json();
+    assert!(v["drift"][0].get("only").is_none(), "{v:#}");
+    assert_eq!(rig.live.psql("app", "SELECT count(*) FROM _sqlx_migrations"), "2", "status wrote to live");
 }
 
 /// One refused layout: the files to write, and what the error must say.
