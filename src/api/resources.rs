@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 
@@ -62,8 +62,9 @@ pub async fn snapshots(
 /// record (status, error) is returned instead.
 pub async fn rehearsal(
     State(s): State<Arc<Shared>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = path_id(id)?;
     let cfg = s.config();
     let state = crate::state::State::open(&cfg.state_dir).await?;
     let rec = state.rehearsal_record(&id).await?.ok_or_else(|| {
@@ -79,7 +80,11 @@ pub async fn rehearsal(
 
 /// `GET /api/v1/releases/{id}`: the release record and its journal, as
 /// `pgrehearse --json releases ID` prints them.
-pub async fn release(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<Release>, ApiError> {
+pub async fn release(
+    State(s): State<Arc<Shared>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Release>, ApiError> {
+    let id = path_id(id)?;
     let cfg = s.config();
     let state = crate::state::State::open(&cfg.state_dir).await?;
     let record = state.release(&id).await?.ok_or_else(|| {
@@ -89,4 +94,12 @@ pub async fn release(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Re
     })?;
     let journal = state.journal(&record.id).await?;
     Ok(Json(Release { record, journal, recovered: false }))
+}
+
+/// The `{id}` of a path, or a JSON 400 like every other API error (axum's
+/// own rejection is plain text), e.g. for percent-encoded bytes that are not
+/// UTF-8.
+fn path_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    id.map(|Path(id)| id)
+        .map_err(|e| ApiError::bad_request(format!("{}; ids are the ones GET /api/v1/targets shows", e.body_text())))
 }

@@ -150,6 +150,13 @@ fn assert_refused(case: &str, (status, text): &(Option<u16>, String)) {
     }
 }
 
+/// The answer's body is the API's `{"error": "..."}` with a message.
+fn assert_json_error(case: &str, answer: &str) {
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{case}: no body in {answer}"));
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{case}: not JSON ({e}): {body}"));
+    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{case}: no error message: {v}");
+}
+
 fn head(text: &str) -> &str {
     &text[..text.len().min(600)]
 }
@@ -175,8 +182,13 @@ fn malformed_requests_never_hurt_the_daemon() {
     d.assert_healthy("a non-UTF-8 path");
     let r = raw(&addr, request("GET", "/api/v1/rehearsals/%FF%FE", &[], b""));
     assert_refused("percent-encoded non-UTF-8 id", &r);
-    assert!(r.0.is_some(), "percent-encoded non-UTF-8 id: no answer at all");
+    assert_eq!(r.0, Some(400), "percent-encoded non-UTF-8 id:\n{}", head(&r.1));
+    assert_json_error("percent-encoded non-UTF-8 id", &r.1);
     d.assert_healthy("a percent-encoded non-UTF-8 id");
+    let r = raw(&addr, request("GET", "/api/v1/snapshots?target=%FF&x[=1&&=", &[], b""));
+    assert_eq!(r.0, Some(400), "a garbage query:\n{}", head(&r.1));
+    assert_json_error("a garbage query", &r.1);
+    d.assert_healthy("a garbage query");
 
     // Unknown and unexpected methods.
     for (m, p) in
@@ -260,10 +272,7 @@ fn malformed_requests_never_hurt_the_daemon() {
     ] {
         let r = raw(&addr, approval(body));
         assert_eq!(r.0, Some(want), "{case}:\n{}", head(&r.1));
-        let (_, resp_body) = r.1.split_once("\r\n\r\n").expect("a response body");
-        let v: serde_json::Value =
-            serde_json::from_str(resp_body).unwrap_or_else(|e| panic!("{case}: not JSON ({e}): {resp_body}"));
-        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{case}: no error message: {v}");
+        assert_json_error(case, &r.1);
         d.assert_healthy(case);
     }
 
