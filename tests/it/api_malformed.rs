@@ -12,7 +12,8 @@
 //! - slowloris clients that send a header line (or a body byte) every
 //!   second: the daemon keeps answering others at once, and closes the slow
 //!   connections itself (a request must arrive within 30 s);
-//! - 300 idle connections held open plus 40 concurrent requests: all served.
+//! - 300 idle connections held open plus 40 concurrent requests: all served;
+//!   a connection that never sends anything is closed after 60 s.
 //!
 //! A request whose handler is stuck on a store that does not answer (S3
 //! behind a stalled proxy) gets a 503 that says so before the connection's
@@ -166,6 +167,18 @@ fn malformed_requests_never_hurt_the_daemon() {
     let mut d = Daemon::start();
     d.assert_healthy("start");
     let addr = d.addr.clone();
+    // A connection that never sends a byte: closed by the daemon once idle
+    // for 60 s (not at the 30 s a started request gets).
+    let idle_one = {
+        let mut s = TcpStream::connect(&addr).expect("connect");
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+            let mut buf = [0u8; 64];
+            let r = s.read(&mut buf);
+            (t0.elapsed(), r.map_err(|e| e.kind()))
+        })
+    };
 
     // Not HTTP at all.
     let mut garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
@@ -335,6 +348,11 @@ fn malformed_requests_never_hurt_the_daemon() {
         "slowloris connections were not closed by the daemon within 60 s: {closed:?}"
     );
     d.assert_healthy("slowloris");
+    let (after, read) = idle_one.join().unwrap();
+    assert!(
+        matches!(read, Ok(0)) && after >= Duration::from_secs(55) && after < Duration::from_secs(70),
+        "an idle connection: read {read:?} after {after:?} (expected a close after about 60 s)"
+    );
     let _ = &d.pgr;
 }
 
