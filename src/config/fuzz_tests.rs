@@ -354,3 +354,30 @@ fn mutations_reach_validation() {
     eprintln!("500 mutations: {toml_errors} not TOML, {refused} refused by validation, {loaded} loaded");
     assert!(refused >= 50 && loaded >= 25 && toml_errors >= 25, "{toml_errors} / {refused} / {loaded}");
 }
+
+/// A `*_file` key pointing at something that is not a small regular file
+/// (a device, a FIFO, a huge file) is refused at once, naming the key: never
+/// a hang or memory filled.
+#[test]
+fn secret_files_that_are_not_secrets_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'x'; 100 * 1024]).expect("write");
+    for (file, says) in [
+        (Path::new("/dev/zero"), "not a regular file"),
+        (fifo.as_path(), "not a regular file"),
+        (big.as_path(), "larger than 64 KiB"),
+    ] {
+        let src = format!("[[targets]]\nname = \"a\"\nlive_url_file = {:?}\n", file.display().to_string());
+        let t0 = std::time::Instant::now();
+        let problems = validate::from_source(&dir.path().join("p.toml"), &src).expect_err("refused");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5), "{file:?} took {:?}", t0.elapsed());
+        assert!(
+            problems.iter().any(|p| p.key == "targets[0].live_url_file" && p.message.contains(says)),
+            "{file:?}: {problems:?}"
+        );
+    }
+}

@@ -6,6 +6,7 @@
 //! `live_url_file = "live-url"`).
 
 use std::fmt;
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -52,13 +53,36 @@ pub fn secret_path(value: &Path, config_dir: &Path) -> PathBuf {
     if value.is_relative() { config_dir.join(value) } else { value.to_path_buf() }
 }
 
+/// The largest secret file read (a URL, a key, a token: far smaller).
+const MAX_SECRET: u64 = 64 * 1024;
+
 /// Reads a secret file (trailing newline trimmed). World-readable files are
 /// accepted with a warning: refusing would break hosts that keep secrets in
 /// a 0644 file behind a 0700 directory, which is also safe.
 pub fn read_secret_file(value: &Path, config_dir: &Path) -> Result<Secret, String> {
     let path = secret_path(value, config_dir);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read secret file {}: {e}; create it or fix its permissions", path.display()))?;
+    let cannot = |e: std::io::Error| {
+        format!("cannot read secret file {}: {e}; create it or fix its permissions", path.display())
+    };
+    // Checked before opening: a FIFO would block the open, /dev/zero or a
+    // dump file named by mistake would fill memory.
+    let meta = std::fs::metadata(&path).map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(format!(
+            "secret file {} is not a regular file; point the key at a file holding only the secret",
+            path.display()
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(&path).and_then(|f| f.take(MAX_SECRET + 1).read_to_end(&mut bytes)).map_err(cannot)?;
+    if bytes.len() as u64 > MAX_SECRET {
+        return Err(format!(
+            "secret file {} is larger than {} KiB; it must hold only the secret",
+            path.display(),
+            MAX_SECRET / 1024
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| format!("secret file {} is not UTF-8 text", path.display()))?;
     if let Ok(meta) = std::fs::metadata(&path)
         && meta.permissions().mode() & 0o004 != 0
     {
