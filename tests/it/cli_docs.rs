@@ -17,18 +17,7 @@ use std::process::Command;
 /// Every subcommand path, as `pgrehearse help` lists them (parsed from the
 /// binary's own help, so a new command is covered without editing this).
 fn subcommands(pgr: &Pgr) -> Vec<Vec<String>> {
-    fn listed(help: &str) -> Vec<String> {
-        help.lines()
-            .skip_while(|l| !l.starts_with("Commands:"))
-            .skip(1)
-            .take_while(|l| l.starts_with("  "))
-            // Wrapped descriptions continue on lines indented further.
-            .filter(|l| !l.starts_with("   "))
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|c| *c != "help")
-            .map(str::to_string)
-            .collect()
-    }
+    use crate::harness::cli::commands_in_help as listed;
     let top = pgr.run(&["--help"]);
     top.ok();
     let mut out = Vec::new();

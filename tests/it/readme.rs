@@ -141,17 +141,7 @@ fn credentials_and_secret_keys_are_consistent() {
 fn the_commands_table_lists_every_command() {
     let help = Pgr::new().run(&["--help"]);
     help.ok();
-    let listed: BTreeSet<String> = help
-        .stdout
-        .lines()
-        .skip_while(|l| !l.starts_with("Commands:"))
-        .skip(1)
-        .take_while(|l| l.starts_with("  "))
-        .filter(|l| !l.starts_with("   "))
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|c| *c != "help")
-        .map(str::to_string)
-        .collect();
+    let listed: BTreeSet<String> = crate::harness::cli::commands_in_help(&help.stdout).into_iter().collect();
     let text = readme();
     let section = text.split("\n## Commands\n").nth(1).expect("## Commands").split("\n## ").next().unwrap();
     let documented: BTreeSet<String> = section

@@ -262,3 +262,18 @@ pub fn toml_string(s: &str) -> String {
     out.push('"');
     out
 }
+
+/// The subcommands a clap `--help` text lists under `Commands:` (without
+/// `help`), so tests follow the binary's own list.
+pub fn commands_in_help(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        // Wrapped descriptions continue on lines indented further.
+        .filter(|l| !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect()
+}
