@@ -20,12 +20,12 @@
 //! have no timeout of their own, so such a run waits as long as the kernel
 //! keeps the TCP connection (see the report of this suite's author).
 
-use crate::faults_s3::{Expect, applied_versions, case, failed_how, finish, finish_run, release_ids};
 use crate::harness::cli::{Run, local_store_path, local_store_toml, target_toml, toml_string};
+use crate::harness::faults::{Expect, case, failed_how, finish, finish_run};
 use crate::harness::migrations::{PASSWORD, Rig, as_app, fingerprint};
 use crate::harness::pg::{Cluster, percent_encode};
 use crate::harness::proxy::{Fault, Proxy};
-use crate::harness::release::{ALWAYS_OPEN, plan_of};
+use crate::harness::release::{ALWAYS_OPEN, applied_versions, plan_of, release_ids};
 use crate::harness::shadow::{scratch_dbs, staging_files, template_name};
 use crate::harness::{data, files_under, sha256_file, wait_for};
 use serde_json::Value;

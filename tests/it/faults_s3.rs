@@ -21,12 +21,12 @@
 //! is checked on its own and recorded in the fault report; a failing case
 //! is reported at the end, the next one still runs.
 
-use crate::harness::cli::{Background, Run, s3_store_toml, target_toml, toml_string};
+use crate::harness::cli::{Run, s3_store_toml, target_toml, toml_string};
 use crate::harness::dump::final_error;
-use crate::harness::faults::record;
-use crate::harness::migrations::{PASSWORD, Rig, fingerprint, rows, table_exists, tail};
+use crate::harness::faults::{Expect, case, failed_how, finish, finish_run};
+use crate::harness::migrations::{PASSWORD, Rig, fingerprint};
 use crate::harness::proxy::{Fault, Proxy};
-use crate::harness::release::{plan_of, release_config};
+use crate::harness::release::{applied_versions, plan_of, release_config, release_ids};
 use crate::harness::s3::S3Server;
 use crate::harness::shadow::{scratch_dbs, shadow_url, staging_files, template_name};
 use crate::harness::{data, sha256_file};
@@ -36,17 +36,6 @@ use std::time::{Duration, Instant};
 const BUCKET: &str = "faults";
 const SETUP: &str = "CREATE TABLE t (id int PRIMARY KEY, note text NOT NULL);
     INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 2000) g;";
-/// No run may take longer than this under any fault (else it hangs).
-pub const BOUND: Duration = Duration::from_secs(100);
-
-/// What a case must end in.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Expect {
-    Survive,
-    Fail,
-    Either,
-}
-
 /// One fault: its name in the report, how to put it in force, and what
 /// each operation must do under it (snapshot, verify, rehearse, apply).
 pub struct S3Fault {
@@ -115,56 +104,6 @@ fn s3_faults() -> Vec<S3Fault> {
             expect: [Fail, Either, Either, Fail],
         },
     ]
-}
-
-/// Runs one case; a panic is recorded as a failure, not propagated.
-pub fn case(failures: &mut Vec<String>, operation: &str, fault: &str, f: impl FnOnce() -> String) {
-    eprintln!("\n===== {operation} under {fault}");
-    let t0 = Instant::now();
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(outcome) => {
-            eprintln!("===== {operation} under {fault}: {outcome} ({:?})", t0.elapsed());
-            record(operation, fault, &outcome);
-        }
-        Err(e) => {
-            let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
-            eprintln!("===== {operation} under {fault}: FAILED ({:?})", t0.elapsed());
-            failures.push(format!("{operation} under {fault}: {}", tail(&msg.unwrap_or_default(), 3000)));
-        }
-    }
-}
-
-/// Panics listing every failed case.
-pub fn finish(failures: Vec<String>) {
-    assert!(failures.is_empty(), "{} case(s) failed:\n\n{}", failures.len(), failures.join("\n\n"));
-}
-
-/// Waits for a background run within [`BOUND`] and checks a failure is
-/// clean: exit 1 or 69, no panic, an `error:` line. Returns the run and
-/// how long it took.
-pub fn finish_run(bg: Background, expect: Expect, what: &str) -> (Run, Duration) {
-    let t0 = Instant::now();
-    let r = bg.wait(BOUND);
-    let took = t0.elapsed();
-    eprintln!(
-        "{what}: exit {} in {took:?}\n--- stdout:\n{}\n--- stderr (tail):\n{}",
-        r.code,
-        r.stdout,
-        tail(&r.stderr, 2500)
-    );
-    assert!(!r.stderr.contains("panicked"), "{what} panicked:\n{}", r.stderr);
-    match expect {
-        Expect::Survive => assert_eq!(r.code, 0, "{what} should have survived the fault:\n{}", r.stderr),
-        Expect::Fail => assert_ne!(r.code, 0, "{what} should have failed under the fault:\n{}", r.stdout),
-        Expect::Either => {}
-    }
-    if r.code != 0 {
-        assert!([1, 69].contains(&r.code), "{what}: exit {} is neither 1 (failed) nor 69 (unavailable)", r.code);
-        let json = serde_json::from_str::<Value>(&r.stdout).unwrap_or(Value::Null);
-        let said = r.stderr.contains("error:") || json["reason"].is_string() || json["error"].is_string();
-        assert!(said, "{what} failed without an error message:\n{}\n{}", r.stdout, r.stderr);
-    }
-    (r, took)
 }
 
 /// Live and shadow clusters, moto behind the proxy, and pgrehearse
@@ -284,45 +223,10 @@ impl World {
     }
 }
 
-/// Versions in live's sqlx history (none before the first release).
-pub fn applied_versions(live: &crate::harness::pg::Cluster) -> Vec<String> {
-    if !table_exists(live, "app", "_sqlx_migrations") {
-        return Vec::new();
-    }
-    rows(live, "app", "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-}
-
-/// The release ids `releases --json` lists.
-pub fn release_ids(rig: &Rig) -> Vec<String> {
-    let r = rig.pgr.run_json(&["releases"]);
-    r.ok();
-    r.json()
-        .as_array()
-        .expect("releases is an array")
-        .iter()
-        .filter_map(|x| x["release_id"].as_str())
-        .map(str::to_string)
-        .collect()
-}
-
-/// "exit 1 in 7.2s: <last error line>"
 /// Panics unless the failure's message (see [`failed_how`]) says S3 failed.
 fn assert_blames_s3(r: &Run) {
     let how = failed_how(r, Duration::ZERO).to_lowercase();
     assert!(how.contains("s3"), "the error does not say S3 failed: {how}\n{}", r.stderr);
-}
-
-/// (The message is the JSON's `reason` or `error`, else the `error:` line.)
-pub fn failed_how(r: &Run, took: Duration) -> String {
-    let json = serde_json::from_str::<Value>(&r.stdout).unwrap_or(Value::Null);
-    let msg = match json["reason"].as_str().or(json["error"].as_str()) {
-        Some(m) => m.to_string(),
-        None => final_error(&r.stderr).lines().next().unwrap_or_default().trim_start_matches("error: ").to_string(),
-    };
-    let msg = msg.split_whitespace().collect::<Vec<_>>().join(" ");
-    let short: String = msg.chars().take(240).collect();
-    let more = if short.len() < msg.len() { "…" } else { "" };
-    format!("exit {} in {:.1}s ({short}{more})", r.code, took.as_secs_f64())
 }
 
 fn snapshot_case(w: &World, f: &S3Fault) -> String {

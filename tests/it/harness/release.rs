@@ -209,3 +209,24 @@ pub fn partial_bytes(store: &Path) -> u64 {
         .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .sum()
 }
+
+/// Versions in live's sqlx history (none before the first release).
+pub fn applied_versions(live: &super::pg::Cluster) -> Vec<String> {
+    if !table_exists(live, "app", "_sqlx_migrations") {
+        return Vec::new();
+    }
+    rows(live, "app", "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+}
+
+/// The release ids `releases --json` lists.
+pub fn release_ids(rig: &Rig) -> Vec<String> {
+    let r = rig.pgr.run_json(&["releases"]);
+    r.ok();
+    r.json()
+        .as_array()
+        .expect("releases is an array")
+        .iter()
+        .filter_map(|x| x["release_id"].as_str())
+        .map(str::to_string)
+        .collect()
+}
