@@ -105,7 +105,17 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pgrehearse-target}"
 artifacts="$CARGO_TARGET_DIR/test-artifacts"
 mkdir -p "$artifacts"
 rm -f "$artifacts/faults.jsonl"
+# Each test binary runs through scripts/test-runner.sh, which asks libtest
+# for per-test timings; the slowest are listed at the end with the wall time.
+export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/test-runner.sh"
+log="$artifacts/test-output.log"
+started=$(date +%s)
 status=0
-cargo test --locked "$@" || status=$?
+set +o pipefail
+cargo test --locked "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -o pipefail
 python3 scripts/fault-report.py "$artifacts/faults.jsonl" "$artifacts/fault-report.md" || status=1
+python3 scripts/slowest-tests.py "$log" 15 || true
+echo "test command wall time: $(( $(date +%s) - started )) s (exit $status)"
 exit "$status"
