@@ -112,7 +112,8 @@ log="$artifacts/test-output.log"
 started=$(date +%s)
 status=0
 set +o pipefail
-cargo test --locked "$@" 2>&1 | tee "$log"
+# crash-hooks: the test-only fault injection the crash tests use.
+cargo test --locked --features crash-hooks "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -o pipefail
 python3 scripts/fault-report.py "$artifacts/faults.jsonl" "$artifacts/fault-report.md" || status=1

@@ -4,10 +4,11 @@
 //! `recovery`). SQLite commits each entry before the step starts; a killed
 //! process loses nothing it journaled.
 //!
-//! Fault injection for tests: when `PGREHEARSE_CRASH_AT` names a step
-//! (`snapshot`, or `migration:2` for one detail), the process kills itself
-//! with SIGKILL right after journaling it, exactly like a `kill -9` at that
-//! point. It has no other effect, and nothing sets it outside tests.
+//! Fault injection for tests, compiled only with the `crash-hooks` feature
+//! (the test command enables it; a release build has no trace of it): when
+//! `PGREHEARSE_CRASH_AT` names a step (`snapshot`, or `migration:2` for one
+//! detail), the process kills itself with SIGKILL right after journaling it,
+//! exactly like a `kill -9` at that point.
 
 use crate::state::{State, StateError};
 
@@ -57,6 +58,10 @@ impl Journal {
     }
 }
 
+#[cfg(not(feature = "crash-hooks"))]
+fn crash_if_asked(_step: &str, _detail: Option<&str>) {}
+
+#[cfg(feature = "crash-hooks")]
 fn crash_if_asked(step: &str, detail: Option<&str>) {
     let Ok(at) = std::env::var("PGREHEARSE_CRASH_AT") else { return };
     let full = detail.map(|d| format!("{step}:{d}"));

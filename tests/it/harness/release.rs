@@ -87,7 +87,8 @@ pub fn crash_apply(rig: &Rig, at: &str) {
     assert_eq!(
         out.status.signal(),
         Some(libc::SIGKILL),
-        "pgrehearse did not kill itself at step {at} ({:?})\nstdout:\n{}\nstderr (tail):\n{}",
+        "pgrehearse did not kill itself at step {at} ({:?}); the crash tests need the test-only `crash-hooks` \
+         feature (scripts/test.sh enables it; or `cargo test --features crash-hooks`)\nstdout:\n{}\nstderr (tail):\n{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         tail(&String::from_utf8_lossy(&out.stderr), 3000)
