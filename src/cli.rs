@@ -44,6 +44,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "NAME")]
     pub target: Option<String>,
 
+    /// Mail no report from this command, even with an `[email]` section
+    /// (by default `apply`, `verify` and `rehearse` mail as `[email]
+    /// successes` says; failures always).
+    #[arg(long, global = true)]
+    pub no_mail: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -8,6 +8,7 @@ mod config;
 mod daemon;
 mod demo;
 mod drill;
+mod jobs;
 mod metrics;
 mod migrations;
 mod output;
@@ -125,42 +126,34 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         output::email_sent(cli.json, &sent);
         return Ok(exit::OK);
     }
-    let target = config.target(cli.target.as_deref())?;
-    // A release a crash interrupted is finished before anything else acts
-    // on the target (`apply` does it itself and reports it).
-    if !matches!(cli.command, Command::Apply | Command::Releases(_) | Command::Snapshots | Command::Download(_))
-        && let Some(r) = release::recover_interrupted(&config, target).await?
-    {
-        tracing::warn!(release = %r.record.id, outcome = %r.record.outcome, "Finished a release that was interrupted.");
-    }
-    match cli.command {
-        Command::Config(_)
-        | Command::Daemon
-        | Command::Email(_)
-        | Command::Demo(_)
-        | Command::Completions(_)
-        | Command::Man(_) => unreachable!("handled above"),
-        Command::Snapshot(args) => {
-            let cancel = cancel_on_signal();
-            let outcome = snapshot::take(&config, target, args.reason, &cancel).await?;
-            output::snapshot(cli.json, &outcome);
-            Ok(exit::OK)
+    let target = config.target(cli.target.as_deref())?.clone();
+    let single_release = matches!(&cli.command, Command::Releases(args) if args.id.is_some());
+    let job = job_of(cli.command);
+    // Snapshots and rehearsals stop cleanly on SIGINT/SIGTERM; a release
+    // notes the signals and finishes; other commands die as usual.
+    let cancel = match job {
+        jobs::Job::Snapshot { .. } | jobs::Job::Rehearse(_) => cancel_on_signal(),
+        _ => tokio_util::sync::CancellationToken::new(),
+    };
+    let _guard = matches!(job, jobs::Job::Apply).then(hold_signals);
+    let reporter = jobs::Reporter::cli(&config, cli.no_mail);
+    let env = jobs::Env::open(std::sync::Arc::new(config), reporter, cancel, progress::mode()).await?;
+    let json = cli.json;
+    Ok(match jobs::run(&env, &target, job).await? {
+        jobs::Done::Snapshot(outcome) => {
+            output::snapshot(json, &outcome);
+            exit::OK
         }
-        Command::Snapshots => {
-            let list = snapshot::catalog::list(&config, target).await?;
-            output::snapshots(cli.json, &list);
-            Ok(exit::OK)
+        jobs::Done::Snapshots(list) => {
+            output::snapshots(json, &list);
+            exit::OK
         }
-        Command::Download(args) => {
-            let d =
-                snapshot::catalog::download(&config, target, &args.snapshot, &args.output, args.identity.as_deref())
-                    .await?;
-            output::downloaded(cli.json, &d);
-            Ok(exit::OK)
+        jobs::Done::Downloaded(d) => {
+            output::downloaded(json, &d);
+            exit::OK
         }
-        Command::Verify(args) => {
-            let report = drill::verify(&config, target, &args.snapshot, args.full, args.keep).await?;
-            output::verified(cli.json, &report);
+        jobs::Done::Verified(report) => {
+            output::verified(json, &report);
             if !report.ok {
                 eprintln!(
                     "error: snapshot {} failed its restore drill: {}",
@@ -168,54 +161,69 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     report.mismatches.join("; ")
                 );
             }
-            Ok(if report.ok { exit::OK } else { exit::PROBLEMS })
+            if report.ok { exit::OK } else { exit::PROBLEMS }
         }
-        Command::Restore(args) => {
-            let r = match &args.as_name {
-                Some(name) => restore::restore_as(&config, target, &args.snapshot, name).await?,
-                None => restore::replace_live(&config, target, &args.snapshot, args.yes).await?,
-            };
-            output::restored(cli.json, &r);
-            Ok(exit::OK)
+        jobs::Done::Restored(r) => {
+            output::restored(json, &r);
+            exit::OK
         }
-        Command::Status => {
-            let st = status::status(&config, target).await?;
-            output::status(cli.json, &st);
-            Ok(if st.drift.is_empty() { exit::OK } else { exit::PROBLEMS })
+        jobs::Done::Status(st) => {
+            output::status(json, &st);
+            if st.drift.is_empty() { exit::OK } else { exit::PROBLEMS }
         }
-        Command::Rehearse(args) => {
-            let cancel = cancel_on_signal();
-            let opts = rehearsal::Options {
-                snapshot: rehearsal::Choice::parse(&args.snapshot),
-                keep: args.keep,
-                reverse: !args.no_reverse,
-            };
-            let report = rehearsal::rehearse(&config, target, &opts, &cancel).await?;
-            output::rehearsed(cli.json, &report);
-            Ok(if report.ok { exit::OK } else { exit::PROBLEMS })
+        jobs::Done::Rehearsed(report) => {
+            output::rehearsed(json, &report);
+            if report.ok { exit::OK } else { exit::PROBLEMS }
         }
-        Command::Approve(args) => {
-            let a = release::approval::approve(&config, target, &args.plan, args.by.as_deref(), args.note.as_deref())
-                .await?;
-            output::approved(cli.json, &a);
-            Ok(exit::OK)
+        jobs::Done::Approved(a) => {
+            output::approved(json, &a);
+            exit::OK
         }
-        Command::Apply => {
-            let _guard = hold_signals();
-            let r = release::apply(&config, target).await?;
-            output::released(cli.json, &r);
-            Ok(r.outcome().exit_code())
+        jobs::Done::Released(r) => {
+            output::released(json, &r);
+            r.outcome().exit_code()
         }
-        Command::Releases(args) => {
-            let list = release::list(&config, target, args.id.as_deref()).await?;
-            output::releases(cli.json, &list, args.id.is_some());
-            Ok(exit::OK)
+        jobs::Done::Releases(list) => {
+            output::releases(json, &list, single_release);
+            exit::OK
         }
-        Command::Prune(args) => {
-            let outcome = snapshot::catalog::prune(&config, target, args.dry_run).await?;
-            output::pruned(cli.json, &outcome);
-            Ok(exit::OK)
+        jobs::Done::Pruned(outcome) => {
+            output::pruned(json, &outcome);
+            exit::OK
         }
+    })
+}
+
+/// The job a command runs on its target.
+fn job_of(command: Command) -> jobs::Job {
+    use jobs::Job;
+    match command {
+        Command::Config(_)
+        | Command::Daemon
+        | Command::Email(_)
+        | Command::Demo(_)
+        | Command::Completions(_)
+        | Command::Man(_) => unreachable!("handled before a target is chosen"),
+        Command::Snapshot(args) => Job::Snapshot { reason: args.reason, then_prune: false },
+        Command::Snapshots => Job::Snapshots,
+        Command::Download(args) => {
+            Job::Download { snapshot: args.snapshot, output: args.output, identity: args.identity }
+        }
+        Command::Verify(args) => Job::Verify { snapshot: args.snapshot, full: args.full, keep: args.keep },
+        Command::Restore(args) => match args.as_name {
+            Some(name) => Job::RestoreAs { snapshot: args.snapshot, name },
+            None => Job::ReplaceLive { snapshot: args.snapshot, yes: args.yes },
+        },
+        Command::Status => Job::Status,
+        Command::Rehearse(args) => Job::Rehearse(rehearsal::Options {
+            snapshot: rehearsal::Choice::parse(&args.snapshot),
+            keep: args.keep,
+            reverse: !args.no_reverse,
+        }),
+        Command::Approve(args) => Job::Approve { plan: args.plan, by: args.by, note: args.note },
+        Command::Apply => Job::Apply,
+        Command::Releases(args) => Job::Releases { id: args.id },
+        Command::Prune(args) => Job::Prune { dry_run: args.dry_run },
     }
 }
 

@@ -60,7 +60,8 @@ pub fn enabled() -> bool {
     mode() != Mode::Off
 }
 
-fn mode() -> Mode {
+/// How progress is shown now.
+pub fn mode() -> Mode {
     match MODE.load(Ordering::Relaxed) {
         0 => Mode::Auto,
         1 => Mode::Logs,

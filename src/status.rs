@@ -2,13 +2,23 @@
 //! pending plan and its hash, drift, the latest snapshot and its drill, the
 //! latest rehearsal (and whether it rehearsed the current plan). Reads live's
 //! history table only.
+//!
+//! [`standing`] is the one computation of what the state store says of a
+//! target (rehearsals, the approval and whether it is usable, releases,
+//! windows); `pgrehearse status` and the API's overview both build on it,
+//! each reading live and the object store their own way (the CLI fails on
+//! an error, the API degrades).
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::{Config, Target};
+use crate::config::Target;
 use crate::migrations::{self, Applied, Drift, PlanError, Source};
+use crate::release::approval::{self, Usability};
+use crate::release::window::{self, Opening, Window};
 use crate::snapshot::catalog;
-use crate::snapshot::open_stores;
+use crate::state::{ApprovalRow, RehearsalRow, ReleaseRow, State, StateError};
+use crate::store::Store;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -25,8 +35,8 @@ pub struct Status {
     /// expired and no release used it yet.
     pub approval: Option<ApprovalStatus>,
     /// The release window open now (with its end), and the next one.
-    pub window_open: Option<crate::release::window::Opening>,
-    pub next_window: Option<crate::release::window::Opening>,
+    pub window_open: Option<Opening>,
+    pub next_window: Option<Opening>,
     /// The newest release of the target (any outcome).
     pub last_release: Option<ReleaseStatus>,
 }
@@ -82,46 +92,89 @@ pub enum StatusError {
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogError),
     #[error(transparent)]
-    State(#[from] crate::state::StateError),
+    State(#[from] StateError),
 }
 
-pub async fn status(config: &Config, target: &Target) -> Result<Status, StatusError> {
-    let (state, store) = open_stores(config).await?;
+/// What the state store and the windows say of a target, given the plan
+/// pending on live (when it could be read).
+#[derive(Debug)]
+pub struct Standing {
+    /// The newest rehearsal of any plan.
+    pub last_rehearsal: Option<RehearsalRow>,
+    /// The newest rehearsal of the pending plan.
+    pub plan_rehearsal: Option<RehearsalRow>,
+    /// The newest approval, and whether it is usable for the pending plan.
+    pub approval: Option<(ApprovalRow, Usability)>,
+    /// Newest first, at most the number asked for.
+    pub releases: Vec<ReleaseRow>,
+    pub window_open: Option<Opening>,
+    pub next_window: Option<Opening>,
+}
+
+/// Where `target` stands apart from live and the store: `plan` is the hash
+/// pending on live (`None` when live could not be read), `releases` how
+/// many of the newest releases to read.
+pub async fn standing(
+    state: &State,
+    target: &Target,
+    plan: Option<&str>,
+    releases: u32,
+    now: DateTime<Utc>,
+) -> Result<Standing, StateError> {
+    let last_rehearsal = state.latest_rehearsal(&target.name, None).await?;
+    let plan_rehearsal = match plan {
+        Some(h) => state.latest_rehearsal(&target.name, Some(h)).await?,
+        None => None,
+    };
+    let approval = match state.latest_approval(&target.name, None).await? {
+        Some(a) => {
+            let u = approval::usability(state, &a, plan, now).await?;
+            Some((a, u))
+        }
+        None => None,
+    };
+    let releases = state.releases(Some(&target.name), releases).await?;
+    let windows: Vec<Window> = target.windows.iter().filter_map(|w| Window::parse(w).ok()).collect();
+    Ok(Standing {
+        last_rehearsal,
+        plan_rehearsal,
+        approval,
+        releases,
+        window_open: window::open_now(&windows, now),
+        next_window: window::next_opening(&windows, now),
+    })
+}
+
+/// `pgrehearse status`: where `target` stands, read from live, `state` and
+/// `store`.
+pub async fn status(state: &State, store: &dyn Store, target: &Target) -> Result<Status, StatusError> {
     let source = Source::of(target).map_err(PlanError::from)?;
-    let plan = migrations::plan_for(&state, &source, &target.live_url).await?;
-    let listed = catalog::manifests(store.as_ref(), &target.name).await.map_err(catalog::CatalogError::from)?;
+    let plan = migrations::plan_for(state, &source, &target.live_url).await?;
+    let listed = catalog::manifests(store, &target.name).await.map_err(catalog::CatalogError::from)?;
     let last_snapshot = listed.first().map(|m| SnapshotStatus {
         id: m.id.clone(),
         created_at: m.started_at.to_rfc3339(),
         verified_at: m.verified_at(),
     });
-    let last_rehearsal = state.latest_rehearsal(&target.name, None).await?.map(|r| RehearsalStatus {
+    let st = standing(state, target, Some(&plan.hash), 1, Utc::now()).await?;
+    let last_rehearsal = st.last_rehearsal.map(|r| RehearsalStatus {
         current_plan: r.plan_hash.as_deref() == Some(plan.hash.as_str()),
         id: r.id,
         plan: r.plan_hash,
         status: r.status,
         started_at: r.started_at,
     });
-    let approval = match state.latest_approval(&target.name, None).await? {
-        // An approval a release already used no longer holds.
-        Some(a) => Some(ApprovalStatus {
-            valid: crate::release::approval::is_valid(&a, &plan.hash, chrono::Utc::now())
-                && state.approval_spent(&a.id).await?.is_none(),
-            approval: a,
-        }),
-        None => None,
-    };
-    let last_release = state.releases(Some(&target.name), 1).await?.into_iter().next().map(|r| ReleaseStatus {
+    // An approval a release already used no longer holds.
+    let approval = st.approval.map(|(a, u)| ApprovalStatus { valid: u.usable(), approval: a });
+    let last_release = st.releases.into_iter().next().map(|r| ReleaseStatus {
         id: r.id,
         outcome: r.outcome,
         started_at: r.started_at,
         reason: r.reason,
     });
-    let windows: Vec<_> = target.windows.iter().filter_map(|w| crate::release::window::Window::parse(w).ok()).collect();
-    let now = chrono::Utc::now();
     Ok(Status {
-        window_open: crate::release::window::open_now(&windows, now),
-        next_window: crate::release::window::next_opening(&windows, now),
+        window_open: st.window_open,
+        next_window: st.next_window,
         target: target.name.clone(),
         kind: plan.kind,
         pending: plan

@@ -16,11 +16,11 @@ use serde::Serialize;
 use super::ApiError;
 use crate::config::{Config, MigrationKind, Target};
 use crate::migrations::{self, Plan, PlanError, Source};
-use crate::release::approval;
-use crate::release::window::{self, Opening, Window};
+use crate::release::window::Opening;
 use crate::snapshot::Reason;
 use crate::snapshot::manifest::Manifest;
 use crate::state::{ApprovalRow, RehearsalRow, ReleaseRow, State};
+use crate::status;
 use crate::store::{self, Store};
 
 /// How long a request waits for live's migration history.
@@ -207,24 +207,17 @@ pub async fn gather(
     let hash = plan.as_ref().map(|p| p.hash.clone());
     let now = Utc::now();
 
+    let st = status::standing(state, target, hash.as_deref(), if detail { PAGE_RELEASES } else { 1 }, now).await?;
     let current = |r: RehearsalRow| rehearsal_view(r, hash.as_deref());
-    let last_rehearsal = state.latest_rehearsal(&target.name, None).await?.map(current);
-    let plan_rehearsal = match &hash {
-        Some(h) => state.latest_rehearsal(&target.name, Some(h)).await?.map(current),
-        None => None,
-    };
-    let approval = match state.latest_approval(&target.name, None).await? {
-        Some(a) => {
-            let spent_by = state.approval_spent(&a.id).await?;
-            Some(ApprovalView {
-                valid: hash.as_deref().map(|h| approval::is_valid(&a, h, now)),
-                expired: DateTime::parse_from_rfc3339(&a.expires_at).is_ok_and(|t| t.with_timezone(&Utc) <= now),
-                spent_by,
-                approval: a,
-            })
-        }
-        None => None,
-    };
+    let last_rehearsal = st.last_rehearsal.map(current);
+    let plan_rehearsal = st.plan_rehearsal.map(current);
+    let approval = st.approval.map(|(a, u)| ApprovalView {
+        // Names the pending plan and has not expired; being spent is `spent_by`.
+        valid: u.names_plan.map(|names| names && !u.expired),
+        expired: u.expired,
+        spent_by: u.spent_by,
+        approval: a,
+    });
     let pending: Vec<PendingView> = plan
         .iter()
         .flat_map(|p| &p.pending)
@@ -233,13 +226,7 @@ pub async fn gather(
     let approvable = !pending.is_empty()
         && plan_rehearsal.as_ref().is_some_and(|r| r.status == "passed")
         && approval.as_ref().is_none_or(|a| a.valid != Some(true));
-    let releases: Vec<ReleaseSummary> = state
-        .releases(Some(&target.name), if detail { PAGE_RELEASES } else { 1 })
-        .await?
-        .iter()
-        .map(release_summary)
-        .collect();
-    let windows: Vec<Window> = target.windows.iter().filter_map(|w| Window::parse(w).ok()).collect();
+    let releases: Vec<ReleaseSummary> = st.releases.iter().map(release_summary).collect();
 
     let shown = plan_rehearsal.clone().or_else(|| last_rehearsal.clone());
     let report = match (&shown, detail) {
@@ -259,8 +246,8 @@ pub async fn gather(
         plan_rehearsal,
         approval,
         approvable,
-        window_open: window::open_now(&windows, now),
-        next_window: window::next_opening(&windows, now),
+        window_open: st.window_open,
+        next_window: st.next_window,
         last_release: releases.first().cloned(),
         running,
         problems,

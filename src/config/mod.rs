@@ -129,6 +129,26 @@ pub struct EmailConfig {
     /// Bound on connecting to the SMTP server and on each of its replies.
     #[serde(with = "humantime_serde_compat")]
     pub timeout: Duration,
+    /// What is mailed of the jobs that went well (failures and alerts are
+    /// always mailed at once).
+    pub successes: SuccessMail,
+    /// How often the daemon mails the digest of successes
+    /// (`successes = "digest"`).
+    #[serde(with = "humantime_serde_compat")]
+    pub digest_every: Duration,
+}
+
+/// `[email] successes`: what is mailed of a drill or rehearsal that passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SuccessMail {
+    /// A report per success, at once.
+    Each,
+    /// One mail every `digest_every` listing the successes since the last
+    /// one (the daemon; the CLI mails nothing for a success).
+    Digest,
+    /// Nothing.
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

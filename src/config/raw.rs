@@ -74,6 +74,8 @@ pub struct RawEmail {
     pub to: Vec<String>,
     pub subject_prefix: Option<String>,
     pub timeout: Option<String>,
+    pub successes: Option<String>,
+    pub digest_every: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::{Ctx, KeyPath};
 use crate::config::raw::RawEmail;
-use crate::config::{EmailConfig, MailTransport};
+use crate::config::{EmailConfig, MailTransport, SuccessMail};
 
 pub(super) fn email(cx: &mut Ctx, raw: &RawEmail, state_dir: &Path) -> EmailConfig {
     let p = KeyPath::root().key("email");
@@ -54,7 +54,23 @@ pub(super) fn email(cx: &mut Ctx, raw: &RawEmail, state_dir: &Path) -> EmailConf
         cx.problem(&p.key("to"), "no recipient: add to = [\"dba@example.com\"]");
     }
     let timeout = Duration::from_secs(30);
+    let successes = match raw.successes.as_deref().unwrap_or("digest") {
+        "each" => SuccessMail::Each,
+        "digest" => SuccessMail::Digest,
+        "never" => SuccessMail::Never,
+        other => {
+            cx.problem(&p.key("successes"), format!("`{other}`: use \"each\", \"digest\" or \"never\""));
+            SuccessMail::Digest
+        }
+    };
+    let day = Duration::from_secs(24 * 3600);
+    let digest_every = cx.duration(&p.key("digest_every"), raw.digest_every.as_deref(), Some(day)).unwrap_or(day);
+    if digest_every.is_zero() {
+        cx.problem(&p.key("digest_every"), "must be longer than zero, e.g. \"24h\"");
+    }
     EmailConfig {
+        successes,
+        digest_every,
         transport,
         smtp_url: raw.smtp_url.clone(),
         smtp_password,

@@ -1,6 +1,7 @@
-//! One job of the daemon for one target — snapshot, verify, rehearse,
-//! release — run through the same functions as the CLI commands, then
-//! recorded in metrics and reported by email (an alert on every failure).
+//! One job of the daemon for one target — snapshot (then retention),
+//! verify, rehearse, release — run through the job runner as the CLI's
+//! commands are (it finishes an interrupted release first and reports the
+//! outcome by mail and metrics), then recorded in the job metrics.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use crate::config::Config;
-use crate::report::email;
+use crate::jobs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Job {
@@ -110,16 +111,18 @@ pub async fn run_on_thread(
     tokio::task::spawn_blocking(move || handle.join().unwrap_or(Ended::Error)).await.unwrap_or(Ended::Error)
 }
 
-/// Runs `job` for `target` with `config`, records it, reports it.
+/// Runs `job` for `target` with `config` through the job runner (which
+/// reports it: mail, domain metrics), and records the run in the job
+/// metrics.
 async fn run(shared: Arc<Shared>, config: Arc<Config>, target: String, job: Job, cancel: CancellationToken) -> Ended {
     let Some(t) = config.targets.iter().find(|t| t.name == target) else { return Ended::Error };
     let m = &shared.metrics;
-    let mailer = email::Mailer::new(config.email.clone(), m.clone());
     let t0 = Instant::now();
     tracing::info!(target = %target, job = job.name(), "Job started.");
+    let reporter = jobs::Reporter::daemon(&config, m.clone(), shared.digest.clone());
     if let Some(reason) = host_short(job) {
         tracing::warn!(target = %target, job = job.name(), reason = %reason, "Job skipped: the host is short of resources.");
-        mailer.send(email::alert(&target, job.name(), &reason)).await;
+        reporter.alert(&target, job.name(), &reason).await;
         m.add(
             "pgrehearse_job_runs_total",
             "Jobs run by the daemon, by outcome.",
@@ -128,134 +131,52 @@ async fn run(shared: Arc<Shared>, config: Arc<Config>, target: String, job: Job,
         );
         return Ended::Error;
     }
-    if job == Job::RehearseChanged && !plan_unrehearsed(&config, t).await {
+    let env = match jobs::Env::open(config.clone(), reporter, cancel, crate::progress::Mode::Logs).await {
+        Ok(env) => env,
+        Err(e) => {
+            let reporter = jobs::Reporter::daemon(&config, m.clone(), shared.digest.clone());
+            tracing::error!(target = %target, job = job.name(), error = %e, "Job failed.");
+            reporter.alert(&target, job.name(), &e.to_string()).await;
+            return finish(m, &target, job, Ended::Error, t0);
+        }
+    };
+    if job == Job::RehearseChanged && !plan_unrehearsed(&env.state, t).await {
         tracing::info!(target = %target, "The plan as it is now was rehearsed already: no new rehearsal.");
         return Ended::Ok;
     }
-    let ended = match job {
-        Job::Snapshot => match crate::snapshot::take(&config, t, crate::snapshot::Reason::Scheduled, &cancel).await {
-            Ok(o) => {
-                let l = [("target", target.as_str())];
-                m.set(
-                    "pgrehearse_snapshot_bytes",
-                    "Bytes of the latest snapshot, stored (compressed).",
-                    &l,
-                    o.bytes_stored as f64,
-                );
-                m.set(
-                    "pgrehearse_snapshot_raw_bytes",
-                    "Bytes pg_dump wrote for the latest snapshot.",
-                    &l,
-                    o.bytes_raw as f64,
-                );
-                m.set(
-                    "pgrehearse_snapshot_duration_seconds",
-                    "Duration of the latest snapshot.",
-                    &l,
-                    o.duration_ms as f64 / 1000.0,
-                );
-                Ended::Ok
-            }
-            Err(crate::snapshot::SnapshotError::Cancelled) => Ended::Cancelled,
-            Err(e) => fail(&mailer, &target, job, &e.to_string()).await,
-        },
-        Job::Verify => {
-            let verify = crate::drill::verify(&config, t, "latest", false, false);
-            let r = tokio::select! { r = verify => Some(r), _ = cancel.cancelled() => None };
-            match r {
-                None => Ended::Cancelled,
-                Some(Ok(report)) => {
-                    let l = [("target", target.as_str())];
-                    if let Some(ms) = report.restore_duration_ms {
-                        m.set(
-                            "pgrehearse_restore_duration_seconds",
-                            "Restore time (RTO) measured by the latest drill.",
-                            &l,
-                            ms as f64 / 1000.0,
-                        );
-                    }
-                    m.set(
-                        "pgrehearse_drill_ok",
-                        "1 when the latest restore drill passed.",
-                        &l,
-                        if report.ok { 1.0 } else { 0.0 },
-                    );
-                    mailer.send(email::drill(&report)).await;
-                    if report.ok { Ended::Ok } else { Ended::Problems }
-                }
-                Some(Err(e)) => fail(&mailer, &target, job, &e.to_string()).await,
-            }
-        }
-        Job::Rehearse | Job::RehearseChanged => {
-            let opts =
-                crate::rehearsal::Options { snapshot: crate::rehearsal::Choice::Latest, keep: false, reverse: true };
-            match crate::rehearsal::rehearse(&config, t, &opts, &cancel).await {
-                Ok(report) => {
-                    let l = [("target", target.as_str())];
-                    m.set(
-                        "pgrehearse_rehearsal_ok",
-                        "1 when the latest rehearsal passed.",
-                        &l,
-                        if report.ok { 1.0 } else { 0.0 },
-                    );
-                    for r in &report.migrations {
-                        let ml = [("target", target.as_str()), ("version", r.version.as_str())];
-                        m.set(
-                            "pgrehearse_rehearsal_migration_duration_seconds",
-                            "Duration of each migration in the latest rehearsal.",
-                            &ml,
-                            r.duration_ms as f64 / 1000.0,
-                        );
-                        let lock = r.locks.iter().map(|l| l.held_ms).max().unwrap_or(0);
-                        m.set(
-                            "pgrehearse_rehearsal_migration_lock_seconds",
-                            "Longest lock held by each migration in the latest rehearsal.",
-                            &ml,
-                            lock as f64 / 1000.0,
-                        );
-                    }
-                    mailer.send(email::rehearsal(&report)).await;
-                    if report.ok { Ended::Ok } else { Ended::Problems }
-                }
-                Err(crate::rehearsal::RehearsalError::Cancelled) => Ended::Cancelled,
-                Err(e) => fail(&mailer, &target, job, &e.to_string()).await,
-            }
-        }
-        // Never cancelled: a release finishes or recovers.
-        Job::Release => match crate::release::apply(&config, t).await {
-            Ok(rel) => {
-                let outcome = rel.record.outcome.clone();
-                m.add(
-                    "pgrehearse_release_outcomes_total",
-                    "Releases by outcome.",
-                    &[("target", target.as_str()), ("outcome", outcome.as_str())],
-                    1.0,
-                );
-                match outcome.as_str() {
-                    "refused" => Ended::Refused(rel.record.error_kind.clone().unwrap_or_default()),
-                    "nothing_pending" => Ended::Ok,
-                    o => {
-                        mailer.send(email::release(&rel)).await;
-                        if o == "applied" {
-                            Ended::Ok
-                        } else {
-                            mailer
-                                .send(email::alert(&target, "release", rel.record.reason.as_deref().unwrap_or(o)))
-                                .await;
-                            Ended::Problems
-                        }
-                    }
-                }
-            }
-            Err(e) => fail(&mailer, &target, job, &e.to_string()).await,
-        },
+    let work = match job {
+        Job::Snapshot => jobs::Job::Snapshot { reason: crate::snapshot::Reason::Scheduled, then_prune: true },
+        Job::Verify => jobs::Job::Verify { snapshot: "latest".into(), full: false, keep: false },
+        Job::Rehearse | Job::RehearseChanged => jobs::Job::Rehearse(crate::rehearsal::Options {
+            snapshot: crate::rehearsal::Choice::Latest,
+            keep: false,
+            reverse: true,
+        }),
+        Job::Release => jobs::Job::Apply,
     };
+    let ended = match jobs::run(&env, t, work).await {
+        Ok(jobs::Done::Verified(r)) if !r.ok => Ended::Problems,
+        Ok(jobs::Done::Rehearsed(r)) if !r.ok => Ended::Problems,
+        Ok(jobs::Done::Released(rel)) => match rel.record.outcome.as_str() {
+            "refused" => Ended::Refused(rel.record.error_kind.clone().unwrap_or_default()),
+            "applied" | "nothing_pending" => Ended::Ok,
+            _ => Ended::Problems,
+        },
+        Ok(_) => Ended::Ok,
+        Err(e) if jobs::is_cancelled(&e) => Ended::Cancelled,
+        Err(_) => Ended::Error,
+    };
+    finish(m, &target, job, ended, t0)
+}
+
+/// Records a finished run in the job metrics and the log.
+fn finish(m: &crate::metrics::Metrics, target: &str, job: Job, ended: Ended, t0: Instant) -> Ended {
     let secs = t0.elapsed().as_secs_f64();
-    let l = [("job", job.name()), ("target", target.as_str())];
+    let l = [("job", job.name()), ("target", target)];
     m.add(
         "pgrehearse_job_runs_total",
         "Jobs run by the daemon, by outcome.",
-        &[("job", job.name()), ("target", target.as_str()), ("outcome", ended.label())],
+        &[("job", job.name()), ("target", target), ("outcome", ended.label())],
         1.0,
     );
     m.set("pgrehearse_job_duration_seconds", "Duration of each job's latest run.", &l, secs);
@@ -270,15 +191,6 @@ async fn run(shared: Arc<Shared>, config: Arc<Config>, target: String, job: Job,
 /// Whether the target's pending plan (as the files and live's history
 /// are now) has no rehearsal yet; `true` when that cannot be read, so the
 /// rehearsal runs and reports the problem itself.
-async fn plan_unrehearsed(config: &Config, t: &crate::config::Target) -> bool {
-    match crate::state::State::open(&config.state_dir).await {
-        Ok(state) => super::unrehearsed(&state, t).await.unwrap_or(true),
-        Err(_) => true,
-    }
-}
-
-async fn fail(mailer: &email::Mailer, target: &str, job: Job, error: &str) -> Ended {
-    tracing::error!(target = %target, job = job.name(), error = %error, "Job failed.");
-    mailer.send(email::alert(target, job.name(), error)).await;
-    Ended::Error
+async fn plan_unrehearsed(state: &crate::state::State, t: &crate::config::Target) -> bool {
+    super::unrehearsed(state, t).await.unwrap_or(true)
 }

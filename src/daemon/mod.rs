@@ -40,6 +40,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub notifier: Notifier,
     pub started: Instant,
+    /// Successes noted for the next digest mail (`[email] successes = "digest"`).
+    pub digest: Arc<crate::report::email::Digest>,
     running: Mutex<BTreeMap<String, Job>>,
     /// (target, approval id) of releases preflight refused, for the loop.
     refusals: Mutex<Vec<(String, String)>>,
@@ -53,6 +55,7 @@ impl Shared {
             metrics: Arc::new(Metrics::new()),
             notifier,
             started: Instant::now(),
+            digest: Arc::new(crate::report::email::Digest::new(Utc::now())),
             running: Mutex::new(BTreeMap::new()),
             refusals: Mutex::new(Vec::new()),
         }
@@ -220,6 +223,12 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<u8> {
         }
         schedule(&cfg, &state, &mut states).await;
         dispatch(&shared, &cfg, &mut states, &tracker, &cancel, &release_cancel);
+        if let Some(email) = &cfg.email
+            && let Some(mail) = shared.digest.take_due(Utc::now(), email.digest_every)
+        {
+            let mailer = crate::report::email::Mailer::new(cfg.email.clone(), shared.metrics.clone());
+            tracker.spawn(async move { mailer.send(mail).await });
+        }
         let status = shared.status_line();
         if status != last_status {
             notifier.status(&status);
@@ -244,6 +253,13 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<u8> {
             notifier.status(&format!("stopping after the release finishes; {}", shared.status_line()));
             waited = Instant::now();
         }
+    }
+    // Successes noted since the last digest are not lost with the process.
+    let cfg = shared.config();
+    if let Some(mail) = shared.digest.take_all(Utc::now())
+        && cfg.email.is_some()
+    {
+        crate::report::email::Mailer::new(cfg.email.clone(), shared.metrics.clone()).send(mail).await;
     }
     tracing::info!("Daemon stopped.");
     Ok(0)
@@ -338,10 +354,8 @@ async fn release_due(cfg: &Config, state: &crate::state::State, t: &Target, st: 
         return false;
     }
     let Ok(Some(a)) = state.latest_approval(&t.name, None).await else { return false };
-    if !crate::release::approval::is_valid(&a, &a.plan_hash, now) {
-        return false;
-    }
-    if !matches!(state.approval_spent(&a.id).await, Ok(None)) {
+    // Whether it names the plan pending now is preflight's to say (it reads live).
+    if !crate::release::approval::usability(state, &a, None, now).await.is_ok_and(|u| u.usable()) {
         return false;
     }
     if st.refused.get(&a.id).is_some_and(|at| at.elapsed() < cfg.daemon.refused_retry_after) {
@@ -377,20 +391,17 @@ fn dispatch(
         let (s, c, target) = (shared.clone(), cfg.clone(), name.clone());
         let token = if job == Job::Release { release_cancel.clone() } else { cancel.clone() };
         let approval = if job == Job::Release { st.release_approval.take() } else { None };
-        let span = tracing::info_span!("job", target = %name, job = job.name());
-        tracker.spawn(tracing::Instrument::instrument(
-            async move {
-                let ended = jobs::run_on_thread(s.clone(), c, target.clone(), job, token).await;
-                // A held lock is retried at the next poll; other refusals wait.
-                if let (Ended::Refused(kind), Some(id)) = (&ended, approval)
-                    && kind != "lock_held"
-                {
-                    s.refusals.lock().unwrap_or_else(|e| e.into_inner()).push((target.clone(), id));
-                }
-                s.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&target);
-            },
-            span,
-        ));
+        // The job's span (run_id, target, job) is the job runner's.
+        tracker.spawn(async move {
+            let ended = jobs::run_on_thread(s.clone(), c, target.clone(), job, token).await;
+            // A held lock is retried at the next poll; other refusals wait.
+            if let (Ended::Refused(kind), Some(id)) = (&ended, approval)
+                && kind != "lock_held"
+            {
+                s.refusals.lock().unwrap_or_else(|e| e.into_inner()).push((target.clone(), id));
+            }
+            s.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&target);
+        });
     }
     // Refusals noted by finished release jobs.
     let noted: Vec<(String, String)> = std::mem::take(&mut *shared.refusals.lock().unwrap_or_else(|e| e.into_inner()));

@@ -70,13 +70,22 @@ pub async fn approve(
     by: Option<&str>,
     note: Option<&str>,
 ) -> Result<Approved, ApprovalError> {
-    let given = plan.trim().to_ascii_lowercase();
-    if given.len() < MIN_PREFIX || given.len() > 64 || !given.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(ApprovalError::BadHash { given: plan.to_string() });
-    }
+    parse_hash(plan)?;
     let (state, _store) = open_stores(config).await?;
+    approve_in(&state, target, plan, by, note).await
+}
+
+/// [`approve`] in an opened state store.
+pub async fn approve_in(
+    state: &crate::state::State,
+    target: &Target,
+    plan: &str,
+    by: Option<&str>,
+    note: Option<&str>,
+) -> Result<Approved, ApprovalError> {
+    let given = parse_hash(plan)?;
     let source = Source::of(target).map_err(PlanError::from)?;
-    let current = migrations::plan_for(&state, &source, &target.live_url).await?;
+    let current = migrations::plan_for(state, &source, &target.live_url).await?;
     if current.pending.is_empty() {
         return Err(ApprovalError::NothingPending { target: target.name.clone() });
     }
@@ -90,7 +99,7 @@ pub async fn approve(
     if rehearsal.status != "passed" {
         return Err(ApprovalError::NotPassed { plan: current.hash, id: rehearsal.id, status: rehearsal.status });
     }
-    if let Some(refusal) = super::preflight::promotion(&state, target, &current).await? {
+    if let Some(refusal) = super::preflight::promotion(state, target, &current).await? {
         return Err(ApprovalError::NotPromoted(refusal.to_string()));
     }
     let now = Utc::now();
@@ -132,9 +141,77 @@ pub async fn approve(
     })
 }
 
-/// Whether an approval still holds for `plan` at `now`.
-pub fn is_valid(a: &ApprovalRow, plan: &str, now: DateTime<Utc>) -> bool {
-    a.plan_hash == plan && DateTime::parse_from_rfc3339(&a.expires_at).is_ok_and(|t| t.with_timezone(&Utc) > now)
+/// Why an approval cannot release a plan, in the order they are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unusable {
+    /// It names another plan than the one pending now.
+    PlanChanged,
+    /// Its `expires_at` passed (or cannot be read).
+    Expired,
+    /// A release already used it.
+    Spent { release: String },
+}
+
+/// `plan` as a (prefix of a) plan hash, lowercased.
+fn parse_hash(plan: &str) -> Result<String, ApprovalError> {
+    let given = plan.trim().to_ascii_lowercase();
+    if given.len() < MIN_PREFIX || given.len() > 64 || !given.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApprovalError::BadHash { given: plan.to_string() });
+    }
+    Ok(given)
+}
+
+/// What decides whether an approval is usable, read once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usability {
+    /// Whether it names the plan pending now (`None`: not known).
+    pub names_plan: Option<bool>,
+    pub expired: bool,
+    /// The release that used it, if one did.
+    pub spent_by: Option<String>,
+}
+
+impl Usability {
+    /// The one decision: usable when it names the pending plan (or that is
+    /// not known), has not expired and was not spent; else the first reason
+    /// why not.
+    pub fn verdict(&self) -> Result<(), Unusable> {
+        if self.names_plan == Some(false) {
+            return Err(Unusable::PlanChanged);
+        }
+        if self.expired {
+            return Err(Unusable::Expired);
+        }
+        match &self.spent_by {
+            Some(release) => Err(Unusable::Spent { release: release.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    pub fn usable(&self) -> bool {
+        self.verdict().is_ok()
+    }
+}
+
+/// Reads whether approval `a` is usable for `plan` (the pending plan's
+/// hash, when known) at `now`: every caller (status, the API, the daemon's
+/// scheduler, preflight) decides through this and [`Usability::verdict`].
+pub async fn usability(
+    state: &crate::state::State,
+    a: &ApprovalRow,
+    plan: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Usability, StateError> {
+    Ok(Usability {
+        names_plan: plan.map(|p| p == a.plan_hash),
+        expired: expired(a, now),
+        spent_by: state.approval_spent(&a.id).await?,
+    })
+}
+
+/// Whether `a` expired at `now` (an unreadable time counts as expired).
+pub fn expired(a: &ApprovalRow, now: DateTime<Utc>) -> bool {
+    DateTime::parse_from_rfc3339(&a.expires_at).map_or(true, |t| t.with_timezone(&Utc) <= now)
 }
 
 /// Who runs this command: the user behind sudo, else the login user.

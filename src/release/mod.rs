@@ -387,8 +387,7 @@ async fn release_doc(state: &State, record: ReleaseRow, recovered: bool) -> Resu
 }
 
 /// `pgrehearse releases [ID]`: the target's recent releases, or one.
-pub async fn list(config: &Config, target: &Target, id: Option<&str>) -> Result<Vec<Release>, ReleaseError> {
-    let state = State::open(&config.state_dir).await?;
+pub async fn list(state: &State, target: &Target, id: Option<&str>) -> Result<Vec<Release>, ReleaseError> {
     let rows = match id {
         Some(id) => vec![
             state
@@ -401,7 +400,7 @@ pub async fn list(config: &Config, target: &Target, id: Option<&str>) -> Result<
     };
     let mut out = Vec::new();
     for r in rows {
-        out.push(release_doc(&state, r, false).await?);
+        out.push(release_doc(state, r, false).await?);
     }
     Ok(out)
 }

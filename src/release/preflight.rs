@@ -184,14 +184,15 @@ async fn approved(
     let Some(a) = state.latest_approval(&target.name, None).await? else {
         return Ok(Err(Refusal::NotApproved { plan: plan.hash.clone() }));
     };
-    if a.plan_hash != plan.hash {
-        return Ok(Err(Refusal::PlanChanged { approval: a.id, approved: a.plan_hash, current: plan.hash.clone() }));
-    }
-    if !approval::is_valid(&a, &plan.hash, now) {
-        return Ok(Err(Refusal::Expired { approval: a.id, plan: a.plan_hash, expired_at: a.expires_at }));
-    }
-    if let Some(release) = state.approval_spent(&a.id).await? {
-        return Ok(Err(Refusal::Spent { approval: a.id, release }));
+    match approval::usability(state, &a, Some(&plan.hash), now).await?.verdict() {
+        Ok(()) => {}
+        Err(approval::Unusable::PlanChanged) => {
+            return Ok(Err(Refusal::PlanChanged { approval: a.id, approved: a.plan_hash, current: plan.hash.clone() }));
+        }
+        Err(approval::Unusable::Expired) => {
+            return Ok(Err(Refusal::Expired { approval: a.id, plan: a.plan_hash, expired_at: a.expires_at }));
+        }
+        Err(approval::Unusable::Spent { release }) => return Ok(Err(Refusal::Spent { approval: a.id, release })),
     }
     let Some(r) = state.latest_rehearsal(&target.name, Some(&plan.hash)).await? else {
         return Ok(Err(Refusal::NotApproved { plan: plan.hash.clone() }));

@@ -15,7 +15,7 @@ use tokio_util::io::SyncIoBridge;
 use super::manifest::Manifest;
 use super::{SnapshotError, open_stores};
 use crate::config::{Config, Target};
-use crate::state::RunStatus;
+use crate::state::{RunStatus, State};
 use crate::store::{self, Store, StoreError, retention};
 
 #[derive(Debug, thiserror::Error)]
@@ -138,8 +138,12 @@ pub struct PruneOutcome {
 /// Applies the target's retention policy. Refuses to delete anything while
 /// the latest snapshot run failed. Deletes each snapshot's manifest first, so
 /// an interrupted prune leaves no half-deleted snapshot visible.
-pub async fn prune(config: &Config, target: &Target, dry_run: bool) -> Result<PruneOutcome, CatalogError> {
-    let (state, store) = open_stores(config).await?;
+pub async fn prune(
+    state: &State,
+    store: &dyn Store,
+    target: &Target,
+    dry_run: bool,
+) -> Result<PruneOutcome, CatalogError> {
     if let Some(run) = state.latest_snapshot_run(&target.name).await.map_err(SnapshotError::from)?
         && run.status == RunStatus::Failed
     {
@@ -150,7 +154,7 @@ pub async fn prune(config: &Config, target: &Target, dry_run: bool) -> Result<Pr
             error: run.error.unwrap_or_else(|| "unknown error".into()),
         });
     }
-    let all = manifests(store.as_ref(), &target.name).await?;
+    let all = manifests(store, &target.name).await?;
     let candidates: Vec<retention::Candidate> = all
         .iter()
         .map(|m| retention::Candidate {
@@ -175,7 +179,7 @@ pub async fn prune(config: &Config, target: &Target, dry_run: bool) -> Result<Pr
             continue;
         }
         if !dry_run {
-            delete_snapshot(store.as_ref(), &target.name, &d.id).await?;
+            delete_snapshot(store, &target.name, &d.id).await?;
             tracing::info!(snapshot = %d.id, target = %target.name, "Snapshot deleted by retention.");
         }
         out.deleted.push(d.id);

@@ -9,8 +9,9 @@
 //!   transport writes an `.eml`; no `[email]` section is exit 78;
 //! - the daemon alerts on a failed job (a snapshot of an unreachable live);
 //! - the daemon mails a rehearsal report (per-migration table, chart, the
-//!   approve command) and a release report; with the mail server down the
-//!   next rehearsal still passes and `/metrics` counts the failed delivery.
+//!   approve command; `successes = "each"`) and a release report; with the
+//!   mail server down the next rehearsal still passes and `/metrics` counts
+//!   the failed delivery.
 
 use crate::harness::cli::{Background, Pgr, local_store_toml, target_toml, toml_string};
 use crate::harness::daemon::{daemon_toml, start};
@@ -161,7 +162,9 @@ fn the_daemon_mails_rehearsal_and_release_reports_and_survives_a_dead_mail_serve
     let addr = format!("127.0.0.1:{port}");
     configure(&rig, "");
     let base = std::fs::read_to_string(rig.pgr.config_path()).unwrap();
-    rig.pgr.write_config(&format!("{base}{}{}", email_toml(&smtp.url(), ""), daemon_toml(port, None)));
+    // A report per passing rehearsal (the default is a daily digest).
+    let email = email_toml(&smtp.url(), "successes = \"each\"");
+    rig.pgr.write_config(&format!("{base}{email}{}", daemon_toml(port, None)));
     // The daemon takes its baseline of the migration source before it
     // answers /healthz: a file written from now on is a change.
     let bg = start(&rig.pgr, port);

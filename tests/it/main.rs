@@ -20,6 +20,7 @@ mod encryption;
 mod faults_kill;
 mod faults_pg;
 mod faults_s3;
+mod jobs;
 mod migration_files;
 mod progress;
 mod prune;

@@ -11,6 +11,7 @@
 //! [`Mailer::try_send`] is the same path with the result, for
 //! `pgrehearse email test`.
 
+pub mod digest;
 pub(crate) mod html;
 mod render;
 
@@ -27,6 +28,7 @@ use serde::Serialize;
 use crate::config::{Config, EmailConfig, MailTransport};
 use crate::metrics::Metrics;
 
+pub use digest::Digest;
 pub use render::{alert, drill, rehearsal, release, test_message};
 
 /// Delivery attempts per message.
@@ -105,6 +107,11 @@ pub struct Mailer {
 impl Mailer {
     pub fn new(config: Option<EmailConfig>, metrics: Arc<Metrics>) -> Mailer {
         Mailer { config, metrics, backoff: BACKOFF.to_vec() }
+    }
+
+    /// The `[email]` section mail goes by, if any.
+    pub fn config(&self) -> Option<&EmailConfig> {
+        self.config.as_ref()
     }
 
     /// Delivers `mail` to every recipient. Never fails: errors are logged
@@ -355,6 +362,8 @@ mod tests {
             to: vec!["dba@example.com".into(), "oncall@example.com".into()],
             subject_prefix: "[pgrehearse]".into(),
             timeout: Duration::from_secs(5),
+            successes: crate::config::SuccessMail::Each,
+            digest_every: Duration::from_secs(3600),
         }
     }
 

@@ -401,7 +401,7 @@ pub fn test_message(config: &Config) -> Mail {
     Mail { subject: format!("test message from {host}"), text, html: p.finish(&footer()) }
 }
 
-fn footer() -> String {
+pub(super) fn footer() -> String {
     format!("Sent by pgrehearse {} on {}.", env!("CARGO_PKG_VERSION"), crate::state::hostname())
 }
 

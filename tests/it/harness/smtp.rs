@@ -48,10 +48,17 @@ const READER: &str = r#"
 import email, email.policy, json, mailbox, os, sys
 path = sys.argv[1]
 out = []
-if os.path.isdir(path):
+if os.path.isdir(os.path.join(path, "cur")) or os.path.isdir(os.path.join(path, "new")):
     box = mailbox.Maildir(path, factory=None, create=False)
-    for key in sorted(box.keys()):
-        msg = email.message_from_bytes(box.get_bytes(key), policy=email.policy.default)
+    raw = [box.get_bytes(key) for key in sorted(box.keys())]
+elif os.path.isdir(path):
+    # lettre's file transport: one <id>.eml per message, oldest first.
+    files = [os.path.join(path, f) for f in os.listdir(path) if f.endswith(".eml")]
+    raw = [open(f, "rb").read() for f in sorted(files, key=os.path.getmtime)]
+else:
+    raw = []
+for data in raw:
+        msg = email.message_from_bytes(data, policy=email.policy.default)
         def body(kind):
             part = msg.get_body(preferencelist=(kind,))
             return part.get_content() if part is not None else ""
@@ -174,6 +181,14 @@ fn received(v: &Value) -> Received {
             })
             .unwrap_or_default(),
     }
+}
+
+/// Every `.eml` file in `dir` (the file transport's), oldest first, read
+/// by the same independent reader as the server's Maildir.
+pub fn eml_files(dir: &std::path::Path) -> Vec<Received> {
+    let out = super::run_ok(Command::new(venv().join("bin/python")).arg("-c").arg(READER).arg(dir));
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("reader printed non-JSON ({e}): {out}"));
+    v.as_array().expect("array").iter().map(received).collect()
 }
 
 /// A loopback port nothing listens on (bound, then released).

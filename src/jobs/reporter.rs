@@ -1,0 +1,220 @@
+//! Where a job's outcome goes after it ran: mail (the daemon, and the CLI
+//! when `[email]` is configured and `--no-mail` is not given) and metrics
+//! (the daemon).
+//!
+//! The mail policy: failures and alerts are mailed at once — a failed
+//! job (the daemon; at the CLI the error is printed instead), a drill or
+//! rehearsal that found problems, a release that did not apply (its report
+//! and an alert), a recovery. A release that applied is mailed at once too:
+//! a change of live is news. Drills and rehearsals that passed, and
+//! scheduled snapshots, follow `[email] successes`: `each` mails each
+//! report (snapshots are never mailed one by one), `digest` notes them in
+//! the daemon's digest (the CLI has none: nothing is mailed), `never`.
+
+use std::sync::Arc;
+
+use super::{Done, Env, is_cancelled};
+use crate::config::{Config, SuccessMail};
+use crate::metrics::Metrics;
+use crate::report::email::{self, Digest, Mail, Mailer, digest::Entry};
+
+/// Hands job outcomes to mail and metrics as the edge wants them.
+pub struct Reporter {
+    mailer: Option<Mailer>,
+    successes: SuccessMail,
+    digest: Option<Arc<Digest>>,
+    metrics: Option<Arc<Metrics>>,
+    /// Mail an alert for a job that failed with an error (the daemon: no
+    /// one watches it run).
+    alert_errors: bool,
+}
+
+impl Reporter {
+    /// The CLI's: mail as `[email]` says unless `no_mail`; no metrics.
+    pub fn cli(config: &Config, no_mail: bool) -> Reporter {
+        let mailer =
+            (!no_mail && config.email.is_some()).then(|| Mailer::new(config.email.clone(), Arc::new(Metrics::new())));
+        Reporter { mailer, successes: successes(config), digest: None, metrics: None, alert_errors: false }
+    }
+
+    /// The daemon's: mail (successes into `digest` under the digest
+    /// policy) and `metrics`.
+    pub fn daemon(config: &Config, metrics: Arc<Metrics>, digest: Arc<Digest>) -> Reporter {
+        Reporter {
+            mailer: Some(Mailer::new(config.email.clone(), metrics.clone())),
+            successes: successes(config),
+            digest: Some(digest),
+            metrics: Some(metrics),
+            alert_errors: true,
+        }
+    }
+
+    /// Mails an alert now: `job` of `target` failed or could not run.
+    pub async fn alert(&self, target: &str, job: &str, reason: &str) {
+        self.mail(email::alert(target, job, reason)).await;
+    }
+
+    /// Reports the outcome of `job` (its name) on `target`.
+    pub async fn report(&self, env: &Env, target: &str, job: &'static str, result: &anyhow::Result<Done>) {
+        let done = match result {
+            Ok(d) => d,
+            Err(e) if is_cancelled(e) => return,
+            Err(e) => {
+                if self.alert_errors {
+                    tracing::error!(target = %target, job, error = %e, "Job failed.");
+                    self.alert(target, job, &e.to_string()).await;
+                }
+                return;
+            }
+        };
+        let now = env.clock.now();
+        let entry = |summary: String| Entry { at: now, target: target.to_string(), job, summary };
+        match done {
+            Done::Snapshot(o) => {
+                self.snapshot_metrics(target, o);
+                let summary = format!(
+                    "snapshot {} taken ({} stored, {:.1} s)",
+                    o.id,
+                    humansize(o.bytes_stored),
+                    o.duration_ms as f64 / 1000.0
+                );
+                if self.successes == SuccessMail::Digest {
+                    self.note(entry(summary));
+                }
+            }
+            Done::Verified(r) => {
+                self.drill_metrics(target, r);
+                if r.ok {
+                    let rto =
+                        r.restore_duration_ms.map_or(String::new(), |ms| format!(", RTO {:.1} s", ms as f64 / 1000.0));
+                    let summary =
+                        format!("restore drill of {} passed ({} tables checked{rto})", r.snapshot_id, r.tables_checked);
+                    self.success(email::drill(r), entry(summary)).await;
+                } else {
+                    self.mail(email::drill(r)).await;
+                }
+            }
+            Done::Rehearsed(r) => {
+                self.rehearsal_metrics(target, r);
+                if r.ok {
+                    let summary = format!("rehearsal {} of plan {} passed", r.id, &r.plan[..r.plan.len().min(12)]);
+                    self.success(email::rehearsal(r), entry(summary)).await;
+                } else {
+                    self.mail(email::rehearsal(r)).await;
+                }
+            }
+            Done::Released(rel) => self.release(target, rel).await,
+            _ => {}
+        }
+    }
+
+    async fn release(&self, target: &str, rel: &crate::release::Release) {
+        let outcome = rel.record.outcome.as_str();
+        if let Some(m) = &self.metrics {
+            m.add(
+                "pgrehearse_release_outcomes_total",
+                "Releases by outcome.",
+                &[("target", target), ("outcome", outcome)],
+                1.0,
+            );
+        }
+        if matches!(outcome, "refused" | "nothing_pending") {
+            return;
+        }
+        self.mail(email::release(rel)).await;
+        if outcome != "applied" {
+            self.alert(target, "release", rel.record.reason.as_deref().unwrap_or(outcome)).await;
+        }
+    }
+
+    /// A success: mailed, noted in the digest, or dropped, as the policy says.
+    async fn success(&self, mail: Mail, entry: Entry) {
+        match self.successes {
+            SuccessMail::Each => self.mail(mail).await,
+            SuccessMail::Digest => self.note(entry),
+            SuccessMail::Never => {}
+        }
+    }
+
+    fn note(&self, entry: Entry) {
+        if let (Some(d), true) = (&self.digest, self.mailer.as_ref().is_some_and(|m| m.config().is_some())) {
+            d.push(entry);
+        }
+    }
+
+    async fn mail(&self, mail: Mail) {
+        if let Some(m) = &self.mailer {
+            m.send(mail).await;
+        }
+    }
+
+    fn snapshot_metrics(&self, target: &str, o: &crate::snapshot::Outcome) {
+        let Some(m) = &self.metrics else { return };
+        let l = [("target", target)];
+        m.set(
+            "pgrehearse_snapshot_bytes",
+            "Bytes of the latest snapshot, stored (compressed).",
+            &l,
+            o.bytes_stored as f64,
+        );
+        m.set("pgrehearse_snapshot_raw_bytes", "Bytes pg_dump wrote for the latest snapshot.", &l, o.bytes_raw as f64);
+        m.set(
+            "pgrehearse_snapshot_duration_seconds",
+            "Duration of the latest snapshot.",
+            &l,
+            o.duration_ms as f64 / 1000.0,
+        );
+    }
+
+    fn drill_metrics(&self, target: &str, r: &crate::drill::Report) {
+        let Some(m) = &self.metrics else { return };
+        let l = [("target", target)];
+        if let Some(ms) = r.restore_duration_ms {
+            m.set(
+                "pgrehearse_restore_duration_seconds",
+                "Restore time (RTO) measured by the latest drill.",
+                &l,
+                ms as f64 / 1000.0,
+            );
+        }
+        m.set("pgrehearse_drill_ok", "1 when the latest restore drill passed.", &l, if r.ok { 1.0 } else { 0.0 });
+    }
+
+    fn rehearsal_metrics(&self, target: &str, r: &crate::rehearsal::Report) {
+        let Some(m) = &self.metrics else { return };
+        let l = [("target", target)];
+        m.set("pgrehearse_rehearsal_ok", "1 when the latest rehearsal passed.", &l, if r.ok { 1.0 } else { 0.0 });
+        for r in &r.migrations {
+            let ml = [("target", target), ("version", r.version.as_str())];
+            m.set(
+                "pgrehearse_rehearsal_migration_duration_seconds",
+                "Duration of each migration in the latest rehearsal.",
+                &ml,
+                r.duration_ms as f64 / 1000.0,
+            );
+            let lock = r.locks.iter().map(|l| l.held_ms).max().unwrap_or(0);
+            m.set(
+                "pgrehearse_rehearsal_migration_lock_seconds",
+                "Longest lock held by each migration in the latest rehearsal.",
+                &ml,
+                lock as f64 / 1000.0,
+            );
+        }
+    }
+}
+
+fn successes(config: &Config) -> SuccessMail {
+    config.email.as_ref().map_or(SuccessMail::Digest, |e| e.successes)
+}
+
+/// Bytes for a digest line (`12.3 MiB`).
+fn humansize(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}
