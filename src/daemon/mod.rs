@@ -1,7 +1,9 @@
-//! `pgrehearse daemon`: runs every target's schedules — snapshots, restore
-//! drills, rehearsals (scheduled, and after every change of the migration
-//! source) and releases of approved plans when their window is open —
-//! through the same functions as the CLI; serves the HTTP API and metrics;
+//! `pgrehearse daemon`: runs every target's schedules — snapshots (each
+//! followed by the retention policy), restore drills, rehearsals (scheduled,
+//! and after every change of the migration source) and releases of approved
+//! plans when their window is open — through the job runner as the CLI
+//! does; mails the digest of successes every `[email] digest_every`;
+//! serves the HTTP API and metrics;
 //! and talks to systemd (`READY=1` after start-up, `STATUS=` lines,
 //! `WATCHDOG=1`, `RELOADING=1` on SIGHUP, `STOPPING=1`).
 //!

@@ -17,9 +17,10 @@ use super::sample::{self, Dataset};
 use super::sandbox::Sandbox;
 use super::{Clusters, DemoError};
 use crate::config::{Config, Target};
-use crate::release::{self, Outcome};
-use crate::report::email::{self, Delivered, Mail, Mailer};
-use crate::{drill, rehearsal, snapshot};
+use crate::jobs::{self, Done, Env, Job, Reporter};
+use crate::release::Outcome;
+use crate::report::email::Delivered;
+use crate::{progress, rehearsal, snapshot};
 
 /// What the stages produced, for the final report.
 #[derive(Debug, Default)]
@@ -112,20 +113,32 @@ async fn stages(
             "20250101000003 CREATE INDEX CONCURRENTLY (-- no-transaction)".into(),
         ],
     );
-    let mailer = Mailer::new(config.email.clone(), Arc::new(crate::metrics::Metrics::new()));
-    let cancel = CancellationToken::new();
-
+    // Every stage runs as the CLI's command does: through the job runner,
+    // whose reporter writes each report as an .eml file.
     let t0 = Instant::now();
-    let snap =
-        snapshot::take(&config, target, snapshot::Reason::Manual, &cancel).await.map_err(halt(p, "snapshot", t0))?;
+    let reporter = Reporter::files(&config);
+    let env = Env::open(Arc::new(config), reporter, CancellationToken::new(), progress::mode())
+        .await
+        .map_err(halt(p, "snapshot", t0))?;
+    let env = &env;
+    let snap = match job(env, target, Job::Snapshot { reason: snapshot::Reason::Manual, then_prune: false }, found)
+        .await
+        .map_err(halt(p, "snapshot", t0))?
+    {
+        Done::Snapshot(s) => s,
+        other => unreachable!("a snapshot job ended in {other:?}"),
+    };
     p.stage("snapshot", true, t0, describe::snapshot(&snap), vec![format!("stored at {}", snap.key)]);
 
     let t0 = Instant::now();
-    let drill = drill::verify(&config, target, &snap.id, false, false).await.map_err(halt(p, "verify", t0))?;
-    mail(&mailer, email::drill(&drill), found).await;
+    let verify = Job::Verify { snapshot: snap.id.clone(), full: false, keep: false };
+    let drill = match job(env, target, verify, found).await.map_err(halt(p, "verify", t0))? {
+        Done::Verified(d) => d,
+        other => unreachable!("a verify job ended in {other:?}"),
+    };
     p.stage("verify", drill.ok, t0, describe::drill(&drill), drill.mismatches.clone());
 
-    release_stages(p, &config, target, &mailer, &cancel, "", found).await?;
+    release_stages(p, env, target, "", found).await?;
 
     let t0 = Instant::now();
     sample::queue_failing_release(sandbox).map_err(halt(p, "next release", t0))?;
@@ -139,7 +152,7 @@ async fn stages(
             "20250201000002 CREATE UNIQUE INDEX CONCURRENTLY on lower(email) (-- no-transaction)".into(),
         ],
     );
-    let duplicate = release_stages(p, &config, target, &mailer, &cancel, "2", found).await?;
+    let duplicate = release_stages(p, env, target, "2", found).await?;
 
     let t0 = Instant::now();
     let (versions, kept_row, failed_dbs) = sample::live_state(
@@ -163,9 +176,11 @@ async fn stages(
         vec![format!("the failed database is kept as {}", failed_dbs.join(", "))],
     );
 
-    found.snapshots = match snapshot::catalog::list(&config, target).await {
-        Ok(list) => list.into_iter().map(|l| (l.id, l.reason.as_str().to_string(), l.verified_at.is_some())).collect(),
-        Err(_) => Vec::new(),
+    found.snapshots = match job(env, target, Job::Snapshots, found).await {
+        Ok(Done::Snapshots(list)) => {
+            list.into_iter().map(|l| (l.id, l.reason.as_str().to_string(), l.verified_at.is_some())).collect()
+        }
+        _ => Vec::new(),
     };
     let t0 = Instant::now();
     let errors = found.mail_errors.len();
@@ -185,10 +200,8 @@ async fn stages(
 /// second release trips over.
 async fn release_stages(
     p: &mut Progress,
-    config: &Config,
+    env: &Env,
     target: &Target,
-    mailer: &Mailer,
-    cancel: &CancellationToken,
     n: &str,
     found: &mut Found,
 ) -> Result<Option<String>, Halt> {
@@ -201,8 +214,10 @@ async fn release_stages(
     // with the first one.
     let choice = if second { rehearsal::Choice::Fresh } else { rehearsal::Choice::Latest };
     let opts = rehearsal::Options { snapshot: choice, keep: false, reverse: true };
-    let report = rehearsal::rehearse(config, target, &opts, cancel).await.map_err(halt(p, rehearse, t0))?;
-    mail(mailer, email::rehearsal(&report), found).await;
+    let report = match job(env, target, Job::Rehearse(opts), found).await.map_err(halt(p, rehearse, t0))? {
+        Done::Rehearsed(r) => r,
+        other => unreachable!("a rehearse job ended in {other:?}"),
+    };
     found.rehearsals.push(report.id.clone());
     let mut details = describe::migrations(&report);
     details.push(format!("report: {}", rehearsal::report_key(&target.name, &report.id, "report.md")));
@@ -212,9 +227,11 @@ async fn release_stages(
     }
 
     let t0 = Instant::now();
-    let approved = release::approval::approve(config, target, &report.plan, Some("pgrehearse demo"), None)
-        .await
-        .map_err(halt(p, approve, t0))?;
+    let approval = Job::Approve { plan: report.plan.clone(), by: Some("pgrehearse demo".into()), note: None };
+    let approved = match job(env, target, approval, found).await.map_err(halt(p, approve, t0))? {
+        Done::Approved(a) => a,
+        other => unreachable!("an approve job ended in {other:?}"),
+    };
     p.stage(
         approve,
         true,
@@ -244,13 +261,12 @@ async fn release_stages(
     };
 
     let t0 = Instant::now();
-    let rel = release::apply(config, target).await.map_err(halt(p, apply, t0))?;
-    mail(mailer, email::release(&rel), found).await;
-    if rel.outcome() != Outcome::Applied {
-        // As the daemon does: a release that did not apply also alerts.
-        let reason = rel.record.reason.clone().unwrap_or_else(|| rel.record.outcome.clone());
-        mail(mailer, email::alert(&target.name, "release", &reason), found).await;
-    }
+    // As the daemon's, the reporter mails the release and, when it did not
+    // apply, an alert.
+    let rel = match job(env, target, Job::Apply, found).await.map_err(halt(p, apply, t0))? {
+        Done::Released(r) => r,
+        other => unreachable!("an apply job ended in {other:?}"),
+    };
     found.releases.push((rel.record.id.clone(), rel.record.outcome.clone()));
     let expected = if second { Outcome::Restored } else { Outcome::Applied };
     p.stage(apply, rel.outcome() == expected, t0, describe::release(&rel), describe::release_details(&rel));
@@ -272,9 +288,14 @@ fn configure(
     Ok((config, target))
 }
 
-async fn mail(mailer: &Mailer, m: Mail, found: &mut Found) {
-    match mailer.try_send(&m).await {
-        Ok(d) => found.mails.push(d),
-        Err(e) => found.mail_errors.push(format!("{}: {e}", m.subject)),
+/// Runs `job` through the job runner and notes the mail its reporter wrote.
+async fn job(env: &Env, target: &Target, job: Job, found: &mut Found) -> anyhow::Result<Done> {
+    let done = jobs::run(env, target, job).await;
+    for sent in env.reporter.take_sent() {
+        match sent {
+            Ok(d) => found.mails.push(d),
+            Err(e) => found.mail_errors.push(e),
+        }
     }
+    done
 }

@@ -3,10 +3,9 @@
 //! and shadow), loads a sample shop database, writes a configuration and
 //! example migrations, then runs the stages an operator would — snapshot,
 //! restore drill, rehearsal, approval, release, and a second release that
-//! fails on live and is restored — through the same library functions as
-//! the commands (`snapshot::take`, `drill::verify`, `rehearsal::rehearse`,
-//! `release::approval::approve`, `release::apply`), mails the reports the
-//! daemon would as `.eml` files, and stops its clusters on every way out.
+//! fails on live and is restored — through the job runner as the commands
+//! (`jobs::run` with a files reporter, which writes every report the daemon
+//! would mail as `.eml` files), and stops its clusters on every way out.
 //! Unlike `apply`, Ctrl-C here stops even a release mid-way: the sandbox
 //! is disposable, and the next run replaces it.
 //!

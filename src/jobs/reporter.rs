@@ -10,13 +10,15 @@
 //! scheduled snapshots, follow `[email] successes`: `each` mails each
 //! report (snapshots are never mailed one by one), `digest` notes them in
 //! the daemon's digest (the CLI has none: nothing is mailed), `never`.
+//! The demo's reporter writes every report (`.eml` files) and keeps where
+//! each went for its summary.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::{Done, Env, is_cancelled};
 use crate::config::{Config, SuccessMail};
 use crate::metrics::Metrics;
-use crate::report::email::{self, Digest, Mail, Mailer, digest::Entry};
+use crate::report::email::{self, Delivered, Digest, Mail, Mailer, digest::Entry};
 
 /// Hands job outcomes to mail and metrics as the edge wants them.
 pub struct Reporter {
@@ -27,6 +29,8 @@ pub struct Reporter {
     /// Mail an alert for a job that failed with an error (the daemon: no
     /// one watches it run).
     alert_errors: bool,
+    /// Where each message went, or why it did not (the demo's summary).
+    sent: Option<Mutex<Vec<Result<Delivered, String>>>>,
 }
 
 impl Reporter {
@@ -34,7 +38,29 @@ impl Reporter {
     pub fn cli(config: &Config, no_mail: bool) -> Reporter {
         let mailer =
             (!no_mail && config.email.is_some()).then(|| Mailer::new(config.email.clone(), Arc::new(Metrics::new())));
-        Reporter { mailer, successes: successes(config), digest: None, metrics: None, alert_errors: false }
+        Reporter { mailer, successes: successes(config), digest: None, metrics: None, alert_errors: false, sent: None }
+    }
+
+    /// The demo's: every report written through `[email]` (its `.eml`
+    /// files) whatever the success policy, each delivery kept for
+    /// [`Reporter::take_sent`].
+    pub fn files(config: &Config) -> Reporter {
+        Reporter {
+            mailer: Some(Mailer::new(config.email.clone(), Arc::new(Metrics::new()))),
+            successes: SuccessMail::Each,
+            digest: None,
+            metrics: None,
+            alert_errors: false,
+            sent: Some(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The deliveries kept since the last call (the demo's reporter only).
+    pub fn take_sent(&self) -> Vec<Result<Delivered, String>> {
+        self.sent
+            .as_ref()
+            .map(|s| std::mem::take(&mut *s.lock().unwrap_or_else(|e| e.into_inner())))
+            .unwrap_or_default()
     }
 
     /// The daemon's: mail (successes into `digest` under the digest
@@ -46,6 +72,7 @@ impl Reporter {
             digest: Some(digest),
             metrics: Some(metrics),
             alert_errors: true,
+            sent: None,
         }
     }
 
@@ -143,8 +170,13 @@ impl Reporter {
     }
 
     async fn mail(&self, mail: Mail) {
-        if let Some(m) = &self.mailer {
-            m.send(mail).await;
+        let Some(m) = &self.mailer else { return };
+        match &self.sent {
+            None => m.send(mail).await,
+            Some(sent) => {
+                let r = m.try_send(&mail).await.map_err(|e| format!("{}: {e}", mail.subject));
+                sent.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+            }
         }
     }
 
