@@ -13,7 +13,7 @@ Exit codes:
   1   the operation failed (the message says why and what to do)
   2   a rehearsal or verification found problems
   64  usage error
-  69  a dependency (PostgreSQL, S3, SMTP) is unavailable
+  69  a dependency (PostgreSQL, S3, SMTP, pg_dump/pg_restore) is unavailable or not installed
   75  refused for now (a heavy job of the target is running, outside a window, not approved, ...)
   78  configuration invalid, or the database rejected the configured role, password or database
 

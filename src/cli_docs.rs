@@ -15,6 +15,7 @@ use clap::CommandFactory;
 use clap_complete::Shell;
 
 use crate::cli::Cli;
+use crate::error_class::{Class, Classify};
 
 const BIN: &str = "pgrehearse";
 
@@ -26,6 +27,22 @@ pub enum DocsError {
     Dir { dir: PathBuf, source: io::Error },
     #[error("cannot write the man page {path}: {source}; check the directory's permissions and free space")]
     Write { path: PathBuf, source: io::Error },
+}
+
+impl Classify for DocsError {
+    fn class(&self) -> Class {
+        match self {
+            DocsError::Stdout(_) | DocsError::Dir { .. } | DocsError::Write { .. } => Class::Failed,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            DocsError::Stdout(_) => "stdout_closed",
+            DocsError::Dir { .. } => "man_dir_unusable",
+            DocsError::Write { .. } => "man_page_unwritable",
+        }
+    }
 }
 
 /// The completion script for `shell`.

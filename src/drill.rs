@@ -17,6 +17,7 @@ use serde::Serialize;
 use sqlx::{Executor, Row};
 
 use crate::config::{Config, Target};
+use crate::error_class::{Class, Classify};
 use crate::pg::lock::{HeavyLock, LockError};
 use crate::pg::tools::{self, ToolError};
 use crate::pg::{self, PgError, quote_ident};
@@ -35,7 +36,9 @@ pub enum DrillError {
     NoSpace { dir: PathBuf, id: String, need: u64, raw: u64, reserve: u64, free: u64 },
     #[error("pg_restore failed ({status}) restoring snapshot {id}; its last output:\n{stderr_tail}")]
     RestoreFailed { id: String, status: String, stderr_tail: String },
-    #[error("cannot use the staging directory {dir}: {source}")]
+    #[error(
+        "cannot use the staging directory {dir}: {source}; it is <state_dir>/staging: check that pgrehearse may write there and that the disk has room"
+    )]
     Staging { dir: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Catalog(#[from] CatalogError),
@@ -51,6 +54,37 @@ pub enum DrillError {
     State(#[from] StateError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl Classify for DrillError {
+    fn class(&self) -> Class {
+        match self {
+            DrillError::NoSpace { .. } => Class::Refused,
+            DrillError::RestoreFailed { .. } | DrillError::Staging { .. } => Class::Failed,
+            DrillError::Catalog(e) => e.class(),
+            DrillError::Shadow(e) => e.class(),
+            DrillError::Pg(e) => e.class(),
+            DrillError::Tool(e) => e.class(),
+            DrillError::Lock(e) => e.class(),
+            DrillError::State(e) => e.class(),
+            DrillError::Store(e) => e.class(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            DrillError::NoSpace { .. } => "no_staging_space",
+            DrillError::RestoreFailed { .. } => "restore_failed",
+            DrillError::Staging { .. } => "staging_unusable",
+            DrillError::Catalog(e) => e.kind(),
+            DrillError::Shadow(e) => e.kind(),
+            DrillError::Pg(e) => e.kind(),
+            DrillError::Tool(e) => e.kind(),
+            DrillError::Lock(e) => e.kind(),
+            DrillError::State(e) => e.kind(),
+            DrillError::Store(e) => e.kind(),
+        }
+    }
 }
 
 impl From<SnapshotError> for DrillError {

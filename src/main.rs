@@ -8,6 +8,7 @@ mod config;
 mod daemon;
 mod demo;
 mod drill;
+mod error_class;
 mod jobs;
 mod metrics;
 mod migrations;
@@ -30,9 +31,12 @@ use clap::Parser;
 
 use cli::{Cli, Command, ConfigCommand, EmailCommand};
 use config::Config;
+use error_class::Class;
 
 /// Exit codes are API (see README).
 mod exit {
+    use crate::error_class::Class;
+
     pub const OK: u8 = 0;
     pub const FAILED: u8 = 1;
     pub const PROBLEMS: u8 = 2;
@@ -40,6 +44,18 @@ mod exit {
     pub const UNAVAILABLE: u8 = 69;
     pub const REFUSED: u8 = 75;
     pub const CONFIG: u8 = 78;
+
+    /// The exit code of an error of `class`.
+    pub fn of(class: Class) -> u8 {
+        match class {
+            Class::Usage => USAGE,
+            Class::Refused => REFUSED,
+            Class::Unavailable => UNAVAILABLE,
+            Class::Configuration => CONFIG,
+            Class::Problems => PROBLEMS,
+            Class::Failed => FAILED,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -70,7 +86,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            let code = classify(&err);
+            let code = exit_code(&err);
             output::error(json, &err, code);
             ExitCode::from(code)
         }
@@ -274,174 +290,18 @@ fn hold_signals() -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Maps an error to its exit code by the first domain error in its chain.
-/// (`#[error(transparent)]` hides wrapped errors from `chain()`, so each
-/// domain enum is unwrapped by hand.)
-fn classify(err: &anyhow::Error) -> u8 {
-    for cause in err.chain() {
-        if let Some(e) = cause.downcast_ref::<demo::DemoError>() {
-            return e.exit_code();
-        }
-        if cause.downcast_ref::<config::ConfigError>().is_some() {
-            return exit::CONFIG;
-        }
-        if let Some(e) = cause.downcast_ref::<restore::RestoreError>() {
-            use restore::RestoreError as R;
-            return match e {
-                R::Exists { .. } | R::BadName { .. } => exit::USAGE,
-                R::NeedsYes { .. } => exit::REFUSED,
-                R::Problems { .. } => exit::PROBLEMS,
-                R::Drill(d) => drill_code(d),
-                R::Pg(p) => pg_code(p),
-                R::Tool(_) => exit::FAILED,
-            };
-        }
-        if let Some(e) = cause.downcast_ref::<rehearsal::RehearsalError>() {
-            return rehearsal_code(e);
-        }
-        if let Some(e) = cause.downcast_ref::<release::approval::ApprovalError>() {
-            use release::approval::ApprovalError as A;
-            return match e {
-                A::BadHash { .. } => exit::USAGE,
-                A::Plan(p) => plan_code(p),
-                A::Snapshot(s) => snapshot_code(s),
-                A::State(_) => exit::FAILED,
-                _ => exit::REFUSED,
-            };
-        }
-        if let Some(e) = cause.downcast_ref::<release::ReleaseError>() {
-            use release::ReleaseError as R;
-            return match e {
-                R::NotFound { .. } => exit::USAGE,
-                R::Plan(p) => plan_code(p),
-                R::Snapshot(s) => snapshot_code(s),
-                R::Lock(pg::lock::LockError::Held { .. }) => exit::REFUSED,
-                R::Lock(pg::lock::LockError::Pg(p)) => pg_code(p),
-                R::Store(s) => store_code(s),
-                R::Preflight(release::preflight::PreflightError::Pg(p)) => pg_code(p),
-                R::Preflight(release::preflight::PreflightError::Store(s)) => store_code(s),
-                _ => exit::FAILED,
-            };
-        }
-        if let Some(e) = cause.downcast_ref::<status::StatusError>() {
-            return match e {
-                status::StatusError::Plan(p) => plan_code(p),
-                status::StatusError::Catalog(c) => catalog_code(c),
-                status::StatusError::Snapshot(s) => snapshot_code(s),
-                status::StatusError::State(_) => exit::FAILED,
-            };
-        }
-        if let Some(e) = cause.downcast_ref::<drill::DrillError>() {
-            return drill_code(e);
-        }
-        if let Some(e) = cause.downcast_ref::<snapshot::catalog::CatalogError>() {
-            return catalog_code(e);
-        }
-        if let Some(e) = cause.downcast_ref::<snapshot::SnapshotError>() {
-            return snapshot_code(e);
-        }
-        if let Some(e) = cause.downcast_ref::<store::StoreError>() {
-            return store_code(e);
-        }
-        if let Some(e) = cause.downcast_ref::<pg::PgError>() {
-            return pg_code(e);
-        }
-        if let Some(e) = cause.downcast_ref::<report::email::EmailError>() {
-            return match e {
-                report::email::EmailError::NotConfigured => exit::CONFIG,
-                e if e.is_unavailable() => exit::UNAVAILABLE,
-                _ => exit::FAILED,
-            };
-        }
-    }
-    exit::FAILED
+/// The exit code of a failed command: the class of the first domain error
+/// in its chain (each classifies the errors it wraps), else 1.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    let first = err.chain().find_map(|cause| classified(cause).or_else(|| jobs::classified(cause)));
+    exit::of(first.map_or(Class::Failed, |e| e.class()))
 }
 
-fn store_code(e: &store::StoreError) -> u8 {
-    if e.is_unavailable() { exit::UNAVAILABLE } else { exit::FAILED }
-}
+error_class::classifier!(
+    /// The edges' own domain errors (those of the operations:
+    /// [`jobs::classified`]).
+    fn classified; EDGE_ERRORS = [cli_docs::DocsError, demo::DemoError]
+);
 
-fn pg_code(e: &pg::PgError) -> u8 {
-    if e.is_config() {
-        exit::CONFIG
-    } else if e.is_unavailable() {
-        exit::UNAVAILABLE
-    } else {
-        exit::FAILED
-    }
-}
-
-fn snapshot_code(e: &snapshot::SnapshotError) -> u8 {
-    use pg::lock::LockError;
-    use snapshot::SnapshotError as S;
-    match e {
-        S::Pg(p) | S::Lock(LockError::Pg(p)) => pg_code(p),
-        S::Lock(LockError::Held { .. }) => exit::REFUSED,
-        S::Store(s) => store_code(s),
-        S::DumpFailed { .. } | S::SizeMismatch { .. } | S::Pipeline(_) | S::Tool(_) | S::State(_) | S::Cancelled => {
-            exit::FAILED
-        }
-    }
-}
-
-fn drill_code(e: &drill::DrillError) -> u8 {
-    use drill::DrillError as D;
-    use pg::lock::LockError;
-    use shadow::ShadowError as Sh;
-    match e {
-        D::NoSpace { .. } | D::Lock(LockError::Held { .. }) => exit::REFUSED,
-        D::Lock(LockError::Pg(p)) | D::Pg(p) | D::Shadow(Sh::Pg(p)) => pg_code(p),
-        D::Shadow(Sh::NoShadow { .. } | Sh::ShadowIsLive { .. } | Sh::LiveDatabase { .. }) => exit::CONFIG,
-        D::Catalog(c) => catalog_code(c),
-        D::Store(s) => store_code(s),
-        _ => exit::FAILED,
-    }
-}
-
-fn plan_code(e: &migrations::PlanError) -> u8 {
-    use migrations::PlanError as P;
-    match e {
-        P::Pg(p) => pg_code(p),
-        P::Source(s) => source_code(s),
-        P::State(_) => exit::FAILED,
-    }
-}
-
-fn source_code(e: &migrations::SourceError) -> u8 {
-    use migrations::SourceError as S;
-    match e {
-        S::NotConfigured { .. } | S::Dir { .. } => exit::CONFIG,
-        S::History { source: sqlx::Error::Io(_), .. } => exit::UNAVAILABLE,
-        _ => exit::FAILED,
-    }
-}
-
-fn rehearsal_code(e: &rehearsal::RehearsalError) -> u8 {
-    use pg::lock::LockError;
-    use rehearsal::RehearsalError as R;
-    use shadow::ShadowError as Sh;
-    match e {
-        R::Plan(p) => plan_code(p),
-        R::Source(s) => source_code(s),
-        R::Drill(d) => drill_code(d),
-        R::Shadow(Sh::NoShadow { .. } | Sh::ShadowIsLive { .. } | Sh::LiveDatabase { .. }) => exit::CONFIG,
-        R::Shadow(Sh::Pg(p)) | R::Pg(p) | R::Lock(LockError::Pg(p)) => pg_code(p),
-        R::Lock(LockError::Held { .. }) => exit::REFUSED,
-        R::Snapshot(s) => snapshot_code(s),
-        R::Cancelled => exit::FAILED,
-        R::Catalog(c) => catalog_code(c),
-        R::Store(s) => store_code(s),
-        _ => exit::FAILED,
-    }
-}
-
-fn catalog_code(e: &snapshot::catalog::CatalogError) -> u8 {
-    use snapshot::catalog::CatalogError as C;
-    match e {
-        C::Store(s) => store_code(s),
-        C::Snapshot(s) => snapshot_code(s),
-        C::LatestRunFailed { .. } => exit::REFUSED,
-        C::OutputExists { .. } | C::NoIdentity { .. } => exit::USAGE,
-        _ => exit::FAILED,
-    }
-}
+#[cfg(test)]
+mod main_tests;

@@ -15,6 +15,7 @@ use sqlx::postgres::PgConnection;
 
 use crate::config::{Config, Target};
 use crate::drill::{self, DrillError};
+use crate::error_class::{Class, Classify};
 use crate::pg::lock::HeavyLock;
 use crate::pg::tools::ToolError;
 use crate::pg::{self, ConnUrl, PgError, quote_ident};
@@ -40,6 +41,31 @@ pub enum RestoreError {
     Pg(#[from] PgError),
     #[error(transparent)]
     Tool(#[from] ToolError),
+}
+
+impl Classify for RestoreError {
+    fn class(&self) -> Class {
+        match self {
+            RestoreError::Exists { .. } | RestoreError::BadName { .. } => Class::Usage,
+            RestoreError::Problems { .. } => Class::Problems,
+            RestoreError::NeedsYes { .. } => Class::Refused,
+            RestoreError::Drill(e) => e.class(),
+            RestoreError::Pg(e) => e.class(),
+            RestoreError::Tool(e) => e.class(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            RestoreError::Exists { .. } => "database_exists",
+            RestoreError::BadName { .. } => "bad_database_name",
+            RestoreError::Problems { .. } => "restore_problems",
+            RestoreError::NeedsYes { .. } => "needs_yes",
+            RestoreError::Drill(e) => e.kind(),
+            RestoreError::Pg(e) => e.kind(),
+            RestoreError::Tool(e) => e.kind(),
+        }
+    }
 }
 
 /// What `pgrehearse restore --json` prints.

@@ -13,13 +13,14 @@ use sqlx::Executor;
 use sqlx::postgres::PgConnection;
 
 use crate::config::Target;
+use crate::error_class::{Class, Classify};
 use crate::pg::{self, ConnUrl, PgError, quote_ident};
 use crate::state::{State, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShadowError {
     #[error(
-        "target `{target}` has no shadow_url; restore drills and rehearsals need a server where pgrehearse may create and drop scratch databases"
+        "target `{target}` has no shadow_url; restore drills and rehearsals need a server where pgrehearse may create and drop scratch databases: add shadow_url (its maintenance database, e.g. postgres://pgrehearse@db2/postgres) to the target"
     )]
     NoShadow { target: String },
     #[error(
@@ -34,6 +35,28 @@ pub enum ShadowError {
     Pg(#[from] PgError),
     #[error(transparent)]
     State(#[from] StateError),
+}
+
+impl Classify for ShadowError {
+    fn class(&self) -> Class {
+        match self {
+            ShadowError::NoShadow { .. } | ShadowError::ShadowIsLive { .. } | ShadowError::LiveDatabase { .. } => {
+                Class::Configuration
+            }
+            ShadowError::Pg(e) => e.class(),
+            ShadowError::State(e) => e.class(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            ShadowError::NoShadow { .. } => "no_shadow",
+            ShadowError::ShadowIsLive { .. } => "shadow_is_live",
+            ShadowError::LiveDatabase { .. } => "shadow_is_live_database",
+            ShadowError::Pg(e) => e.kind(),
+            ShadowError::State(e) => e.kind(),
+        }
+    }
 }
 
 /// A session on the target's shadow server (maintenance database).

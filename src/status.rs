@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::Target;
+use crate::error_class::{Class, Classify};
 use crate::migrations::{self, Applied, Drift, PlanError, Source};
 use crate::release::approval::{self, Usability};
 use crate::release::window::{self, Opening, Window};
@@ -93,6 +94,26 @@ pub enum StatusError {
     Catalog(#[from] catalog::CatalogError),
     #[error(transparent)]
     State(#[from] StateError),
+}
+
+impl Classify for StatusError {
+    fn class(&self) -> Class {
+        match self {
+            StatusError::Plan(e) => e.class(),
+            StatusError::Snapshot(e) => e.class(),
+            StatusError::Catalog(e) => e.class(),
+            StatusError::State(e) => e.class(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            StatusError::Plan(e) => e.kind(),
+            StatusError::Snapshot(e) => e.kind(),
+            StatusError::Catalog(e) => e.kind(),
+            StatusError::State(e) => e.kind(),
+        }
+    }
 }
 
 /// What the state store and the windows say of a target, given the plan

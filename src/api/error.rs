@@ -1,12 +1,14 @@
 //! API errors: a status and a message for the operator, sent as
 //! `{ "error": "…" }`. 4xx say what the caller must change; 5xx say which
 //! dependency failed (503 when it is unreachable, so a caller may retry).
+//! A domain error's status follows from its class ([`Classify`]).
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::config::ConfigError;
+use crate::error_class::{Class, Classify};
 use crate::migrations::PlanError;
 use crate::release::approval::ApprovalError;
 use crate::snapshot::SnapshotError;
@@ -57,63 +59,75 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The status of a domain error of `class`: 4xx for what the caller can
+/// change (422 for a request that cannot be, 409 for one the evidence does
+/// not allow now), 503 when a dependency is unreachable (retry), else 500.
+fn status_of(class: Class) -> StatusCode {
+    match class {
+        Class::Usage => StatusCode::UNPROCESSABLE_ENTITY,
+        Class::Refused => StatusCode::CONFLICT,
+        Class::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Class::Configuration | Class::Problems | Class::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl ApiError {
+    /// A domain error as an answer, with the status its class says.
+    pub fn classified(e: &(impl Classify + std::fmt::Display)) -> ApiError {
+        match status_of(e.class()) {
+            StatusCode::INTERNAL_SERVER_ERROR => ApiError::internal(e.to_string()),
+            status => ApiError::new(status, e.to_string()),
+        }
+    }
+}
+
+/// `?` on the domain errors the handlers meet.
+macro_rules! classified {
+    ($($t:ty),* $(,)?) => {
+        $(impl From<$t> for ApiError {
+            fn from(e: $t) -> ApiError {
+                ApiError::classified(&e)
+            }
+        })*
+    };
+}
+
+classified!(StateError, StoreError, PlanError, SnapshotError, ApprovalError);
+
+/// The target a request names is the resource it asks for: an unknown one
+/// is a 404 and a missing choice a 400, not the configuration error they
+/// are on the command line.
 impl From<ConfigError> for ApiError {
     fn from(e: ConfigError) -> ApiError {
         match e {
             ConfigError::UnknownTarget { .. } => ApiError::not_found(e.to_string()),
             ConfigError::AmbiguousTarget { .. } => ApiError::bad_request(e.to_string()),
-            other => ApiError::internal(other.to_string()),
+            ConfigError::Read { .. } | ConfigError::Invalid { .. } => ApiError::classified(&e),
         }
     }
 }
 
-impl From<StateError> for ApiError {
-    fn from(e: StateError) -> ApiError {
-        ApiError::internal(format!("the state store failed: {e}"))
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> ApiError {
-        if e.is_unavailable() {
-            ApiError::unavailable(format!("the snapshot store is unreachable: {e}"))
-        } else {
-            ApiError::internal(format!("the snapshot store failed: {e}"))
-        }
+    #[test]
+    fn every_class_has_a_status() {
+        let statuses: Vec<u16> = Class::ALL.iter().map(|c| status_of(*c).as_u16()).collect();
+        assert_eq!(statuses, [422, 409, 503, 500, 500, 500]);
     }
-}
 
-impl From<PlanError> for ApiError {
-    fn from(e: PlanError) -> ApiError {
-        match e {
-            PlanError::Pg(p) if p.is_unavailable() => ApiError::unavailable(p.to_string()),
-            PlanError::State(s) => s.into(),
-            other => ApiError::internal(other.to_string()),
-        }
-    }
-}
-
-impl From<SnapshotError> for ApiError {
-    fn from(e: SnapshotError) -> ApiError {
-        match e {
-            SnapshotError::Store(s) => s.into(),
-            SnapshotError::State(s) => s.into(),
-            other => ApiError::internal(other.to_string()),
-        }
-    }
-}
-
-impl From<ApprovalError> for ApiError {
-    fn from(e: ApprovalError) -> ApiError {
-        use ApprovalError as A;
-        match e {
-            A::BadHash { .. } => ApiError::unprocessable(e.to_string()),
-            A::Plan(p) => p.into(),
-            A::State(s) => s.into(),
-            A::Snapshot(s) => s.into(),
-            // Refusals: the request is well-formed but the evidence does not
-            // allow it (not rehearsed, not passed, not current, too old …).
-            _ => ApiError::new(StatusCode::CONFLICT, e.to_string()),
-        }
+    #[test]
+    fn domain_errors_answer_with_their_class_status() {
+        let hash: ApiError = ApprovalError::BadHash { given: "latest".into() }.into();
+        assert_eq!(hash.status, StatusCode::UNPROCESSABLE_ENTITY);
+        let refused: ApiError = ApprovalError::NotRehearsed { plan: "abc".into() }.into();
+        assert_eq!(refused.status, StatusCode::CONFLICT);
+        let down: ApiError = SnapshotError::Store(StoreError::Unavailable("connection refused".into())).into();
+        assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+        let unknown: ApiError = ConfigError::UnknownTarget { name: "nope".into(), known: "app".into() }.into();
+        assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+        let ambiguous: ApiError = ConfigError::AmbiguousTarget { count: 2, known: "a, b".into() }.into();
+        assert_eq!(ambiguous.status, StatusCode::BAD_REQUEST);
     }
 }

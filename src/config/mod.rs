@@ -20,6 +20,7 @@ use serde::Serialize;
 
 pub use secret::Secret;
 
+use crate::error_class::{Class, Classify};
 use crate::pg::ConnUrl;
 
 /// The validated configuration.
@@ -368,6 +369,26 @@ pub enum ConfigError {
     UnknownTarget { name: String, known: String },
     #[error("the config has {count} targets ({known}); choose one with --target NAME")]
     AmbiguousTarget { count: usize, known: String },
+}
+
+impl Classify for ConfigError {
+    fn class(&self) -> Class {
+        match self {
+            ConfigError::Read { .. }
+            | ConfigError::Invalid { .. }
+            | ConfigError::UnknownTarget { .. }
+            | ConfigError::AmbiguousTarget { .. } => Class::Configuration,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } => "config_unreadable",
+            ConfigError::Invalid { .. } => "config_invalid",
+            ConfigError::UnknownTarget { .. } => "unknown_target",
+            ConfigError::AmbiguousTarget { .. } => "ambiguous_target",
+        }
+    }
 }
 
 impl Target {

@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
+use super::{Shared, events};
 use crate::config::Config;
+use crate::error_class::Classify;
 use crate::jobs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,19 +69,42 @@ pub enum Ended {
     Problems,
     /// A release refused by preflight: kind of refusal.
     Refused(String),
-    Error,
+    /// Failed: the error's bounded kind and its message.
+    Error {
+        kind: &'static str,
+        message: String,
+    },
+    /// Not started: the host is short of resources (why).
+    Skipped(String),
     Cancelled,
 }
 
 impl Ended {
-    fn label(&self) -> &'static str {
+    pub(super) fn label(&self) -> &'static str {
         match self {
             Ended::Ok => "ok",
             Ended::Problems => "problems",
             Ended::Refused(_) => "refused",
-            Ended::Error => "error",
+            Ended::Error { .. } => "error",
+            Ended::Skipped(_) => "skipped",
             Ended::Cancelled => "cancelled",
         }
+    }
+
+    /// The metrics' `error_kind`: what refused or failed the job, from a
+    /// bounded set (`none` when nothing did).
+    pub(super) fn error_kind(&self) -> &str {
+        match self {
+            Ended::Ok | Ended::Problems | Ended::Cancelled => "none",
+            Ended::Refused(kind) => kind,
+            Ended::Error { kind, .. } => kind,
+            Ended::Skipped(_) => "host_short_of_memory",
+        }
+    }
+
+    /// A failure of the daemon itself rather than of the job's work.
+    fn internal(kind: &'static str, message: impl std::fmt::Display) -> Ended {
+        Ended::Error { kind, message: message.to_string() }
     }
 }
 
@@ -103,33 +127,34 @@ pub async fn run_on_thread(
             Ok(rt) => rt.block_on(run(shared, config, target, job, cancel)),
             Err(e) => {
                 tracing::error!(error = %e, "Cannot start a runtime for the job.");
-                Ended::Error
+                Ended::internal("runtime_failed", e)
             }
         }
     });
-    let Ok(handle) = handle else { return Ended::Error };
-    tokio::task::spawn_blocking(move || handle.join().unwrap_or(Ended::Error)).await.unwrap_or(Ended::Error)
+    let handle = match handle {
+        Ok(h) => h,
+        Err(e) => return Ended::internal("runtime_failed", e),
+    };
+    let panicked = || Ended::internal("job_panicked", "the job's thread panicked");
+    tokio::task::spawn_blocking(move || handle.join().unwrap_or_else(|_| panicked()))
+        .await
+        .unwrap_or_else(|_| panicked())
 }
 
 /// Runs `job` for `target` with `config` through the job runner (which
 /// reports it: mail, domain metrics), and records the run in the job
 /// metrics.
 async fn run(shared: Arc<Shared>, config: Arc<Config>, target: String, job: Job, cancel: CancellationToken) -> Ended {
-    let Some(t) = config.targets.iter().find(|t| t.name == target) else { return Ended::Error };
+    let Some(t) = config.targets.iter().find(|t| t.name == target) else {
+        return Ended::internal("unknown_target", format!("no target named `{target}`"));
+    };
     let m = &shared.metrics;
     let t0 = Instant::now();
     tracing::info!(target = %target, job = job.name(), "Job started.");
     let reporter = jobs::Reporter::daemon(&config, m.clone(), shared.digest.clone());
     if let Some(reason) = host_short(job) {
-        tracing::warn!(target = %target, job = job.name(), reason = %reason, "Job skipped: the host is short of resources.");
         reporter.alert(&target, job.name(), &reason).await;
-        m.add(
-            "pgrehearse_job_runs_total",
-            "Jobs run by the daemon, by outcome.",
-            &[("job", job.name()), ("target", target.as_str()), ("outcome", "skipped")],
-            1.0,
-        );
-        return Ended::Error;
+        return finish(m, &target, job, Ended::Skipped(reason), t0);
     }
     let env = match jobs::Env::open(config.clone(), reporter, cancel, crate::progress::Mode::Logs).await {
         Ok(env) => env,
@@ -137,7 +162,7 @@ async fn run(shared: Arc<Shared>, config: Arc<Config>, target: String, job: Job,
             let reporter = jobs::Reporter::daemon(&config, m.clone(), shared.digest.clone());
             tracing::error!(target = %target, job = job.name(), error = %e, "Job failed.");
             reporter.alert(&target, job.name(), &e.to_string()).await;
-            return finish(m, &target, job, Ended::Error, t0);
+            return finish(m, &target, job, Ended::Error { kind: e.kind(), message: e.to_string() }, t0);
         }
     };
     if job == Job::RehearseChanged && !plan_unrehearsed(&env.state, t).await {
@@ -164,27 +189,14 @@ async fn run(shared: Arc<Shared>, config: Arc<Config>, target: String, job: Job,
         },
         Ok(_) => Ended::Ok,
         Err(e) if jobs::is_cancelled(&e) => Ended::Cancelled,
-        Err(_) => Ended::Error,
+        Err(e) => Ended::Error { kind: jobs::error_kind(&e), message: e.to_string() },
     };
     finish(m, &target, job, ended, t0)
 }
 
 /// Records a finished run in the job metrics and the log.
 fn finish(m: &crate::metrics::Metrics, target: &str, job: Job, ended: Ended, t0: Instant) -> Ended {
-    let secs = t0.elapsed().as_secs_f64();
-    let l = [("job", job.name()), ("target", target)];
-    m.add(
-        "pgrehearse_job_runs_total",
-        "Jobs run by the daemon, by outcome.",
-        &[("job", job.name()), ("target", target), ("outcome", ended.label())],
-        1.0,
-    );
-    m.set("pgrehearse_job_duration_seconds", "Duration of each job's latest run.", &l, secs);
-    if ended == Ended::Ok {
-        let now = chrono::Utc::now().timestamp() as f64;
-        m.set("pgrehearse_last_success_timestamp_seconds", "When each job last succeeded (Unix time).", &l, now);
-    }
-    tracing::info!(target = %target, job = job.name(), outcome = ended.label(), elapsed_ms = (secs * 1000.0) as u64, "Job finished.");
+    events::job_finished(m, job, target, &ended, t0.elapsed());
     ended
 }
 

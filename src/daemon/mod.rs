@@ -15,6 +15,7 @@
 //! rehearsals (they clean up), and waits for a running release to finish
 //! or recover, asking systemd for more time while it does.
 
+mod events;
 mod jobs;
 pub mod notify;
 mod schedule;

@@ -28,6 +28,8 @@ use cluster::{Cluster, Postgres, RunAs};
 use progress::Progress;
 use sandbox::Sandbox;
 
+use crate::error_class::{Class, Classify};
+
 /// What `pgrehearse demo` was asked for.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -73,14 +75,36 @@ impl DemoError {
     fn io(path: &std::path::Path, source: std::io::Error) -> DemoError {
         DemoError::Io { path: path.to_path_buf(), source }
     }
+}
 
-    /// The exit code (see the module doc).
-    pub fn exit_code(&self) -> u8 {
+/// The exit codes of the module doc.
+impl Classify for DemoError {
+    fn class(&self) -> Class {
         match self {
-            DemoError::PostgresMissing { .. } | DemoError::NoPostgresUser => 69,
-            DemoError::NotASandbox { .. } => 64,
-            DemoError::Busy { .. } => 75,
-            _ => 1,
+            DemoError::PostgresMissing { .. } | DemoError::NoPostgresUser => Class::Unavailable,
+            DemoError::NotASandbox { .. } => Class::Usage,
+            DemoError::Busy { .. } => Class::Refused,
+            DemoError::StillRunning { .. }
+            | DemoError::Cluster { .. }
+            | DemoError::Sql { .. }
+            | DemoError::Io { .. }
+            | DemoError::Setup(_)
+            | DemoError::Interrupted { .. } => Class::Failed,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            DemoError::PostgresMissing { .. } => "postgres_missing",
+            DemoError::NoPostgresUser => "no_postgres_user",
+            DemoError::NotASandbox { .. } => "not_a_sandbox",
+            DemoError::Busy { .. } => "sandbox_busy",
+            DemoError::StillRunning { .. } => "cluster_still_running",
+            DemoError::Cluster { .. } => "cluster_failed",
+            DemoError::Sql { .. } => "sample_sql_failed",
+            DemoError::Io { .. } => "sandbox_io_failed",
+            DemoError::Setup(_) => "setup_failed",
+            DemoError::Interrupted { .. } => "interrupted",
         }
     }
 }
@@ -175,7 +199,7 @@ mod tests {
     fn missing_postgres_says_how_to_install_it_and_exits_69() {
         let empty = tempfile::tempdir().unwrap();
         let err = Postgres::find_in(&[empty.path().to_path_buf()]).unwrap_err();
-        assert_eq!(err.exit_code(), 69);
+        assert_eq!(err.class(), Class::Unavailable);
         let msg = err.to_string();
         assert!(msg.contains("apt-get install postgresql-15"), "{msg}");
         assert!(msg.contains("PATH") && msg.contains("pg_config --bindir"), "{msg}");
@@ -188,7 +212,7 @@ mod tests {
         std::fs::write(dir.path().join("precious.txt"), "keep me").unwrap();
         let pg = Postgres { bindir: PathBuf::from("/nonexistent"), version: "15".into() };
         let err = Sandbox::prepare(dir.path(), &pg, None).await.err().expect("refused");
-        assert_eq!(err.exit_code(), 64, "{err}");
+        assert_eq!(err.class(), Class::Usage, "{err}");
         assert_eq!(std::fs::read_to_string(dir.path().join("precious.txt")).unwrap(), "keep me");
     }
 }

@@ -15,6 +15,7 @@
 //! Errors keep their domain type (the first cause in the chain), so the
 //! edge classifies them as before.
 
+mod error_chain;
 mod reporter;
 
 use std::path::PathBuf;
@@ -30,6 +31,9 @@ use crate::state::State;
 use crate::store::{self, Store};
 use crate::{drill, rehearsal, release, restore, status};
 
+#[cfg(test)]
+pub use error_chain::DOMAIN_ERRORS;
+pub use error_chain::{classified, error_kind};
 pub use reporter::Reporter;
 
 /// Where "now" comes from (the system clock outside tests).

@@ -24,6 +24,7 @@ use ::sqlx::PgConnection;
 use serde::Serialize;
 
 use crate::config::{MigrationKind, MigrationsConfig, Target};
+use crate::error_class::{Class, Classify};
 
 pub use plan::{Drift, Plan};
 
@@ -89,13 +90,17 @@ pub struct Applied {
 pub enum SourceError {
     #[error("cannot read the migrations directory {dir}: {source}; check `migrations.dir` in the target's config")]
     Dir { dir: PathBuf, source: std::io::Error },
-    #[error("cannot read migration file {path}: {source}")]
+    #[error(
+        "cannot read migration file {path}: {source}; check that it exists and that pgrehearse's user may read the whole migrations directory"
+    )]
     File { path: PathBuf, source: std::io::Error },
     #[error("{path}: {problem}")]
     Layout { path: PathBuf, problem: String },
     #[error("two migrations have version {version}: {first} and {second}; give one of them another version")]
     DuplicateVersion { version: String, first: PathBuf, second: PathBuf },
-    #[error("reading the history table {table} failed: {source}")]
+    #[error(
+        "reading the history table {table} failed: {source}; check that the server is up and that the target's role may read {table} (GRANT SELECT ON {table} TO the role of live_url)"
+    )]
     History { table: String, source: ::sqlx::Error },
     #[error("the `pending` command failed ({status}): {output_tail}")]
     PendingCommand { status: String, output_tail: String },
@@ -103,6 +108,35 @@ pub enum SourceError {
     NotConfigured { target: String },
     #[error(transparent)]
     Payload(Box<payload::PayloadError>),
+}
+
+impl Classify for SourceError {
+    fn class(&self) -> Class {
+        match self {
+            SourceError::Dir { .. } | SourceError::NotConfigured { .. } => Class::Configuration,
+            SourceError::History { source: ::sqlx::Error::Io(_), .. } => Class::Unavailable,
+            SourceError::History { .. }
+            | SourceError::File { .. }
+            | SourceError::Layout { .. }
+            | SourceError::DuplicateVersion { .. }
+            | SourceError::PendingCommand { .. } => Class::Failed,
+            SourceError::Payload(e) => e.class(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            SourceError::Dir { .. } => "migrations_dir_unreadable",
+            SourceError::File { .. } => "migration_file_unreadable",
+            SourceError::Layout { .. } => "migration_layout",
+            SourceError::DuplicateVersion { .. } => "duplicate_migration_version",
+            SourceError::History { source: ::sqlx::Error::Io(_), .. } => "pg_unreachable",
+            SourceError::History { .. } => "history_unreadable",
+            SourceError::PendingCommand { .. } => "pending_command_failed",
+            SourceError::NotConfigured { .. } => "migrations_not_configured",
+            SourceError::Payload(e) => e.kind(),
+        }
+    }
 }
 
 impl From<payload::PayloadError> for SourceError {
@@ -250,6 +284,24 @@ pub enum PlanError {
     Pg(#[from] crate::pg::PgError),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+}
+
+impl Classify for PlanError {
+    fn class(&self) -> Class {
+        match self {
+            PlanError::Source(e) => e.class(),
+            PlanError::Pg(e) => e.class(),
+            PlanError::State(e) => e.class(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            PlanError::Source(e) => e.kind(),
+            PlanError::Pg(e) => e.kind(),
+            PlanError::State(e) => e.kind(),
+        }
+    }
 }
 
 /// The plan on top of the database at `url` (read only: one SELECT of the

@@ -14,6 +14,7 @@ use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
 use super::{ConnUrl, PgError};
+use crate::error_class::{Class, Classify};
 
 /// The advisory-lock key of a target: stable across versions and hosts.
 pub fn key(target: &str) -> i64 {
@@ -29,6 +30,22 @@ pub enum LockError {
     Held { target: String, holder: String },
     #[error(transparent)]
     Pg(#[from] PgError),
+}
+
+impl Classify for LockError {
+    fn class(&self) -> Class {
+        match self {
+            LockError::Held { .. } => Class::Refused,
+            LockError::Pg(e) => e.class(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            LockError::Held { .. } => "lock_held",
+            LockError::Pg(e) => e.kind(),
+        }
+    }
 }
 
 /// A held heavy-job lock. Released when dropped (the session closes).

@@ -11,13 +11,17 @@ use sqlx::{Connection, Row};
 
 pub use self::url::ConnUrl;
 
+use crate::error_class::{Class, Classify};
+
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
     #[error(
         "cannot connect to {url}: {source}; check that the server runs and that the URL, role and password are right"
     )]
     Connect { url: String, source: sqlx::Error },
-    #[error("query on {url} failed: {source}")]
+    #[error(
+        "query on {url} failed: {source}; if the server went away, retry once it is back; if the role lacks a privilege, grant it (the README's deployment walkthrough lists the grants pgrehearse needs)"
+    )]
     Query { url: String, source: sqlx::Error },
 }
 
@@ -35,6 +39,28 @@ impl PgError {
         match self {
             PgError::Connect { .. } => true,
             PgError::Query { source, .. } => matches!(source, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut),
+        }
+    }
+}
+
+impl Classify for PgError {
+    fn class(&self) -> Class {
+        if self.is_config() {
+            Class::Configuration
+        } else if self.is_unavailable() {
+            Class::Unavailable
+        } else {
+            Class::Failed
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        if self.is_config() {
+            "pg_rejected"
+        } else if self.is_unavailable() {
+            "pg_unreachable"
+        } else {
+            "pg_query_failed"
         }
     }
 }

@@ -8,6 +8,7 @@ use std::process::Stdio;
 use tokio::process::Command;
 
 use super::ConnUrl;
+use crate::error_class::{Class, Classify};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
@@ -19,10 +20,34 @@ pub enum ToolError {
         "{tool} {client_major} is older than the server ({server_major}) and cannot dump it; install postgresql-client-{server_major} or point pg_bindir at a newer bindir"
     )]
     TooOld { tool: String, client_major: u32, server_major: u32 },
-    #[error("cannot run {path}: {source}")]
+    #[error(
+        "cannot run {path}: {source}; check that it is an executable PostgreSQL client program that pgrehearse's user may run, or set pg_bindir to the directory of one"
+    )]
     Spawn { path: String, source: std::io::Error },
-    #[error("cannot read the version of {path} (it printed `{output}`)")]
+    #[error(
+        "cannot read the version of {path} (it printed `{output}`); it is not a PostgreSQL client program: set pg_bindir to the directory of the real ones"
+    )]
     Version { path: String, output: String },
+}
+
+impl Classify for ToolError {
+    fn class(&self) -> Class {
+        match self {
+            // The job needs a client program this host does not have: install
+            // it and retry, as for a server that is down.
+            ToolError::NotFound { .. } | ToolError::TooOld { .. } => Class::Unavailable,
+            ToolError::Spawn { .. } | ToolError::Version { .. } => Class::Failed,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            ToolError::NotFound { .. } => "tool_missing",
+            ToolError::TooOld { .. } => "tool_too_old",
+            ToolError::Spawn { .. } => "tool_spawn_failed",
+            ToolError::Version { .. } => "tool_version_unreadable",
+        }
+    }
 }
 
 /// A located client program and its major version.

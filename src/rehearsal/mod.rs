@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, MigrationKind, Target};
 use crate::drill::{self, DrillError};
+use crate::error_class::{Class, Classify};
 use crate::migrations::{self, Drift, Migration, Plan, PlanError, Source, SourceError};
 use crate::pg::lock::{HeavyLock, LockError};
 use crate::pg::tools::{self, ToolError};
@@ -88,7 +89,9 @@ pub enum RehearsalError {
         "snapshot {snapshot} has migrations applied that live does not ({versions}): live was rolled back or restored since; rehearse on a fresh snapshot (`--snapshot fresh`)"
     )]
     SnapshotAhead { snapshot: String, versions: String },
-    #[error("bringing the copy up to live's history failed at migration {version}: {message}")]
+    #[error(
+        "bringing the copy up to live's history failed at migration {version}: {message}; rehearse on a fresh snapshot (`--snapshot fresh`), which needs no catching up"
+    )]
     CatchUpFailed { version: String, message: String },
     #[error(
         "live has applied migrations since snapshot {snapshot} ({versions}); a {kind} project cannot replay them separately from the plan: rehearse on a fresh snapshot (`--snapshot fresh`)"
@@ -118,6 +121,54 @@ pub enum RehearsalError {
     State(#[from] StateError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl Classify for RehearsalError {
+    fn class(&self) -> Class {
+        match self {
+            RehearsalError::Cancelled
+            | RehearsalError::SnapshotBroken { .. }
+            | RehearsalError::CatchUpMissing { .. }
+            | RehearsalError::SnapshotAhead { .. }
+            | RehearsalError::CatchUpFailed { .. }
+            | RehearsalError::CatchUpExternal { .. } => Class::Failed,
+            RehearsalError::Plan(e) => e.class(),
+            RehearsalError::Source(e) => e.class(),
+            RehearsalError::Payload(e) => e.class(),
+            RehearsalError::Drill(e) => e.class(),
+            RehearsalError::Shadow(e) => e.class(),
+            RehearsalError::Snapshot(e) => e.class(),
+            RehearsalError::Catalog(e) => e.class(),
+            RehearsalError::Pg(e) => e.class(),
+            RehearsalError::Tool(e) => e.class(),
+            RehearsalError::Lock(e) => e.class(),
+            RehearsalError::State(e) => e.class(),
+            RehearsalError::Store(e) => e.class(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            RehearsalError::Cancelled => "cancelled",
+            RehearsalError::SnapshotBroken { .. } => "snapshot_broken",
+            RehearsalError::CatchUpMissing { .. } => "catch_up_files_missing",
+            RehearsalError::SnapshotAhead { .. } => "snapshot_ahead_of_live",
+            RehearsalError::CatchUpFailed { .. } => "catch_up_failed",
+            RehearsalError::CatchUpExternal { .. } => "catch_up_external",
+            RehearsalError::Plan(e) => e.kind(),
+            RehearsalError::Source(e) => e.kind(),
+            RehearsalError::Payload(e) => e.kind(),
+            RehearsalError::Drill(e) => e.kind(),
+            RehearsalError::Shadow(e) => e.kind(),
+            RehearsalError::Snapshot(e) => e.kind(),
+            RehearsalError::Catalog(e) => e.kind(),
+            RehearsalError::Pg(e) => e.kind(),
+            RehearsalError::Tool(e) => e.kind(),
+            RehearsalError::Lock(e) => e.kind(),
+            RehearsalError::State(e) => e.kind(),
+            RehearsalError::Store(e) => e.kind(),
+        }
+    }
 }
 
 /// The rehearsal report (`--json` prints it; the state and object stores keep it).

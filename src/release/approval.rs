@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{Config, Target};
+use crate::error_class::{Class, Classify};
 use crate::migrations::{self, PlanError, Source};
 use crate::snapshot::{SnapshotError, open_stores};
 use crate::state::{ApprovalRow, StateError};
@@ -48,6 +49,39 @@ pub enum ApprovalError {
     State(#[from] StateError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+}
+
+impl Classify for ApprovalError {
+    fn class(&self) -> Class {
+        match self {
+            ApprovalError::BadHash { .. } => Class::Usage,
+            // The request is well-formed but the evidence does not allow it.
+            ApprovalError::NothingPending { .. }
+            | ApprovalError::NotCurrent { .. }
+            | ApprovalError::NotRehearsed { .. }
+            | ApprovalError::NotPassed { .. }
+            | ApprovalError::TooOld { .. }
+            | ApprovalError::NotPromoted(_) => Class::Refused,
+            ApprovalError::Plan(e) => e.class(),
+            ApprovalError::State(e) => e.class(),
+            ApprovalError::Snapshot(e) => e.class(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            ApprovalError::BadHash { .. } => "bad_plan_hash",
+            ApprovalError::NothingPending { .. } => "nothing_pending",
+            ApprovalError::NotCurrent { .. } => "plan_changed",
+            ApprovalError::NotRehearsed { .. } => "not_rehearsed",
+            ApprovalError::NotPassed { .. } => "rehearsal_not_passed",
+            ApprovalError::TooOld { .. } => "rehearsal_too_old",
+            ApprovalError::NotPromoted(_) => "not_promoted",
+            ApprovalError::Plan(e) => e.kind(),
+            ApprovalError::State(e) => e.kind(),
+            ApprovalError::Snapshot(e) => e.kind(),
+        }
+    }
 }
 
 /// What `approve --json` prints.

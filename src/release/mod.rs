@@ -28,6 +28,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, OnFailure, Target};
+use crate::error_class::{Class, Classify};
 use crate::migrations::{self, Migration, Plan, PlanError, Source};
 use crate::pg::lock::{HeavyLock, LockError};
 use crate::snapshot::{self, SnapshotError, open_stores};
@@ -129,6 +130,32 @@ pub enum ReleaseError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Preflight(#[from] preflight::PreflightError),
+}
+
+impl Classify for ReleaseError {
+    fn class(&self) -> Class {
+        match self {
+            ReleaseError::NotFound { .. } => Class::Usage,
+            ReleaseError::Plan(e) => e.class(),
+            ReleaseError::Snapshot(e) => e.class(),
+            ReleaseError::Lock(e) => e.class(),
+            ReleaseError::State(e) => e.class(),
+            ReleaseError::Store(e) => e.class(),
+            ReleaseError::Preflight(e) => e.class(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            ReleaseError::NotFound { .. } => "release_not_found",
+            ReleaseError::Plan(e) => e.kind(),
+            ReleaseError::Snapshot(e) => e.kind(),
+            ReleaseError::Lock(e) => e.kind(),
+            ReleaseError::State(e) => e.kind(),
+            ReleaseError::Store(e) => e.kind(),
+            ReleaseError::Preflight(e) => e.kind(),
+        }
+    }
 }
 
 /// Everything a release step needs.

@@ -13,6 +13,7 @@ use sqlx::PgConnection;
 use super::approval;
 use super::window::{self, Opening, Window};
 use crate::config::{Config, OnFailure, Target};
+use crate::error_class::{Class, Classify};
 use crate::migrations::Plan;
 use crate::pg::{self, PgError, ServerInfo, tools};
 use crate::state::{ApprovalRow, Evidence, RehearsalRow, State, StateError};
@@ -95,6 +96,37 @@ impl Refusal {
     }
 }
 
+/// Refusals are what preflight found, not errors of their own: a release
+/// record keeps them with `outcome = refused`, and [`Refusal::kind`] (the
+/// inherent method, which this delegates to) labels them.
+impl Classify for Refusal {
+    fn class(&self) -> Class {
+        match self {
+            Refusal::Drift(_)
+            | Refusal::NotApproved { .. }
+            | Refusal::PlanChanged { .. }
+            | Refusal::Expired { .. }
+            | Refusal::Spent { .. }
+            | Refusal::RehearsalNotPassed { .. }
+            | Refusal::NotPromoted { .. }
+            | Refusal::NoWindow { .. }
+            | Refusal::OutsideWindow { .. }
+            | Refusal::NoNextWindow
+            | Refusal::DoesNotFit { .. }
+            | Refusal::Busy(_)
+            | Refusal::DumpRunning(_)
+            | Refusal::LongTransaction { .. }
+            | Refusal::NoStagingSpace { .. }
+            | Refusal::Client(_)
+            | Refusal::ShadowIsLive(_) => Class::Refused,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        Refusal::kind(self)
+    }
+}
+
 /// What a release may proceed with.
 #[derive(Debug, Clone)]
 pub struct Ready {
@@ -114,6 +146,24 @@ pub enum PreflightError {
     Pg(#[from] PgError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+}
+
+impl Classify for PreflightError {
+    fn class(&self) -> Class {
+        match self {
+            PreflightError::State(e) => e.class(),
+            PreflightError::Pg(e) => e.class(),
+            PreflightError::Store(e) => e.class(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            PreflightError::State(e) => e.kind(),
+            PreflightError::Pg(e) => e.kind(),
+            PreflightError::Store(e) => e.kind(),
+        }
+    }
 }
 
 /// Runs every check; the first that fails refuses the release.

@@ -15,6 +15,7 @@ use tokio_util::io::SyncIoBridge;
 use super::manifest::Manifest;
 use super::{SnapshotError, open_stores};
 use crate::config::{Config, Target};
+use crate::error_class::{Class, Classify};
 use crate::state::{RunStatus, State};
 use crate::store::{self, Store, StoreError, retention};
 
@@ -34,7 +35,9 @@ pub enum CatalogError {
         "snapshot {id} is encrypted; give the age identity with --identity FILE, [store] identity_file, or the systemd credential `age-identity`"
     )]
     NoIdentity { id: String },
-    #[error("cannot read the age identity {path}: {reason}")]
+    #[error(
+        "cannot read the age identity {path}: {reason}; it must be a file pgrehearse may read holding an AGE-SECRET-KEY-1… line, as age-keygen writes it"
+    )]
     BadIdentity { path: PathBuf, reason: String },
     #[error(
         "the age identity {path} cannot decrypt snapshot {id} (it is encrypted to {recipients}); use the matching identity file"
@@ -44,14 +47,53 @@ pub enum CatalogError {
         "checksum mismatch: snapshot {id} is corrupt in the store: SHA-256 {actual} ({actual_bytes} bytes) differs from the manifest's {expected} ({expected_bytes} bytes); use an older snapshot"
     )]
     ChecksumMismatch { id: String, expected: String, actual: String, expected_bytes: u64, actual_bytes: u64 },
-    #[error("snapshot {id} could not be decoded: {reason}")]
+    #[error(
+        "snapshot {id} could not be decoded: {reason}; the stored object is damaged: drill it (`pgrehearse verify {id}`) and use an older snapshot"
+    )]
     Decode { id: String, reason: String },
-    #[error("cannot write {path}: {source}")]
+    #[error(
+        "cannot write {path}: {source}; check the directory's permissions and free space, or choose another output path"
+    )]
     Write { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+}
+
+impl Classify for CatalogError {
+    fn class(&self) -> Class {
+        match self {
+            CatalogError::LatestRunFailed { .. } => Class::Refused,
+            CatalogError::OutputExists { .. } | CatalogError::NoIdentity { .. } => Class::Usage,
+            CatalogError::NoSnapshots { .. }
+            | CatalogError::NotFound { .. }
+            | CatalogError::BadIdentity { .. }
+            | CatalogError::WrongIdentity { .. }
+            | CatalogError::ChecksumMismatch { .. }
+            | CatalogError::Decode { .. }
+            | CatalogError::Write { .. } => Class::Failed,
+            CatalogError::Store(e) => e.class(),
+            CatalogError::Snapshot(e) => e.class(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            CatalogError::NoSnapshots { .. } => "no_snapshots",
+            CatalogError::NotFound { .. } => "snapshot_not_found",
+            CatalogError::LatestRunFailed { .. } => "backups_failing",
+            CatalogError::OutputExists { .. } => "output_exists",
+            CatalogError::NoIdentity { .. } => "no_identity",
+            CatalogError::BadIdentity { .. } => "bad_identity",
+            CatalogError::WrongIdentity { .. } => "wrong_identity",
+            CatalogError::ChecksumMismatch { .. } => "checksum_mismatch",
+            CatalogError::Decode { .. } => "snapshot_undecodable",
+            CatalogError::Write { .. } => "output_unwritable",
+            CatalogError::Store(e) => e.kind(),
+            CatalogError::Snapshot(e) => e.kind(),
+        }
+    }
 }
 
 /// One row of `pgrehearse snapshots`.

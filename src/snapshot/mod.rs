@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Target};
+use crate::error_class::{Class, Classify};
 use crate::pg::lock::{HeavyLock, LockError};
 use crate::pg::tools::{self, ToolError};
 use crate::pg::{self, ConnUrl, PgError};
@@ -75,6 +76,36 @@ pub enum SnapshotError {
     Lock(#[from] LockError),
     #[error(transparent)]
     State(#[from] StateError),
+}
+
+impl Classify for SnapshotError {
+    fn class(&self) -> Class {
+        match self {
+            SnapshotError::DumpFailed { .. }
+            | SnapshotError::SizeMismatch { .. }
+            | SnapshotError::Cancelled
+            | SnapshotError::Pipeline(_) => Class::Failed,
+            SnapshotError::Pg(e) => e.class(),
+            SnapshotError::Tool(e) => e.class(),
+            SnapshotError::Store(e) => e.class(),
+            SnapshotError::Lock(e) => e.class(),
+            SnapshotError::State(e) => e.class(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            SnapshotError::DumpFailed { .. } => "dump_failed",
+            SnapshotError::SizeMismatch { .. } => "upload_size_mismatch",
+            SnapshotError::Cancelled => "cancelled",
+            SnapshotError::Pipeline(_) => "pipeline_failed",
+            SnapshotError::Pg(e) => e.kind(),
+            SnapshotError::Tool(e) => e.kind(),
+            SnapshotError::Store(e) => e.kind(),
+            SnapshotError::Lock(e) => e.kind(),
+            SnapshotError::State(e) => e.kind(),
+        }
+    }
 }
 
 /// What `pgrehearse snapshot --json` prints.

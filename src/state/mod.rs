@@ -12,6 +12,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::error_class::{Class, Classify};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
@@ -20,12 +21,35 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub enum StateError {
     #[error("cannot create the state directory {path}: {source}; check state_dir and its permissions")]
     Dir { path: String, source: std::io::Error },
-    #[error("cannot open the state store {path}: {source}")]
+    #[error(
+        "cannot open the state store {path}: {source}; check that state_dir is on a local disk pgrehearse may write to, with free space"
+    )]
     Open { path: String, source: sqlx::Error },
     #[error("cannot migrate the state store {path}: {source}; was it written by a newer pgrehearse?")]
     Migrate { path: String, source: sqlx::migrate::MigrateError },
-    #[error("state store query failed: {0}")]
+    #[error(
+        "state store query failed: {0}; check that state_dir has free space and that its SQLite file is intact (sqlite3 FILE 'PRAGMA integrity_check')"
+    )]
     Query(#[from] sqlx::Error),
+}
+
+impl Classify for StateError {
+    fn class(&self) -> Class {
+        match self {
+            StateError::Dir { .. } | StateError::Open { .. } | StateError::Migrate { .. } | StateError::Query(_) => {
+                Class::Failed
+            }
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            StateError::Dir { .. } => "state_dir_unusable",
+            StateError::Open { .. } => "state_open_failed",
+            StateError::Migrate { .. } => "state_migrate_failed",
+            StateError::Query(_) => "state_query_failed",
+        }
+    }
 }
 
 /// Outcome of a snapshot run.

@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use tokio::io::AsyncRead;
 
 use crate::config::{StoreConfig, StoreKind};
+use crate::error_class::{Class, Classify};
 use crate::state::State;
 
 pub const MANIFEST: &str = "manifest.json";
@@ -31,20 +32,41 @@ pub fn snapshot_key(target: &str, id: &str, file: &str) -> String {
 pub enum StoreError {
     #[error("the store is unreachable or failing: {0}; check the endpoint, network and credentials, then retry")]
     Unavailable(String),
-    #[error("object {key} does not exist in the store")]
+    #[error(
+        "object {key} does not exist in the store: it was deleted, or its upload never finished; list what is there with `pgrehearse snapshots`"
+    )]
     NotFound { key: String },
-    #[error("store request failed: {0}")]
+    #[error(
+        "store request failed: {0}; check [store] (bucket, prefix, region) and that its credentials may list, read, write and delete there, then retry"
+    )]
     Failed(String),
-    #[error("local store I/O error on {path}: {source}")]
+    #[error(
+        "local store I/O error on {path}: {source}; check that [store] path exists, that pgrehearse may write there, and that the disk has room"
+    )]
     Io { path: String, source: std::io::Error },
     #[error("the dump outgrew its upload: {parts} parts of {part_size} bytes is the S3 limit; raise [store] part_size")]
     TooManyParts { parts: u32, part_size: u64 },
 }
 
-impl StoreError {
-    /// Whether the failure is the store being unreachable (exit code 69).
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+impl Classify for StoreError {
+    fn class(&self) -> Class {
+        match self {
+            StoreError::Unavailable(_) => Class::Unavailable,
+            StoreError::NotFound { .. }
+            | StoreError::Failed(_)
+            | StoreError::Io { .. }
+            | StoreError::TooManyParts { .. } => Class::Failed,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable(_) => "store_unavailable",
+            StoreError::NotFound { .. } => "store_object_missing",
+            StoreError::Failed(_) => "store_failed",
+            StoreError::Io { .. } => "store_io_failed",
+            StoreError::TooManyParts { .. } => "store_too_many_parts",
+        }
     }
 }
 

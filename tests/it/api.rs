@@ -275,8 +275,9 @@ fn the_api_shows_what_was_recorded_and_guards_approvals_with_the_token() {
     // The job's metrics are set when it ends, just after its report is stored.
     let m = wait_for("the rehearsal job's metrics", Duration::from_secs(30), Duration::from_millis(100), || {
         let m = http::get(addr, "/metrics")?.body;
-        (m.contains("pgrehearse_rehearsal_ok{") && m.contains("pgrehearse_job_runs_total{job=\"rehearse\""))
-            .then_some(m)
+        (m.contains("pgrehearse_rehearsal_ok{")
+            && m.contains("pgrehearse_job_runs_total{error_kind=\"none\",job=\"rehearse\""))
+        .then_some(m)
     });
     promtool_check(&m);
 

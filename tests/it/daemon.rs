@@ -97,7 +97,10 @@ fn the_daemon_snapshots_verifies_rehearses_and_releases_on_its_own() {
 
     // The metrics say the same.
     for job in ["snapshot", "verify", "rehearse", "release"] {
-        let ok = metric(&addr, &format!("pgrehearse_job_runs_total{{job=\"{job}\",outcome=\"ok\",target=\"app\"}}"));
+        let ok = metric(
+            &addr,
+            &format!("pgrehearse_job_runs_total{{error_kind=\"none\",job=\"{job}\",outcome=\"ok\",target=\"app\"}}"),
+        );
         assert!(ok.is_some_and(|n| n >= 1.0), "{job} ran ok: {:?}", http::get(&addr, "/metrics").map(|r| r.body));
         assert!(
             metric(&addr, &format!("pgrehearse_last_success_timestamp_seconds{{job=\"{job}\",target=\"app\"}}"))

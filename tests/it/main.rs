@@ -17,6 +17,7 @@ mod daemon;
 mod demo;
 mod email;
 mod encryption;
+mod errors;
 mod faults_kill;
 mod faults_pg;
 mod faults_s3;

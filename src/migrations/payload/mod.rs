@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection};
 
+use crate::error_class::{Class, Classify};
 use crate::pg::{self, ConnUrl, PgError};
 use output::{Progress, strip_ansi};
 
@@ -264,7 +265,9 @@ pub enum PayloadError {
     Spawn { program: String, source: std::io::Error },
     #[error("cannot read the migrations directory {dir}: {source}; check `migrations.dir` in the target's config")]
     Dir { dir: PathBuf, source: std::io::Error },
-    #[error("cannot read migration file {path}: {source}")]
+    #[error(
+        "cannot read migration file {path}: {source}; check that it exists and that pgrehearse's user may read the whole migrations directory"
+    )]
     File { path: PathBuf, source: std::io::Error },
     #[error("{path}: {problem}")]
     Layout { path: PathBuf, problem: String },
@@ -274,8 +277,59 @@ pub enum PayloadError {
     DuplicateName { name: String, first: PathBuf, second: PathBuf },
     #[error(transparent)]
     Pg(#[from] PgError),
-    #[error("reading {table} failed: {source}")]
+    #[error(
+        "reading {table} failed: {source}; check that the server is up and that the target's role may read {table} (GRANT SELECT ON {table} TO the role of live_url)"
+    )]
     Sql { table: String, source: sqlx::Error },
+}
+
+impl Classify for PayloadError {
+    fn class(&self) -> Class {
+        match self {
+            // The project's tools are missing on this host: install, retry.
+            PayloadError::NotInstalled { .. } | PayloadError::Spawn { .. } => Class::Unavailable,
+            PayloadError::NoProject { .. } | PayloadError::Dir { .. } => Class::Configuration,
+            PayloadError::Sql { source: sqlx::Error::Io(_), .. } => Class::Unavailable,
+            PayloadError::DevPushRows { .. }
+            | PayloadError::DatabaseMissing { .. }
+            | PayloadError::PlanMismatch { .. }
+            | PayloadError::DownMismatch { .. }
+            | PayloadError::DownFileMissing { .. }
+            | PayloadError::Timeout { .. }
+            | PayloadError::Failed { .. }
+            | PayloadError::NotRecorded { .. }
+            | PayloadError::StillRecorded { .. }
+            | PayloadError::File { .. }
+            | PayloadError::Layout { .. }
+            | PayloadError::DuplicateName { .. }
+            | PayloadError::Sql { .. } => Class::Failed,
+            PayloadError::Pg(e) => e.class(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            PayloadError::DevPushRows { .. } => "payload_dev_push",
+            PayloadError::DatabaseMissing { .. } => "database_missing",
+            PayloadError::NotInstalled { .. } => "payload_not_installed",
+            PayloadError::NoProject { .. } => "payload_no_project",
+            PayloadError::PlanMismatch { .. } => "payload_plan_mismatch",
+            PayloadError::DownMismatch { .. } => "payload_down_mismatch",
+            PayloadError::DownFileMissing { .. } => "payload_down_file_missing",
+            PayloadError::Timeout { .. } => "payload_timeout",
+            PayloadError::Failed { .. } => "payload_failed",
+            PayloadError::NotRecorded { .. } => "payload_not_recorded",
+            PayloadError::StillRecorded { .. } => "payload_still_recorded",
+            PayloadError::Spawn { .. } => "payload_spawn_failed",
+            PayloadError::Dir { .. } => "migrations_dir_unreadable",
+            PayloadError::File { .. } => "migration_file_unreadable",
+            PayloadError::Layout { .. } => "migration_layout",
+            PayloadError::DuplicateName { .. } => "duplicate_migration_name",
+            PayloadError::Pg(e) => e.kind(),
+            PayloadError::Sql { source: sqlx::Error::Io(_), .. } => "pg_unreachable",
+            PayloadError::Sql { .. } => "history_unreadable",
+        }
+    }
 }
 
 /// Where and how the CLI runs.

@@ -26,6 +26,7 @@ use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, To
 use serde::Serialize;
 
 use crate::config::{Config, EmailConfig, MailTransport};
+use crate::error_class::{Class, Classify};
 use crate::metrics::Metrics;
 
 pub use digest::Digest;
@@ -73,10 +74,27 @@ pub enum EmailError {
     File { dir: PathBuf, attempts: usize, reason: String },
 }
 
-impl EmailError {
-    /// True when the mail server could not be reached (exit 69).
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, EmailError::Unreachable { .. })
+impl Classify for EmailError {
+    fn class(&self) -> Class {
+        match self {
+            EmailError::NotConfigured => Class::Configuration,
+            EmailError::Unreachable { .. } => Class::Unavailable,
+            EmailError::Compose { .. }
+            | EmailError::Rejected { .. }
+            | EmailError::Mismatch { .. }
+            | EmailError::File { .. } => Class::Failed,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            EmailError::NotConfigured => "email_not_configured",
+            EmailError::Compose { .. } => "email_compose_failed",
+            EmailError::Unreachable { .. } => "smtp_unreachable",
+            EmailError::Rejected { .. } => "smtp_rejected",
+            EmailError::Mismatch { .. } => "smtp_mismatch",
+            EmailError::File { .. } => "email_file_unwritable",
+        }
     }
 }
 
@@ -407,7 +425,7 @@ mod tests {
         let t0 = std::time::Instant::now();
         let err = mailer.try_send(&mail()).await.unwrap_err();
         assert!(t0.elapsed() >= Duration::from_millis(30), "both backoffs were waited");
-        assert!(err.is_unavailable(), "{err}");
+        assert_eq!(err.class(), Class::Unavailable, "{err}");
         let text = err.to_string();
         assert!(text.contains(&format!("smtp://127.0.0.1:{port}")) && text.contains("3 attempts"), "{text}");
         assert_eq!(metrics.get("pgrehearse_email_deliveries_total", &[("outcome", "failed")]), Some(1.0));
