@@ -264,6 +264,9 @@ pub struct MigrationsConfig {
     pub down: Option<String>,
     #[serde(with = "humantime_serde_compat")]
     pub timeout: Duration,
+    /// `command` kind: put the password inside `DATABASE_URL` too, for a
+    /// tool that reads no `PGPASSWORD` (default false: the URL has none).
+    pub password_in_url: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]

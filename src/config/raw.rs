@@ -144,6 +144,7 @@ pub struct RawMigrations {
     pub pending: Option<String>,
     pub down: Option<String>,
     pub timeout: Option<String>,
+    pub password_in_url: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -521,6 +521,9 @@ fn migrations(cx: &mut Ctx, p: &KeyPath, raw: &RawMigrations) -> Option<Migratio
     if kind != MigrationKind::Command && dir.is_none() {
         cx.problem(&p.key("dir"), "missing: the directory of the project's migrations");
     }
+    if kind != MigrationKind::Command && raw.password_in_url.is_some() {
+        cx.problem(&p.key("password_in_url"), "only a kind = \"command\" source takes it; remove it");
+    }
     if kind == MigrationKind::Command && raw.apply.is_none() {
         cx.problem(&p.key("apply"), "kind = \"command\" needs the command that applies migrations");
     }
@@ -535,6 +538,7 @@ fn migrations(cx: &mut Ctx, p: &KeyPath, raw: &RawMigrations) -> Option<Migratio
         pending: raw.pending.clone(),
         down: raw.down.clone(),
         timeout,
+        password_in_url: raw.password_in_url.unwrap_or(false),
     })
 }
 

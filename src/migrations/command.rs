@@ -1,33 +1,26 @@
 //! The `command` source, for any other tool (Flyway, dbmate, goose, Rails…):
 //! the configured `pending` command prints the pending migrations one per
 //! line, the `apply` command applies them all (and `down`, when configured,
-//! reverts what it applied). Both get the database's URL in `DATABASE_URL`
-//! (and libpq's `PG*` variables) in their environment, never on argv; they run
-//! in the migrations directory when one is configured.
+//! reverts what it applied). Each runs as a [`ToolProcess`] (`sh -c`, stdin
+//! closed, in the migrations directory when one is configured, killed with
+//! its process group after `timeout`) with the database in `DATABASE_URL`
+//! (without its password unless `password_in_url = true`), `PGPASSWORD`,
+//! `PGDATABASE`, `PGAPPNAME` and the target's timeouts in `PGOPTIONS`;
+//! never on argv. What it prints comes back with every form of the password
+//! replaced by `***`.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use super::tool::{Password, SpawnError, ToolProcess, ToolRun};
 use super::{Down, Migration, SourceError};
 use crate::config::MigrationsConfig;
 use crate::pg::url::ConnUrl;
 
-/// What a finished command printed and how long it took.
-#[derive(Debug)]
-pub struct CommandRun {
-    pub success: bool,
-    pub status: String,
-    /// Standard output then standard error, for messages.
-    pub output: String,
-    /// Standard output alone (what `pending` lists).
-    pub stdout: String,
-}
-
-/// Runs `command` with `sh -c`, stdin closed, the database (and
-/// `PGOPTIONS`, when given) in the environment, killed (with its process group) after `timeout`.
+/// Runs `command` against the database at `url` (see the module doc);
+/// `pg_options` becomes `PGOPTIONS`. Everything returned is redacted.
 pub async fn run(
     command: &str,
     config: &MigrationsConfig,
@@ -35,48 +28,26 @@ pub async fn run(
     app_name: &str,
     timeout: Duration,
     pg_options: Option<&str>,
-) -> std::io::Result<CommandRun> {
-    let mut cmd = tokio::process::Command::new("sh");
-    cmd.arg("-c").arg(command);
+) -> Result<ToolRun, SpawnError> {
+    let mut tool = ToolProcess::shell(command, timeout);
     if let Some(dir) = &config.dir {
-        cmd.current_dir(dir);
+        tool.current_dir(dir);
     }
-    cmd.env("DATABASE_URL", url.expose())
-        .env("PGAPPNAME", app_name)
-        .env("PGDATABASE", url.database())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    crate::pg::tools::die_with_parent(&mut cmd);
-    if let Some(p) = url.password() {
-        cmd.env("PGPASSWORD", p);
-    }
+    let password = if config.password_in_url { Password::InUrl } else { Password::Env };
+    tool.database(url, app_name, password);
     if let Some(o) = pg_options {
-        cmd.env("PGOPTIONS", o);
+        tool.env("PGOPTIONS", o);
     }
-    let child = cmd.spawn()?;
-    let pid = child.id();
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(out) => {
-            let out = out?;
-            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-            let output = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-            Ok(CommandRun { success: out.status.success(), status: out.status.to_string(), output, stdout })
-        }
-        Err(_) => {
-            if let Some(pid) = pid {
-                // SAFETY: signalling the process group we created.
-                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-            }
-            Ok(CommandRun {
-                success: false,
-                status: format!("killed after the {}s timeout", timeout.as_secs()),
-                output: String::new(),
-                stdout: String::new(),
-            })
-        }
+    tool.run(|_, _, _| {}).await
+}
+
+/// `command`'s run as a sentence for a failure: `` `apply` failed (exit
+/// status: 1): <the end of its output> `` (redacted, as the run is).
+pub fn outcome(command: &str, run: Result<ToolRun, SpawnError>) -> Result<(), String> {
+    match run {
+        Ok(r) if r.success() => Ok(()),
+        Ok(r) => Err(format!("`{command}` failed ({}): {}", r.status(), crate::pg::tools::tail(&r.output(), 2000))),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -91,10 +62,10 @@ pub async fn pending(config: &MigrationsConfig, url: &ConnUrl) -> Result<Vec<Mig
     let run = run(pending, config, url, "pgrehearse-pending", config.timeout, None)
         .await
         .map_err(|e| SourceError::PendingCommand { status: "not started".into(), output_tail: e.to_string() })?;
-    if !run.success {
+    if !run.success() {
         return Err(SourceError::PendingCommand {
-            status: run.status,
-            output_tail: crate::pg::tools::tail(&run.output, 2000),
+            status: run.status(),
+            output_tail: crate::pg::tools::tail(&run.output(), 2000),
         });
     }
     // Only standard output lists migrations: tools log to standard error.

@@ -9,10 +9,12 @@
 
 pub mod command;
 pub mod diesel;
+pub mod executor;
 pub mod payload;
 pub mod plan;
 pub mod split;
 pub mod sqlx;
+pub mod tool;
 
 #[cfg(test)]
 mod fuzz_tests;

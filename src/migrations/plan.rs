@@ -191,11 +191,6 @@ impl Plan {
     pub fn applied_versions(&self) -> Vec<String> {
         self.applied.iter().filter(|a| a.ok).map(|a| a.version.clone()).collect()
     }
-
-    /// True when every pending migration can run inside one transaction.
-    pub fn all_transactional(&self) -> bool {
-        self.pending.iter().all(|m| m.transactional)
-    }
 }
 
 /// `to_regclass(table)`: the quoted name when the table exists.

@@ -13,64 +13,53 @@ use sqlx::PgConnection;
 use super::RehearsalError;
 use super::observer::{self, Catalog, Sampler};
 use super::reversibility::{Reversal, diff, schema};
-use super::runner::{Failure, LockHeld, MigrationResult, Status};
-use crate::config::Target;
-use crate::migrations::command as cmd;
-use crate::migrations::payload::{Payload, PayloadError};
+use super::runner::{LockHeld, MigrationResult, Status};
+use crate::migrations::executor::external;
+use crate::migrations::payload::PayloadError;
 use crate::migrations::{Migration, Source};
 use crate::pg::tools::Tool;
 use crate::pg::url::ConnUrl;
 use crate::pg::{self, PgError};
 
-/// A Payload project's `migrate`, measured.
+/// A Payload project's `migrate`, measured: each migration's locks are
+/// what the sampler saw while Payload said it ran it.
 pub async fn payload(
     source: &Source<'_>,
     url: &ConnUrl,
     plan: &[Migration],
     pre: &Catalog,
 ) -> Result<(Vec<MigrationResult>, bool), RehearsalError> {
-    let project = project(source);
-    let expected: Vec<String> = plan.iter().map(|m| m.name.clone()).collect();
-    let mut results: Vec<MigrationResult> = plan.iter().map(MigrationResult::new).collect();
     if plan.is_empty() {
-        return Ok((results, true));
+        return Ok((Vec::new(), true));
     }
     let (mut conn, sampler, wal0) = observe(url).await?;
-    let run = project.migrate(url, "pgrehearse-payload", &expected).await;
-    let ok = match run {
-        Ok(run) => {
-            for r in results.iter_mut() {
-                let done = run.migrated.iter().find(|x| x.name == r.name);
-                r.status = Status::Applied;
-                r.ok = true;
-                if let Some(d) = done {
-                    r.duration_ms = d.duration_ms;
-                    let (from, to) = window(d.started_at, d.finished_at, d.duration_ms);
-                    r.locks = locks(&sampler, pre, from, to);
-                }
-            }
-            true
+    let (run, error) = external::payload(source, url, "pgrehearse-payload", plan).await;
+    match error {
+        None | Some(PayloadError::Failed { .. }) => {}
+        // A refusal or a timeout is the rehearsal's error, not a migration's.
+        Some(e) => {
+            sampler.stop().await;
+            return Err(e.into());
         }
-        Err(PayloadError::Failed { migration, output_tail, status, .. }) => {
-            let failing = migration.clone().unwrap_or_default();
-            let mut seen_failing = false;
-            for r in results.iter_mut() {
-                if r.name == failing || (migration.is_none() && !seen_failing) {
-                    seen_failing = true;
-                    r.status = Status::Failed;
-                    r.error = Some(Failure::of_file(
-                        r.file.clone(),
-                        format!("payload migrate failed ({status}); its output ends with:\n{output_tail}"),
-                    ));
-                } else if !seen_failing {
-                    r.status = Status::Applied;
-                    r.ok = true;
-                }
+    }
+    let ok = run.ok();
+    let slack = Duration::from_millis(100);
+    let mut results: Vec<MigrationResult> = plan
+        .iter()
+        .zip(run.steps)
+        .map(|(m, step)| {
+            let mut r = MigrationResult::new(m);
+            r.status = step.status;
+            r.ok = step.status == Status::Applied;
+            r.duration_ms = step.duration_ms;
+            r.error = step.failure;
+            if let Some((from, to)) = step.ran {
+                // Its row insert and commit end its transaction a little after `Migrated:`.
+                r.locks = locks(&sampler, pre, from.checked_sub(slack).unwrap_or(from), to + slack);
             }
-            false
-        }
-        Err(e) => return Err(e.into()),
-    };
+            r
+        })
+        .collect();
     finish(&mut conn, sampler, pre, &mut results, wal0).await?;
     Ok((results, ok))
 }
@@ -91,24 +80,17 @@ pub async fn command(
     }
     let mut results = vec![MigrationResult::new(&step)];
     let (mut conn, sampler, wal0) = observe(url).await?;
-    let apply = source.config.apply.clone().unwrap_or_default();
-    let start = Instant::now();
-    let run = run_command(source, &apply, url).await;
-    let end = Instant::now();
+    let run = external::command(source, url, "pgrehearse-command", std::slice::from_ref(&step)).await;
+    let ok = run.ok();
+    let done = run.steps.into_iter().next().unwrap_or_default();
     let r = &mut results[0];
-    r.duration_ms = (end - start).as_millis() as u64;
-    r.locks = locks(&sampler, pre, start, end);
-    let ok = run.is_ok();
-    match run {
-        Ok(()) => {
-            r.status = Status::Applied;
-            r.ok = true;
-        }
-        Err(message) => {
-            r.status = Status::Failed;
-            r.error = Some(Failure::of_file(apply.clone(), message));
-        }
+    r.duration_ms = done.duration_ms;
+    if let Some((start, end)) = done.ran {
+        r.locks = locks(&sampler, pre, start, end);
     }
+    r.status = done.status;
+    r.ok = done.status == Status::Applied;
+    r.error = done.failure;
     finish(&mut conn, sampler, pre, &mut results, wal0).await?;
     Ok((results, ok))
 }
@@ -130,7 +112,7 @@ pub async fn reverse(
     let names: Vec<String> = plan.iter().map(|m| m.name.clone()).collect();
     let down: Result<(), String> = match source.kind() {
         crate::config::MigrationKind::Payload => {
-            let project = project(source);
+            let project = external::project(source);
             project.migrate_down(url, "pgrehearse-payload", &names).await.map(|_| ()).map_err(|e| e.to_string())
         }
         _ => match &source.config.down {
@@ -140,7 +122,7 @@ pub async fn reverse(
                 }
                 return true;
             }
-            Some(down) => run_command(source, down, url).await,
+            Some(down) => external::command_step(source, down, url, "pgrehearse-command").await,
         },
     };
     let verdict = match down {
@@ -166,10 +148,15 @@ pub async fn reverse(
 /// Applies the plan again after its down and compares with the first apply.
 async fn again(source: &Source<'_>, url: &ConnUrl, tool: &Tool, names: &[String], s_up: &str) -> Reversal {
     let ran = match source.kind() {
-        crate::config::MigrationKind::Payload => {
-            project(source).migrate(url, "pgrehearse-payload", names).await.map(|_| ()).map_err(|e| e.to_string())
+        crate::config::MigrationKind::Payload => external::project(source)
+            .migrate(url, "pgrehearse-payload", names)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        _ => {
+            let apply = source.config.apply.as_deref().unwrap_or_default();
+            external::command_step(source, apply, url, "pgrehearse-command").await
         }
-        _ => run_command(source, source.config.apply.as_deref().unwrap_or_default(), url).await,
     };
     if let Err(e) = ran {
         return Reversal::Failed { reason: format!("applying the plan again after its down failed: {e}"), diff: None };
@@ -183,36 +170,6 @@ async fn again(source: &Source<'_>, url: &ConnUrl, tool: &Tool, names: &[String]
                 diff: Some(d),
             },
         },
-    }
-}
-
-/// The target's Payload project, with its timeouts for the CLI's sessions.
-pub fn project(source: &Source<'_>) -> Payload {
-    Payload {
-        project_dir: source.config.dir.clone().unwrap_or_default(),
-        timeout: source.config.timeout,
-        table: source.table(),
-        pg_options: Some(pg_options(source.target)),
-    }
-}
-
-/// The target's timeouts as `PGOPTIONS` for external tools' sessions.
-pub fn pg_options(target: &Target) -> String {
-    let mut o = format!("-c lock_timeout={}", target.lock_timeout.as_millis());
-    if let Some(st) = target.statement_timeout {
-        o.push_str(&format!(" -c statement_timeout={}", st.as_millis()));
-    }
-    o
-}
-
-/// Runs one of a `command` source's commands on the scratch copy with the
-/// target's timeouts; the error is a sentence with the end of its output.
-async fn run_command(source: &Source<'_>, command: &str, url: &ConnUrl) -> Result<(), String> {
-    let options = pg_options(source.target);
-    match cmd::run(command, source.config, url, "pgrehearse-command", source.config.timeout, Some(&options)).await {
-        Ok(r) if r.success => Ok(()),
-        Ok(r) => Err(format!("`{command}` failed ({}): {}", r.status, pg::tools::tail(&r.output, 2000))),
-        Err(e) => Err(format!("cannot start `{command}`: {e}")),
     }
 }
 
@@ -262,18 +219,6 @@ async fn finish(
         r.wal_bytes = Some(wal);
     }
     Ok(())
-}
-
-/// The sampling window of a migration: from its `Migrating:` line (or its
-/// reported duration before `Migrated:`) to a little after `Migrated:`, when
-/// its row insert and commit end its transaction.
-fn window(started: Option<Instant>, finished: Instant, duration_ms: u64) -> (Instant, Instant) {
-    let slack = Duration::from_millis(100);
-    let from = started
-        .or_else(|| finished.checked_sub(Duration::from_millis(duration_ms)))
-        .and_then(|t| t.checked_sub(slack))
-        .unwrap_or(finished);
-    (from, finished + slack)
 }
 
 fn locks(sampler: &Sampler, pre: &Catalog, from: Instant, to: Instant) -> Vec<LockHeld> {

@@ -12,7 +12,6 @@
 
 mod external;
 
-pub use external::{pg_options as external_pg_options, project as payload_project};
 pub mod lint;
 pub mod observer;
 pub mod ops;
@@ -31,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, MigrationKind, Target};
 use crate::drill::{self, DrillError};
 use crate::error_class::{Class, Classify};
+use crate::migrations::executor::Mode;
 use crate::migrations::{self, Drift, Migration, Plan, PlanError, Source, SourceError};
 use crate::pg::lock::{HeavyLock, LockError};
 use crate::pg::tools::{self, ToolError};
@@ -446,21 +446,15 @@ async fn plan_and_checks(
     let table = source.table();
     tracing::info!(pending = plan.pending.len(), "Running the plan.");
     let t_apply = Instant::now();
-    let (mut results, ok, mode) = match source.kind() {
-        MigrationKind::Sqlx | MigrationKind::Diesel => {
-            let (r, ok) = runner::run_native(conn, url, source.kind(), &table, &plan.pending, &pre, true).await?;
-            let mode = if plan.all_transactional() { "single_transaction" } else { "per_migration" };
-            (r, ok, mode.to_string())
+    let mode = Mode::of(source.kind(), &plan.pending);
+    let (mut results, ok) = match mode {
+        Mode::SingleTransaction | Mode::PerMigration => {
+            runner::run_native(conn, url, source.kind(), &table, &plan.pending, &pre, true).await?
         }
-        MigrationKind::Payload => {
-            let (r, ok) = external::payload(source, url, &plan.pending, &pre).await?;
-            (r, ok, "payload".to_string())
-        }
-        MigrationKind::Command => {
-            let (r, ok) = external::command(source, url, &plan.pending, &pre).await?;
-            (r, ok, "command".to_string())
-        }
+        Mode::Payload => external::payload(source, url, &plan.pending, &pre).await?,
+        Mode::Command => external::command(source, url, &plan.pending, &pre).await?,
     };
+    let mode = mode.as_str().to_string();
     let apply_ms = t_apply.elapsed().as_millis() as u64;
     // What the release's post-checks compare live with.
     let (schema_after, not_valid) = if ok {

@@ -14,6 +14,7 @@ use similar::TextDiff;
 use sqlx::PgConnection;
 
 use super::runner::{self, MigrationResult};
+use crate::migrations::executor::{Direction, Executor, Retry};
 use crate::migrations::{Down, Migration, Source};
 use crate::pg::tools::{self, Tool};
 use crate::pg::url::ConnUrl;
@@ -163,7 +164,7 @@ pub async fn check(
     }
     for i in (k..plan.len()).rev() {
         let m = &plan[i];
-        let ran = runner::run_script(conn, source.kind(), &table, m, true).await;
+        let ran = executor(source, &table).script(conn, m, Direction::Down).await;
         let verdict = match ran {
             Err(e) => Some(Reversal::Failed { reason: format!("the down failed: {e}"), diff: None }),
             Ok(_) => match schema(tool, url, &table).await {
@@ -188,7 +189,7 @@ pub async fn check(
     // give the schema they gave the first time.
     for i in k..plan.len() {
         let m = &plan[i];
-        let ran = runner::run_script(conn, source.kind(), &table, m, false).await;
+        let ran = executor(source, &table).script(conn, m, Direction::Up).await;
         let verdict = match ran {
             Err(e) => Reversal::Failed { reason: format!("applying it again after its down failed: {e}"), diff: None },
             Ok(_) => match schema(tool, url, &table).await {
@@ -225,12 +226,19 @@ async fn stepwise(
     let mut conn = runner::session(url, target, "pgrehearse-reference").await.map_err(|e| e.to_string())?;
     let mut states = vec![schema(tool, url, &table).await?];
     for m in plan {
-        runner::run_script(&mut conn, source.kind(), &table, m, false)
+        executor(source, &table)
+            .script(&mut conn, m, Direction::Up)
             .await
             .map_err(|e| format!("migration {}: {e}", m.version))?;
         states.push(schema(tool, url, &table).await?);
     }
     Ok(states)
+}
+
+/// The executor for downs and re-ups on the scratch copy (no retries: see
+/// `migrations::executor`).
+fn executor<'a>(source: &Source<'_>, table: &'a str) -> Executor<'a> {
+    Executor { kind: source.kind(), table, retry: Retry::NONE, place: "the scratch copy" }
 }
 
 fn not_checked(results: &mut [MigrationResult], reason: &str) {

@@ -29,12 +29,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, OnFailure, Target};
 use crate::error_class::{Class, Classify};
+use crate::migrations::executor::Mode;
 use crate::migrations::{self, Migration, Plan, PlanError, Source};
 use crate::pg::lock::{HeavyLock, LockError};
 use crate::snapshot::{self, SnapshotError, open_stores};
 use crate::state::{JournalEntry, ReleaseRow, State, StateError};
 use crate::store::{Store, StoreError};
-use apply::Mode;
 use journal::{Journal, step};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -322,9 +322,9 @@ async fn run(
     recovery::pin(cx.store.as_ref(), &cx.target.name, &snap.id, Some(&row.id)).await?;
 
     let before_not_valid = not_valid_on_live(cx.target).await;
-    let mode = Mode::of(cx.source.kind(), plan.all_transactional());
-    journal.step(step::APPLY, Some(mode_name(mode))).await?;
-    tracing::info!(mode = mode_name(mode), snapshot = %snap.id, "Applying the plan to live.");
+    let mode = Mode::of(cx.source.kind(), &plan.pending);
+    journal.step(step::APPLY, Some(mode.as_str())).await?;
+    tracing::info!(mode = mode.as_str(), snapshot = %snap.id, "Applying the plan to live.");
     let t = Instant::now();
     let outcome = apply::run(&cx.source, cx.target, &plan.pending, mode, &journal).await?;
     timing(&mut row, "apply_ms", t.elapsed().as_millis() as u64);
@@ -389,15 +389,6 @@ pub(crate) async fn close(cx: &Ctx<'_>, journal: &Journal, row: &mut ReleaseRow)
 fn timing(row: &mut ReleaseRow, key: &str, ms: u64) {
     if let Some(o) = row.timings.as_object_mut() {
         o.insert(key.into(), serde_json::json!(ms));
-    }
-}
-
-pub(crate) fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::SingleTransaction => "single_transaction",
-        Mode::PerMigration => "per_migration",
-        Mode::Payload => "payload",
-        Mode::Command => "command",
     }
 }
 

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use super::journal::{Journal, step};
 use super::{Ctx, Outcome, Release, ReleaseError, on_failure_name, release_doc};
 use crate::config::MigrationKind;
+use crate::migrations::executor::{self, Direction, Executor, Retry};
 use crate::migrations::{Down, Migration};
 use crate::pg::{self, PgError};
 use crate::restore;
@@ -198,9 +199,10 @@ async fn down(cx: &Ctx<'_>, journal: &Journal, plan: &[Migration]) -> Result<Vec
     let url = &cx.target.live_url;
     match cx.source.kind() {
         MigrationKind::Sqlx | MigrationKind::Diesel => {
-            let mut conn = crate::rehearsal::runner::session(url, cx.target, "pgrehearse-release-down")
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut conn =
+                executor::session(url, cx.target, "pgrehearse-release-down").await.map_err(|e| e.to_string())?;
+            let table = cx.source.table();
+            let executor = Executor { kind: cx.source.kind(), table: &table, retry: Retry::NONE, place: "live" };
             let history = cx.source.history(&mut conn).await.map_err(|e| e.to_string())?;
             let applied: Vec<&Migration> =
                 plan.iter().filter(|m| history.iter().any(|a| a.ok && a.version == m.version)).collect();
@@ -210,7 +212,8 @@ async fn down(cx: &Ctx<'_>, journal: &Journal, plan: &[Migration]) -> Result<Vec
                     return Err(format!("migration {} has no down script", m.version));
                 }
                 journal.step(step::DOWN, Some(&m.version)).await.map_err(|e| e.to_string())?;
-                crate::rehearsal::runner::run_script(&mut conn, cx.source.kind(), &cx.source.table(), m, true)
+                executor
+                    .script(&mut conn, m, Direction::Down)
                     .await
                     .map_err(|e| format!("the down of migration {} failed: {e}", m.version))?;
                 reverted.push(m.version.clone());
@@ -230,7 +233,7 @@ async fn down(cx: &Ctx<'_>, journal: &Journal, plan: &[Migration]) -> Result<Vec
                 return Ok(Vec::new());
             }
             journal.step(step::DOWN, Some(&names.join(","))).await.map_err(|e| e.to_string())?;
-            crate::rehearsal::payload_project(&cx.source)
+            executor::external::project(&cx.source)
                 .migrate_down(url, "pgrehearse-release-down", &names)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -239,20 +242,7 @@ async fn down(cx: &Ctx<'_>, journal: &Journal, plan: &[Migration]) -> Result<Vec
         MigrationKind::Command => {
             let down = cx.source.config.down.clone().ok_or("no `down` command is configured")?;
             journal.step(step::DOWN, Some("down")).await.map_err(|e| e.to_string())?;
-            let options = crate::rehearsal::external_pg_options(cx.target);
-            let r = crate::migrations::command::run(
-                &down,
-                cx.source.config,
-                url,
-                "pgrehearse-release-down",
-                cx.source.config.timeout,
-                Some(&options),
-            )
-            .await
-            .map_err(|e| format!("cannot start `{down}`: {e}"))?;
-            if !r.success {
-                return Err(format!("`{down}` failed ({}): {}", r.status, pg::tools::tail(&r.output, 2000)));
-            }
+            executor::external::command_step(&cx.source, &down, url, "pgrehearse-release-down").await?;
             Ok(plan.iter().map(|m| m.version.clone()).collect())
         }
     }
@@ -324,7 +314,7 @@ async fn decide(
         super::recovery::unpin_older(cx, &row.id).await;
         return Ok(());
     }
-    let single = detail_of(steps, step::APPLY).as_deref() == Some("single_transaction");
+    let single = detail_of(steps, step::APPLY).as_deref() == Some(executor::Mode::SingleTransaction.as_str());
     let current = detail_of(steps, step::MIGRATION);
     let current_transactional =
         plan.iter().find(|m| Some(&m.version) == current.as_ref()).is_none_or(|m| m.transactional);

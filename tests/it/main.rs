@@ -11,6 +11,8 @@ mod api;
 mod api_malformed;
 mod approve;
 mod cli_docs;
+// A failing `command` tool: the database password appears in no output, record, store row, report or mail.
+mod command_secrets;
 mod config;
 mod crash;
 mod daemon;

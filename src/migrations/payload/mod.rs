@@ -24,9 +24,7 @@
 //! removed (a removed or empty one would be filled in from `.env`).
 
 use std::collections::BTreeSet;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +32,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection};
 
 use crate::error_class::{Class, Classify};
+use super::tool::{Exit, Password, ToolProcess};
 use crate::pg::{self, ConnUrl, PgError};
 use output::{Progress, strip_ansi};
 
@@ -44,9 +43,6 @@ pub const DEFAULT_TABLE: &str = "payload_migrations";
 
 /// How much of the CLI's output errors and reports carry.
 const TAIL_BYTES: usize = 4000;
-/// How long to wait for the output pipe to close once the CLI has exited
-/// (a grandchild that outlives it could hold the pipe open).
-const DRAIN_GRACE: Duration = Duration::from_secs(3);
 
 /// One migration file as Payload sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -474,86 +470,55 @@ impl Payload {
         app_name: &str,
     ) -> Result<PayloadRun, PayloadError> {
         let child_url = child_url(url, app_name);
-        let secrets = secrets(url, &child_url);
         tracing::info!(
             project = %layout.root.display(),
             database = %url.redacted(),
             "running payload {command}"
         );
         let program = "node";
-        let spawn_err = |source| PayloadError::Spawn { program: program.to_string(), source };
-        let (reader, writer) = std::io::pipe().map_err(spawn_err)?;
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.arg(&layout.bin)
+        let mut tool = ToolProcess::new(program, self.timeout);
+        tool.arg(&layout.bin)
             .arg(command)
             .current_dir(&layout.root)
+            // The URL with its password: Payload's adapter reads the
+            // connection string (PGPASSWORD is set too, see `database`).
+            .database(url, app_name, Password::InUrl)
             // The template's variable; DATABASE_URL and POSTGRES_URL too, so a
             // config reading one of those (or a `.env` defining them) cannot
             // send Payload to another database.
             .env("DATABASE_URI", &child_url)
             .env("DATABASE_URL", &child_url)
             .env("POSTGRES_URL", &child_url)
-            .env("PGAPPNAME", app_name)
             // Set, not removed: Payload fills unset or empty variables from
             // the project's `.env` files, which may say `true`.
             .env("PAYLOAD_DROP_DATABASE", "false")
-            .env_remove("PGPASSWORD")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(writer.try_clone().map_err(spawn_err)?))
-            .stderr(Stdio::from(writer))
-            .process_group(0)
-            .kill_on_drop(true);
-        crate::pg::tools::die_with_parent(&mut cmd);
-        if let Some(pw) = url.password() {
-            cmd.env("PGPASSWORD", pw);
+            .merge_output();
+        if let Some(enc) = url::Url::parse(&child_url).ok().and_then(|u| u.password().map(str::to_string)) {
+            tool.secret(&enc);
         }
         if let Some(options) = &self.pg_options {
-            cmd.env("PGOPTIONS", options);
+            tool.env("PGOPTIONS", options);
         }
-        let start = Instant::now();
-        let mut child = cmd.spawn().map_err(spawn_err)?;
-        // The command keeps its copy of the pipe's write end: drop it so the
-        // reader sees end-of-file when the CLI's processes are gone.
-        drop(cmd);
-        let group = GroupGuard(child.id().map(|p| p as libc::pid_t));
-
+        let secrets = tool.secrets().clone();
         let progress = Arc::new(Mutex::new(Progress::default()));
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        {
-            let progress = Arc::clone(&progress);
-            let command = command.to_string();
-            std::thread::spawn(move || {
-                let mut lines = std::io::BufReader::new(reader);
-                let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    match lines.read_until(b'\n', &mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let line = redact(&strip_ansi(&String::from_utf8_lossy(&buf)), &secrets);
-                            tracing::debug!(target: "pgrehearse::payload", "payload {command}: {}", line.trim_end());
-                            progress.lock().unwrap_or_else(|e| e.into_inner()).line(&line, Instant::now());
-                        }
-                    }
-                }
-                let _ = done_tx.send(());
-            });
-        }
-
-        let waited = tokio::time::timeout(self.timeout, child.wait()).await;
-        let status = match waited {
-            Ok(status) => {
-                group.disarm();
-                Some(status.map_err(spawn_err)?)
-            }
-            Err(_) => {
-                drop(group); // SIGKILL to the whole group
-                let _ = child.wait().await;
-                None
-            }
+        let seen = Arc::clone(&progress);
+        let cmd_name = command.to_string();
+        let ran = tool
+            .run(move |_, line, at| {
+                let line = secrets.redact(&strip_ansi(line));
+                tracing::debug!(target: "pgrehearse::payload", "payload {cmd_name}: {}", line.trim_end());
+                seen.lock().unwrap_or_else(|e| e.into_inner()).line(&line, at);
+            })
+            .await
+            .map_err(|e| PayloadError::Spawn {
+                program: program.to_string(),
+                source: std::io::Error::other(e.message),
+            })?;
+        let status = match &ran.exit {
+            Exit::Exited { success, status } => Some((*success, status.clone())),
+            Exit::TimedOut { .. } => None,
         };
-        let _ = tokio::time::timeout(DRAIN_GRACE, done_rx).await;
-        let duration_ms = start.elapsed().as_millis() as u64;
+        let duration_ms = ran.duration.as_millis() as u64;
         let p = std::mem::take(&mut *progress.lock().unwrap_or_else(|e| e.into_inner()));
         let mut output_tail = pg::tools::tail(&p.tail, TAIL_BYTES);
         if output_tail.is_empty() {
@@ -570,9 +535,9 @@ impl Payload {
                 sessions_ended: end_sessions(url, app_name).await,
                 output_tail,
             }),
-            Some(status) if !status.success() => Err(PayloadError::Failed {
+            Some((false, status)) => Err(PayloadError::Failed {
                 command,
-                status: status.to_string(),
+                status,
                 migration: p.failed.or(p.running.map(|(n, _)| n)),
                 migrated: p.migrated,
                 output_tail,
@@ -604,25 +569,6 @@ async fn end_sessions(url: &ConnUrl, app_name: &str) -> Option<u64> {
     }
 }
 
-/// Kills the CLI's whole process group when dropped armed (timeout, or the
-/// future dropped mid-run): Node, tsx's esbuild service, anything they started.
-struct GroupGuard(Option<libc::pid_t>);
-
-impl GroupGuard {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            // SAFETY: signals the process group we created with process_group(0).
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        }
-    }
-}
-
 /// The URL the CLI gets: with its password, and our application_name (node-pg
 /// takes it from the URL; PGAPPNAME is set too).
 fn child_url(url: &ConnUrl, app_name: &str) -> String {
@@ -637,32 +583,6 @@ fn child_url(url: &ConnUrl, app_name: &str) -> String {
         .collect();
     u.query_pairs_mut().clear().extend_pairs(kept).append_pair("application_name", app_name);
     u.to_string()
-}
-
-/// The forms of the password that could show up in the CLI's output (Node
-/// prints the whole URL when it cannot parse it).
-fn secrets(url: &ConnUrl, child_url: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(pw) = url.password().filter(|p| !p.is_empty()) {
-        if let Some(enc) = url::Url::parse(child_url).ok().and_then(|u| u.password().map(str::to_string)) {
-            out.push(enc);
-        }
-        out.push(pw);
-    }
-    // Longest first, so an encoded form is not half-replaced by a shorter one.
-    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    out.dedup();
-    out
-}
-
-fn redact(s: &str, secrets: &[String]) -> String {
-    let mut out = s.to_string();
-    for secret in secrets {
-        if out.contains(secret.as_str()) {
-            out = out.replace(secret.as_str(), "***");
-        }
-    }
-    out
 }
 
 fn same_names(a: &[String], b: &[String]) -> bool {

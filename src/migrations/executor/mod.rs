@@ -1,0 +1,400 @@
+//! The one executor of migrations, for the rehearsal on a scratch copy and
+//! for the release on live alike (modelled on sqlx's `Migrator`): it sets
+//! the session up ([`Session`]: `lock_timeout`, `statement_timeout`,
+//! `application_name`, the role to run as), decides how a plan runs
+//! ([`Mode::of`], the only place that decides it), applies each file's
+//! statements with its history row ([`crate::migrations::record`]), and
+//! tells how each migration ended in one [`Status`].
+//!
+//! What differs between a rehearsal and a release plugs in through
+//! [`Hooks`]: the rehearsal measures (its session's own `pg_locks` after
+//! each statement, the sampler for statements outside a transaction, the
+//! catalog and WAL after each migration); the release journals every step
+//! before it is taken. The lock-timeout [`Retry`] policy is the executor's
+//! own: the release retries with doubling backoff (dropping the invalid
+//! index an interrupted `CREATE INDEX CONCURRENTLY` left), the rehearsal
+//! runs with [`Retry::NONE`] — a scratch copy has no other writers, so a
+//! lock timeout there is a finding to report, not contention to wait out.
+//!
+//! External tools (Payload, `command`) run through [`external`] on a
+//! [`crate::migrations::tool::ToolProcess`].
+
+pub mod external;
+mod native;
+mod script;
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sqlx::PgConnection;
+
+use crate::config::{MigrationKind, ReleasePolicy, Target};
+use crate::migrations::{Migration, split};
+use crate::pg::url::ConnUrl;
+use crate::pg::{self, PgError};
+
+pub use script::Direction;
+
+/// How a migration of a plan ended. The one status type of executed
+/// migrations, in rehearsal reports and release records alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Applied,
+    Failed,
+    /// Ran, then rolled back with the plan's single transaction.
+    RolledBack,
+    #[default]
+    NotRun,
+}
+
+/// How a plan runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// pgrehearse runs every file, all in one transaction.
+    SingleTransaction,
+    /// pgrehearse runs file by file: a transactional file in its own
+    /// transaction, another statement by statement.
+    PerMigration,
+    /// Payload's CLI (it commits file by file).
+    Payload,
+    /// The `command` source's `apply`.
+    Command,
+}
+
+impl Mode {
+    /// THE decision: external tools run as they run; a native plan whose
+    /// every file is transactional runs in one transaction (a failure rolls
+    /// all of it back); otherwise file by file.
+    pub fn of(kind: MigrationKind, plan: &[Migration]) -> Mode {
+        match kind {
+            MigrationKind::Payload => Mode::Payload,
+            MigrationKind::Command => Mode::Command,
+            MigrationKind::Sqlx | MigrationKind::Diesel if plan.iter().all(|m| m.transactional) => {
+                Mode::SingleTransaction
+            }
+            MigrationKind::Sqlx | MigrationKind::Diesel => Mode::PerMigration,
+        }
+    }
+
+    /// The name reports, records and the journal use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::SingleTransaction => "single_transaction",
+            Mode::PerMigration => "per_migration",
+            Mode::Payload => "payload",
+            Mode::Command => "command",
+        }
+    }
+
+    pub fn is_native(self) -> bool {
+        matches!(self, Mode::SingleTransaction | Mode::PerMigration)
+    }
+}
+
+/// The session a plan runs on: as live will run it.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub lock_timeout: Duration,
+    pub statement_timeout: Option<Duration>,
+    /// The role to run as (`SET ROLE`); `None`: the connecting role.
+    pub role: Option<String>,
+}
+
+impl Session {
+    pub fn of(target: &Target) -> Session {
+        Session { lock_timeout: target.lock_timeout, statement_timeout: target.statement_timeout, role: None }
+    }
+
+    /// Connects to `url` as `application_name` and sets the session up.
+    pub async fn connect(&self, url: &ConnUrl, application_name: &str) -> Result<PgConnection, PgError> {
+        let mut conn = pg::connect(url, application_name).await?;
+        let q = |source| PgError::Query { url: url.redacted(), source };
+        let mut sql = format!("SET lock_timeout = {}", self.lock_timeout.as_millis());
+        if let Some(st) = self.statement_timeout {
+            sql.push_str(&format!("; SET statement_timeout = {}", st.as_millis()));
+        }
+        if let Some(role) = &self.role {
+            sql.push_str(&format!("; SET ROLE {}", pg::quote_ident(role)));
+        }
+        sqlx::raw_sql(&sql).execute(&mut conn).await.map_err(q)?;
+        Ok(conn)
+    }
+}
+
+/// Session settings every run uses, as live will (see [`Session`]).
+pub async fn session(url: &ConnUrl, target: &Target, application_name: &str) -> Result<PgConnection, PgError> {
+    Session::of(target).connect(url, application_name).await
+}
+
+/// Retries of a migration (or of the whole plan in one transaction) that
+/// failed on `lock_timeout` (SQLSTATE 55P03), with doubling backoff capped
+/// at 30 s; `statement_timeout` stays the ceiling.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub retries: u32,
+    pub backoff: Duration,
+}
+
+impl Retry {
+    /// No retry: the first lock timeout fails the migration.
+    pub const NONE: Retry = Retry { retries: 0, backoff: Duration::ZERO };
+
+    pub fn of(policy: &ReleasePolicy) -> Retry {
+        Retry { retries: policy.lock_retries, backoff: policy.lock_retry_backoff }
+    }
+
+    /// The pause before retry number `attempt + 1`.
+    pub fn wait(&self, attempt: u32) -> Duration {
+        self.backoff.saturating_mul(1u32 << attempt.min(16)).min(Duration::from_secs(30))
+    }
+}
+
+/// One statement as it ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatementResult {
+    pub index: usize,
+    pub line: usize,
+    pub sql: String,
+    pub duration_ms: u64,
+}
+
+/// Where and why a migration failed, as reports show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub file: String,
+    pub statement: Option<usize>,
+    pub line: Option<usize>,
+    pub sql: Option<String>,
+    pub sqlstate: Option<String>,
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure known only by its file and a message (external tools).
+    pub fn of_file(file: String, message: String) -> Failure {
+        Failure { file, statement: None, line: None, sql: None, sqlstate: None, message }
+    }
+}
+
+/// How one migration of the plan ran.
+#[derive(Debug, Clone, Default)]
+pub struct Step {
+    pub status: Status,
+    pub duration_ms: u64,
+    /// Runs of it (1 + retries after lock timeouts); 0 when not run.
+    pub attempts: u32,
+    /// Native sources: each statement of the last attempt.
+    pub statements: Vec<StatementResult>,
+    pub failure: Option<Failure>,
+    /// The failure as one sentence naming the migration, file and line.
+    pub error: Option<String>,
+    /// External tools: when the tool ran this migration, as far as it said.
+    pub ran: Option<(Instant, Instant)>,
+}
+
+/// What a plan did.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// One per migration of the plan, in its order.
+    pub steps: Vec<Step>,
+    /// The first failure, as a sentence.
+    pub failure: Option<String>,
+    /// Whether the database may hold part of the plan (something committed,
+    /// or a non-transactional statement ran).
+    pub partial: bool,
+}
+
+impl Run {
+    pub fn ok(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+/// What a rehearsal or a release adds to the executor's run. Every method
+/// has a default that does nothing.
+#[allow(async_fn_in_trait)] // every caller names its hooks' concrete type, so Send is known where it matters
+pub trait Hooks {
+    type Error;
+
+    /// The plan is about to run in `mode` on `conn`.
+    async fn plan_started(&mut self, _conn: &mut PgConnection, _mode: Mode) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// Migration `i` is about to run (again, after a retry); `in_tx` when a
+    /// transaction is open around it.
+    async fn migration_started(
+        &mut self,
+        _conn: &mut PgConnection,
+        _i: usize,
+        _m: &Migration,
+        _in_tx: bool,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// Statement `s` of migration `i` succeeded: it started at `at` and
+    /// took `took`.
+    async fn statement_done(
+        &mut self,
+        _conn: &mut PgConnection,
+        _i: usize,
+        _s: usize,
+        _in_tx: bool,
+        _at: Instant,
+        _took: Duration,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// The open transaction just ended (committed or rolled back) at `at`.
+    fn transaction_ended(&mut self, _at: Instant) {}
+
+    /// Migration `i` applied with its history row; `committed` when that is
+    /// already durable (its own transaction committed, or none was open).
+    async fn migration_done(
+        &mut self,
+        _conn: &mut PgConnection,
+        _i: usize,
+        _m: &Migration,
+        _committed: bool,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// Migration `m` hit a lock timeout and runs again after `wait`.
+    async fn retrying(&mut self, _m: &Migration, _attempt: u32, _wait: Duration) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+/// Runs plans of one native source on a session.
+pub struct Executor<'a> {
+    pub kind: MigrationKind,
+    /// The history table.
+    pub table: &'a str,
+    pub retry: Retry,
+    /// Where it runs, for messages: "live", "the scratch copy".
+    pub place: &'static str,
+}
+
+impl Executor<'_> {
+    /// Runs a native `plan` on `conn` (set up by [`Session`]) in the mode
+    /// [`Mode::of`] decides. Only a hook's error ends it early; a failing
+    /// migration is told in the returned [`Run`].
+    pub async fn run<H: Hooks>(
+        &self,
+        conn: &mut PgConnection,
+        plan: &[Migration],
+        hooks: &mut H,
+    ) -> Result<Run, H::Error> {
+        let mode = Mode::of(self.kind, plan);
+        debug_assert!(mode.is_native(), "external tools run through executor::external");
+        hooks.plan_started(conn, mode).await?;
+        if mode == Mode::SingleTransaction {
+            self.single(conn, plan, hooks).await
+        } else {
+            self.per_migration(conn, plan, hooks).await
+        }
+    }
+}
+
+/// Whether an error is a lock timeout (SQLSTATE 55P03), which is retried.
+fn is_lock_timeout(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+}
+
+fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.to_string()),
+        _ => None,
+    }
+}
+
+/// A failing statement as a report shows it, with the line the server
+/// points at.
+fn failure(m: &Migration, index: usize, stmt: &split::Statement, e: &sqlx::Error) -> Failure {
+    let (message, line) = match e {
+        sqlx::Error::Database(db) => {
+            let pos = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().and_then(|p| match p.position() {
+                Some(sqlx::postgres::PgErrorPosition::Original(n)) => Some(n),
+                _ => None,
+            });
+            // The server's position is a character offset into the statement.
+            let line =
+                pos.map(|n| stmt.line + stmt.sql.chars().take(n.saturating_sub(1)).filter(|c| *c == '\n').count());
+            (db.message().to_string(), line.or(Some(stmt.line)))
+        }
+        other => (other.to_string(), Some(stmt.line)),
+    };
+    Failure {
+        file: m.path.display().to_string(),
+        statement: Some(index),
+        line,
+        sql: Some(excerpt(&stmt.sql)),
+        sqlstate: sqlstate(e),
+        message,
+    }
+}
+
+/// A statement's error as a sentence naming the file and line.
+fn describe(m: &Migration, stmt: &split::Statement, e: &sqlx::Error) -> String {
+    let msg = match e {
+        sqlx::Error::Database(db) => format!("{} (SQLSTATE {})", db.message(), db.code().unwrap_or_default()),
+        other => other.to_string(),
+    };
+    format!(
+        "migration {} ({}) failed at line {} ({}): {msg}",
+        m.version,
+        m.path.display(),
+        stmt.line,
+        excerpt(&stmt.sql)
+    )
+}
+
+/// A statement shortened for reports: one line, at most 200 characters.
+pub fn excerpt(sql: &str) -> String {
+    let one: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.chars().count() > 200 { format!("{}…", one.chars().take(199).collect::<String>()) } else { one }
+}
+
+async fn exec(conn: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(sql).execute(&mut *conn).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrations::Down;
+
+    fn m(transactional: bool) -> Migration {
+        Migration {
+            version: "1".into(),
+            name: "a".into(),
+            path: "1_a.up.sql".into(),
+            up_sql: String::new(),
+            checksum: String::new(),
+            transactional,
+            down: Down::Missing,
+        }
+    }
+
+    #[test]
+    fn one_decision_of_the_mode() {
+        assert_eq!(Mode::of(MigrationKind::Sqlx, &[m(true), m(true)]), Mode::SingleTransaction);
+        assert_eq!(Mode::of(MigrationKind::Diesel, &[m(true), m(false)]), Mode::PerMigration);
+        assert_eq!(Mode::of(MigrationKind::Payload, &[m(true)]), Mode::Payload);
+        assert_eq!(Mode::of(MigrationKind::Command, &[m(false)]), Mode::Command);
+        assert_eq!(Mode::PerMigration.as_str(), "per_migration");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_a_cap() {
+        let r = Retry { retries: 5, backoff: Duration::from_millis(100) };
+        assert_eq!(r.wait(0), Duration::from_millis(100));
+        assert_eq!(r.wait(2), Duration::from_millis(400));
+        assert_eq!(r.wait(20), Duration::from_secs(30));
+    }
+}
