@@ -216,12 +216,6 @@ impl ToolProcess {
         self
     }
 
-    /// One more text to redact from everything the run returns.
-    pub fn secret(&mut self, s: &str) -> &mut Self {
-        self.secrets.add(s.to_string());
-        self
-    }
-
     /// The database at `url`: `DATABASE_URL` (password only with
     /// [`Password::InUrl`]), `PGDATABASE`, `PGAPPNAME`, `PGPASSWORD`; every
     /// form of the password is redacted from the output.

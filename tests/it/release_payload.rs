@@ -15,7 +15,14 @@
 //!   `restored`, live's schema and every table's digest equal to what they
 //!   were just before `apply` (duplicates included), and the failed database
 //!   kept as `app_failed_*` holding the partly applied plan.
+//! - Password in the environment: live's role and the shadow's role both
+//!   authenticate with a SCRAM password (pg_hba requires it). A migration
+//!   records the environment Payload's CLI got: every run of the rehearsal
+//!   and the release has `DATABASE_URI`, `DATABASE_URL` and `POSTGRES_URL`
+//!   without a password and `PGPASSWORD` set, and every run succeeds, so
+//!   node-postgres really took the password from `PGPASSWORD`.
 
+use crate::harness::cli::{local_store_toml, target_toml, toml_string};
 use crate::harness::migrations::*;
 use crate::harness::payload::*;
 use crate::harness::release::*;
@@ -153,4 +160,98 @@ fn a_payload_release_failing_on_live_is_restored_to_the_pre_release_state() {
     let st = rig.status().json();
     let pending: Vec<&str> = st["pending"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
     assert_eq!(pending, [SLUG, UNIQUE_EMAIL], "the plan is pending again after the restore: {st:#}");
+}
+
+/// The shadow's role: a superuser that must present this password.
+const SHADOW_PW: &str = "sh@dow/pw 9";
+const PROBE: &str = "20261124_093300_env_probe";
+
+/// A migration that appends, on `up` and on `down`, the connection
+/// variables Payload's CLI was given to `env-probe.jsonl` in the project
+/// (the CLI's working directory); only whether `PGPASSWORD` is set.
+const PROBE_TS: &str = r#"import { appendFileSync } from 'node:fs'
+import type { MigrateDownArgs, MigrateUpArgs } from '@payloadcms/db-postgres'
+
+const probe = (dir: string) =>
+  appendFileSync(
+    'env-probe.jsonl',
+    JSON.stringify({
+      dir,
+      DATABASE_URI: process.env.DATABASE_URI,
+      DATABASE_URL: process.env.DATABASE_URL,
+      POSTGRES_URL: process.env.POSTGRES_URL,
+      PGPASSWORD: process.env.PGPASSWORD ? 'set' : 'unset',
+    }) + '\n',
+  )
+
+export async function up({ db }: MigrateUpArgs): Promise<void> {
+  probe('up')
+}
+
+export async function down({ db }: MigrateDownArgs): Promise<void> {
+  probe('down')
+}
+"#;
+
+#[test]
+fn payload_gets_the_password_in_pgpassword_not_in_its_url() {
+    let rig = payload_rig();
+    add(&rig, "migrations", SLUG);
+    std::fs::write(rig.dir.join("migrations").join(format!("{PROBE}.ts")), PROBE_TS).unwrap();
+    rig.shadow.psql(
+        "postgres",
+        &format!("CREATE ROLE rehearser SUPERUSER LOGIN PASSWORD '{}'", SHADOW_PW.replace('\'', "''")),
+    );
+    let extra = format!(
+        "shadow_url = {}\nrestore_jobs = 2\nmigrations = {{ kind = \"payload\", dir = {} }}\n{}",
+        toml_string(&rig.shadow.url("postgres", "rehearser", SHADOW_PW)),
+        toml_string(&rig.dir.display().to_string()),
+        release_config(&rig, ""),
+    );
+    rig.pgr.write_config(&format!(
+        "{}{}",
+        local_store_toml(&rig.pgr, ""),
+        target_toml("app", &rig.live.url("app", "app", PASSWORD), &extra)
+    ));
+    rig.snapshot();
+    let r = rig.rehearse(&[]);
+    r.ok();
+    assert_eq!(r.json()["reversible"], true, "{}", r.stdout);
+    let plan = plan_of(&rig);
+    rig.pgr.run_json(&["approve", "--plan", &plan, "--by", "test"]).ok();
+    let a = apply(&rig);
+    a.ok();
+    assert_eq!(a.json()["outcome"], "applied", "{}", a.stdout);
+    assert_eq!(history(&rig), [format!("{INITIAL}:1"), format!("{SLUG}:2"), format!("{PROBE}:2")]);
+
+    let probes: Vec<Value> = std::fs::read_to_string(rig.dir.join("env-probe.jsonl"))
+        .expect("the probe migration ran")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Rehearsal: migrate, migrate:down, migrate; release: migrate.
+    let dirs: Vec<&str> = probes.iter().map(|p| p["dir"].as_str().unwrap()).collect();
+    assert_eq!(dirs, ["up", "down", "up", "up"], "{probes:#?}");
+    for (i, p) in probes.iter().enumerate() {
+        assert_eq!(p["PGPASSWORD"], "set", "run {i}: {p:#}");
+        let uri = p["DATABASE_URI"].as_str().unwrap_or_else(|| panic!("run {i} has no DATABASE_URI: {p:#}"));
+        assert_eq!(p["DATABASE_URL"], uri, "{p:#}");
+        assert_eq!(p["POSTGRES_URL"], uri, "{p:#}");
+        let u = url::Url::parse(uri).unwrap();
+        assert_eq!(u.password(), None, "run {i}: a password in the URL: {uri}");
+        assert!(!u.query_pairs().any(|(k, _)| k == "password"), "run {i}: a password in the query: {uri}");
+        for pw in [PASSWORD, SHADOW_PW, "sh%40dow"] {
+            assert!(!uri.contains(pw), "run {i}: {uri}");
+        }
+    }
+    let users: Vec<String> = probes
+        .iter()
+        .map(|p| url::Url::parse(p["DATABASE_URI"].as_str().unwrap()).unwrap().username().to_string())
+        .collect();
+    assert_eq!(users, ["rehearser", "rehearser", "rehearser", "app"], "the shadow's role rehearses, live's releases");
+    for (what, text) in [("rehearse", &r.stdout), ("rehearse", &r.stderr), ("apply", &a.stdout), ("apply", &a.stderr)] {
+        for pw in [PASSWORD, SHADOW_PW, "sh%40dow%2Fpw"] {
+            assert!(!text.contains(pw), "{what} output holds a password:\n{text}");
+        }
+    }
 }

@@ -22,6 +22,15 @@
 //! directory and above without overriding variables that are set and
 //! non-empty, so `PAYLOAD_DROP_DATABASE` is set to `false` rather than
 //! removed (a removed or empty one would be filled in from `.env`).
+//!
+//! The CLI gets the URL without its password (in `DATABASE_URI`,
+//! `DATABASE_URL` and `POSTGRES_URL`) and the password in `PGPASSWORD`:
+//! node-postgres (pg 8, under `@payloadcms/db-postgres` and drizzle) parses
+//! a connection string without a password to an empty one and then takes
+//! `PGPASSWORD` (`connection-parameters.js`, `val('password', …)`). A
+//! `payload.config` that takes the URL apart itself and passes
+//! `password: new URL(…).password` to the pool would pass an empty one; it
+//! should read `process.env.PGPASSWORD` (or pass the connection string).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -31,8 +40,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection};
 
-use crate::error_class::{Class, Classify};
 use super::tool::{Exit, Password, ToolProcess};
+use crate::error_class::{Class, Classify};
 use crate::pg::{self, ConnUrl, PgError};
 use output::{Progress, strip_ansi};
 
@@ -361,7 +370,7 @@ impl Payload {
     /// `payload migrate` against the database at `url`. Refuses first if the
     /// database does not exist, a dev-push row (batch = -1) exists, or the
     /// files Payload would run are not `expected`; runs the CLI with
-    /// DATABASE_URI=url, stdin closed, PAYLOAD_DROP_DATABASE=false,
+    /// DATABASE_URI=url without its password, PGPASSWORD, stdin closed, PAYLOAD_DROP_DATABASE=false,
     /// PGAPPNAME=app_name, its own process group killed on timeout; parses
     /// per-migration times from its output; after exit 0 confirms in SQL
     /// that each of `expected` (file names) has its row.
@@ -480,9 +489,10 @@ impl Payload {
         tool.arg(&layout.bin)
             .arg(command)
             .current_dir(&layout.root)
-            // The URL with its password: Payload's adapter reads the
-            // connection string (PGPASSWORD is set too, see `database`).
-            .database(url, app_name, Password::InUrl)
+            // The URL without its password, the password in PGPASSWORD:
+            // node-postgres (under Payload's postgres adapter and drizzle)
+            // reads PGPASSWORD when the connection string carries none.
+            .database(url, app_name, Password::Env)
             // The template's variable; DATABASE_URL and POSTGRES_URL too, so a
             // config reading one of those (or a `.env` defining them) cannot
             // send Payload to another database.
@@ -493,9 +503,6 @@ impl Payload {
             // the project's `.env` files, which may say `true`.
             .env("PAYLOAD_DROP_DATABASE", "false")
             .merge_output();
-        if let Some(enc) = url::Url::parse(&child_url).ok().and_then(|u| u.password().map(str::to_string)) {
-            tool.secret(&enc);
-        }
         if let Some(options) = &self.pg_options {
             tool.env("PGOPTIONS", options);
         }
@@ -569,13 +576,11 @@ async fn end_sessions(url: &ConnUrl, app_name: &str) -> Option<u64> {
     }
 }
 
-/// The URL the CLI gets: with its password, and our application_name (node-pg
-/// takes it from the URL; PGAPPNAME is set too).
+/// The URL the CLI gets: without any password (neither in the userinfo nor
+/// as `?password=`; the CLI finds it in `PGPASSWORD`), with our
+/// application_name (node-pg takes it from the URL; PGAPPNAME is set too).
 fn child_url(url: &ConnUrl, app_name: &str) -> String {
     let Ok(mut u) = url::Url::parse(&url.without_password()) else { return url.without_password() };
-    if let Some(pw) = url.password() {
-        let _ = u.set_password(Some(&pw));
-    }
     let kept: Vec<(String, String)> = u
         .query_pairs()
         .filter(|(k, _)| k != "application_name")

@@ -186,7 +186,7 @@ fn files_finds_the_migration_dir_of_a_project_and_refuses_duplicates() {
 fn the_password_reaches_the_child_only_through_its_environment() {
     let url = ConnUrl::parse("postgres://app:s%40cret@localhost/app?host=/tmp/s&application_name=x").unwrap();
     let child = child_url(&url, "pgrehearse-payload");
-    assert!(child.contains("s%40cret"), "{child}");
+    assert!(!child.contains("cret") && child.starts_with("postgres://app@localhost/app?"), "{child}");
     assert!(child.contains("application_name=pgrehearse-payload") && !child.contains("application_name=x"));
     assert!(child.contains("host=%2Ftmp%2Fs") || child.contains("host=/tmp/s"), "{child}");
     let s = crate::migrations::tool::Secrets::of_url(&url);
@@ -194,8 +194,8 @@ fn the_password_reaches_the_child_only_through_its_environment() {
     assert!(!out.contains("cret"), "{out}");
     let q = ConnUrl::parse("postgres://app@localhost/app?password=zz%26y").unwrap();
     let child = child_url(&q, "a");
-    assert!(!child.contains("password="), "moved into the userinfo: {child}");
-    assert_eq!(url::Url::parse(&child).unwrap().password(), Some("zz&y"));
+    assert!(!child.contains("password=") && !child.contains("zz"), "no password anywhere: {child}");
+    assert_eq!(url::Url::parse(&child).unwrap().password(), None);
     let none = crate::migrations::tool::Secrets::of_url(&ConnUrl::parse("postgres://app@h/db").unwrap());
     assert_eq!(none.redact("postgres://app@h/db"), "postgres://app@h/db");
 }
