@@ -153,7 +153,8 @@ fn the_daemon_applies_retention_after_each_scheduled_snapshot() {
     append_config(&rig, &daemon_toml(port, None));
     let bg = start(&rig.pgr, port);
     wait_for("6 scheduled snapshots", Duration::from_secs(120), Duration::from_millis(200), || {
-        metric(&addr, "pgrehearse_job_runs_total{job=\"snapshot\",outcome=\"ok\",target=\"app\"}").filter(|n| *n >= 6.0)
+        metric(&addr, "pgrehearse_job_runs_total{error_kind=\"none\",job=\"snapshot\",outcome=\"ok\",target=\"app\"}")
+            .filter(|n| *n >= 6.0)
     });
     stop(bg);
 
