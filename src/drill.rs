@@ -545,7 +545,7 @@ fn clean_staging(dir: &Path, target: &str) {
         let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
         if let Some(pid) = pid
             && pid != std::process::id()
-            && !crate::state::process_alive(pid)
+            && !crate::host::process_alive(pid)
         {
             tracing::warn!(file = %e.path().display(), "Removing a staging file left by a run that died.");
             let _ = std::fs::remove_file(e.path());
@@ -554,24 +554,12 @@ fn clean_staging(dir: &Path, target: &str) {
 }
 
 /// Refuses before downloading when the staging filesystem cannot hold the
-/// decompressed dump plus the configured reserve. (`statvfs` directly: one
-/// syscall, where a system-information crate would enumerate every disk.)
+/// decompressed dump plus the configured reserve.
 pub fn check_space(dir: &Path, m: &Manifest, reserve: u64) -> Result<(), DrillError> {
-    let free = free_bytes(dir).map_err(|source| DrillError::Staging { dir: dir.into(), source })?;
+    let free = crate::host::free_bytes(dir).map_err(|source| DrillError::Staging { dir: dir.into(), source })?;
     let need = m.bytes_raw.saturating_add(reserve);
     if free < need {
         return Err(DrillError::NoSpace { dir: dir.into(), id: m.id.clone(), need, raw: m.bytes_raw, reserve, free });
     }
     Ok(())
-}
-
-pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }

@@ -9,6 +9,7 @@ mod daemon;
 mod demo;
 mod drill;
 mod error_class;
+mod host;
 mod jobs;
 mod metrics;
 mod migrations;

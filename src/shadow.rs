@@ -206,9 +206,9 @@ impl Shadow {
 
     /// Drops scratch databases whose run died (this host's dead pids).
     async fn drop_leftovers(&mut self) -> Result<(), ShadowError> {
-        let me = crate::state::hostname();
+        let me = crate::host::hostname();
         for db in self.state.shadow_dbs(&self.target).await? {
-            let dead = db.host == me && db.pid != std::process::id() && !crate::state::process_alive(db.pid);
+            let dead = db.host == me && db.pid != std::process::id() && !crate::host::process_alive(db.pid);
             if db.kind == KIND_SCRATCH && dead {
                 tracing::warn!(database = %db.name, "Dropping a scratch database left by a run that died.");
                 self.drop_db(&db.name).await?;

@@ -465,7 +465,7 @@ fn host_metrics(m: &Metrics, cfg: &Config) {
     m.set("pgrehearse_host_memory_total_bytes", "Memory of the host.", &[], sys.total_memory() as f64);
     let staging = cfg.staging_dir();
     let probe = if staging.exists() { staging.clone() } else { cfg.state_dir.clone() };
-    if let Ok(free) = crate::drill::free_bytes(&probe) {
+    if let Ok(free) = crate::host::free_bytes(&probe) {
         m.set(
             "pgrehearse_host_staging_free_bytes",
             "Free space in the staging directory's filesystem.",

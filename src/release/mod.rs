@@ -256,7 +256,7 @@ fn new_row(cx: &Ctx<'_>, plan: &Plan, outcome: Outcome) -> ReleaseRow {
         started_at: now.to_rfc3339(),
         finished_at: None,
         pid: std::process::id(),
-        host: crate::state::hostname(),
+        host: crate::host::hostname(),
         migrations: serde_json::Value::Array(Vec::new()),
         timings: serde_json::json!({}),
         warnings: Vec::new(),

@@ -206,7 +206,7 @@ pub async fn check(
         let _ = std::fs::create_dir_all(&staging);
         let raw = manifests.first().map_or(server.database_size, |m| m.bytes_raw.max(server.database_size / 2));
         let need = raw.saturating_add(config.store.staging_reserve);
-        if let Ok(free) = crate::drill::free_bytes(&staging)
+        if let Ok(free) = crate::host::free_bytes(&staging)
             && free < need
         {
             return Ok(Err(Refusal::NoStagingSpace { dir: staging.display().to_string(), need, free }));

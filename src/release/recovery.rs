@@ -257,7 +257,7 @@ pub async fn finish_interrupted(cx: &Ctx<'_>) -> Result<Option<Release>, Release
         tracing::warn!(release = %row.id, pid = row.pid, host = %row.host, "Found a release whose process died; finishing it.");
         cx.state.release_adopt(&row.id).await?;
         row.pid = std::process::id();
-        row.host = crate::state::hostname();
+        row.host = crate::host::hostname();
         let journal = Journal::new(&cx.state, &row.id);
         let steps = cx.state.journal(&row.id).await?;
         let at = steps.last().map(|e| match &e.detail {

@@ -16,6 +16,7 @@ use crate::error_class::{Class, Classify};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use crate::host::{hostname, process_alive};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -564,19 +565,4 @@ fn run_from_row(r: &sqlx::sqlite::SqliteRow) -> SnapshotRun {
         host: r.get("host"),
         error: r.get("error"),
     }
-}
-
-/// This host's name, for attributing runs (the state file may be on shared
-/// storage in an HA pair; a pid means nothing on another host).
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
-}
-
-/// Whether a process with this pid exists (signal 0 probes without sending).
-pub fn process_alive(pid: u32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }

@@ -7,7 +7,8 @@ use chrono::Utc;
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{State, StateError, hostname};
+use super::{State, StateError};
+use crate::host::hostname;
 
 /// A release as recorded. JSON columns are kept as values so that readers
 /// (the CLI, the daemon's API and reports) see exactly what was written.

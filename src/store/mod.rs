@@ -154,7 +154,7 @@ async fn run_is_dead(
     match state.snapshot_run(id).await.ok().flatten() {
         Some(r) => {
             r.status != crate::state::RunStatus::Running
-                || (r.host == crate::state::hostname() && !crate::state::process_alive(r.pid))
+                || (r.host == crate::host::hostname() && !crate::host::process_alive(r.pid))
         }
         None => {
             id_started_at(id).or(fallback_start).is_some_and(|t| (Utc::now() - t).to_std().unwrap_or_default() >= grace)

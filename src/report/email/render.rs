@@ -335,7 +335,7 @@ pub fn release(rel: &crate::release::Release) -> Mail {
 
 /// An alert: `job` of `target` failed with `error`.
 pub fn alert(target: &str, job: &str, error: &str) -> Mail {
-    let host = crate::state::hostname();
+    let host = crate::host::hostname();
     let when = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC");
     let next = match job {
         "snapshot" => format!(
@@ -364,7 +364,7 @@ pub fn alert(target: &str, job: &str, error: &str) -> Mail {
 /// The `pgrehearse email test` message: where reports go and a sample chart,
 /// to check that the mail client shows it.
 pub fn test_message(config: &Config) -> Mail {
-    let host = crate::state::hostname();
+    let host = crate::host::hostname();
     let Some(e) = &config.email else {
         return Mail { subject: String::new(), text: String::new(), html: String::new() };
     };
@@ -402,7 +402,7 @@ pub fn test_message(config: &Config) -> Mail {
 }
 
 pub(super) fn footer() -> String {
-    format!("Sent by pgrehearse {} on {}.", env!("CARGO_PKG_VERSION"), crate::state::hostname())
+    format!("Sent by pgrehearse {} on {}.", env!("CARGO_PKG_VERSION"), crate::host::hostname())
 }
 
 /// `preflight 0.2 s, snapshot 4.1 s, …` in the order a release runs.
