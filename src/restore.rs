@@ -14,8 +14,8 @@ use sqlx::Executor;
 use sqlx::postgres::PgConnection;
 
 use crate::config::{Config, Target};
-use crate::drill::{self, DrillError};
 use crate::error_class::{Class, Classify};
+use crate::shadow::load::{self, LoadError};
 use crate::pg::lock::HeavyLock;
 use crate::pg::tools::ToolError;
 use crate::pg::{self, ConnUrl, PgError, quote_ident};
@@ -36,7 +36,7 @@ pub enum RestoreError {
     )]
     NeedsYes { id: String, live: String, new: String, old: String },
     #[error(transparent)]
-    Drill(#[from] DrillError),
+    Load(#[from] LoadError),
     #[error(transparent)]
     Pg(#[from] PgError),
     #[error(transparent)]
@@ -49,7 +49,7 @@ impl Classify for RestoreError {
             RestoreError::Exists { .. } | RestoreError::BadName { .. } => Class::Usage,
             RestoreError::Problems { .. } => Class::Problems,
             RestoreError::NeedsYes { .. } => Class::Refused,
-            RestoreError::Drill(e) => e.class(),
+            RestoreError::Load(e) => e.class(),
             RestoreError::Pg(e) => e.class(),
             RestoreError::Tool(e) => e.class(),
         }
@@ -61,7 +61,7 @@ impl Classify for RestoreError {
             RestoreError::BadName { .. } => "bad_database_name",
             RestoreError::Problems { .. } => "restore_problems",
             RestoreError::NeedsYes { .. } => "needs_yes",
-            RestoreError::Drill(e) => e.kind(),
+            RestoreError::Load(e) => e.kind(),
             RestoreError::Pg(e) => e.kind(),
             RestoreError::Tool(e) => e.kind(),
         }
@@ -84,28 +84,28 @@ pub async fn restore_as(config: &Config, target: &Target, id: &str, name: &str) 
     if name.is_empty() || name.len() > 63 {
         return Err(RestoreError::BadName { name: name.into() });
     }
-    let (_state, store) = open_stores(config).await.map_err(DrillError::from)?;
-    let m = catalog::resolve(store.as_ref(), &target.name, id).await.map_err(DrillError::from)?;
+    let (_state, store) = open_stores(config).await.map_err(LoadError::from)?;
+    let m = catalog::resolve(store.as_ref(), &target.name, id).await.map_err(LoadError::from)?;
     let admin_url = target.admin().with_database("postgres");
     let mut admin = pg::connect(&admin_url, "pgrehearse-restore").await?;
     if database_exists(&mut admin, &admin_url, name).await? {
         return Err(RestoreError::Exists { name: name.into() });
     }
     let staging = config.staging_dir();
-    std::fs::create_dir_all(&staging).map_err(|source| DrillError::Staging { dir: staging.clone(), source })?;
-    drill::check_space(&staging, &m, config.store.staging_reserve)?;
-    let file = drill::staging_file(&staging, target, &m);
+    std::fs::create_dir_all(&staging).map_err(|source| LoadError::Staging { dir: staging.clone(), source })?;
+    load::check_space(&staging, &m, config.store.staging_reserve)?;
+    let file = load::staging_file(&staging, target, &m);
     let t0 = Instant::now();
     let fetched = catalog::fetch(config, store.as_ref(), &m, None, &file, false).await;
     if let Err(e) = fetched {
-        return Err(DrillError::from(e).into());
+        return Err(LoadError::from(e).into());
     }
     let restored = async {
         exec(&mut admin, &admin_url, &format!("CREATE DATABASE {}", quote_ident(name))).await?;
         let url = target.admin().with_database(name);
-        drill::pg_restore(config, target, &m, &url, &file, &[]).await?;
-        drill::analyze(&url).await?;
-        let (tables, problems) = drill::check(&url, &m).await?;
+        load::pg_restore(config, target, &m, &url, &file, &[]).await?;
+        load::analyze(&url).await?;
+        let (tables, problems) = load::check(&url, &m).await?;
         if !problems.is_empty() {
             return Err(RestoreError::Problems { id: m.id.clone(), db: name.into(), problems: problems.join("; ") });
         }
@@ -136,12 +136,12 @@ pub async fn replace_live(config: &Config, target: &Target, id: &str, yes: bool)
     let new = truncate(&format!("{live}_restoring_{stamp}"));
     let old = truncate(&format!("{live}_replaced_{stamp}"));
     if !yes {
-        let (_state, store) = open_stores(config).await.map_err(DrillError::from)?;
-        let m = catalog::resolve(store.as_ref(), &target.name, id).await.map_err(DrillError::from)?;
+        let (_state, store) = open_stores(config).await.map_err(LoadError::from)?;
+        let m = catalog::resolve(store.as_ref(), &target.name, id).await.map_err(LoadError::from)?;
         return Err(RestoreError::NeedsYes { id: m.id, live, new, old });
     }
     // Held through the swap: it lives in the maintenance database, not live.
-    let lock = HeavyLock::for_target(target, "restore").await.map_err(DrillError::from)?;
+    let lock = HeavyLock::for_target(target, "restore").await.map_err(LoadError::from)?;
     let mut restored = restore_as(config, target, id, &new).await?;
     let admin_url = target.admin().with_database("postgres");
     let mut admin = pg::connect(&admin_url, "pgrehearse-restore").await?;

@@ -294,7 +294,7 @@ async fn run(
     let t0 = Instant::now();
     let m = pick_snapshot(config, target, store, &opts.snapshot, cancel).await?;
     let db = shadow.scratch_name(id);
-    let (method, restore_ms) = drill::scratch_copy(config, target, store, &m, shadow, &db).await?;
+    let (method, restore_ms) = crate::shadow::load::scratch_copy(config, target, store, &m, shadow, &db).await?;
     tracing::info!(database = %db, method, restore_ms, snapshot = %m.id, "Scratch copy ready.");
     let measured = measure(config, target, source, plan, &m, shadow, &db, opts).await;
     if opts.keep {

@@ -9,6 +9,8 @@
 //! host names), the live database itself is never touched, and only
 //! databases recorded in the state store as ours are ever dropped.
 
+pub mod load;
+
 use sqlx::Executor;
 use sqlx::postgres::PgConnection;
 
