@@ -146,7 +146,7 @@ pub async fn replace_live(config: &Config, target: &Target, id: &str, yes: bool)
     let admin_url = target.admin().with_database("postgres");
     let mut admin = pg::connect(&admin_url, "pgrehearse-restore").await?;
     carry_over(&mut admin, &admin_url, &live, &new).await?;
-    swap(&mut admin, &admin_url, &live, &new, &old, None).await?;
+    swap(&mut admin, &admin_url, &live, &new, &old, async |_: &str| {}).await?;
     lock.release().await;
     tracing::warn!(database = %live, kept_as = %old, snapshot = %restored.snapshot_id, "Live database replaced by the restored snapshot; the previous one is kept.");
     restored.database = live;
@@ -268,14 +268,15 @@ fn setting_value(name: &str, value: &str) -> String {
 /// `live` → `old`, then `new` → `live`. Resumable: when a crash stopped an
 /// earlier swap between the two renames (`live` gone, `old` and `new`
 /// there) it finishes it, and when both were done it only reopens `old`.
-/// With a journal, the state between the renames is journaled.
+/// `between` is called with `old` between the two renames (a release
+/// journals that state there).
 pub(crate) async fn swap(
     conn: &mut PgConnection,
     url: &ConnUrl,
     live: &str,
     new: &str,
     old: &str,
-    journal: Option<&crate::release::journal::Journal>,
+    between: impl AsyncFnOnce(&str),
 ) -> Result<(), PgError> {
     let (has_live, has_new, has_old) = (
         database_exists(conn, url, live).await?,
@@ -305,11 +306,7 @@ pub(crate) async fn swap(
             exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(live))).await?;
             return Err(e);
         }
-        if let Some(j) = journal
-            && let Err(e) = j.step(crate::release::journal::step::SWAP_RENAMED, Some(old)).await
-        {
-            tracing::warn!(error = %e, "Cannot journal the swap's first rename; finishing the swap.");
-        }
+        between(old).await;
         if let Err(e) = rename(conn, url, new, live).await {
             // Put live back where it was: never leave the name without a database.
             rename(conn, url, old, live).await?;

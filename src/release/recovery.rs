@@ -162,7 +162,12 @@ async fn restore_live(cx: &Ctx<'_>, journal: &Journal, row: &ReleaseRow) -> Resu
         restore::carry_over(&mut admin, &admin_url, &live, &new).await.map_err(|e| e.to_string())?;
     }
     journal.step(step::SWAP, Some(&kept)).await.map_err(|e| e.to_string())?;
-    restore::swap(&mut admin, &admin_url, &live, &new, &kept, Some(journal)).await.map_err(|e| e.to_string())?;
+    let renamed = async |old: &str| {
+        if let Err(e) = journal.step(step::SWAP_RENAMED, Some(old)).await {
+            tracing::warn!(error = %e, "Cannot journal the swap's first rename; finishing the swap.");
+        }
+    };
+    restore::swap(&mut admin, &admin_url, &live, &new, &kept, renamed).await.map_err(|e| e.to_string())?;
     journal.step(step::SWAP_DONE, Some(&kept)).await.map_err(|e| e.to_string())?;
     Ok(kept)
 }
