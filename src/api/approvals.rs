@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use super::conn::Peer;
 use super::{ApiError, auth};
-use crate::daemon::Shared;
+use super::Shared;
 use crate::release::approval::{self, Approved};
 
 /// How long an approval may take (it reads live's history once).

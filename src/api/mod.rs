@@ -26,8 +26,25 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::Shared;
+use crate::config::Config;
+use crate::metrics::Metrics;
 pub use error::ApiError;
+
+/// The daemon as the API sees it: the configuration in force, the jobs
+/// running, since when it runs, its metrics. The daemon implements this and
+/// hands itself to [`serve`]; the API never imports the daemon.
+pub trait Daemon: Send + Sync + 'static {
+    /// The configuration in force (replaced as a whole on reload).
+    fn config(&self) -> Arc<Config>;
+    /// Jobs running now, as (target, job name).
+    fn running(&self) -> Vec<(String, &'static str)>;
+    /// When the daemon started.
+    fn started(&self) -> std::time::Instant;
+    fn metrics(&self) -> &Metrics;
+}
+
+/// The handlers' state: the daemon behind its trait.
+pub type Shared = dyn Daemon;
 
 /// Serves until `cancel` fires (then finishes the requests in flight).
 pub async fn serve(
@@ -63,19 +80,19 @@ async fn healthz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     axum::Json(serde_json::json!({
         "ok": true,
         "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": s.started.elapsed().as_secs(),
+        "uptime_seconds": s.started().elapsed().as_secs(),
         "running": s.running().iter().map(|(t, j)| serde_json::json!({"target": t, "job": j})).collect::<Vec<_>>(),
     }))
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    s.metrics.set(
+    s.metrics().set(
         "pgrehearse_uptime_seconds",
         "Seconds since the daemon started.",
         &[],
-        s.started.elapsed().as_secs_f64(),
+        s.started().elapsed().as_secs_f64(),
     );
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render())
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics().render())
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::ApiError;
 use super::overview::{self, SnapshotView, TargetSummary};
 use crate::config::Config;
-use crate::daemon::Shared;
+use super::Shared;
 use crate::release::Release;
 
 /// `GET /api/v1/targets`: every target's summary.

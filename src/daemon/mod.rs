@@ -85,6 +85,21 @@ impl Shared {
     }
 }
 
+impl crate::api::Daemon for Shared {
+    fn config(&self) -> Arc<Config> {
+        Shared::config(self)
+    }
+    fn running(&self) -> Vec<(String, &'static str)> {
+        Shared::running(self)
+    }
+    fn started(&self) -> Instant {
+        self.started
+    }
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
 /// Per-target scheduling state.
 struct TargetState {
     snapshot: Option<Timer>,

@@ -20,7 +20,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::overview::{Live, Overview, SnapshotView};
-use crate::daemon::Shared;
+use crate::api::Shared;
 use crate::output::human_bytes;
 use crate::rehearsal::lint::secs;
 
@@ -36,7 +36,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; st
 pub async fn index(State(s): State<Arc<Shared>>) -> Response {
     let cfg = s.config();
     let (status, body) = match super::resources::all(&s, &cfg, true).await {
-        Ok(targets) => (StatusCode::OK, render(&targets, s.started.elapsed().as_secs())),
+        Ok(targets) => (StatusCode::OK, render(&targets, s.started().elapsed().as_secs())),
         Err(e) => (e.status, error_page(&e.message)),
     };
     let headers = [
