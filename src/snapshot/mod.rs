@@ -10,6 +10,7 @@
 pub mod catalog;
 pub mod manifest;
 pub mod pipeline;
+pub mod sweep;
 
 use std::process::Stdio;
 use std::time::Instant;
@@ -139,7 +140,7 @@ pub async fn open_stores(config: &Config) -> Result<(State, Box<dyn Store>), Sna
         tracing::warn!(snapshot = %id, "A snapshot run died before finishing; marked failed.");
     }
     let store = store::open(&config.store).await?;
-    store::sweep(store.as_ref(), &state, config.store.abort_incomplete_after).await?;
+    sweep::sweep(store.as_ref(), &state, config.store.abort_incomplete_after).await?;
     Ok((state, store))
 }
 
