@@ -9,6 +9,7 @@ mod daemon;
 mod demo;
 mod drill;
 mod error_class;
+mod format;
 mod host;
 mod jobs;
 mod metrics;

@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::format::human_bytes;
 use crate::config::{Config, ConfigError};
 use crate::snapshot::Outcome;
 use crate::snapshot::catalog::{Downloaded, Listed, PruneOutcome};
@@ -183,17 +184,6 @@ pub fn pruned(json: bool, o: &PruneOutcome) {
     }
 }
 
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
-}
-
 /// `status`.
 pub fn status(json: bool, st: &crate::status::Status) {
     if json {
@@ -284,7 +274,7 @@ pub fn rehearsed(json: bool, r: &crate::rehearsal::Report) {
     if json {
         print_json(r);
     } else {
-        print!("{}", crate::report::rehearsal::markdown(r));
+        print!("{}", crate::rehearsal::markdown::markdown(r));
     }
 }
 

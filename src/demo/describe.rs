@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::progress::secs;
 use super::sample::Dataset;
-use crate::output::human_bytes;
+use crate::format::human_bytes;
 use crate::rehearsal::observer::human_mode;
 
 pub fn dataset(d: &Dataset) -> String {

@@ -14,7 +14,7 @@ use super::ops::{self, ConstraintKind, Op};
 use super::runner::{LockHeld, MigrationResult};
 use crate::config::LintConfig;
 use crate::migrations::{Migration, split};
-use crate::output::human_bytes;
+use crate::format::{human_bytes, secs};
 
 /// Every rule id, for config validation and the docs.
 pub const RULES: &[&str] = &[
@@ -332,10 +332,6 @@ impl Cx<'_> {
 /// `public.orders` and `orders` name the same table.
 fn same(a: &str, b: &str) -> bool {
     a.strip_prefix("public.").unwrap_or(a) == b.strip_prefix("public.").unwrap_or(b)
-}
-
-pub fn secs(ms: u64) -> String {
-    if ms < 1000 { format!("{ms} ms") } else { format!("{:.1} s", ms as f64 / 1000.0) }
 }
 
 #[cfg(test)]

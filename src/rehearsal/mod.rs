@@ -273,7 +273,7 @@ pub async fn rehearse(
     state.rehearsal_finished(&id, &report.plan, &report.snapshot_id, status, &json).await?;
     state.rehearsal_evidence_set(&id, report.schema_after.as_deref(), &report.not_valid).await?;
     store.put(&report_key(&target.name, &id, "report.json"), Bytes::from(json)).await?;
-    let text = crate::report::rehearsal::markdown(&report);
+    let text = crate::rehearsal::markdown::markdown(&report);
     store.put(&report_key(&target.name, &id, "report.md"), Bytes::from(text)).await?;
     Ok(report)
 }

@@ -2,4 +2,3 @@
 //! measured. The JSON forms are the domain structs themselves.
 
 pub mod email;
-pub mod rehearsal;

@@ -21,8 +21,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::overview::{Live, Overview, SnapshotView};
 use crate::api::Shared;
-use crate::output::human_bytes;
-use crate::rehearsal::lint::secs;
+use crate::format::human_bytes;
+use crate::format::secs;
 
 /// Where the page's script is served (relative in the page, so that the
 /// page also works behind a reverse proxy under a path prefix).

@@ -12,8 +12,8 @@ use std::fmt::Write;
 use serde::Deserialize;
 
 use super::esc;
-use crate::output::human_bytes;
-use crate::rehearsal::lint::secs;
+use crate::format::human_bytes;
+use crate::format::secs;
 use crate::rehearsal::observer::{human_mode, strength};
 
 #[derive(Debug, Default, Deserialize)]

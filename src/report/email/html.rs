@@ -11,7 +11,7 @@
 
 use std::fmt::Write;
 
-use crate::rehearsal::lint::secs;
+use crate::format::secs;
 
 /// Escapes text for HTML element content and quoted attribute values.
 pub fn escape(s: &str) -> String {

@@ -10,8 +10,8 @@ use std::fmt::Write;
 use super::Mail;
 use super::html::{Bar, Cell, LockBar, Page, Tone};
 use crate::config::{Config, MailTransport};
-use crate::output::human_bytes;
-use crate::rehearsal::lint::secs;
+use crate::format::human_bytes;
+use crate::format::secs;
 use crate::rehearsal::observer::human_mode;
 use crate::rehearsal::reversibility::Reversal;
 use crate::rehearsal::runner::{MigrationResult, Status};
@@ -122,7 +122,7 @@ pub fn rehearsal(r: &crate::rehearsal::Report) -> Mail {
     }
     Mail {
         subject: format!("{}: rehearsal {} {verdict}", r.target, r.id),
-        text: crate::report::rehearsal::markdown(r),
+        text: crate::rehearsal::markdown::markdown(r),
         html: p.finish(&footer()),
     }
 }

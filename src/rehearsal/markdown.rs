@@ -5,9 +5,9 @@
 
 use std::fmt::Write;
 
-use crate::output::human_bytes;
+use crate::format::human_bytes;
 use crate::rehearsal::Report;
-use crate::rehearsal::lint::secs;
+use crate::format::secs;
 use crate::rehearsal::observer::human_mode;
 use crate::rehearsal::reversibility::Reversal;
 use crate::rehearsal::runner::Status;
