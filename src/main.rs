@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod cli_docs;
 mod config;
+mod conn_url;
 mod daemon;
 mod demo;
 mod drill;

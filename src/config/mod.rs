@@ -21,7 +21,7 @@ use serde::Serialize;
 pub use secret::Secret;
 
 use crate::error_class::{Class, Classify};
-use crate::pg::ConnUrl;
+use crate::conn_url::ConnUrl;
 
 /// The validated configuration.
 #[derive(Debug, Clone, Serialize)]

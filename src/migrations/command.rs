@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use super::tool::{Password, SpawnError, ToolProcess, ToolRun};
 use super::{Down, Migration, SourceError};
 use crate::config::MigrationsConfig;
-use crate::pg::url::ConnUrl;
+use crate::conn_url::ConnUrl;
 
 /// Runs `command` against the database at `url` (see the module doc);
 /// `pg_options` becomes `PGOPTIONS`. Everything returned is redacted.

@@ -313,7 +313,7 @@ impl Classify for PlanError {
 pub async fn plan_for(
     state: &crate::state::State,
     source: &Source<'_>,
-    url: &crate::pg::url::ConnUrl,
+    url: &crate::conn_url::ConnUrl,
 ) -> Result<Plan, PlanError> {
     let mut conn = crate::pg::connect(url, "pgrehearse-plan").await?;
     let history = source.history(&mut conn).await?;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
-use crate::pg::url::ConnUrl;
+use crate::conn_url::ConnUrl;
 
 /// How long to wait for the output pipes to close once the tool has exited
 /// (a grandchild that outlives it could hold them open).

@@ -1,15 +1,14 @@
-//! Everything that talks to PostgreSQL: connection URLs, sessions, the
+//! Everything that talks to PostgreSQL: sessions (URLs are `conn_url`), the
 //! client programs (pg_dump, pg_dumpall, pg_restore) and the per-target
 //! advisory lock that keeps heavy jobs from overlapping.
 
 pub mod lock;
 pub mod tools;
-pub mod url;
 
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
 
-pub use self::url::ConnUrl;
+pub use crate::conn_url::ConnUrl;
 
 use crate::error_class::{Class, Classify};
 

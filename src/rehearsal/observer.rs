@@ -13,7 +13,7 @@ use serde::Serialize;
 use sqlx::{Connection, PgConnection, Row};
 use tokio_util::sync::CancellationToken;
 
-use crate::pg::url::ConnUrl;
+use crate::conn_url::ConnUrl;
 use crate::pg::{self, PgError};
 
 /// How often the sampler reads `pg_locks` (the design asks for ≤ 50 ms).

@@ -19,7 +19,7 @@ use crate::migrations::Migration;
 use crate::migrations::executor::{Executor, Hooks, Mode, Retry};
 pub use crate::migrations::executor::{Failure, StatementResult, Status, excerpt, session};
 use crate::pg::PgError;
-use crate::pg::url::ConnUrl;
+use crate::conn_url::ConnUrl;
 
 /// What one migration did, as the report shows it.
 #[derive(Debug, Clone, Serialize)]

@@ -5,7 +5,8 @@
 //! what to look at.
 
 use crate::pg::tools::Tool;
-use crate::pg::{self, url::ConnUrl};
+use crate::conn_url::ConnUrl;
+use crate::pg;
 use crate::rehearsal::reversibility;
 use crate::state::Evidence;
 

@@ -30,7 +30,7 @@ use sqlx::PgConnection;
 
 use crate::config::{MigrationKind, ReleasePolicy, Target};
 use crate::migrations::{Migration, split};
-use crate::pg::url::ConnUrl;
+use crate::conn_url::ConnUrl;
 use crate::pg::{self, PgError};
 
 pub use script::Direction;
