@@ -59,7 +59,7 @@ pub async fn verify(config: &Config, target: &Target, id: &str, full: bool, keep
     std::fs::create_dir_all(&staging).map_err(|source| DrillError::Staging { dir: staging.clone(), source })?;
     clean_staging(&staging, &target.name);
     check_space(&staging, &m, config.store.staging_reserve)?;
-    let lock = HeavyLock::for_target(target, "verify").await?;
+    let lock = HeavyLock::for_target(target.admin(), &target.name, "verify").await?;
 
     let run = crate::snapshot::new_id(Utc::now());
     state.verification_started(&run, &target.name, &m.id).await?;

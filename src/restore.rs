@@ -141,7 +141,7 @@ pub async fn replace_live(config: &Config, target: &Target, id: &str, yes: bool)
         return Err(RestoreError::NeedsYes { id: m.id, live, new, old });
     }
     // Held through the swap: it lives in the maintenance database, not live.
-    let lock = HeavyLock::for_target(target, "restore").await.map_err(LoadError::from)?;
+    let lock = HeavyLock::for_target(target.admin(), &target.name, "restore").await.map_err(LoadError::from)?;
     let mut restored = restore_as(config, target, id, &new).await?;
     let admin_url = target.admin().with_database("postgres");
     let mut admin = pg::connect(&admin_url, "pgrehearse-restore").await?;

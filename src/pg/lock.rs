@@ -54,10 +54,11 @@ pub struct HeavyLock {
 }
 
 impl HeavyLock {
-    /// Tries to take target's heavy-job lock (see the module doc) without waiting.
-    pub async fn for_target(target: &crate::config::Target, job: &str) -> Result<HeavyLock, LockError> {
-        let url = target.admin().with_database("postgres");
-        HeavyLock::try_acquire(&url, &target.name, job).await
+    /// Tries to take the heavy-job lock (see the module doc) of the target
+    /// named `target`, on the live server reached through `admin` (the
+    /// target's admin URL; its `postgres` database is used), without waiting.
+    pub async fn for_target(admin: &ConnUrl, target: &str, job: &str) -> Result<HeavyLock, LockError> {
+        HeavyLock::try_acquire(&admin.with_database("postgres"), target, job).await
     }
 
     /// Tries to take the lock on `target` (a lock key) in the database at

@@ -175,7 +175,7 @@ pub async fn apply(config: &Config, target: &Target) -> Result<Release, ReleaseE
     let source = Source::of(target).map_err(PlanError::from)?;
     let cx = Ctx { config, target, state, store, source };
     let t0 = Instant::now();
-    let lock = match HeavyLock::for_target(target, "release").await {
+    let lock = match HeavyLock::for_target(target.admin(), &target.name, "release").await {
         Ok(l) => l,
         Err(LockError::Held { target: t, holder }) => {
             let plan = migrations::plan_for(&cx.state, &cx.source, &target.live_url).await?;
@@ -432,7 +432,7 @@ pub async fn recover_interrupted(config: &Config, target: &Target) -> Result<Opt
     if state.unfinished_releases(&target.name).await?.is_empty() || target.migrations.is_none() {
         return Ok(None);
     }
-    let lock = match HeavyLock::for_target(target, "release-recovery").await {
+    let lock = match HeavyLock::for_target(target.admin(), &target.name, "release-recovery").await {
         Ok(l) => l,
         Err(LockError::Held { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),

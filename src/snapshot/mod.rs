@@ -223,7 +223,7 @@ async fn run(
     let t0 = Instant::now();
     let live = &target.live_url;
     let lock = match locking {
-        Locking::Acquire => Some(HeavyLock::for_target(target, "snapshot").await?),
+        Locking::Acquire => Some(HeavyLock::for_target(target.admin(), &target.name, "snapshot").await?),
         Locking::HeldByCaller => None,
     };
     let mut conn = pg::connect(live, "pgrehearse-snapshot").await?;
