@@ -13,6 +13,7 @@ mod error_class;
 mod format;
 mod host;
 mod jobs;
+mod lint_rule;
 mod metrics;
 mod migrations;
 mod output;

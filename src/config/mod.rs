@@ -22,6 +22,7 @@ pub use secret::Secret;
 
 use crate::error_class::{Class, Classify};
 use crate::conn_url::ConnUrl;
+use crate::lint_rule::LintRule;
 
 /// The validated configuration.
 #[derive(Debug, Clone, Serialize)]
@@ -249,8 +250,8 @@ impl Default for ReleasePolicy {
 /// a problem that fails the rehearsal, `allow` silences a rule.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LintConfig {
-    pub deny: Vec<String>,
-    pub allow: Vec<String>,
+    pub deny: Vec<LintRule>,
+    pub allow: Vec<LintRule>,
 }
 
 #[derive(Debug, Clone, Serialize)]

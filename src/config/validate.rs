@@ -565,17 +565,19 @@ fn release(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> ReleasePolicy {
 
 fn lint(cx: &mut Ctx, p: &KeyPath, raw: Option<&RawLint>) -> LintConfig {
     let Some(raw) = raw else { return LintConfig::default() };
-    for (key, list) in [("deny", &raw.deny), ("allow", &raw.allow)] {
+    let mut rules = |key: &str, list: &[String]| -> Vec<LintRule> {
+        let mut out = Vec::new();
         for (i, rule) in list.iter().enumerate() {
-            if !crate::rehearsal::lint::RULES.contains(&rule.as_str()) {
-                cx.problem(
-                    &p.key(key).index(i),
-                    format!("unknown lint rule `{rule}`; rules: {}", crate::rehearsal::lint::RULES.join(", ")),
-                );
+            match rule.parse::<LintRule>() {
+                Ok(r) => out.push(r),
+                Err(e) => cx.problem(&p.key(key).index(i), e),
             }
         }
-    }
-    LintConfig { deny: raw.deny.clone(), allow: raw.allow.clone() }
+        out
+    };
+    let deny = rules("deny", &raw.deny);
+    let allow = rules("allow", &raw.allow);
+    LintConfig { deny, allow }
 }
 
 /// Cron with seconds (six or seven fields), as the scheduler reads it.

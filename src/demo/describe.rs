@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use super::progress::secs;
 use super::sample::Dataset;
+use crate::lint_rule::Severity;
 use crate::format::human_bytes;
 use crate::rehearsal::observer::human_mode;
 
@@ -60,7 +61,7 @@ pub fn rehearsal(r: &crate::rehearsal::Report) -> String {
         r.snapshot_id,
         r.method.replace('_', " "),
         secs(r.restore_duration_ms),
-        r.lint.iter().filter(|f| f.severity != "error").count(),
+        r.lint.iter().filter(|f| f.severity != Severity::Error).count(),
         &r.plan[..12.min(r.plan.len())]
     )
 }

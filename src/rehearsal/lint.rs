@@ -15,26 +15,13 @@ use super::runner::{LockHeld, MigrationResult};
 use crate::config::LintConfig;
 use crate::migrations::{Migration, split};
 use crate::format::{human_bytes, secs};
-
-/// Every rule id, for config validation and the docs.
-pub const RULES: &[&str] = &[
-    "index_not_concurrent",
-    "volatile_default",
-    "type_change_rewrite",
-    "set_not_null",
-    "constraint_validated",
-    "missing_lock_timeout",
-    "drop_column",
-    "drop_table",
-    "rename",
-    "table_rewrite",
-];
+use crate::lint_rule::{LintRule, Severity};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
-    pub rule: &'static str,
+    pub rule: LintRule,
     /// `warning`, or `error` when the rule is denied.
-    pub severity: &'static str,
+    pub severity: Severity,
     pub migration: String,
     pub statement: Option<usize>,
     pub line: Option<usize>,
@@ -74,7 +61,7 @@ pub fn lint(
                     Op::CreateIndex { table, concurrently: false, .. } => {
                         if let Some(size) = cx.size(&table).filter(|s| s.rows > 0) {
                             let effect = cx.lock_effect(index, &table);
-                            cx.push("index_not_concurrent", &at, &table, Some("SHARE"), Some(size), effect.clone(), format!(
+                            cx.push(LintRule::IndexNotConcurrent, &at, &table, Some("SHARE"), Some(size), effect.clone(), format!(
                                 "CREATE INDEX on `{table}` ({}) without CONCURRENTLY blocks writes to it for the whole build{}; use CREATE INDEX CONCURRENTLY in a migration that runs outside a transaction",
                                 size.describe(), effect.map(|e| format!(" ({e})")).unwrap_or_default()));
                         }
@@ -89,7 +76,7 @@ pub fn lint(
                             let what = effect.clone().unwrap_or_else(|| {
                                 format!("rewrites `{table}` ({}) under ACCESS EXCLUSIVE", size.describe())
                             });
-                            cx.push("volatile_default", &at, &table, Some("ACCESS EXCLUSIVE"), Some(size), effect, format!(
+                            cx.push(LintRule::VolatileDefault, &at, &table, Some("ACCESS EXCLUSIVE"), Some(size), effect, format!(
                                 "ADD COLUMN `{column}` with the volatile default {default} {what}; add the column without a default, backfill in batches, then set the default"));
                         }
                     }
@@ -97,7 +84,7 @@ pub fn lint(
                         if let (Some(size), Some(effect)) = (cx.size(&table), cx.rewrite_effect(index, &table))
                             && cx.rewritten(&table)
                         {
-                            cx.push("type_change_rewrite", &at, &table, Some("ACCESS EXCLUSIVE"), Some(size), Some(effect.clone()), format!(
+                            cx.push(LintRule::TypeChangeRewrite, &at, &table, Some("ACCESS EXCLUSIVE"), Some(size), Some(effect.clone()), format!(
                                 "ALTER COLUMN `{column}` TYPE {new_type} {effect}; reads and writes of `{table}` wait meanwhile. Add a new column, backfill it in batches and switch over instead"));
                         }
                     }
@@ -107,7 +94,7 @@ pub fn lint(
                         }
                         if let Some(size) = cx.size(&table).filter(|s| s.rows > 0) {
                             let effect = cx.lock_effect(index, &table);
-                            cx.push("set_not_null", &at, &table, Some("ACCESS EXCLUSIVE"), Some(size), effect.clone(), format!(
+                            cx.push(LintRule::SetNotNull, &at, &table, Some("ACCESS EXCLUSIVE"), Some(size), effect.clone(), format!(
                                 "SET NOT NULL on `{table}.{column}` scans `{table}` ({}) under ACCESS EXCLUSIVE{}; first add CHECK ({column} IS NOT NULL) NOT VALID, VALIDATE CONSTRAINT it, then SET NOT NULL (PostgreSQL then skips the scan)",
                                 size.describe(), effect.map(|e| format!(" ({e})")).unwrap_or_default()));
                         }
@@ -132,7 +119,7 @@ pub fn lint(
                                 "ACCESS EXCLUSIVE"
                             };
                             let effect = cx.lock_effect(index, &table);
-                            cx.push("constraint_validated", &at, &table, Some(lock), Some(size), effect.clone(), format!(
+                            cx.push(LintRule::ConstraintValidated, &at, &table, Some(lock), Some(size), effect.clone(), format!(
                                 "ADD {what} on `{table}` checks all {} rows under {lock}{}; add it NOT VALID, then VALIDATE CONSTRAINT in a later migration (that takes only SHARE UPDATE EXCLUSIVE)",
                                 size.rows, effect.map(|e| format!(" ({e})")).unwrap_or_default()));
                         }
@@ -145,7 +132,7 @@ pub fn lint(
                     // Dropping what the plan itself created loses nothing.
                     Op::DropColumn { table, column } if cx.size(&table).is_some() => {
                         let size = cx.size(&table);
-                        cx.push("drop_column", &at, &table, Some("ACCESS EXCLUSIVE"), size, None, format!(
+                        cx.push(LintRule::DropColumn, &at, &table, Some("ACCESS EXCLUSIVE"), size, None, format!(
                             "DROP COLUMN `{table}.{column}` destroys its data{}; application code still reading it fails — deploy code that no longer uses it first",
                             size.map(|s| format!(" in {} rows", s.rows)).unwrap_or_default()));
                     }
@@ -153,17 +140,17 @@ pub fn lint(
                         let existing: Vec<String> = tables.into_iter().filter(|t| cx.size(t).is_some()).collect();
                         for table in existing {
                             let size = cx.size(&table);
-                            cx.push("drop_table", &at, &table, Some("ACCESS EXCLUSIVE"), size, None, format!(
+                            cx.push(LintRule::DropTable, &at, &table, Some("ACCESS EXCLUSIVE"), size, None, format!(
                                 "DROP TABLE `{table}` destroys its data{}; make sure a verified snapshot exists and no code uses it",
                                 size.map(|s| format!(" ({})", s.describe())).unwrap_or_default()));
                         }
                     }
                     Op::RenameTable { table, to } if cx.size(&table).is_some() => {
-                        cx.push("rename", &at, &table, Some("ACCESS EXCLUSIVE"), None, None, format!(
+                        cx.push(LintRule::Rename, &at, &table, Some("ACCESS EXCLUSIVE"), None, None, format!(
                             "RENAME `{table}` TO `{to}`: running application code that uses the old name fails until new code is deployed; consider a view with the old name during the switch"));
                     }
                     Op::RenameColumn { table, from, to } if cx.size(&table).is_some() => {
-                        cx.push("rename", &at, &table, Some("ACCESS EXCLUSIVE"), None, None, format!(
+                        cx.push(LintRule::Rename, &at, &table, Some("ACCESS EXCLUSIVE"), None, None, format!(
                             "RENAME COLUMN `{table}.{from}` TO `{to}`: running application code that uses the old name fails until new code is deployed; add the new column and migrate in steps instead"));
                     }
                     _ => {}
@@ -175,7 +162,7 @@ pub fn lint(
                 r.locks.iter().find(|l| l.mode == "AccessExclusiveLock" && pre.by_name(&l.relation).is_some());
             if let Some(l) = exclusive {
                 let at = At { index: l.statement, line: None, sql: "" };
-                cx.push("missing_lock_timeout", &at, &l.relation.clone(), Some("ACCESS EXCLUSIVE"), cx.size(&l.relation), None, format!(
+                cx.push(LintRule::MissingLockTimeout, &at, &l.relation.clone(), Some("ACCESS EXCLUSIVE"), cx.size(&l.relation), None, format!(
                     "takes ACCESS EXCLUSIVE on `{}` with no lock_timeout: if a long query holds a lock on it, this migration waits and every query behind it waits too; set `lock_timeout` for the target or SET lock_timeout in the migration",
                     l.relation));
             }
@@ -187,14 +174,14 @@ pub fn lint(
             let effect = cx.rewrite_effect(None, &rw.relation);
             let at = At { index: None, line: None, sql: "" };
             let message = effect.clone().unwrap_or_else(|| format!("rewrites `{}` ({})", rw.relation, size.describe()));
-            cx.push("table_rewrite", &at, &rw.relation.clone(), Some("ACCESS EXCLUSIVE"), Some(size), effect, message);
+            cx.push(LintRule::TableRewrite, &at, &rw.relation.clone(), Some("ACCESS EXCLUSIVE"), Some(size), effect, message);
         }
         out.append(&mut cx.out);
     }
-    out.retain(|f| !config.allow.iter().any(|a| a == f.rule));
+    out.retain(|f| !config.allow.contains(&f.rule));
     for f in &mut out {
-        if config.deny.iter().any(|d| d == f.rule) {
-            f.severity = "error";
+        if config.deny.contains(&f.rule) {
+            f.severity = Severity::Error;
         }
     }
     out
@@ -304,7 +291,7 @@ impl Cx<'_> {
     #[allow(clippy::too_many_arguments)]
     fn push(
         &mut self,
-        rule: &'static str,
+        rule: LintRule,
         at: &At,
         table: &str,
         lock: Option<&str>,
@@ -314,7 +301,7 @@ impl Cx<'_> {
     ) {
         self.out.push(Finding {
             rule,
-            severity: "warning",
+            severity: Severity::Warning,
             migration: self.m.version.clone(),
             statement: at.index,
             line: at.line,

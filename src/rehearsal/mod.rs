@@ -27,6 +27,7 @@ use chrono::Utc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::lint_rule::Severity;
 use crate::config::{Config, MigrationKind, Target};
 use crate::drill::{self, DrillError};
 use crate::error_class::{Class, Classify};
@@ -616,7 +617,7 @@ fn verdict(
     }
     for f in lint {
         let line = format!("[{}] migration {}: {}", f.rule, f.migration, f.message);
-        if f.severity == "error" { problems.push(format!("{line} (denied by lint.deny)")) } else { warnings.push(line) }
+        if f.severity == Severity::Error { problems.push(format!("{line} (denied by lint.deny)")) } else { warnings.push(line) }
     }
     for s in seeds {
         if let Some(e) = &s.error {

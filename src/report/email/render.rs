@@ -9,6 +9,7 @@ use std::fmt::Write;
 
 use super::Mail;
 use super::html::{Bar, Cell, LockBar, Page, Tone};
+use crate::lint_rule::Severity;
 use crate::config::{Config, MailTransport};
 use crate::format::human_bytes;
 use crate::format::secs;
@@ -89,8 +90,8 @@ pub fn rehearsal(r: &crate::rehearsal::Report) -> Mail {
             .lint
             .iter()
             .map(|f| {
-                let tone = if f.severity == "error" { Tone::Bad } else { Tone::Warn };
-                vec![Cell::tone(f.severity, tone), Cell::mono(f.rule), Cell::new(&f.migration), Cell::new(&f.message)]
+                let tone = if f.severity == Severity::Error { Tone::Bad } else { Tone::Warn };
+                vec![Cell::tone(f.severity.as_str(), tone), Cell::mono(f.rule.as_str()), Cell::new(&f.migration), Cell::new(&f.message)]
             })
             .collect();
         p.table(&["severity", "rule", "migration", "finding"], &rows);

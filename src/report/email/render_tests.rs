@@ -64,8 +64,8 @@ fn report(ok: bool, migrations: Vec<MigrationResult>) -> crate::rehearsal::Repor
         reversible: Some(ok),
         reversibility_ignored: "the \\restrict line",
         lint: vec![crate::rehearsal::lint::Finding {
-            rule: "index_not_concurrent",
-            severity: "warning",
+            rule: crate::lint_rule::LintRule::IndexNotConcurrent,
+            severity: crate::lint_rule::Severity::Warning,
             migration: "2".into(),
             statement: Some(0),
             line: Some(1),
