@@ -128,7 +128,7 @@ proptest! {
         // Comments alone make no statement, and the helpers agree.
         prop_assert_eq!(super::is_blank_sql(&sql), statements.is_empty());
         let _ = split::no_transaction(&sql);
-        let _ = crate::rehearsal::ops::classify(&sql);
+        let _ = crate::migrations::classify::classify(&sql);
     }
 
     /// The lexer: tokens in order, never overlapping, and what lies between

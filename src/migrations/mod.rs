@@ -7,6 +7,7 @@
 //! "native" runners, measured statement by statement); `payload` and
 //! `command` are external tools that pgrehearse starts and observes.
 
+pub mod classify;
 pub mod command;
 pub mod diesel;
 pub mod executor;

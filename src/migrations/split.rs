@@ -6,7 +6,7 @@
 //! The lexer knows only what decides where a token ends (quotes, comments, dollar tags, operators);
 //! [`split`] adds psql's two rules on top: a `;` inside parentheses does not end a statement, and
 //! neither does one inside the `BEGIN ... END` of a `CREATE [OR REPLACE] {FUNCTION|PROCEDURE}`
-//! (psqlscan.l's heuristic, `CASE ... END` included). `rehearsal::ops` reads the same tokens.
+//! (psqlscan.l's heuristic, `CASE ... END` included). `classify` reads the same tokens.
 //!
 //! Assumes `standard_conforming_strings = on` (the default since PostgreSQL 9.1): a backslash only
 //! escapes inside `E'...'`. psql meta-commands (`\set`, `:var`) are not SQL and are not interpreted.

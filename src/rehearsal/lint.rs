@@ -1,5 +1,5 @@
 //! Lint of dangerous operations, weighted by what the rehearsal measured on
-//! real data. The statement tells what kind of danger it is (`ops`); the
+//! real data. The statement tells what kind of danger it is (`migrations::classify`); the
 //! shadow's table sizes and the measured locks, durations and rewrites say
 //! how bad it is here. A finding names the statement, the lock, the table's
 //! size and the measured effect. Findings are warnings unless the target's
@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use super::observer::{Catalog, human_mode, strength};
-use super::ops::{self, ConstraintKind, Op};
+use crate::migrations::classify::{self, ConstraintKind, Op};
 use super::runner::{LockHeld, MigrationResult};
 use crate::config::LintConfig;
 use crate::migrations::{Migration, split};
@@ -51,11 +51,11 @@ pub fn lint(
         let mut cx = Cx { m, r, pre, out: Vec::new() };
         let statements = statements_of(m);
         let sets_lock_timeout = statements.iter().any(|s| {
-            ops::classify(&s.sql).iter().any(|o| matches!(o, Op::SetLockTimeout { value } if !is_zero(value)))
+            classify::classify(&s.sql).iter().any(|o| matches!(o, Op::SetLockTimeout { value } if !is_zero(value)))
         });
         for (i, stmt) in statements.iter().enumerate() {
             let index = (!m.up_sql.is_empty()).then_some(i);
-            for op in ops::classify(&stmt.sql) {
+            for op in classify::classify(&stmt.sql) {
                 let at = At { index, line: Some(stmt.line), sql: &stmt.sql };
                 match op {
                     Op::CreateIndex { table, concurrently: false, .. } => {

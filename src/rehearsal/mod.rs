@@ -14,7 +14,6 @@ mod external;
 
 pub mod lint;
 pub mod observer;
-pub mod ops;
 pub mod reversibility;
 pub mod runner;
 pub mod seeds;

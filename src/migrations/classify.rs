@@ -10,7 +10,7 @@
 
 use serde::Serialize;
 
-use crate::migrations::split::{self, Token, TokenKind};
+use super::split::{self, Token, TokenKind};
 
 /// One operation of a statement. Names are normalised as PostgreSQL does: unquoted identifiers
 /// lower-cased, quoted ones as written, schema-qualified names kept as `schema.name`. Expression
@@ -572,5 +572,5 @@ impl<'s, 't> Cursor<'s, 't> {
 }
 
 #[cfg(test)]
-#[path = "ops_tests.rs"]
+#[path = "classify_tests.rs"]
 mod tests;
