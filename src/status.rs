@@ -16,7 +16,7 @@ use crate::config::Target;
 use crate::error_class::{Class, Classify};
 use crate::migrations::{self, Applied, Drift, PlanError, Source};
 use crate::release::approval::{self, Usability};
-use crate::release::window::{self, Opening, Window};
+use crate::config::schedule::{self as window, Opening, Window};
 use crate::snapshot::catalog;
 use crate::state::{ApprovalRow, RehearsalRow, ReleaseRow, State, StateError};
 use crate::store::Store;

@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::ApiError;
 use crate::config::{Config, MigrationKind, Target};
 use crate::migrations::{self, Plan, PlanError, Source};
-use crate::release::window::Opening;
+use crate::config::schedule::Opening;
 use crate::snapshot::Reason;
 use crate::snapshot::manifest::Manifest;
 use crate::state::{ApprovalRow, RehearsalRow, ReleaseRow, State};

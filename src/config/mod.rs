@@ -6,6 +6,7 @@
 
 mod locate;
 mod raw;
+pub mod schedule;
 pub mod secret;
 mod validate;
 

@@ -366,9 +366,9 @@ async fn release_due(cfg: &Config, state: &crate::state::State, t: &Target, st: 
     if t.migrations.is_none() || t.windows.is_empty() {
         return false;
     }
-    let windows: Vec<_> = t.windows.iter().filter_map(|w| crate::release::window::Window::parse(w).ok()).collect();
+    let windows: Vec<_> = t.windows.iter().filter_map(|w| crate::config::schedule::Window::parse(w).ok()).collect();
     let now = Utc::now();
-    if crate::release::window::open_now(&windows, now).is_none() {
+    if crate::config::schedule::open_now(&windows, now).is_none() {
         return false;
     }
     let Ok(Some(a)) = state.latest_approval(&t.name, None).await else { return false };

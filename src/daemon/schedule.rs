@@ -1,5 +1,5 @@
 //! When jobs are due. Schedules are cron expressions with seconds, read in
-//! UTC (windows have their own zones; see `release::window`). The daemon's
+//! UTC (windows have their own zones; see `config::schedule`). The daemon's
 //! loop asks each schedule for its next occurrence and runs what is due;
 //! croner already parses the windows, so schedules use it too instead of a
 //! second scheduler crate with its own job store.

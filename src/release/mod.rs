@@ -19,7 +19,6 @@ pub mod journal;
 mod postcheck;
 pub mod preflight;
 mod recovery;
-pub mod window;
 
 use std::time::Instant;
 

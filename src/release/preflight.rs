@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::approval;
-use super::window::{self, Opening, Window};
+use crate::config::schedule::{self as window, Opening, Window};
 use crate::config::{Config, OnFailure, Target};
 use crate::error_class::{Class, Classify};
 use crate::migrations::Plan;
