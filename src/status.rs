@@ -16,7 +16,7 @@ use crate::config::Target;
 use crate::error_class::{Class, Classify};
 use crate::migrations::{self, Applied, Drift, PlanError, Source};
 use crate::release::approval::{self, Usability};
-use crate::config::schedule::{self as window, Opening, Window};
+use crate::config::schedule::{self as window, Opening};
 use crate::snapshot::catalog;
 use crate::state::{ApprovalRow, RehearsalRow, ReleaseRow, State, StateError};
 use crate::store::Store;
@@ -155,14 +155,13 @@ pub async fn standing(
         None => None,
     };
     let releases = state.releases(Some(&target.name), releases).await?;
-    let windows: Vec<Window> = target.windows.iter().filter_map(|w| Window::parse(w).ok()).collect();
     Ok(Standing {
         last_rehearsal,
         plan_rehearsal,
         approval,
         releases,
-        window_open: window::open_now(&windows, now),
-        next_window: window::next_opening(&windows, now),
+        window_open: window::open_now(&target.windows, now),
+        next_window: window::next_opening(&target.windows, now),
     })
 }
 

@@ -24,6 +24,7 @@ pub use secret::Secret;
 use crate::error_class::{Class, Classify};
 use crate::conn_url::ConnUrl;
 use crate::lint_rule::LintRule;
+use schedule::{Schedule, Window};
 
 /// The validated configuration.
 #[derive(Debug, Clone, Serialize)]
@@ -178,12 +179,13 @@ pub struct Target {
     pub admin_url: Option<ConnUrl>,
     pub shadow_on_live_server: bool,
     pub migrations: Option<MigrationsConfig>,
-    pub snapshot_schedule: Option<String>,
-    pub verify_schedule: Option<String>,
+    pub snapshot_schedule: Option<Schedule>,
+    pub verify_schedule: Option<Schedule>,
     /// Scheduled rehearsals (besides the one after every change of the
     /// migration source).
-    pub rehearse_schedule: Option<String>,
-    pub windows: Vec<WindowConfig>,
+    pub rehearse_schedule: Option<Schedule>,
+    /// Release windows, parsed (see [`schedule::Window`]).
+    pub windows: Vec<Window>,
     #[serde(with = "humantime_serde_compat")]
     pub lock_timeout: Duration,
     #[serde(with = "humantime_serde_compat::option")]
@@ -291,14 +293,6 @@ impl MigrationKind {
             MigrationKind::Command => None,
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct WindowConfig {
-    pub cron: String,
-    #[serde(with = "humantime_serde_compat")]
-    pub duration: Duration,
-    pub timezone: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

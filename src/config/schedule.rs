@@ -1,9 +1,14 @@
-//! Maintenance windows: a cron expression (with seconds) for when a window
+//! Times in the configuration, parsed once by config validation so that
+//! nothing downstream re-parses them: job schedules (a cron expression read
+//! in UTC) and maintenance windows (a cron expression for when a window
 //! opens, how long it stays open, and the IANA time zone the expression is
-//! read in. Occurrences are computed by croner in that zone, which resolves
-//! daylight-saving changes (a start in a skipped hour moves to the first
-//! real instant after it; a start in a repeated hour happens once); the
-//! duration is elapsed time, so a 2 h window across a clock change still
+//! read in). Every cron expression goes through [`parse_cron`]: six fields
+//! (seconds first) or seven (a year last).
+//!
+//! Window occurrences are computed by croner in the window's zone, which
+//! resolves daylight-saving changes (a start in a skipped hour moves to the
+//! first real instant after it; a start in a repeated hour happens once);
+//! the duration is elapsed time, so a 2 h window across a clock change still
 //! lasts two real hours.
 
 use std::str::FromStr;
@@ -13,15 +18,74 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
-use crate::config::WindowConfig;
+/// Parses a cron expression with seconds (six fields, or seven with a
+/// year), the one way schedules and windows read cron.
+pub fn parse_cron(expr: &str) -> Result<Cron, String> {
+    let fields = expr.split_whitespace().count();
+    if !(6..=7).contains(&fields) {
+        return Err(format!(
+            "`{expr}` has {fields} fields; write a cron expression with seconds, e.g. \"0 0 3 * * *\" (03:00 daily)"
+        ));
+    }
+    CronParser::builder()
+        .seconds(Seconds::Required)
+        .build()
+        .parse(expr)
+        .map_err(|e| format!("`{expr}` is not a valid cron expression: {e}"))
+}
 
+/// Parses an IANA time zone name such as `Europe/Berlin`.
+pub fn parse_zone(name: &str) -> Result<Tz, String> {
+    Tz::from_str(name).map_err(|_| format!("`{name}` is not an IANA time zone such as \"Europe/Berlin\""))
+}
+
+/// A job schedule: a cron expression read in UTC. Serialized as written.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    expr: String,
+    cron: Cron,
+}
+
+impl Schedule {
+    pub fn parse(expr: &str) -> Result<Schedule, String> {
+        Ok(Schedule { expr: expr.to_string(), cron: parse_cron(expr)? })
+    }
+
+    /// The first occurrence strictly after `t`.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron.find_next_occurrence(&t, false).ok()
+    }
+}
+
+impl Serialize for Schedule {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.expr)
+    }
+}
+
+/// A maintenance window. Serialized as configured: `cron`, `duration`,
+/// `timezone`.
 #[derive(Debug, Clone)]
 pub struct Window {
+    expr: String,
     cron: Cron,
     duration: Duration,
     tz: Tz,
+}
+
+impl Serialize for Window {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Shown<'a> {
+            cron: &'a str,
+            #[serde(with = "super::humantime_serde_compat")]
+            duration: Duration,
+            timezone: &'a str,
+        }
+        Shown { cron: &self.expr, duration: self.duration, timezone: self.tz.name() }.serialize(s)
+    }
 }
 
 /// One occurrence of a window, in UTC.
@@ -39,16 +103,15 @@ impl Opening {
 }
 
 impl Window {
-    /// Parses a validated window config (the config stage has checked the
-    /// expression and zone; errors here say which part is wrong anyway).
-    pub fn parse(c: &WindowConfig) -> Result<Window, String> {
-        let cron = CronParser::builder()
-            .seconds(Seconds::Required)
-            .build()
-            .parse(&c.cron)
-            .map_err(|e| format!("`{}` is not a valid cron expression: {e}", c.cron))?;
-        let tz = Tz::from_str(&c.timezone).map_err(|_| format!("`{}` is not an IANA time zone", c.timezone))?;
-        Ok(Window { cron, duration: c.duration, tz })
+    /// A window opening at the occurrences of `cron` (read in `tz`) for
+    /// `duration`.
+    pub fn new(cron: &str, duration: Duration, tz: Tz) -> Result<Window, String> {
+        Ok(Window::parsed(cron.to_string(), parse_cron(cron)?, duration, tz))
+    }
+
+    /// A window from an expression `expr` already parsed into `cron`.
+    pub fn parsed(expr: String, cron: Cron, duration: Duration, tz: Tz) -> Window {
+        Window { expr, cron, duration, tz }
     }
 
     /// The opening that contains `now`, if the window is open: the latest
@@ -84,12 +147,7 @@ mod tests {
     use super::*;
 
     fn window(cron: &str, duration_s: u64, tz: &str) -> Window {
-        Window::parse(&WindowConfig {
-            cron: cron.into(),
-            duration: Duration::from_secs(duration_s),
-            timezone: tz.into(),
-        })
-        .unwrap()
+        Window::new(cron, Duration::from_secs(duration_s), parse_zone(tz).unwrap()).unwrap()
     }
 
     fn utc(s: &str) -> DateTime<Utc> {
@@ -178,5 +236,23 @@ mod tests {
         let o = open_now(&ws, now).unwrap();
         assert_eq!(o.end, utc("2026-11-24T04:00:00Z"));
         assert_eq!(next_opening(&ws, now).unwrap().start, utc("2026-11-24T03:00:00Z"));
+    }
+
+    #[test]
+    fn one_cron_dialect_with_seconds() {
+        assert!(parse_cron("0 0 3 * * *").is_ok());
+        assert!(parse_cron("0 0 3 * * * 2027").is_ok(), "a year may follow");
+        let five = parse_cron("0 3 * * *").unwrap_err();
+        assert!(five.contains("has 5 fields"), "{five}");
+        assert!(parse_cron("0 0 25 * * *").unwrap_err().contains("not a valid cron expression"));
+        assert!(parse_zone("Mars/Olympus").is_err());
+        let s = Schedule::parse("0 0 3 * * *").unwrap();
+        assert_eq!(s.next_after(utc("2026-12-01T02:00:00Z")), Some(utc("2026-12-01T03:00:00Z")));
+        assert_eq!(serde_json::to_value(&s).unwrap(), "0 0 3 * * *");
+        let w = window("0 0 2 * * Sun", 7200, "Europe/Berlin");
+        assert_eq!(
+            serde_json::to_value(&w).unwrap(),
+            serde_json::json!({"cron": "0 0 2 * * Sun", "duration": "2h", "timezone": "Europe/Berlin"})
+        );
     }
 }

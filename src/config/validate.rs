@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::locate::{self, KeyPath};
 use super::raw::*;
+use super::schedule::{self, Schedule, Window};
 use super::secret::{self, Secret};
 use super::*;
 
@@ -399,24 +400,29 @@ fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
         }
     }
     let migrations = raw.migrations.as_ref().and_then(|m| migrations(cx, &p.key("migrations"), m));
-    for (key, expr) in [
-        ("snapshot_schedule", &raw.snapshot_schedule),
-        ("verify_schedule", &raw.verify_schedule),
-        ("rehearse_schedule", &raw.rehearse_schedule),
-    ] {
-        if let Some(e) = expr
-            && let Err(msg) = check_cron(e)
-        {
-            cx.problem(&p.key(key), msg);
+    let mut parse_schedule = |key: &str, expr: &Option<String>| -> Option<Schedule> {
+        match Schedule::parse(expr.as_deref()?) {
+            Ok(s) => Some(s),
+            Err(msg) => {
+                cx.problem(&p.key(key), msg);
+                None
+            }
         }
-    }
+    };
+    let snapshot_schedule = parse_schedule("snapshot_schedule", &raw.snapshot_schedule);
+    let verify_schedule = parse_schedule("verify_schedule", &raw.verify_schedule);
+    let rehearse_schedule = parse_schedule("rehearse_schedule", &raw.rehearse_schedule);
     let mut windows = Vec::new();
     for (i, w) in raw.windows.iter().enumerate() {
         let wp = p.key("windows").index(i);
         let cron = w.cron.clone().unwrap_or_default();
-        if let Err(msg) = check_cron(&cron) {
-            cx.problem(&wp.key("cron"), msg);
-        }
+        let cron = match schedule::parse_cron(&cron) {
+            Ok(parsed) => Some((cron, parsed)),
+            Err(msg) => {
+                cx.problem(&wp.key("cron"), msg);
+                None
+            }
+        };
         let duration = match cx.duration(&wp.key("duration"), w.duration.as_deref(), None) {
             Some(d) => d,
             None => {
@@ -426,11 +432,17 @@ fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
                 Duration::ZERO
             }
         };
-        let timezone = w.timezone.clone().unwrap_or_else(|| "UTC".into());
-        if timezone.parse::<chrono_tz::Tz>().is_err() {
-            cx.problem(&wp.key("timezone"), format!("`{timezone}` is not an IANA time zone such as \"Europe/Berlin\""));
+        let zone = match schedule::parse_zone(w.timezone.as_deref().unwrap_or("UTC")) {
+            Ok(tz) => Some(tz),
+            Err(msg) => {
+                cx.problem(&wp.key("timezone"), msg);
+                None
+            }
+        };
+        // A window with a problem is left out; the problem fails validation.
+        if let (Some((expr, cron)), Some(tz)) = (cron, zone) {
+            windows.push(Window::parsed(expr, cron, duration, tz));
         }
-        windows.push(WindowConfig { cron, duration, timezone });
     }
     let lock_timeout = cx
         .duration(&p.key("lock_timeout"), raw.lock_timeout.as_deref(), Some(Duration::from_secs(3)))
@@ -473,9 +485,9 @@ fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
         admin_url,
         shadow_on_live_server,
         migrations,
-        snapshot_schedule: raw.snapshot_schedule.clone(),
-        verify_schedule: raw.verify_schedule.clone(),
-        rehearse_schedule: raw.rehearse_schedule.clone(),
+        snapshot_schedule,
+        verify_schedule,
+        rehearse_schedule,
         windows,
         lock_timeout,
         statement_timeout,
@@ -578,17 +590,6 @@ fn lint(cx: &mut Ctx, p: &KeyPath, raw: Option<&RawLint>) -> LintConfig {
     let deny = rules("deny", &raw.deny);
     let allow = rules("allow", &raw.allow);
     LintConfig { deny, allow }
-}
-
-/// Cron with seconds (six or seven fields), as the scheduler reads it.
-fn check_cron(expr: &str) -> Result<(), String> {
-    let fields = expr.split_whitespace().count();
-    if !(6..=7).contains(&fields) {
-        return Err(format!(
-            "`{expr}` has {fields} fields; write a cron expression with seconds, e.g. \"0 0 3 * * *\" (03:00 daily)"
-        ));
-    }
-    croner::Cron::from_str(expr).map(|_| ()).map_err(|e| format!("`{expr}` is not a valid cron expression: {e}"))
 }
 
 #[cfg(test)]

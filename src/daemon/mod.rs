@@ -125,9 +125,9 @@ struct TargetState {
 impl TargetState {
     fn new(t: &Target, now: chrono::DateTime<Utc>) -> TargetState {
         TargetState {
-            snapshot: Timer::new(t.snapshot_schedule.as_deref(), now),
-            verify: Timer::new(t.verify_schedule.as_deref(), now),
-            rehearse: Timer::new(t.rehearse_schedule.as_deref(), now),
+            snapshot: Timer::new(t.snapshot_schedule.as_ref(), now),
+            verify: Timer::new(t.verify_schedule.as_ref(), now),
+            rehearse: Timer::new(t.rehearse_schedule.as_ref(), now),
             source_sum: source_checksum(t),
             settling: None,
             next_poll: Instant::now(),
@@ -366,9 +366,8 @@ async fn release_due(cfg: &Config, state: &crate::state::State, t: &Target, st: 
     if t.migrations.is_none() || t.windows.is_empty() {
         return false;
     }
-    let windows: Vec<_> = t.windows.iter().filter_map(|w| crate::config::schedule::Window::parse(w).ok()).collect();
     let now = Utc::now();
-    if crate::config::schedule::open_now(&windows, now).is_none() {
+    if crate::config::schedule::open_now(&t.windows, now).is_none() {
         return false;
     }
     let Ok(Some(a)) = state.latest_approval(&t.name, None).await else { return false };

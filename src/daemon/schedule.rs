@@ -1,37 +1,12 @@
 //! When jobs are due. Schedules are cron expressions with seconds, read in
-//! UTC (windows have their own zones; see `config::schedule`). The daemon's
-//! loop asks each schedule for its next occurrence and runs what is due;
-//! croner already parses the windows, so schedules use it too instead of a
-//! second scheduler crate with its own job store.
-
-use std::str::FromStr;
+//! UTC and parsed by config validation (`config::schedule`, which parses
+//! the windows too, with the same croner set-up). The daemon's loop asks
+//! each timer whether it is due and runs what is; no second scheduler crate
+//! with its own job store.
 
 use chrono::{DateTime, Utc};
-use croner::Cron;
-use croner::parser::{CronParser, Seconds};
 
-#[derive(Debug, Clone)]
-pub struct Schedule {
-    cron: Cron,
-}
-
-impl Schedule {
-    /// Parses a validated expression (config validation checked it).
-    pub fn parse(expr: &str) -> Option<Schedule> {
-        let cron = CronParser::builder()
-            .seconds(Seconds::Required)
-            .build()
-            .parse(expr)
-            .ok()
-            .or_else(|| Cron::from_str(expr).ok())?;
-        Some(Schedule { cron })
-    }
-
-    /// The first occurrence strictly after `t`.
-    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.cron.find_next_occurrence(&t, false).ok()
-    }
-}
+use crate::config::schedule::Schedule;
 
 /// A schedule and when it fires next.
 #[derive(Debug, Clone)]
@@ -41,8 +16,8 @@ pub struct Timer {
 }
 
 impl Timer {
-    pub fn new(expr: Option<&str>, now: DateTime<Utc>) -> Option<Timer> {
-        let schedule = Schedule::parse(expr?)?;
+    pub fn new(schedule: Option<&Schedule>, now: DateTime<Utc>) -> Option<Timer> {
+        let schedule = schedule?.clone();
         let next = schedule.next_after(now);
         Some(Timer { schedule, next })
     }
@@ -65,6 +40,10 @@ impl Timer {
 mod tests {
     use super::*;
 
+    fn sched(expr: &str) -> Schedule {
+        Schedule::parse(expr).unwrap()
+    }
+
     fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
@@ -72,7 +51,7 @@ mod tests {
     #[test]
     fn fires_once_per_occurrence_in_utc() {
         let now = utc("2026-12-01T02:59:59Z");
-        let mut t = Timer::new(Some("0 0 3 * * *"), now).unwrap();
+        let mut t = Timer::new(Some(&sched("0 0 3 * * *")), now).unwrap();
         assert_eq!(t.next, Some(utc("2026-12-01T03:00:00Z")));
         assert!(!t.due(now));
         assert!(t.due(utc("2026-12-01T03:00:00Z")));
@@ -81,7 +60,7 @@ mod tests {
         // Asleep for three days: one run, then the next future occurrence.
         assert!(t.due(utc("2026-12-05T10:00:00Z")));
         assert_eq!(t.next, Some(utc("2026-12-06T03:00:00Z")));
-        let mut every2 = Timer::new(Some("*/2 * * * * *"), utc("2026-12-01T00:00:00Z")).unwrap();
+        let mut every2 = Timer::new(Some(&sched("*/2 * * * * *")), utc("2026-12-01T00:00:00Z")).unwrap();
         assert_eq!(every2.next, Some(utc("2026-12-01T00:00:02Z")));
         assert!(every2.due(utc("2026-12-01T00:00:02Z")));
         assert!(Timer::new(None, now).is_none());

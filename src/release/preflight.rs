@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::approval;
-use crate::config::schedule::{self as window, Opening, Window};
+use crate::config::schedule::{self as window, Opening};
 use crate::config::{Config, OnFailure, Target};
 use crate::error_class::{Class, Classify};
 use crate::migrations::Plan;
@@ -289,12 +289,12 @@ fn fits(
     latest: Option<&crate::snapshot::manifest::Manifest>,
     now: DateTime<Utc>,
 ) -> Result<Opening, Refusal> {
-    let windows: Vec<Window> = target.windows.iter().filter_map(|w| Window::parse(w).ok()).collect();
+    let windows = &target.windows;
     if windows.is_empty() {
         return Err(Refusal::NoWindow { target: target.name.clone() });
     }
-    let Some(opening) = window::open_now(&windows, now) else {
-        return Err(match window::next_opening(&windows, now) {
+    let Some(opening) = window::open_now(windows, now) else {
+        return Err(match window::next_opening(windows, now) {
             Some(n) => Refusal::OutsideWindow { next: n.start.to_rfc3339(), closes: n.end.to_rfc3339() },
             None => Refusal::NoNextWindow,
         });
