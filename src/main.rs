@@ -14,6 +14,8 @@ mod format;
 mod host;
 mod jobs;
 mod lint_rule;
+#[cfg(test)]
+mod layers;
 mod metrics;
 mod migrations;
 mod output;
