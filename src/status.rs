@@ -45,7 +45,7 @@ pub struct Status {
 #[derive(Debug, Serialize)]
 pub struct ReleaseStatus {
     pub id: String,
-    pub outcome: String,
+    pub outcome: crate::state::Outcome,
     pub started_at: String,
     pub reason: Option<String>,
 }

@@ -128,7 +128,7 @@ pub struct ApprovalView {
 pub struct ReleaseSummary {
     pub id: String,
     pub plan: String,
-    pub outcome: String,
+    pub outcome: crate::state::Outcome,
     pub reason: Option<String>,
     pub recovery: Option<String>,
     pub started_at: String,
@@ -314,7 +314,7 @@ fn release_summary(r: &ReleaseRow) -> ReleaseSummary {
     ReleaseSummary {
         id: r.id.clone(),
         plan: r.plan_hash.clone(),
-        outcome: r.outcome.clone(),
+        outcome: r.outcome,
         reason: r.reason.clone(),
         recovery: r.recovery.clone(),
         started_at: r.started_at.clone(),

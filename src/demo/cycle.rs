@@ -267,7 +267,7 @@ async fn release_stages(
         Done::Released(r) => r,
         other => unreachable!("an apply job ended in {other:?}"),
     };
-    found.releases.push((rel.record.id.clone(), rel.record.outcome.clone()));
+    found.releases.push((rel.record.id.clone(), rel.record.outcome.to_string()));
     let expected = if second { Outcome::Restored } else { Outcome::Applied };
     p.stage(apply, rel.outcome() == expected, t0, describe::release(&rel), describe::release_details(&rel));
     Ok(duplicate)

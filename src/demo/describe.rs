@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::progress::secs;
 use super::sample::Dataset;
 use crate::lint_rule::Severity;
+use crate::state::Outcome;
 use crate::format::human_bytes;
 use crate::rehearsal::observer::human_mode;
 
@@ -112,9 +113,9 @@ pub fn migrations(r: &crate::rehearsal::Report) -> Vec<String> {
 pub fn release(rel: &crate::release::Release) -> String {
     let r = &rel.record;
     let snap = r.pre_snapshot_id.as_deref().unwrap_or("-");
-    match r.outcome.as_str() {
-        "applied" => format!("release {} applied to live after a pre-release snapshot ({snap})", r.id),
-        "restored" => {
+    match r.outcome {
+        Outcome::Applied => format!("release {} applied to live after a pre-release snapshot ({snap})", r.id),
+        Outcome::Restored => {
             format!("release {} failed on live and was restored: live is back to its pre-release snapshot {snap}", r.id)
         }
         other => format!("release {} ended `{other}`: {}", r.id, r.reason.as_deref().unwrap_or("no reason recorded")),
@@ -138,7 +139,7 @@ pub fn release_details(rel: &crate::release::Release) -> Vec<String> {
             )
         })
         .collect();
-    if r.outcome != "applied"
+    if r.outcome != Outcome::Applied
         && let Some(reason) = &r.reason
     {
         out.push(format!("why: {reason}"));

@@ -32,50 +32,12 @@ use crate::migrations::executor::Mode;
 use crate::migrations::{self, Migration, Plan, PlanError, Source};
 use crate::pg::lock::{HeavyLock, LockError};
 use crate::snapshot::{self, SnapshotError, open_stores};
+pub use crate::state::Outcome;
 use crate::state::{JournalEntry, ReleaseRow, State, StateError};
 use crate::store::{Store, StoreError};
 use journal::{Journal, step};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Applied,
-    /// Nothing of the plan stayed on live: its transaction rolled back, or
-    /// `on_failure = "down"` reverted what it applied.
-    RolledBack,
-    /// The pre-release snapshot was restored in place of live.
-    Restored,
-    /// Stopped with live as the failure left it (`on_failure = "halt"`, or a
-    /// recovery that could not finish); a person must act.
-    Halted,
-    /// Preflight refused; nothing was done.
-    Refused,
-    /// Interrupted before any migration ran; live untouched.
-    Aborted,
-    NothingPending,
-    /// Still in progress (only seen in the record of a running release).
-    Running,
-    /// Stopped unfinished because live's server went away while live had
-    /// to be recovered (e.g. the server crashed mid-release): the next
-    /// pgrehearse command on the target finishes it once the server is back.
-    Interrupted,
-}
-
 impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Applied => "applied",
-            Outcome::RolledBack => "rolled_back",
-            Outcome::Restored => "restored",
-            Outcome::Halted => "halted",
-            Outcome::Refused => "refused",
-            Outcome::Aborted => "aborted",
-            Outcome::NothingPending => "nothing_pending",
-            Outcome::Running => "running",
-            Outcome::Interrupted => "interrupted",
-        }
-    }
-
     /// The exit code of `apply` for this outcome (see README).
     pub fn exit_code(self) -> u8 {
         match self {
@@ -99,17 +61,7 @@ pub struct Release {
 
 impl Release {
     pub fn outcome(&self) -> Outcome {
-        match self.record.outcome.as_str() {
-            "applied" => Outcome::Applied,
-            "rolled_back" => Outcome::RolledBack,
-            "restored" => Outcome::Restored,
-            "refused" => Outcome::Refused,
-            "aborted" => Outcome::Aborted,
-            "nothing_pending" => Outcome::NothingPending,
-            "running" => Outcome::Running,
-            "interrupted" => Outcome::Interrupted,
-            _ => Outcome::Halted,
-        }
+        self.record.outcome
     }
 }
 
@@ -246,7 +198,7 @@ fn new_row(cx: &Ctx<'_>, plan: &Plan, outcome: Outcome) -> ReleaseRow {
         rehearsal_id: None,
         database: cx.target.live_url.database(),
         on_failure: format!("{:?}", cx.target.on_failure).to_lowercase(),
-        outcome: outcome.as_str().to_string(),
+        outcome,
         reason: None,
         error_kind: None,
         pre_snapshot_id: None,
@@ -309,7 +261,7 @@ async fn run(
         Ok(s) => s,
         Err(e) => {
             // Nothing ran on live: the release stops here.
-            row.outcome = Outcome::Aborted.as_str().into();
+            row.outcome = Outcome::Aborted;
             row.reason = Some(format!("the pre-release snapshot failed, so nothing was applied: {e}"));
             row.error_kind = Some("snapshot_failed".into());
             return finish(cx, &journal, row, t0).await;
@@ -343,7 +295,7 @@ async fn run(
             )
             .await;
             timing(&mut row, "postcheck_ms", t.elapsed().as_millis() as u64);
-            row.outcome = Outcome::Applied.as_str().into();
+            row.outcome = Outcome::Applied;
             recovery::unpin_older(cx, &row.id).await;
             tracing::info!(warnings = row.warnings.len(), "Release applied.");
         }
@@ -357,7 +309,7 @@ async fn run(
                 recovery::recover(cx, &journal, &mut row, &plan.pending).await?;
                 timing(&mut row, "recovery_ms", t.elapsed().as_millis() as u64);
             } else {
-                row.outcome = Outcome::RolledBack.as_str().into();
+                row.outcome = Outcome::RolledBack;
                 tracing::warn!("The failed migration's transaction rolled back: live is as it was before the release.");
             }
         }
@@ -375,11 +327,11 @@ async fn finish(cx: &Ctx<'_>, journal: &Journal, mut row: ReleaseRow, t0: Instan
 /// `finished` with the outcome, or `suspended` when live's server went away
 /// during recovery (the release stays unfinished for the next run).
 pub(crate) async fn close(cx: &Ctx<'_>, journal: &Journal, row: &mut ReleaseRow) -> Result<(), ReleaseError> {
-    if row.outcome == Outcome::Interrupted.as_str() {
+    if row.outcome == Outcome::Interrupted {
         journal.step(step::SUSPENDED, Some("live unreachable")).await?;
     } else {
         row.finished_at = Some(Utc::now().to_rfc3339());
-        journal.step(step::FINISHED, Some(&row.outcome)).await?;
+        journal.step(step::FINISHED, Some(row.outcome.as_str())).await?;
     }
     cx.state.release_update(row).await?;
     Ok(())

@@ -75,7 +75,7 @@ pub async fn recover(
             Ok(kept) => {
                 tracing::warn!(kept_as = %kept, snapshot = ?row.pre_snapshot_id, "Live restored to its pre-release state; the failed database is kept.");
                 row.failed_database = Some(kept);
-                row.outcome = Outcome::Restored.as_str().into();
+                row.outcome = Outcome::Restored;
             }
             Err(e) if !live_reachable(cx).await => suspend(row, &failed, "restoring the pre-release snapshot", &e),
             Err(e) => halt(row, format!("{failed}; then restoring the pre-release snapshot failed: {e}")),
@@ -84,7 +84,7 @@ pub async fn recover(
             Ok(reverted) => {
                 tracing::warn!(reverted = ?reverted, "The release's migrations were reverted with their downs.");
                 mark_reverted(row, &reverted);
-                row.outcome = Outcome::RolledBack.as_str().into();
+                row.outcome = Outcome::RolledBack;
             }
             Err(e) if !live_reachable(cx).await => suspend(row, &failed, "reverting with the downs", &e),
             Err(e) => halt(row, format!("{failed}; then reverting with the downs failed: {e}")),
@@ -110,7 +110,7 @@ fn suspend(row: &mut ReleaseRow, failed: &str, what: &str, e: &str) {
         "{failed}; then {what} failed because live's server became unreachable ({e}). Live may hold part of the plan: once the server is back, any pgrehearse command on this target (e.g. `pgrehearse status`) finishes the recovery"
     ));
     row.error_kind = Some("live_unreachable".into());
-    row.outcome = Outcome::Interrupted.as_str().into();
+    row.outcome = Outcome::Interrupted;
 }
 
 fn halt(row: &mut ReleaseRow, reason: String) {
@@ -119,7 +119,7 @@ fn halt(row: &mut ReleaseRow, reason: String) {
     row.reason = Some(format!(
         "{reason}. Live may hold part of the plan; to go back to the pre-release state run `pgrehearse restore {snap} --replace-live --yes`"
     ));
-    row.outcome = Outcome::Halted.as_str().into();
+    row.outcome = Outcome::Halted;
 }
 
 fn mark_reverted(row: &mut ReleaseRow, reverted: &[String]) {
@@ -273,7 +273,7 @@ pub async fn finish_interrupted(cx: &Ctx<'_>) -> Result<Option<Release>, Release
         let interrupted = format!("interrupted at step {}", at.as_deref().unwrap_or("start"));
         decide(cx, &journal, &mut row, &steps, &interrupted).await?;
         super::close(cx, &journal, &mut row).await?;
-        if row.outcome == Outcome::Interrupted.as_str() {
+        if row.outcome == Outcome::Interrupted {
             tracing::error!(release = %row.id, "Interrupted release still unfinished: live's server is unreachable.");
         } else {
             tracing::warn!(release = %row.id, outcome = %row.outcome, "Interrupted release finished.");
@@ -300,7 +300,7 @@ async fn decide(
         return recover(cx, journal, row, &plan).await;
     }
     if !has(step::APPLY) {
-        row.outcome = Outcome::Aborted.as_str().into();
+        row.outcome = Outcome::Aborted;
         row.reason = Some(format!("{interrupted}, before any migration ran; live was not touched"));
         row.error_kind = Some("interrupted".into());
         if let Some(snap) = &row.pre_snapshot_id.clone().or_else(|| detail_of(steps, step::SNAPSHOT_DONE)) {
@@ -313,7 +313,7 @@ async fn decide(
     let applied = applied_on_live(cx, &plan).await.map_err(|e| ReleaseError::Preflight(e.into()))?;
     row.error_kind = Some("interrupted".into());
     if applied.len() == plan.len() && !has(step::FAILED) {
-        row.outcome = Outcome::Applied.as_str().into();
+        row.outcome = Outcome::Applied;
         row.reason = Some(format!("{interrupted}; live's history holds the whole plan: it had committed"));
         set_statuses(row, &plan, &applied, "applied");
         super::recovery::unpin_older(cx, &row.id).await;
@@ -324,7 +324,7 @@ async fn decide(
     let current_transactional =
         plan.iter().find(|m| Some(&m.version) == current.as_ref()).is_none_or(|m| m.transactional);
     if applied.is_empty() && (single || current_transactional) && cx.source.kind() != MigrationKind::Command {
-        row.outcome = Outcome::RolledBack.as_str().into();
+        row.outcome = Outcome::RolledBack;
         row.reason = Some(format!(
             "{interrupted}; no migration of the plan committed (the server rolled back the open transaction): live is as before the release"
         ));

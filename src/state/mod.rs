@@ -6,7 +6,7 @@
 
 mod releases;
 
-pub use releases::{Evidence, JournalEntry, ReleaseRow};
+pub use releases::{Evidence, JournalEntry, Outcome, ReleaseRow};
 
 use std::path::Path;
 use std::str::FromStr;

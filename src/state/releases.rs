@@ -4,7 +4,7 @@
 //! database, because a release may replace that database.
 
 use chrono::Utc;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use super::{State, StateError};
@@ -12,6 +12,71 @@ use crate::host::hostname;
 
 /// A release as recorded. JSON columns are kept as values so that readers
 /// (the CLI, the daemon's API and reports) see exactly what was written.
+/// How a release ended, or that it runs. Stored in `releases.outcome` as
+/// the snake_case name (the same TEXT as before this was a type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Applied,
+    /// Nothing of the plan stayed on live: its transaction rolled back, or
+    /// `on_failure = "down"` reverted what it applied.
+    RolledBack,
+    /// The pre-release snapshot was restored in place of live.
+    Restored,
+    /// Stopped with live as the failure left it (`on_failure = "halt"`, or a
+    /// recovery that could not finish); a person must act.
+    Halted,
+    /// Preflight refused; nothing was done.
+    Refused,
+    /// Interrupted before any migration ran; live untouched.
+    Aborted,
+    NothingPending,
+    /// Still in progress (only seen in the record of a running release).
+    Running,
+    /// Stopped unfinished because live's server went away while live had
+    /// to be recovered (e.g. the server crashed mid-release): the next
+    /// pgrehearse command on the target finishes it once the server is back.
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Restored => "restored",
+            Outcome::Halted => "halted",
+            Outcome::Refused => "refused",
+            Outcome::Aborted => "aborted",
+            Outcome::NothingPending => "nothing_pending",
+            Outcome::Running => "running",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+
+    /// Reads a stored outcome. A name this version does not know (written
+    /// by a newer one) reads as `halted`: a person looks at it.
+    pub fn from_stored(s: &str) -> Outcome {
+        match s {
+            "applied" => Outcome::Applied,
+            "rolled_back" => Outcome::RolledBack,
+            "restored" => Outcome::Restored,
+            "refused" => Outcome::Refused,
+            "aborted" => Outcome::Aborted,
+            "nothing_pending" => Outcome::NothingPending,
+            "running" => Outcome::Running,
+            "interrupted" => Outcome::Interrupted,
+            _ => Outcome::Halted,
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ReleaseRow {
     #[serde(rename = "release_id")]
@@ -25,7 +90,7 @@ pub struct ReleaseRow {
     /// The live database's name.
     pub database: String,
     pub on_failure: String,
-    pub outcome: String,
+    pub outcome: Outcome,
     pub reason: Option<String>,
     pub error_kind: Option<String>,
     pub pre_snapshot_id: Option<String>,
@@ -81,7 +146,7 @@ impl State {
         .bind(&r.rehearsal_id)
         .bind(&r.database)
         .bind(&r.on_failure)
-        .bind(&r.outcome)
+        .bind(r.outcome.as_str())
         .bind(&r.reason)
         .bind(&r.error_kind)
         .bind(&r.pre_snapshot_id)
@@ -106,7 +171,7 @@ impl State {
             "UPDATE releases SET outcome = ?, reason = ?, error_kind = ?, pre_snapshot_id = ?, failed_database = ?, \
              recovery = ?, finished_at = ?, migrations = ?, timings = ?, warnings = ?, pid = ?, host = ? WHERE id = ?",
         )
-        .bind(&r.outcome)
+        .bind(r.outcome.as_str())
         .bind(&r.reason)
         .bind(&r.error_kind)
         .bind(&r.pre_snapshot_id)
@@ -265,7 +330,7 @@ fn release_from_row(r: &sqlx::sqlite::SqliteRow) -> ReleaseRow {
         rehearsal_id: r.get("rehearsal_id"),
         database: r.get("database"),
         on_failure: r.get("on_failure"),
-        outcome: r.get("outcome"),
+        outcome: Outcome::from_stored(&r.get::<String, _>("outcome")),
         reason: r.get("reason"),
         error_kind: r.get("error_kind"),
         pre_snapshot_id: r.get("pre_snapshot_id"),

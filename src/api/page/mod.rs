@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::overview::{Live, Overview, SnapshotView};
 use crate::api::Shared;
+use crate::state::Outcome;
 use crate::format::human_bytes;
 use crate::format::secs;
 
@@ -196,7 +197,7 @@ fn target(h: &mut String, i: usize, o: &Overview) {
     h.push_str("</dd><dt>Last release</dt><dd>");
     match &s.last_release {
         Some(r) => {
-            let _ = write!(h, "<code>{}</code> {} at {}", esc(&r.id), outcome(&r.outcome), esc(&when(&r.started_at)));
+            let _ = write!(h, "<code>{}</code> {} at {}", esc(&r.id), outcome(r.outcome), esc(&when(&r.started_at)));
         }
         None => h.push_str("<span class=\"muted\">none</span>"),
     }
@@ -316,7 +317,7 @@ fn releases(h: &mut String, o: &Overview) {
             "<tr><td><code>{}</code></td><td>{}</td><td>{}{}</td><td class=\"num\">{}</td><td><code>{}</code></td><td>{}</td></tr>",
             esc(&r.id),
             esc(&when(&r.started_at)),
-            outcome(&r.outcome),
+            outcome(r.outcome),
             r.recovery
                 .as_deref()
                 .map(|x| format!(" <span class=\"muted\">(recovery: {})</span>", esc(x)))
@@ -329,13 +330,13 @@ fn releases(h: &mut String, o: &Overview) {
     h.push_str("</table>");
 }
 
-fn outcome(o: &str) -> String {
+fn outcome(o: Outcome) -> String {
     let class = match o {
-        "applied" | "nothing_pending" => "ok",
-        "refused" | "aborted" | "running" => "warn",
-        _ => "bad",
+        Outcome::Applied | Outcome::NothingPending => "ok",
+        Outcome::Refused | Outcome::Aborted | Outcome::Running => "warn",
+        Outcome::RolledBack | Outcome::Restored | Outcome::Halted | Outcome::Interrupted => "bad",
     };
-    format!("<span class=\"{class} outcome\">{}</span>", esc(&o.replace('_', " ")))
+    format!("<span class=\"{class} outcome\">{}</span>", esc(&o.as_str().replace('_', " ")))
 }
 
 fn rehearsal_status(s: &str) -> String {

@@ -171,7 +171,7 @@ fn a_restored_release_says_what_recovery_did() {
         rehearsal_id: Some("20261124T093000Z-ab12".into()),
         database: "app".into(),
         on_failure: "restore".into(),
-        outcome: "restored".into(),
+        outcome: crate::state::Outcome::Restored,
         reason: Some(format!("migration 2 failed: duplicate key {EVIL}")),
         error_kind: Some("migration_failed".into()),
         pre_snapshot_id: Some("20261124T020001Z-0002".into()),
