@@ -78,7 +78,7 @@ pub struct RehearsalStatus {
     pub id: String,
     pub plan: Option<String>,
     /// `running`, `passed`, `problems` or `error`.
-    pub status: String,
+    pub status: crate::state::RehearsalStatus,
     pub started_at: String,
     /// Whether it rehearsed the plan that is pending now.
     pub current_plan: bool,

@@ -105,7 +105,7 @@ pub struct RehearsalView {
     pub id: String,
     pub plan: Option<String>,
     /// `running`, `passed`, `problems` or `error`.
-    pub status: String,
+    pub status: crate::state::RehearsalStatus,
     pub started_at: String,
     pub finished_at: Option<String>,
     /// Whether it rehearsed the plan pending now (null when unknown).
@@ -224,7 +224,7 @@ pub async fn gather(
         .map(|m| PendingView { version: m.version.clone(), name: m.name.clone() })
         .collect();
     let approvable = !pending.is_empty()
-        && plan_rehearsal.as_ref().is_some_and(|r| r.status == "passed")
+        && plan_rehearsal.as_ref().is_some_and(|r| r.status == crate::state::RehearsalStatus::Passed)
         && approval.as_ref().is_none_or(|a| a.valid != Some(true));
     let releases: Vec<ReleaseSummary> = st.releases.iter().map(release_summary).collect();
 

@@ -40,7 +40,7 @@ use crate::shadow::{Shadow, ShadowError};
 use crate::snapshot::catalog::{self, CatalogError};
 use crate::snapshot::manifest::Manifest;
 use crate::snapshot::{self, SnapshotError, open_stores};
-use crate::state::StateError;
+use crate::state::{RehearsalStatus, StateError};
 use crate::store::{Store, StoreError};
 use observer::Catalog;
 use runner::{MigrationResult, Status};
@@ -270,7 +270,7 @@ pub async fn rehearse(
         }
     };
     let json = serde_json::to_string_pretty(&report).expect("report serializes");
-    let status = if report.ok { "passed" } else { "problems" };
+    let status = if report.ok { RehearsalStatus::Passed } else { RehearsalStatus::Problems };
     state.rehearsal_finished(&id, &report.plan, &report.snapshot_id, status, &json).await?;
     state.rehearsal_evidence_set(&id, report.schema_after.as_deref(), &report.not_valid).await?;
     store.put(&report_key(&target.name, &id, "report.json"), Bytes::from(json)).await?;

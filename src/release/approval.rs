@@ -14,7 +14,7 @@ use crate::config::{Config, Target};
 use crate::error_class::{Class, Classify};
 use crate::migrations::{self, PlanError, Source};
 use crate::snapshot::{SnapshotError, open_stores};
-use crate::state::{ApprovalRow, StateError};
+use crate::state::{ApprovalRow, RehearsalStatus, StateError};
 
 /// At least this many hex digits of a plan hash are needed to name it.
 pub const MIN_PREFIX: usize = 12;
@@ -130,8 +130,8 @@ pub async fn approve_in(
         .latest_rehearsal(&target.name, Some(&current.hash))
         .await?
         .ok_or_else(|| ApprovalError::NotRehearsed { plan: current.hash.clone() })?;
-    if rehearsal.status != "passed" {
-        return Err(ApprovalError::NotPassed { plan: current.hash, id: rehearsal.id, status: rehearsal.status });
+    if rehearsal.status != RehearsalStatus::Passed {
+        return Err(ApprovalError::NotPassed { plan: current.hash, id: rehearsal.id, status: rehearsal.status.to_string() });
     }
     if let Some(refusal) = super::preflight::promotion(state, target, &current).await? {
         return Err(ApprovalError::NotPromoted(refusal.to_string()));

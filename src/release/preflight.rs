@@ -16,7 +16,7 @@ use crate::config::{Config, OnFailure, Target};
 use crate::error_class::{Class, Classify};
 use crate::migrations::Plan;
 use crate::pg::{self, PgError, ServerInfo, tools};
-use crate::state::{ApprovalRow, Evidence, RehearsalRow, State, StateError};
+use crate::state::{ApprovalRow, Evidence, RehearsalRow, RehearsalStatus, State, StateError};
 
 /// Why a release may not start now.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -247,8 +247,8 @@ async fn approved(
     let Some(r) = state.latest_rehearsal(&target.name, Some(&plan.hash)).await? else {
         return Ok(Err(Refusal::NotApproved { plan: plan.hash.clone() }));
     };
-    if r.status != "passed" {
-        return Ok(Err(Refusal::RehearsalNotPassed { plan: plan.hash.clone(), rehearsal: r.id, status: r.status }));
+    if r.status != RehearsalStatus::Passed {
+        return Ok(Err(Refusal::RehearsalNotPassed { plan: plan.hash.clone(), rehearsal: r.id, status: r.status.to_string() }));
     }
     Ok(Ok((a, r)))
 }

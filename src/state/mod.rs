@@ -5,8 +5,10 @@
 //! approvals, and releases with their journal (`releases.rs`).
 
 mod releases;
+mod status;
 
 pub use releases::{Evidence, JournalEntry, Outcome, ReleaseRow};
+pub use status::{RehearsalStatus, RunStatus};
 
 use std::path::Path;
 use std::str::FromStr;
@@ -49,24 +51,6 @@ impl Classify for StateError {
             StateError::Open { .. } => "state_open_failed",
             StateError::Migrate { .. } => "state_migrate_failed",
             StateError::Query(_) => "state_query_failed",
-        }
-    }
-}
-
-/// Outcome of a snapshot run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunStatus {
-    Running,
-    Ok,
-    Failed,
-}
-
-impl RunStatus {
-    fn parse(s: &str) -> RunStatus {
-        match s {
-            "ok" => RunStatus::Ok,
-            "running" => RunStatus::Running,
-            _ => RunStatus::Failed,
         }
     }
 }
@@ -344,8 +328,7 @@ pub struct RehearsalRow {
     pub plan_hash: Option<String>,
     pub started_at: String,
     pub finished_at: Option<String>,
-    /// `running`, `passed`, `problems` or `error`.
-    pub status: String,
+    pub status: RehearsalStatus,
 }
 
 /// A rehearsal as stored, with its report (null while it runs, or when it
@@ -358,8 +341,7 @@ pub struct RehearsalRecord {
     pub snapshot_id: Option<String>,
     pub started_at: String,
     pub finished_at: Option<String>,
-    /// `running`, `passed`, `problems` or `error`.
-    pub status: String,
+    pub status: RehearsalStatus,
     pub error: Option<String>,
     pub report: Option<serde_json::Value>,
 }
@@ -398,7 +380,7 @@ impl State {
         id: &str,
         plan_hash: &str,
         snapshot_id: &str,
-        status: &str,
+        status: RehearsalStatus,
         report: &str,
     ) -> Result<(), StateError> {
         sqlx::query(
@@ -407,7 +389,7 @@ impl State {
         .bind(Utc::now().to_rfc3339())
         .bind(plan_hash)
         .bind(snapshot_id)
-        .bind(status)
+        .bind(status.as_str())
         .bind(report)
         .bind(id)
         .execute(&self.pool)
@@ -441,7 +423,7 @@ impl State {
             plan_hash: r.get("plan_hash"),
             started_at: r.get("started_at"),
             finished_at: r.get("finished_at"),
-            status: r.get("status"),
+            status: RehearsalStatus::from_stored(&r.get::<String, _>("status")),
         }))
     }
 
@@ -463,7 +445,7 @@ impl State {
                 snapshot_id: r.get("snapshot_id"),
                 started_at: r.get("started_at"),
                 finished_at: r.get("finished_at"),
-                status: r.get("status"),
+                status: RehearsalStatus::from_stored(&r.get::<String, _>("status")),
                 error: r.get("error"),
                 report: report.and_then(|s| serde_json::from_str(&s).ok()),
             }

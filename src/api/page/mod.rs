@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::overview::{Live, Overview, SnapshotView};
 use crate::api::Shared;
-use crate::state::Outcome;
+use crate::state::{Outcome, RehearsalStatus};
 use crate::format::human_bytes;
 use crate::format::secs;
 
@@ -232,7 +232,7 @@ fn pending_plan(h: &mut String, i: usize, o: &Overview) {
                 h,
                 "<h3>Rehearsal <code class=\"rehearsal-id\">{}</code> {of}: {}</h3><p class=\"muted\">started {}{}</p>",
                 esc(&r.id),
-                rehearsal_status(&r.status),
+                rehearsal_status(r.status),
                 esc(&when(&r.started_at)),
                 r.finished_at.as_deref().map(|f| format!(", finished {}", esc(&when(f)))).unwrap_or_default(),
             );
@@ -339,13 +339,13 @@ fn outcome(o: Outcome) -> String {
     format!("<span class=\"{class} outcome\">{}</span>", esc(&o.as_str().replace('_', " ")))
 }
 
-fn rehearsal_status(s: &str) -> String {
+fn rehearsal_status(s: RehearsalStatus) -> String {
     let class = match s {
-        "passed" => "ok",
-        "running" => "warn",
-        _ => "bad",
+        RehearsalStatus::Passed => "ok",
+        RehearsalStatus::Running => "warn",
+        RehearsalStatus::Problems | RehearsalStatus::Error => "bad",
     };
-    format!("<span class=\"{class} rehearsal-status\">{}</span>", esc(s))
+    format!("<span class=\"{class} rehearsal-status\">{}</span>", esc(s.as_str()))
 }
 
 fn fmt_time(t: chrono::DateTime<chrono::Utc>) -> String {
