@@ -33,7 +33,7 @@ use crate::migrations::{self, Migration, Plan, PlanError, Source};
 use crate::pg::lock::{HeavyLock, LockError};
 use crate::snapshot::{self, SnapshotError, open_stores};
 pub use crate::state::Outcome;
-use crate::state::{JournalEntry, ReleaseRow, State, StateError};
+use crate::state::{JournalEntry, ReleaseErrorKind, ReleaseRow, State, StateError};
 use crate::store::{Store, StoreError};
 use journal::{Journal, step};
 
@@ -180,7 +180,7 @@ async fn refuse(cx: &Ctx<'_>, plan: &Plan, refusal: preflight::Refusal, t0: Inst
     tracing::warn!(target = %cx.target.name, reason = %refusal, "Release refused.");
     let mut row = new_row(cx, plan, Outcome::Refused);
     row.reason = Some(refusal.to_string());
-    row.error_kind = Some(refusal.kind().to_string());
+    row.error_kind = Some(refusal.error_kind());
     row.finished_at = Some(Utc::now().to_rfc3339());
     row.timings = serde_json::json!({ "preflight_ms": t0.elapsed().as_millis() as u64 });
     cx.state.release_insert(&row).await?;
@@ -263,7 +263,7 @@ async fn run(
             // Nothing ran on live: the release stops here.
             row.outcome = Outcome::Aborted;
             row.reason = Some(format!("the pre-release snapshot failed, so nothing was applied: {e}"));
-            row.error_kind = Some("snapshot_failed".into());
+            row.error_kind = Some(ReleaseErrorKind::SnapshotFailed);
             return finish(cx, &journal, row, t0).await;
         }
     };
@@ -303,7 +303,7 @@ async fn run(
             tracing::error!(error = %failure, "A migration failed on live.");
             journal.step(step::FAILED, Some(failure)).await?;
             row.reason = Some(failure.clone());
-            row.error_kind = Some("migration_failed".into());
+            row.error_kind = Some(ReleaseErrorKind::MigrationFailed);
             if outcome.partial {
                 let t = Instant::now();
                 recovery::recover(cx, &journal, &mut row, &plan.pending).await?;

@@ -16,7 +16,7 @@ use crate::config::{Config, OnFailure, Target};
 use crate::error_class::{Class, Classify};
 use crate::migrations::Plan;
 use crate::pg::{self, PgError, ServerInfo, tools};
-use crate::state::{ApprovalRow, Evidence, RehearsalRow, RehearsalStatus, State, StateError};
+use crate::state::{ApprovalRow, Evidence, RehearsalRow, RehearsalStatus, ReleaseErrorKind, State, StateError};
 
 /// Why a release may not start now.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -74,24 +74,30 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// A bounded label for metrics and the release record.
+    /// A bounded label for metrics.
     pub fn kind(&self) -> &'static str {
+        self.error_kind().as_str()
+    }
+
+    /// What the release record keeps as its `error_kind`.
+    pub fn error_kind(&self) -> ReleaseErrorKind {
+        use ReleaseErrorKind as K;
         match self {
-            Refusal::Drift(_) => "drift",
-            Refusal::NotApproved { .. } => "not_approved",
-            Refusal::PlanChanged { .. } => "plan_changed",
-            Refusal::Expired { .. } => "approval_expired",
-            Refusal::Spent { .. } => "approval_spent",
-            Refusal::RehearsalNotPassed { .. } => "rehearsal_not_passed",
-            Refusal::NotPromoted { .. } => "not_promoted",
-            Refusal::NoWindow { .. } | Refusal::OutsideWindow { .. } | Refusal::NoNextWindow => "outside_window",
-            Refusal::DoesNotFit { .. } => "does_not_fit",
-            Refusal::Busy(_) => "lock_held",
-            Refusal::DumpRunning(_) => "dump_running",
-            Refusal::LongTransaction { .. } => "long_transaction",
-            Refusal::NoStagingSpace { .. } => "no_staging_space",
-            Refusal::Client(_) => "client_too_old",
-            Refusal::ShadowIsLive(_) => "shadow_is_live",
+            Refusal::Drift(_) => K::Drift,
+            Refusal::NotApproved { .. } => K::NotApproved,
+            Refusal::PlanChanged { .. } => K::PlanChanged,
+            Refusal::Expired { .. } => K::ApprovalExpired,
+            Refusal::Spent { .. } => K::ApprovalSpent,
+            Refusal::RehearsalNotPassed { .. } => K::RehearsalNotPassed,
+            Refusal::NotPromoted { .. } => K::NotPromoted,
+            Refusal::NoWindow { .. } | Refusal::OutsideWindow { .. } | Refusal::NoNextWindow => K::OutsideWindow,
+            Refusal::DoesNotFit { .. } => K::DoesNotFit,
+            Refusal::Busy(_) => K::LockHeld,
+            Refusal::DumpRunning(_) => K::DumpRunning,
+            Refusal::LongTransaction { .. } => K::LongTransaction,
+            Refusal::NoStagingSpace { .. } => K::NoStagingSpace,
+            Refusal::Client(_) => K::ClientTooOld,
+            Refusal::ShadowIsLive(_) => K::ShadowIsLive,
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::migrations::executor::{self, Direction, Executor, Retry};
 use crate::migrations::{Down, Migration};
 use crate::pg::{self, PgError};
 use crate::restore;
-use crate::state::{JournalEntry, ReleaseRow};
+use crate::state::{JournalEntry, ReleaseErrorKind, ReleaseRow};
 use crate::store::{self, Store, StoreError};
 
 /// Sets (or clears) the snapshot's `pinned_by`: retention never deletes a
@@ -109,7 +109,7 @@ fn suspend(row: &mut ReleaseRow, failed: &str, what: &str, e: &str) {
     row.reason = Some(format!(
         "{failed}; then {what} failed because live's server became unreachable ({e}). Live may hold part of the plan: once the server is back, any pgrehearse command on this target (e.g. `pgrehearse status`) finishes the recovery"
     ));
-    row.error_kind = Some("live_unreachable".into());
+    row.error_kind = Some(ReleaseErrorKind::LiveUnreachable);
     row.outcome = Outcome::Interrupted;
 }
 
@@ -302,7 +302,7 @@ async fn decide(
     if !has(step::APPLY) {
         row.outcome = Outcome::Aborted;
         row.reason = Some(format!("{interrupted}, before any migration ran; live was not touched"));
-        row.error_kind = Some("interrupted".into());
+        row.error_kind = Some(ReleaseErrorKind::Interrupted);
         if let Some(snap) = &row.pre_snapshot_id.clone().or_else(|| detail_of(steps, step::SNAPSHOT_DONE)) {
             let _ = pin(cx.store.as_ref(), &cx.target.name, snap, None).await;
         }
@@ -311,7 +311,7 @@ async fn decide(
     row.pre_snapshot_id = row.pre_snapshot_id.clone().or_else(|| detail_of(steps, step::SNAPSHOT_DONE));
     end_orphans(cx).await;
     let applied = applied_on_live(cx, &plan).await.map_err(|e| ReleaseError::Preflight(e.into()))?;
-    row.error_kind = Some("interrupted".into());
+    row.error_kind = Some(ReleaseErrorKind::Interrupted);
     if applied.len() == plan.len() && !has(step::FAILED) {
         row.outcome = Outcome::Applied;
         row.reason = Some(format!("{interrupted}; live's history holds the whole plan: it had committed"));

@@ -7,7 +7,7 @@
 mod releases;
 mod status;
 
-pub use releases::{Evidence, JournalEntry, Outcome, ReleaseRow};
+pub use releases::{Evidence, JournalEntry, Outcome, ReleaseErrorKind, ReleaseRow};
 pub use status::{RehearsalStatus, RunStatus};
 
 use std::path::Path;

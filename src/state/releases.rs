@@ -77,6 +77,93 @@ impl std::fmt::Display for Outcome {
     }
 }
 
+/// Why a release did not apply, as a bounded label: a preflight refusal's
+/// kind, or what failed. Stored in `releases.error_kind` as the snake_case
+/// name (the same TEXT as before this was a type); metrics use it as a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseErrorKind {
+    Drift,
+    NotApproved,
+    PlanChanged,
+    ApprovalExpired,
+    ApprovalSpent,
+    RehearsalNotPassed,
+    NotPromoted,
+    OutsideWindow,
+    DoesNotFit,
+    LockHeld,
+    DumpRunning,
+    LongTransaction,
+    NoStagingSpace,
+    ClientTooOld,
+    ShadowIsLive,
+    SnapshotFailed,
+    MigrationFailed,
+    LiveUnreachable,
+    Interrupted,
+    Unknown,
+}
+
+impl ReleaseErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseErrorKind::Drift => "drift",
+            ReleaseErrorKind::NotApproved => "not_approved",
+            ReleaseErrorKind::PlanChanged => "plan_changed",
+            ReleaseErrorKind::ApprovalExpired => "approval_expired",
+            ReleaseErrorKind::ApprovalSpent => "approval_spent",
+            ReleaseErrorKind::RehearsalNotPassed => "rehearsal_not_passed",
+            ReleaseErrorKind::NotPromoted => "not_promoted",
+            ReleaseErrorKind::OutsideWindow => "outside_window",
+            ReleaseErrorKind::DoesNotFit => "does_not_fit",
+            ReleaseErrorKind::LockHeld => "lock_held",
+            ReleaseErrorKind::DumpRunning => "dump_running",
+            ReleaseErrorKind::LongTransaction => "long_transaction",
+            ReleaseErrorKind::NoStagingSpace => "no_staging_space",
+            ReleaseErrorKind::ClientTooOld => "client_too_old",
+            ReleaseErrorKind::ShadowIsLive => "shadow_is_live",
+            ReleaseErrorKind::SnapshotFailed => "snapshot_failed",
+            ReleaseErrorKind::MigrationFailed => "migration_failed",
+            ReleaseErrorKind::LiveUnreachable => "live_unreachable",
+            ReleaseErrorKind::Interrupted => "interrupted",
+            ReleaseErrorKind::Unknown => "unknown",
+        }
+    }
+
+    /// Reads a stored kind; one this version does not know reads as `unknown`.
+    pub fn from_stored(s: &str) -> ReleaseErrorKind {
+        match s {
+            "drift" => ReleaseErrorKind::Drift,
+            "not_approved" => ReleaseErrorKind::NotApproved,
+            "plan_changed" => ReleaseErrorKind::PlanChanged,
+            "approval_expired" => ReleaseErrorKind::ApprovalExpired,
+            "approval_spent" => ReleaseErrorKind::ApprovalSpent,
+            "rehearsal_not_passed" => ReleaseErrorKind::RehearsalNotPassed,
+            "not_promoted" => ReleaseErrorKind::NotPromoted,
+            "outside_window" => ReleaseErrorKind::OutsideWindow,
+            "does_not_fit" => ReleaseErrorKind::DoesNotFit,
+            "lock_held" => ReleaseErrorKind::LockHeld,
+            "dump_running" => ReleaseErrorKind::DumpRunning,
+            "long_transaction" => ReleaseErrorKind::LongTransaction,
+            "no_staging_space" => ReleaseErrorKind::NoStagingSpace,
+            "client_too_old" => ReleaseErrorKind::ClientTooOld,
+            "shadow_is_live" => ReleaseErrorKind::ShadowIsLive,
+            "snapshot_failed" => ReleaseErrorKind::SnapshotFailed,
+            "migration_failed" => ReleaseErrorKind::MigrationFailed,
+            "live_unreachable" => ReleaseErrorKind::LiveUnreachable,
+            "interrupted" => ReleaseErrorKind::Interrupted,
+            _ => ReleaseErrorKind::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for ReleaseErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ReleaseRow {
     #[serde(rename = "release_id")]
@@ -92,7 +179,7 @@ pub struct ReleaseRow {
     pub on_failure: String,
     pub outcome: Outcome,
     pub reason: Option<String>,
-    pub error_kind: Option<String>,
+    pub error_kind: Option<ReleaseErrorKind>,
     pub pre_snapshot_id: Option<String>,
     /// Where the failed database was kept (`restore` recovery).
     pub failed_database: Option<String>,
@@ -148,7 +235,7 @@ impl State {
         .bind(&r.on_failure)
         .bind(r.outcome.as_str())
         .bind(&r.reason)
-        .bind(&r.error_kind)
+        .bind(r.error_kind.map(ReleaseErrorKind::as_str))
         .bind(&r.pre_snapshot_id)
         .bind(&r.failed_database)
         .bind(&r.recovery)
@@ -173,7 +260,7 @@ impl State {
         )
         .bind(r.outcome.as_str())
         .bind(&r.reason)
-        .bind(&r.error_kind)
+        .bind(r.error_kind.map(ReleaseErrorKind::as_str))
         .bind(&r.pre_snapshot_id)
         .bind(&r.failed_database)
         .bind(&r.recovery)
@@ -332,7 +419,7 @@ fn release_from_row(r: &sqlx::sqlite::SqliteRow) -> ReleaseRow {
         on_failure: r.get("on_failure"),
         outcome: Outcome::from_stored(&r.get::<String, _>("outcome")),
         reason: r.get("reason"),
-        error_kind: r.get("error_kind"),
+        error_kind: r.get::<Option<String>, _>("error_kind").as_deref().map(ReleaseErrorKind::from_stored),
         pre_snapshot_id: r.get("pre_snapshot_id"),
         failed_database: r.get("failed_database"),
         recovery: r.get("recovery"),
@@ -344,5 +431,23 @@ fn release_from_row(r: &sqlx::sqlite::SqliteRow) -> ReleaseRow {
         timings: json("timings"),
         warnings: serde_json::from_str(&r.get::<String, _>("warnings")).unwrap_or_default(),
         pending: json("pending"),
+    }
+}
+
+#[cfg(test)]
+mod vocabulary_tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_and_error_kinds_are_stored_as_their_names() {
+        for k in [ReleaseErrorKind::Drift, ReleaseErrorKind::NotApproved, ReleaseErrorKind::PlanChanged, ReleaseErrorKind::ApprovalExpired, ReleaseErrorKind::ApprovalSpent, ReleaseErrorKind::RehearsalNotPassed, ReleaseErrorKind::NotPromoted, ReleaseErrorKind::OutsideWindow, ReleaseErrorKind::DoesNotFit, ReleaseErrorKind::LockHeld, ReleaseErrorKind::DumpRunning, ReleaseErrorKind::LongTransaction, ReleaseErrorKind::NoStagingSpace, ReleaseErrorKind::ClientTooOld, ReleaseErrorKind::ShadowIsLive, ReleaseErrorKind::SnapshotFailed, ReleaseErrorKind::MigrationFailed, ReleaseErrorKind::LiveUnreachable, ReleaseErrorKind::Interrupted, ReleaseErrorKind::Unknown] {
+            assert_eq!(ReleaseErrorKind::from_stored(k.as_str()), k);
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+        assert_eq!(ReleaseErrorKind::from_stored("new_in_a_later_version"), ReleaseErrorKind::Unknown);
+        assert_eq!(Outcome::from_stored("rolled_back"), Outcome::RolledBack);
+        assert_eq!(serde_json::to_value(Outcome::NothingPending).unwrap(), "nothing_pending");
+        assert_eq!(Outcome::from_stored("new_in_a_later_version"), Outcome::Halted);
+        assert_eq!(format!("{:<9}|", Outcome::Applied), "applied  |");
     }
 }

@@ -173,7 +173,7 @@ fn a_restored_release_says_what_recovery_did() {
         on_failure: "restore".into(),
         outcome: crate::state::Outcome::Restored,
         reason: Some(format!("migration 2 failed: duplicate key {EVIL}")),
-        error_kind: Some("migration_failed".into()),
+        error_kind: Some(crate::state::ReleaseErrorKind::MigrationFailed),
         pre_snapshot_id: Some("20261124T020001Z-0002".into()),
         failed_database: Some("app_failed_r-20261124T020000Z-77".into()),
         recovery: Some("restore".into()),
