@@ -32,3 +32,10 @@ pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     }
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
+
+/// Memory of the host in bytes: (available, total).
+pub fn memory() -> (u64, u64) {
+    use sysinfo::{MemoryRefreshKind, RefreshKind, System};
+    let sys = System::new_with_specifics(RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()));
+    (sys.available_memory(), sys.total_memory())
+}

@@ -468,15 +468,10 @@ fn source_checksum(t: &Target) -> Option<String> {
 
 /// Host gauges: free space where staging lives, available memory.
 fn host_metrics(m: &Metrics, cfg: &Config) {
-    use sysinfo::{Disks, MemoryRefreshKind, RefreshKind, System};
-    let sys = System::new_with_specifics(RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()));
-    m.set(
-        "pgrehearse_host_memory_available_bytes",
-        "Memory available on the host.",
-        &[],
-        sys.available_memory() as f64,
-    );
-    m.set("pgrehearse_host_memory_total_bytes", "Memory of the host.", &[], sys.total_memory() as f64);
+    use sysinfo::Disks;
+    let (available, total) = crate::host::memory();
+    m.set("pgrehearse_host_memory_available_bytes", "Memory available on the host.", &[], available as f64);
+    m.set("pgrehearse_host_memory_total_bytes", "Memory of the host.", &[], total as f64);
     let staging = cfg.staging_dir();
     let probe = if staging.exists() { staging.clone() } else { cfg.state_dir.clone() };
     if let Ok(free) = crate::host::free_bytes(&probe) {
