@@ -112,7 +112,7 @@ pub async fn scratch_copy(
     let file = staging_file(&staging, target, m);
     let fetched = catalog::fetch(config, store, m, None, &file, false).await;
     let restored = match fetched {
-        Ok(_) => restore(config, target, shadow, db, m, &file).await,
+        Ok(_) => restore_into(config, target, shadow, db, m, &file).await,
         Err(e) => Err(e.into()),
     };
     let _ = std::fs::remove_file(&file);
