@@ -296,4 +296,3 @@ async fn record_in_manifest(
     store.put(&key, Bytes::from(serde_json::to_vec_pretty(&m).expect("manifest serializes"))).await?;
     Ok(())
 }
-

@@ -54,7 +54,11 @@ fn allowed(from: &str, to: &str) -> Result<(), String> {
     if from == to || lt < lf || (lt == lf && (from == "main" || SAME_LAYER.contains(&(from, to)))) {
         return Ok(());
     }
-    Err(if lt > lf { format!("{} uses a higher layer", LAYERS[lf].0) } else { "a same-layer edge the rule does not list".into() })
+    Err(if lt > lf {
+        format!("{} uses a higher layer", LAYERS[lf].0)
+    } else {
+        "a same-layer edge the rule does not list".into()
+    })
 }
 
 /// The top-level module a file under `src/` belongs to.
@@ -218,11 +222,7 @@ fn violations(files: &[(String, String)]) -> Vec<String> {
         for to in uses(src) {
             if let Err(why) = allowed(&from, &to) {
                 let layer = |m: &str| layer_of(m).map_or("no layer", |l| LAYERS[l].0);
-                out.push(format!(
-                    "src/{rel}: `{from}` ({}) → `{to}` ({}): {why}",
-                    layer(&from),
-                    layer(&to)
-                ));
+                out.push(format!("src/{rel}: `{from}` ({}) → `{to}` ({}): {why}", layer(&from), layer(&to)));
             }
         }
     }
@@ -312,8 +312,17 @@ mod tests {
         ];
         let broken = violations(&bad);
         assert_eq!(broken.len(), 6, "{broken:#?}");
-        assert!(broken[0].contains("`config` (infrastructure) → `rehearsal` (operations): infrastructure uses a higher layer"), "{}", broken[0]);
-        assert!(broken[1].contains("`restore` (operations) → `release` (operations): a same-layer edge"), "{}", broken[1]);
+        assert!(
+            broken[0]
+                .contains("`config` (infrastructure) → `rehearsal` (operations): infrastructure uses a higher layer"),
+            "{}",
+            broken[0]
+        );
+        assert!(
+            broken[1].contains("`restore` (operations) → `release` (operations): a same-layer edge"),
+            "{}",
+            broken[1]
+        );
         assert!(broken[2].contains("`api` (edges) → `daemon` (edges)"), "{}", broken[2]);
         assert!(broken[3].contains("`store` (infrastructure) → `state` (infrastructure)"), "{}", broken[3]);
         assert!(broken[4].contains("module `newthing` is in no layer"), "{}", broken[4]);

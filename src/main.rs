@@ -13,9 +13,9 @@ mod error_class;
 mod format;
 mod host;
 mod jobs;
-mod lint_rule;
 #[cfg(test)]
 mod layers;
+mod lint_rule;
 mod metrics;
 mod migrations;
 mod output;

@@ -8,8 +8,8 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::format::human_bytes;
 use crate::config::{Config, ConfigError};
+use crate::format::human_bytes;
 use crate::snapshot::Outcome;
 use crate::snapshot::catalog::{Downloaded, Listed, PruneOutcome};
 

@@ -19,6 +19,7 @@ use crate::shadow::load::{self, LoadError};
 use crate::pg::lock::HeavyLock;
 use crate::pg::tools::ToolError;
 use crate::pg::{self, ConnUrl, PgError, quote_ident};
+use crate::shadow::load::{self, LoadError};
 use crate::snapshot::catalog;
 use crate::snapshot::open_stores;
 

@@ -20,9 +20,9 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{Extensions, HeaderMap, StatusCode, header};
 use serde::Deserialize;
 
+use super::Shared;
 use super::conn::Peer;
 use super::{ApiError, auth};
-use super::Shared;
 use crate::release::approval::{self, Approved};
 
 /// How long an approval may take (it reads live's history once).

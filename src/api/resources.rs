@@ -11,15 +11,15 @@ use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 
 use super::ApiError;
+use super::Shared;
 use super::overview::{self, SnapshotView, TargetSummary};
 use crate::config::Config;
-use super::Shared;
 use crate::release::Release;
 
 /// `GET /api/v1/targets`: every target's summary.
 pub async fn targets(State(s): State<Arc<Shared>>) -> Result<Json<Vec<TargetSummary>>, ApiError> {
     let cfg = s.config();
-    Ok(Json(all(&s, &cfg, false).await?.into_iter().map(|o| o.summary).collect()))
+    Ok(Json(all(s.as_ref(), &cfg, false).await?.into_iter().map(|o| o.summary).collect()))
 }
 
 /// Every target's overview, gathered side by side (one slow live server

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use super::progress::secs;
 use super::sample::Dataset;
-use crate::lint_rule::Severity;
-use crate::state::Outcome;
 use crate::format::human_bytes;
+use crate::lint_rule::Severity;
 use crate::rehearsal::observer::human_mode;
+use crate::state::Outcome;
 
 pub fn dataset(d: &Dataset) -> String {
     format!(

@@ -18,7 +18,6 @@ use crate::migrations::executor::external;
 use crate::migrations::payload::PayloadError;
 use crate::migrations::{Migration, Source};
 use crate::pg::tools::Tool;
-use crate::conn_url::ConnUrl;
 use crate::pg::{self, PgError};
 
 /// A Payload project's `migrate`, measured: each migration's locks are

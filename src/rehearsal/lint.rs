@@ -10,12 +10,12 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use super::observer::{Catalog, human_mode, strength};
-use crate::migrations::classify::{self, ConstraintKind, Op};
 use super::runner::{LockHeld, MigrationResult};
 use crate::config::LintConfig;
-use crate::migrations::{Migration, split};
 use crate::format::{human_bytes, secs};
 use crate::lint_rule::{LintRule, Severity};
+use crate::migrations::classify::{self, ConstraintKind, Op};
+use crate::migrations::{Migration, split};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
@@ -174,7 +174,15 @@ pub fn lint(
             let effect = cx.rewrite_effect(None, &rw.relation);
             let at = At { index: None, line: None, sql: "" };
             let message = effect.clone().unwrap_or_else(|| format!("rewrites `{}` ({})", rw.relation, size.describe()));
-            cx.push(LintRule::TableRewrite, &at, &rw.relation.clone(), Some("ACCESS EXCLUSIVE"), Some(size), effect, message);
+            cx.push(
+                LintRule::TableRewrite,
+                &at,
+                &rw.relation.clone(),
+                Some("ACCESS EXCLUSIVE"),
+                Some(size),
+                effect,
+                message,
+            );
         }
         out.append(&mut cx.out);
     }

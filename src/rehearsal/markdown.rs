@@ -6,8 +6,8 @@
 use std::fmt::Write;
 
 use crate::format::human_bytes;
-use crate::rehearsal::Report;
 use crate::format::secs;
+use crate::rehearsal::Report;
 use crate::rehearsal::observer::human_mode;
 use crate::rehearsal::reversibility::Reversal;
 use crate::rehearsal::runner::Status;

@@ -13,6 +13,7 @@
 mod external;
 
 pub mod lint;
+pub mod markdown;
 pub mod observer;
 pub mod reversibility;
 pub mod runner;
@@ -26,16 +27,16 @@ use chrono::Utc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::lint_rule::Severity;
 use crate::config::{Config, MigrationKind, Target};
+use crate::conn_url::ConnUrl;
 use crate::drill::{self, DrillError};
 use crate::error_class::{Class, Classify};
 use crate::migrations::executor::Mode;
+use crate::lint_rule::Severity;
 use crate::migrations::{self, Drift, Migration, Plan, PlanError, Source, SourceError};
+use crate::pg::PgError;
 use crate::pg::lock::{HeavyLock, LockError};
 use crate::pg::tools::{self, ToolError};
-use crate::conn_url::ConnUrl;
-use crate::pg::PgError;
 use crate::shadow::{Shadow, ShadowError};
 use crate::snapshot::catalog::{self, CatalogError};
 use crate::snapshot::manifest::Manifest;
@@ -616,7 +617,11 @@ fn verdict(
     }
     for f in lint {
         let line = format!("[{}] migration {}: {}", f.rule, f.migration, f.message);
-        if f.severity == Severity::Error { problems.push(format!("{line} (denied by lint.deny)")) } else { warnings.push(line) }
+        if f.severity == Severity::Error {
+            problems.push(format!("{line} (denied by lint.deny)"))
+        } else {
+            warnings.push(line)
+        }
     }
     for s in seeds {
         if let Some(e) = &s.error {

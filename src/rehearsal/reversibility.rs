@@ -17,7 +17,6 @@ use super::runner::{self, MigrationResult};
 use crate::migrations::executor::{Direction, Executor, Retry};
 use crate::migrations::{Down, Migration, Source};
 use crate::pg::tools::{self, Tool};
-use crate::conn_url::ConnUrl;
 
 /// The verdict on one migration's down.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -131,7 +131,11 @@ pub async fn approve_in(
         .await?
         .ok_or_else(|| ApprovalError::NotRehearsed { plan: current.hash.clone() })?;
     if rehearsal.status != RehearsalStatus::Passed {
-        return Err(ApprovalError::NotPassed { plan: current.hash, id: rehearsal.id, status: rehearsal.status.to_string() });
+        return Err(ApprovalError::NotPassed {
+            plan: current.hash,
+            id: rehearsal.id,
+            status: rehearsal.status.to_string(),
+        });
     }
     if let Some(refusal) = super::preflight::promotion(state, target, &current).await? {
         return Err(ApprovalError::NotPromoted(refusal.to_string()));

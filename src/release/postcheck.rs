@@ -4,9 +4,9 @@
 //! a warning on an applied release (the migrations did commit), stated with
 //! what to look at.
 
-use crate::pg::tools::Tool;
 use crate::conn_url::ConnUrl;
 use crate::pg;
+use crate::pg::tools::Tool;
 use crate::rehearsal::reversibility;
 use crate::state::Evidence;
 

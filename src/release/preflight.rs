@@ -74,12 +74,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// A bounded label for metrics.
-    pub fn kind(&self) -> &'static str {
-        self.error_kind().as_str()
-    }
-
-    /// What the release record keeps as its `error_kind`.
+    /// A bounded label for the release record (its `error_kind`) and metrics.
     pub fn error_kind(&self) -> ReleaseErrorKind {
         use ReleaseErrorKind as K;
         match self {
@@ -254,7 +249,11 @@ async fn approved(
         return Ok(Err(Refusal::NotApproved { plan: plan.hash.clone() }));
     };
     if r.status != RehearsalStatus::Passed {
-        return Ok(Err(Refusal::RehearsalNotPassed { plan: plan.hash.clone(), rehearsal: r.id, status: r.status.to_string() }));
+        return Ok(Err(Refusal::RehearsalNotPassed {
+            plan: plan.hash.clone(),
+            rehearsal: r.id,
+            status: r.status.to_string(),
+        }));
     }
     Ok(Ok((a, r)))
 }

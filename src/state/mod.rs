@@ -15,10 +15,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error_class::{Class, Classify};
+use crate::host::{hostname, process_alive};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use crate::host::{hostname, process_alive};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

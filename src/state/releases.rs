@@ -440,7 +440,28 @@ mod vocabulary_tests {
 
     #[test]
     fn outcomes_and_error_kinds_are_stored_as_their_names() {
-        for k in [ReleaseErrorKind::Drift, ReleaseErrorKind::NotApproved, ReleaseErrorKind::PlanChanged, ReleaseErrorKind::ApprovalExpired, ReleaseErrorKind::ApprovalSpent, ReleaseErrorKind::RehearsalNotPassed, ReleaseErrorKind::NotPromoted, ReleaseErrorKind::OutsideWindow, ReleaseErrorKind::DoesNotFit, ReleaseErrorKind::LockHeld, ReleaseErrorKind::DumpRunning, ReleaseErrorKind::LongTransaction, ReleaseErrorKind::NoStagingSpace, ReleaseErrorKind::ClientTooOld, ReleaseErrorKind::ShadowIsLive, ReleaseErrorKind::SnapshotFailed, ReleaseErrorKind::MigrationFailed, ReleaseErrorKind::LiveUnreachable, ReleaseErrorKind::Interrupted, ReleaseErrorKind::Unknown] {
+        for k in [
+            ReleaseErrorKind::Drift,
+            ReleaseErrorKind::NotApproved,
+            ReleaseErrorKind::PlanChanged,
+            ReleaseErrorKind::ApprovalExpired,
+            ReleaseErrorKind::ApprovalSpent,
+            ReleaseErrorKind::RehearsalNotPassed,
+            ReleaseErrorKind::NotPromoted,
+            ReleaseErrorKind::OutsideWindow,
+            ReleaseErrorKind::DoesNotFit,
+            ReleaseErrorKind::LockHeld,
+            ReleaseErrorKind::DumpRunning,
+            ReleaseErrorKind::LongTransaction,
+            ReleaseErrorKind::NoStagingSpace,
+            ReleaseErrorKind::ClientTooOld,
+            ReleaseErrorKind::ShadowIsLive,
+            ReleaseErrorKind::SnapshotFailed,
+            ReleaseErrorKind::MigrationFailed,
+            ReleaseErrorKind::LiveUnreachable,
+            ReleaseErrorKind::Interrupted,
+            ReleaseErrorKind::Unknown,
+        ] {
             assert_eq!(ReleaseErrorKind::from_stored(k.as_str()), k);
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }

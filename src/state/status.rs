@@ -69,7 +69,8 @@ mod tests {
 
     #[test]
     fn statuses_are_stored_as_their_names() {
-        for s in [RehearsalStatus::Running, RehearsalStatus::Passed, RehearsalStatus::Problems, RehearsalStatus::Error] {
+        for s in [RehearsalStatus::Running, RehearsalStatus::Passed, RehearsalStatus::Problems, RehearsalStatus::Error]
+        {
             assert_eq!(RehearsalStatus::from_stored(s.as_str()), s);
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }

@@ -21,9 +21,9 @@ use axum::response::{IntoResponse, Response};
 
 use super::overview::{Live, Overview, SnapshotView};
 use crate::api::Shared;
-use crate::state::{Outcome, RehearsalStatus};
 use crate::format::human_bytes;
 use crate::format::secs;
+use crate::state::{Outcome, RehearsalStatus};
 
 /// Where the page's script is served (relative in the page, so that the
 /// page also works behind a reverse proxy under a path prefix).
@@ -36,7 +36,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; st
 /// `GET /`.
 pub async fn index(State(s): State<Arc<Shared>>) -> Response {
     let cfg = s.config();
-    let (status, body) = match super::resources::all(&s, &cfg, true).await {
+    let (status, body) = match super::resources::all(s.as_ref(), &cfg, true).await {
         Ok(targets) => (StatusCode::OK, render(&targets, s.started().elapsed().as_secs())),
         Err(e) => (e.status, error_page(&e.message)),
     };

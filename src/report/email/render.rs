@@ -9,10 +9,10 @@ use std::fmt::Write;
 
 use super::Mail;
 use super::html::{Bar, Cell, LockBar, Page, Tone};
-use crate::lint_rule::Severity;
 use crate::config::{Config, MailTransport};
 use crate::format::human_bytes;
 use crate::format::secs;
+use crate::lint_rule::Severity;
 use crate::rehearsal::observer::human_mode;
 use crate::rehearsal::reversibility::Reversal;
 use crate::rehearsal::runner::{MigrationResult, Status};
@@ -91,7 +91,12 @@ pub fn rehearsal(r: &crate::rehearsal::Report) -> Mail {
             .iter()
             .map(|f| {
                 let tone = if f.severity == Severity::Error { Tone::Bad } else { Tone::Warn };
-                vec![Cell::tone(f.severity.as_str(), tone), Cell::mono(f.rule.as_str()), Cell::new(&f.migration), Cell::new(&f.message)]
+                vec![
+                    Cell::tone(f.severity.as_str(), tone),
+                    Cell::mono(f.rule.as_str()),
+                    Cell::new(&f.migration),
+                    Cell::new(&f.message),
+                ]
             })
             .collect();
         p.table(&["severity", "rule", "migration", "finding"], &rows);
