@@ -103,13 +103,8 @@ impl Opening {
 }
 
 impl Window {
-    /// A window opening at the occurrences of `cron` (read in `tz`) for
-    /// `duration`.
-    pub fn new(cron: &str, duration: Duration, tz: Tz) -> Result<Window, String> {
-        Ok(Window::parsed(cron.to_string(), parse_cron(cron)?, duration, tz))
-    }
-
-    /// A window from an expression `expr` already parsed into `cron`.
+    /// A window opening at the occurrences of `cron` (parsed from `expr`
+    /// by [`parse_cron`], read in `tz`) for `duration`.
     pub fn parsed(expr: String, cron: Cron, duration: Duration, tz: Tz) -> Window {
         Window { expr, cron, duration, tz }
     }
@@ -147,7 +142,7 @@ mod tests {
     use super::*;
 
     fn window(cron: &str, duration_s: u64, tz: &str) -> Window {
-        Window::new(cron, Duration::from_secs(duration_s), parse_zone(tz).unwrap()).unwrap()
+        Window::parsed(cron.into(), parse_cron(cron).unwrap(), Duration::from_secs(duration_s), parse_zone(tz).unwrap())
     }
 
     fn utc(s: &str) -> DateTime<Utc> {
