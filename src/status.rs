@@ -14,9 +14,9 @@ use serde::Serialize;
 
 use crate::config::Target;
 use crate::error_class::{Class, Classify};
+use crate::config::schedule::{self as window, Opening};
 use crate::migrations::{self, Applied, Drift, PlanError, Source};
 use crate::release::approval::{self, Usability};
-use crate::config::schedule::{self as window, Opening};
 use crate::snapshot::catalog;
 use crate::state::{ApprovalRow, RehearsalRow, ReleaseRow, State, StateError};
 use crate::store::Store;

@@ -14,9 +14,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::ApiError;
+use crate::config::schedule::Opening;
 use crate::config::{Config, MigrationKind, Target};
 use crate::migrations::{self, Plan, PlanError, Source};
-use crate::config::schedule::Opening;
 use crate::snapshot::Reason;
 use crate::snapshot::manifest::Manifest;
 use crate::state::{ApprovalRow, RehearsalRow, ReleaseRow, State};

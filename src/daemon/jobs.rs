@@ -12,6 +12,7 @@ use super::{Shared, events};
 use crate::config::Config;
 use crate::error_class::Classify;
 use crate::jobs;
+use crate::state::Outcome;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Job {
@@ -182,9 +183,9 @@ async fn run(shared: Arc<Shared>, config: Arc<Config>, target: String, job: Job,
     let ended = match jobs::run(&env, t, work).await {
         Ok(jobs::Done::Verified(r)) if !r.ok => Ended::Problems,
         Ok(jobs::Done::Rehearsed(r)) if !r.ok => Ended::Problems,
-        Ok(jobs::Done::Released(rel)) => match rel.record.outcome.as_str() {
-            "refused" => Ended::Refused(rel.record.error_kind.clone().unwrap_or_default()),
-            "applied" | "nothing_pending" => Ended::Ok,
+        Ok(jobs::Done::Released(rel)) => match rel.record.outcome {
+            Outcome::Refused => Ended::Refused(rel.record.error_kind.map(|k| k.to_string()).unwrap_or_default()),
+            Outcome::Applied | Outcome::NothingPending => Ended::Ok,
             _ => Ended::Problems,
         },
         Ok(_) => Ended::Ok,

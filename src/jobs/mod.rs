@@ -85,7 +85,8 @@ impl Env {
             .store
             .get_or_try_init(|| async {
                 let s = store::open(&self.config.store).await?;
-                store::sweep(s.as_ref(), &self.state, self.config.store.abort_incomplete_after).await?;
+                crate::snapshot::sweep::sweep(s.as_ref(), &self.state, self.config.store.abort_incomplete_after)
+                    .await?;
                 Ok::<_, store::StoreError>(s)
             })
             .await?;
