@@ -53,7 +53,7 @@ fn a_missing_client_program_is_unavailable_wherever_it_is_wrapped() {
     use crate::snapshot::SnapshotError;
     assert_eq!(code(pg_restore_missing()), 69);
     assert_eq!(code(DrillError::Tool(pg_restore_missing())), 69);
-    assert_eq!(code(RestoreError::Drill(DrillError::Tool(pg_restore_missing()))), 69);
+    assert_eq!(code(RestoreError::Load(DrillError::Tool(pg_restore_missing()))), 69);
     assert_eq!(code(RehearsalError::Drill(DrillError::Tool(pg_restore_missing()))), 69);
     assert_eq!(code(SnapshotError::Tool(pg_restore_missing())), 69);
     let context = anyhow::Error::from(DrillError::Tool(pg_restore_missing())).context("verifying the latest snapshot");

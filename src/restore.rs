@@ -15,7 +15,6 @@ use sqlx::postgres::PgConnection;
 
 use crate::config::{Config, Target};
 use crate::error_class::{Class, Classify};
-use crate::shadow::load::{self, LoadError};
 use crate::pg::lock::HeavyLock;
 use crate::pg::tools::ToolError;
 use crate::pg::{self, ConnUrl, PgError, quote_ident};

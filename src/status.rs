@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::Target;
-use crate::error_class::{Class, Classify};
 use crate::config::schedule::{self as window, Opening};
+use crate::error_class::{Class, Classify};
 use crate::migrations::{self, Applied, Drift, PlanError, Source};
 use crate::release::approval::{self, Usability};
 use crate::snapshot::catalog;

@@ -21,8 +21,8 @@ use serde::Serialize;
 
 pub use secret::Secret;
 
-use crate::error_class::{Class, Classify};
 use crate::conn_url::ConnUrl;
+use crate::error_class::{Class, Classify};
 use crate::lint_rule::LintRule;
 use schedule::{Schedule, Window};
 

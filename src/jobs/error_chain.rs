@@ -4,15 +4,12 @@
 //! the errors it wraps, so the outermost one found in a chain decides.
 
 use crate::error_class::classifier;
-use crate::{
-    config, drill, migrations, pg, rehearsal, release, report, restore, shadow, snapshot, state, status, store,
-};
+use crate::{config, migrations, pg, rehearsal, release, report, restore, shadow, snapshot, state, status, store};
 
 classifier!(
     /// `cause` as a classified domain error, if it is one.
     pub fn classified; DOMAIN_ERRORS = [
         config::ConfigError,
-        drill::DrillError,
         migrations::PlanError,
         migrations::SourceError,
         migrations::payload::PayloadError,
@@ -27,6 +24,7 @@ classifier!(
         report::email::EmailError,
         restore::RestoreError,
         shadow::ShadowError,
+        shadow::load::LoadError,
         snapshot::SnapshotError,
         snapshot::catalog::CatalogError,
         state::StateError,

@@ -14,6 +14,7 @@ use super::RehearsalError;
 use super::observer::{self, Catalog, Sampler};
 use super::reversibility::{Reversal, diff, schema};
 use super::runner::{LockHeld, MigrationResult, Status};
+use crate::conn_url::ConnUrl;
 use crate::migrations::executor::external;
 use crate::migrations::payload::PayloadError;
 use crate::migrations::{Migration, Source};

@@ -14,6 +14,7 @@ use similar::TextDiff;
 use sqlx::PgConnection;
 
 use super::runner::{self, MigrationResult};
+use crate::conn_url::ConnUrl;
 use crate::migrations::executor::{Direction, Executor, Retry};
 use crate::migrations::{Down, Migration, Source};
 use crate::pg::tools::{self, Tool};

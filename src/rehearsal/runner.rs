@@ -15,11 +15,11 @@ use sqlx::PgConnection;
 
 use super::observer::{self, Catalog, Rewrite, Sampler, SizeDelta};
 use crate::config::MigrationKind;
+use crate::conn_url::ConnUrl;
 use crate::migrations::Migration;
 use crate::migrations::executor::{Executor, Hooks, Mode, Retry};
 pub use crate::migrations::executor::{Failure, StatementResult, Status, excerpt, session};
 use crate::pg::PgError;
-use crate::conn_url::ConnUrl;
 
 /// What one migration did, as the report shows it.
 #[derive(Debug, Clone, Serialize)]

@@ -98,8 +98,8 @@ impl Refusal {
 }
 
 /// Refusals are what preflight found, not errors of their own: a release
-/// record keeps them with `outcome = refused`, and [`Refusal::kind`] (the
-/// inherent method, which this delegates to) labels them.
+/// record keeps them with `outcome = refused`, and [`Refusal::error_kind`]
+/// (which this delegates to) labels them.
 impl Classify for Refusal {
     fn class(&self) -> Class {
         match self {
@@ -124,7 +124,7 @@ impl Classify for Refusal {
     }
 
     fn kind(&self) -> &'static str {
-        Refusal::kind(self)
+        self.error_kind().as_str()
     }
 }
 

@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use super::{Failure, Run, Status, Step};
 use crate::config::Target;
+use crate::conn_url::ConnUrl;
 use crate::migrations::payload::{Payload, PayloadError};
 use crate::migrations::{Migration, Source, command};
-use crate::conn_url::ConnUrl;
 
 /// The target's Payload project, with its timeouts for the CLI's sessions.
 pub fn project(source: &Source<'_>) -> Payload {

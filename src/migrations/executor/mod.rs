@@ -29,8 +29,8 @@ use serde::Serialize;
 use sqlx::PgConnection;
 
 use crate::config::{MigrationKind, ReleasePolicy, Target};
-use crate::migrations::{Migration, split};
 use crate::conn_url::ConnUrl;
+use crate::migrations::{Migration, split};
 use crate::pg::{self, PgError};
 
 pub use script::Direction;
