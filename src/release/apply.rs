@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::PgConnection;
 
-use super::journal::{Journal, step};
+use super::journal::{Journal, Step as JournalStep};
 use crate::config::Target;
 use crate::migrations::executor::{self, Executor, Hooks, Mode, Retry, Status, Step, external};
 use crate::migrations::{Migration, Source};
@@ -92,7 +92,7 @@ impl Hooks for Journaling<'_> {
     ) -> Result<(), StateError> {
         if self.last != Some(i) {
             self.last = Some(i);
-            self.journal.step(step::MIGRATION, Some(&m.version)).await?;
+            self.journal.step(JournalStep::Migration, Some(&m.version)).await?;
         }
         Ok(())
     }
@@ -105,14 +105,14 @@ impl Hooks for Journaling<'_> {
         committed: bool,
     ) -> Result<(), StateError> {
         if committed {
-            self.journal.step(step::MIGRATION_DONE, Some(&m.version)).await?;
+            self.journal.step(JournalStep::MigrationDone, Some(&m.version)).await?;
         }
         Ok(())
     }
 
     async fn retrying(&mut self, m: &Migration, attempt: u32, wait: Duration) -> Result<(), StateError> {
         tracing::warn!(migration = %m.version, attempt = attempt + 1, wait_ms = wait.as_millis() as u64, "Lock timeout; retrying after a pause.");
-        self.journal.step(step::RETRY, Some(&m.version)).await?;
+        self.journal.step(JournalStep::LockRetry, Some(&m.version)).await?;
         if self.mode == Mode::SingleTransaction {
             // The whole plan runs again: journal each migration again.
             self.last = None;
@@ -148,12 +148,12 @@ pub async fn run(
         }
         Mode::Payload => {
             let names: Vec<String> = plan.iter().map(|m| m.name.clone()).collect();
-            journal.step(step::MIGRATION, Some(&names.join(","))).await?;
+            journal.step(JournalStep::Migration, Some(&names.join(","))).await?;
             let (run, _) = external::payload(source, url, "pgrehearse-release-payload", plan).await;
             Ok(Outcome::of(plan, run))
         }
         Mode::Command => {
-            journal.step(step::MIGRATION, Some("apply")).await?;
+            journal.step(JournalStep::Migration, Some("apply")).await?;
             let run = external::command(source, url, "pgrehearse-release-command", plan).await;
             Ok(Outcome::of(plan, run))
         }

@@ -10,31 +10,8 @@
 //! detail), the process kills itself with SIGKILL right after journaling it,
 //! exactly like a `kill -9` at that point.
 
+pub use crate::state::Step;
 use crate::state::{State, StateError};
-
-/// Steps, in the order a release takes them.
-pub mod step {
-    pub const SNAPSHOT: &str = "snapshot";
-    pub const SNAPSHOT_DONE: &str = "snapshot_done";
-    pub const APPLY: &str = "apply";
-    pub const MIGRATION: &str = "migration";
-    pub const MIGRATION_DONE: &str = "migration_done";
-    pub const RETRY: &str = "lock_retry";
-    pub const APPLIED: &str = "applied";
-    pub const POSTCHECK: &str = "postcheck";
-    pub const FAILED: &str = "failed";
-    pub const RECOVERY: &str = "recovery";
-    pub const RESTORE: &str = "restore";
-    pub const RESTORE_DONE: &str = "restore_done";
-    pub const SWAP: &str = "swap";
-    pub const SWAP_RENAMED: &str = "swap_renamed";
-    pub const SWAP_DONE: &str = "swap_done";
-    pub const DOWN: &str = "down";
-    pub const INTERRUPTED: &str = "interrupted";
-    /// This run stopped unfinished: live's server went away during recovery.
-    pub const SUSPENDED: &str = "suspended";
-    pub const FINISHED: &str = "finished";
-}
 
 /// The journal of one release.
 #[derive(Clone)]
@@ -50,19 +27,20 @@ impl Journal {
 
     /// Records that `step` is about to be taken (with an optional detail:
     /// a version, a database name, a snapshot id).
-    pub async fn step(&self, step: &str, detail: Option<&str>) -> Result<(), StateError> {
+    pub async fn step(&self, step: Step, detail: Option<&str>) -> Result<(), StateError> {
         self.state.journal_append(&self.release, step, detail).await?;
-        tracing::debug!(release = %self.release, step, detail, "Journaled.");
+        tracing::debug!(release = %self.release, step = %step, detail, "Journaled.");
         crash_if_asked(step, detail);
         Ok(())
     }
 }
 
 #[cfg(not(feature = "crash-hooks"))]
-fn crash_if_asked(_step: &str, _detail: Option<&str>) {}
+fn crash_if_asked(_step: Step, _detail: Option<&str>) {}
 
 #[cfg(feature = "crash-hooks")]
-fn crash_if_asked(step: &str, detail: Option<&str>) {
+fn crash_if_asked(step: Step, detail: Option<&str>) {
+    let step = step.as_str();
     let Ok(at) = std::env::var("PGREHEARSE_CRASH_AT") else { return };
     let full = detail.map(|d| format!("{step}:{d}"));
     if at == step || Some(&at) == full.as_ref() {

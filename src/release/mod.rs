@@ -35,7 +35,7 @@ use crate::snapshot::{self, SnapshotError, open_stores};
 pub use crate::state::Outcome;
 use crate::state::{JournalEntry, ReleaseErrorKind, ReleaseRow, State, StateError};
 use crate::store::{Store, StoreError};
-use journal::{Journal, step};
+use journal::{Journal, Step};
 
 impl Outcome {
     /// The exit code of `apply` for this outcome (see README).
@@ -245,7 +245,7 @@ async fn run(
 ) -> Result<ReleaseRow, ReleaseError> {
     let journal = Journal::new(&cx.state, &row.id);
     tracing::info!(plan = %plan.hash, pending = plan.pending.len(), window_closes = %ready.opening.end, "Release started: taking the pre-release snapshot.");
-    journal.step(step::SNAPSHOT, None).await?;
+    journal.step(Step::Snapshot, None).await?;
     let t = Instant::now();
     let snap = snapshot::take_with(
         cx.config,
@@ -267,14 +267,14 @@ async fn run(
             return finish(cx, &journal, row, t0).await;
         }
     };
-    journal.step(step::SNAPSHOT_DONE, Some(&snap.id)).await?;
+    journal.step(Step::SnapshotDone, Some(&snap.id)).await?;
     row.pre_snapshot_id = Some(snap.id.clone());
     cx.state.release_update(&row).await?;
     recovery::pin(cx.store.as_ref(), &cx.target.name, &snap.id, Some(&row.id)).await?;
 
     let before_not_valid = not_valid_on_live(cx.target).await;
     let mode = Mode::of(cx.source.kind(), &plan.pending);
-    journal.step(step::APPLY, Some(mode.as_str())).await?;
+    journal.step(Step::Apply, Some(mode.as_str())).await?;
     tracing::info!(mode = mode.as_str(), snapshot = %snap.id, "Applying the plan to live.");
     let t = Instant::now();
     let outcome = apply::run(&cx.source, cx.target, &plan.pending, mode, &journal).await?;
@@ -282,9 +282,9 @@ async fn run(
     row.migrations = serde_json::to_value(&outcome.steps).expect("steps serialize");
     match &outcome.failure {
         None => {
-            journal.step(step::APPLIED, None).await?;
+            journal.step(Step::Applied, None).await?;
             cx.state.release_update(&row).await?;
-            journal.step(step::POSTCHECK, None).await?;
+            journal.step(Step::Postcheck, None).await?;
             let t = Instant::now();
             row.warnings = postcheck::run(
                 &cx.target.live_url,
@@ -301,7 +301,7 @@ async fn run(
         }
         Some(failure) => {
             tracing::error!(error = %failure, "A migration failed on live.");
-            journal.step(step::FAILED, Some(failure)).await?;
+            journal.step(Step::Failed, Some(failure)).await?;
             row.reason = Some(failure.clone());
             row.error_kind = Some(ReleaseErrorKind::MigrationFailed);
             if outcome.partial {
@@ -328,10 +328,10 @@ async fn finish(cx: &Ctx<'_>, journal: &Journal, mut row: ReleaseRow, t0: Instan
 /// during recovery (the release stays unfinished for the next run).
 pub(crate) async fn close(cx: &Ctx<'_>, journal: &Journal, row: &mut ReleaseRow) -> Result<(), ReleaseError> {
     if row.outcome == Outcome::Interrupted {
-        journal.step(step::SUSPENDED, Some("live unreachable")).await?;
+        journal.step(Step::Suspended, Some("live unreachable")).await?;
     } else {
         row.finished_at = Some(Utc::now().to_rfc3339());
-        journal.step(step::FINISHED, Some(row.outcome.as_str())).await?;
+        journal.step(Step::Finished, Some(row.outcome.as_str())).await?;
     }
     cx.state.release_update(row).await?;
     Ok(())

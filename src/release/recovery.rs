@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::journal::{Journal, step};
+use super::journal::{Journal, Step};
 use super::{Ctx, Outcome, Release, ReleaseError, on_failure_name, release_doc};
 use crate::config::MigrationKind;
 use crate::migrations::executor::{self, Direction, Executor, Retry};
@@ -67,7 +67,7 @@ pub async fn recover(
 ) -> Result<(), ReleaseError> {
     let how = previous_recovery(&cx.state.journal(&row.id).await?).unwrap_or(on_failure_name(cx.target.on_failure));
     row.recovery = Some(how.to_string());
-    journal.step(step::RECOVERY, Some(how)).await?;
+    journal.step(Step::Recovery, Some(how)).await?;
     cx.state.release_update(row).await?;
     let failed = row.reason.clone().unwrap_or_default();
     match how {
@@ -133,7 +133,7 @@ fn mark_reverted(row: &mut ReleaseRow, reverted: &[String]) {
 }
 
 fn previous_recovery(journal: &[JournalEntry]) -> Option<&'static str> {
-    let d = journal.iter().rev().find(|e| e.step == step::RECOVERY)?.detail.as_deref()?;
+    let d = journal.iter().rev().find(|e| e.step == Step::Recovery)?.detail.as_deref()?;
     ["restore", "down", "halt"].into_iter().find(|h| *h == d)
 }
 
@@ -149,26 +149,26 @@ async fn restore_live(cx: &Ctx<'_>, journal: &Journal, row: &ReleaseRow) -> Resu
     let mut admin = pg::connect(&admin_url, "pgrehearse-recovery").await.map_err(|e| e.to_string())?;
     let steps = cx.state.journal(&row.id).await.map_err(|e| e.to_string())?;
     settle(&mut admin, &[&new, &kept]).await.map_err(|e| e.to_string())?;
-    if !steps.iter().any(|e| e.step == step::SWAP) {
+    if !steps.iter().any(|e| e.step == Step::Swap) {
         if restore::database_exists(&mut admin, &admin_url, &new).await.map_err(|e| e.to_string())? {
             tracing::warn!(database = %new, "Dropping the partial restore of an interrupted recovery.");
             let sql = format!("DROP DATABASE {} WITH (FORCE)", pg::quote_ident(&new));
             restore::exec(&mut admin, &admin_url, &sql).await.map_err(|e| e.to_string())?;
         }
-        journal.step(step::RESTORE, Some(&new)).await.map_err(|e| e.to_string())?;
+        journal.step(Step::Restore, Some(&new)).await.map_err(|e| e.to_string())?;
         tracing::info!(snapshot = %snap, database = %new, "Restoring the pre-release snapshot.");
         restore::restore_as(cx.config, cx.target, &snap, &new).await.map_err(|e| e.to_string())?;
-        journal.step(step::RESTORE_DONE, Some(&new)).await.map_err(|e| e.to_string())?;
+        journal.step(Step::RestoreDone, Some(&new)).await.map_err(|e| e.to_string())?;
         restore::carry_over(&mut admin, &admin_url, &live, &new).await.map_err(|e| e.to_string())?;
     }
-    journal.step(step::SWAP, Some(&kept)).await.map_err(|e| e.to_string())?;
+    journal.step(Step::Swap, Some(&kept)).await.map_err(|e| e.to_string())?;
     let renamed = async |old: &str| {
-        if let Err(e) = journal.step(step::SWAP_RENAMED, Some(old)).await {
+        if let Err(e) = journal.step(Step::SwapRenamed, Some(old)).await {
             tracing::warn!(error = %e, "Cannot journal the swap's first rename; finishing the swap.");
         }
     };
     restore::swap(&mut admin, &admin_url, &live, &new, &kept, renamed).await.map_err(|e| e.to_string())?;
-    journal.step(step::SWAP_DONE, Some(&kept)).await.map_err(|e| e.to_string())?;
+    journal.step(Step::SwapDone, Some(&kept)).await.map_err(|e| e.to_string())?;
     Ok(kept)
 }
 
@@ -216,7 +216,7 @@ async fn down(cx: &Ctx<'_>, journal: &Journal, plan: &[Migration]) -> Result<Vec
                 if !matches!(m.down, Down::Sql { .. }) {
                     return Err(format!("migration {} has no down script", m.version));
                 }
-                journal.step(step::DOWN, Some(&m.version)).await.map_err(|e| e.to_string())?;
+                journal.step(Step::Down, Some(&m.version)).await.map_err(|e| e.to_string())?;
                 executor
                     .script(&mut conn, m, Direction::Down)
                     .await
@@ -237,7 +237,7 @@ async fn down(cx: &Ctx<'_>, journal: &Journal, plan: &[Migration]) -> Result<Vec
             if names.is_empty() {
                 return Ok(Vec::new());
             }
-            journal.step(step::DOWN, Some(&names.join(","))).await.map_err(|e| e.to_string())?;
+            journal.step(Step::Down, Some(&names.join(","))).await.map_err(|e| e.to_string())?;
             executor::external::project(&cx.source)
                 .migrate_down(url, "pgrehearse-release-down", &names)
                 .await
@@ -246,7 +246,7 @@ async fn down(cx: &Ctx<'_>, journal: &Journal, plan: &[Migration]) -> Result<Vec
         }
         MigrationKind::Command => {
             let down = cx.source.config.down.clone().ok_or("no `down` command is configured")?;
-            journal.step(step::DOWN, Some("down")).await.map_err(|e| e.to_string())?;
+            journal.step(Step::Down, Some("down")).await.map_err(|e| e.to_string())?;
             executor::external::command_step(&cx.source, &down, url, "pgrehearse-release-down").await?;
             Ok(plan.iter().map(|m| m.version.clone()).collect())
         }
@@ -267,9 +267,9 @@ pub async fn finish_interrupted(cx: &Ctx<'_>) -> Result<Option<Release>, Release
         let steps = cx.state.journal(&row.id).await?;
         let at = steps.last().map(|e| match &e.detail {
             Some(d) => format!("{} ({d})", e.step),
-            None => e.step.clone(),
+            None => e.step.to_string(),
         });
-        journal.step(step::INTERRUPTED, at.as_deref()).await?;
+        journal.step(Step::Interrupted, at.as_deref()).await?;
         let interrupted = format!("interrupted at step {}", at.as_deref().unwrap_or("start"));
         decide(cx, &journal, &mut row, &steps, &interrupted).await?;
         super::close(cx, &journal, &mut row).await?;
@@ -290,37 +290,37 @@ async fn decide(
     steps: &[JournalEntry],
     interrupted: &str,
 ) -> Result<(), ReleaseError> {
-    let has = |s: &str| steps.iter().any(|e| e.step == s);
+    let has = |s: Step| steps.iter().any(|e| e.step == s);
     let plan = plan_of(cx, row).await?;
-    if has(step::RECOVERY) {
+    if has(Step::Recovery) {
         // The recovery itself was interrupted: carry it on.
         if row.reason.is_none() {
             row.reason = Some(interrupted.to_string());
         }
         return recover(cx, journal, row, &plan).await;
     }
-    if !has(step::APPLY) {
+    if !has(Step::Apply) {
         row.outcome = Outcome::Aborted;
         row.reason = Some(format!("{interrupted}, before any migration ran; live was not touched"));
         row.error_kind = Some(ReleaseErrorKind::Interrupted);
-        if let Some(snap) = &row.pre_snapshot_id.clone().or_else(|| detail_of(steps, step::SNAPSHOT_DONE)) {
+        if let Some(snap) = &row.pre_snapshot_id.clone().or_else(|| detail_of(steps, Step::SnapshotDone)) {
             let _ = pin(cx.store.as_ref(), &cx.target.name, snap, None).await;
         }
         return Ok(());
     }
-    row.pre_snapshot_id = row.pre_snapshot_id.clone().or_else(|| detail_of(steps, step::SNAPSHOT_DONE));
+    row.pre_snapshot_id = row.pre_snapshot_id.clone().or_else(|| detail_of(steps, Step::SnapshotDone));
     end_orphans(cx).await;
     let applied = applied_on_live(cx, &plan).await.map_err(|e| ReleaseError::Preflight(e.into()))?;
     row.error_kind = Some(ReleaseErrorKind::Interrupted);
-    if applied.len() == plan.len() && !has(step::FAILED) {
+    if applied.len() == plan.len() && !has(Step::Failed) {
         row.outcome = Outcome::Applied;
         row.reason = Some(format!("{interrupted}; live's history holds the whole plan: it had committed"));
         set_statuses(row, &plan, &applied, "applied");
         super::recovery::unpin_older(cx, &row.id).await;
         return Ok(());
     }
-    let single = detail_of(steps, step::APPLY).as_deref() == Some(executor::Mode::SingleTransaction.as_str());
-    let current = detail_of(steps, step::MIGRATION);
+    let single = detail_of(steps, Step::Apply).as_deref() == Some(executor::Mode::SingleTransaction.as_str());
+    let current = detail_of(steps, Step::Migration);
     let current_transactional =
         plan.iter().find(|m| Some(&m.version) == current.as_ref()).is_none_or(|m| m.transactional);
     if applied.is_empty() && (single || current_transactional) && cx.source.kind() != MigrationKind::Command {
@@ -336,7 +336,7 @@ async fn decide(
     recover(cx, journal, row, &plan).await
 }
 
-fn detail_of(steps: &[JournalEntry], s: &str) -> Option<String> {
+fn detail_of(steps: &[JournalEntry], s: Step) -> Option<String> {
     steps.iter().rev().find(|e| e.step == s).and_then(|e| e.detail.clone())
 }
 

@@ -4,9 +4,11 @@
 //! what it did: snapshot runs, shadow databases, drills, rehearsals,
 //! approvals, and releases with their journal (`releases.rs`).
 
+mod journal_step;
 mod releases;
 mod status;
 
+pub use journal_step::Step;
 pub use releases::{Evidence, JournalEntry, Outcome, ReleaseErrorKind, ReleaseRow};
 pub use status::{RehearsalStatus, RunStatus};
 

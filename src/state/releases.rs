@@ -7,7 +7,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use super::{State, StateError};
+use super::{State, StateError, Step};
 use crate::host::hostname;
 
 /// A release as recorded. JSON columns are kept as values so that readers
@@ -203,7 +203,7 @@ pub struct ReleaseRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct JournalEntry {
     pub seq: i64,
-    pub step: String,
+    pub step: Step,
     pub detail: Option<String>,
     pub at: String,
 }
@@ -333,7 +333,7 @@ impl State {
     }
 
     /// Appends a step to a release's journal; returns its sequence number.
-    pub async fn journal_append(&self, release: &str, step: &str, detail: Option<&str>) -> Result<i64, StateError> {
+    pub async fn journal_append(&self, release: &str, step: Step, detail: Option<&str>) -> Result<i64, StateError> {
         let seq: i64 = sqlx::query_scalar(
             "INSERT INTO release_journal (release_id, seq, step, detail, at) \
              VALUES (?, (SELECT coalesce(max(seq), 0) + 1 FROM release_journal WHERE release_id = ?), ?, ?, ?) \
@@ -341,7 +341,7 @@ impl State {
         )
         .bind(release)
         .bind(release)
-        .bind(step)
+        .bind(step.as_str())
         .bind(detail)
         .bind(Utc::now().to_rfc3339())
         .fetch_one(&self.pool)
@@ -356,7 +356,12 @@ impl State {
             .await?;
         Ok(rows
             .iter()
-            .map(|r| JournalEntry { seq: r.get("seq"), step: r.get("step"), detail: r.get("detail"), at: r.get("at") })
+            .map(|r| JournalEntry {
+                seq: r.get("seq"),
+                step: Step::from_stored(r.get::<&str, _>("step")),
+                detail: r.get("detail"),
+                at: r.get("at"),
+            })
             .collect())
     }
 

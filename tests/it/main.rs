@@ -5,48 +5,47 @@
 //!
 //! Prerequisites are installed by `scripts/test.sh`.
 
-mod harness;
+mod harness; // the real components the tests start (clusters, moto, SMTP, proxy) and shared rigs
 
-mod api;
-mod api_malformed;
-mod approve;
-mod cli_docs;
-// A failing `command` tool: the database password appears in no output, record, store row, report or mail.
-mod command_secrets;
-mod config;
-mod crash;
-mod daemon;
-mod demo;
-mod email;
-mod encryption;
-mod errors;
-mod faults_kill;
-mod faults_pg;
-mod faults_s3;
-mod jobs;
-mod migration_files;
-mod progress;
-mod prune;
-mod readme;
-mod rehearse_checks;
-mod rehearse_command;
-mod rehearse_diesel;
-mod rehearse_payload;
-mod rehearse_sqlx;
-mod release;
-mod release_command;
-mod release_crash;
-mod release_failure;
-mod release_payload;
-mod restore;
-mod roundtrip;
-mod secrets;
-mod smoke;
-mod snapshot_failures;
-mod snapshot_local;
-mod snapshot_s3;
-mod status_page;
-mod systemd;
-mod targets;
-mod verify;
-mod verify_checks;
+mod api; // the daemon's HTTP API (tokens, request validation, degraded reads) on a real daemon
+mod api_malformed; // hostile and malformed raw requests to the API; the daemon stays up
+mod approve; // `approve`: which plans may be approved, and what `status` shows of it
+mod cli_docs; // completions, man pages and --help from the real binary, without a config
+mod command_secrets; // a failing `command` tool never leaks live's password anywhere
+mod config; // `config check`: located refusals (exit 78), redacted echo, --json
+mod crash; // pgrehearse killed or stopped mid-snapshot; two snapshots of one target
+mod daemon; // `pgrehearse daemon` end to end: schedules, sd_notify, SIGHUP, SIGTERM
+mod demo; // `pgrehearse demo`, the README's first command
+mod email; // mail through a real SMTP server and the file transport
+mod encryption; // age client-side encryption round trip and a wrong identity
+mod errors; // errors classify themselves: exit codes and the daemon's error_kind
+mod faults_kill; // live's server stopped and SIGKILL at random points of releases
+mod faults_pg; // network faults between pgrehearse and PostgreSQL (fault proxy)
+mod faults_s3; // network faults between pgrehearse and S3 (fault proxy)
+mod jobs; // the job runner: CLI mail, --no-mail, pruning and the mail digest in the daemon
+mod migration_files; // odd migration files (BOM, CRLF, empty, bad names) as tools run them
+mod progress; // progress output on a terminal and in logs
+mod prune; // retention on a synthetic history; prune refuses after a failure
+mod readme; // the README checked against the binary (TOML, commands, metrics)
+mod rehearse_checks; // what a rehearsal flags: drift, failures, reversibility, lint, catch-up
+mod rehearse_command; // rehearsals of a `command` migration source
+mod rehearse_diesel; // rehearsals and status of a diesel project
+mod rehearse_payload; // rehearsals of a real Payload CMS 3 project through its CLI
+mod rehearse_sqlx; // rehearsals of a sqlx project on 1 M rows: locks, rewrites, timings
+mod release; // `apply` with sqlx: happy path, refusals, promotion, post-checks, signals
+mod release_command; // releases of a `command` migration source
+mod release_crash; // SIGKILL at every journaled step of a release: live exactly pre or post
+mod release_failure; // releases that fail on live (rollback, restore, down, halt) and lock waits
+mod release_payload; // releases of a real Payload CMS 3 project, incl. password via PGPASSWORD
+mod restore; // disaster recovery: `restore --as` and `--replace-live`
+mod roundtrip; // shared checks of a snapshot read back with independent clients
+mod secrets; // the password never in argv, logs or written files
+mod smoke; // the harness itself (moto, AWS CLI, fault proxy)
+mod snapshot_failures; // snapshots that fail midway leave nothing that looks like one
+mod snapshot_local; // snapshots to the local store; row counts in the dump's MVCC snapshot
+mod snapshot_s3; // snapshots to S3 read back with the AWS CLI and pg_restore
+mod status_page; // the status page in headless Chromium: approve with the token
+mod systemd; // the shipped unit, sysusers and tmpfiles checked with systemd's tools
+mod targets; // multi-target configs, credentials directory, dump_globals
+mod verify; // restore drills: restore, template clone, RTO, mismatches
+mod verify_checks; // a drill's own queries and pg_amcheck
