@@ -10,39 +10,42 @@
 //! run the plan as live will, measuring → reversibility → seeds → lint →
 //! report, kept in the state store and the object store.
 
+mod error;
 mod external;
 
 pub mod lint;
 pub mod markdown;
 pub mod observer;
+mod report;
 pub mod reversibility;
 pub mod runner;
 pub mod seeds;
+
+pub use error::RehearsalError;
+pub use report::{Report, report_key};
 
 use std::collections::HashSet;
 use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::Utc;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, MigrationKind, Target};
 use crate::conn_url::ConnUrl;
-use crate::drill::{self, DrillError};
-use crate::error_class::{Class, Classify};
+use crate::drill;
 use crate::lint_rule::Severity;
 use crate::migrations::executor::Mode;
-use crate::migrations::{self, Drift, Migration, Plan, PlanError, Source, SourceError};
+use crate::migrations::{self, Migration, Plan, Source};
 use crate::pg::PgError;
-use crate::pg::lock::{HeavyLock, LockError};
-use crate::pg::tools::{self, ToolError};
-use crate::shadow::{Shadow, ShadowError};
-use crate::snapshot::catalog::{self, CatalogError};
+use crate::pg::lock::HeavyLock;
+use crate::pg::tools;
+use crate::shadow::Shadow;
+use crate::snapshot::catalog;
 use crate::snapshot::manifest::Manifest;
-use crate::snapshot::{self, SnapshotError, open_stores};
-use crate::state::{RehearsalStatus, StateError};
-use crate::store::{Store, StoreError};
+use crate::snapshot::{self, open_stores};
+use crate::state::RehearsalStatus;
+use crate::store::Store;
 use observer::Catalog;
 use runner::{MigrationResult, Status};
 
@@ -71,157 +74,6 @@ pub struct Options {
     pub keep: bool,
     /// Run the reversibility check (downs, compare, ups again).
     pub reverse: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RehearsalError {
-    #[error(
-        "the rehearsal was cancelled (SIGINT/SIGTERM); its scratch databases were dropped and live was not touched"
-    )]
-    Cancelled,
-    #[error(
-        "snapshot {id} failed its restore drill ({problems}); rehearse on another snapshot (`--snapshot ID`) or take a fresh one (`--snapshot fresh`)"
-    )]
-    SnapshotBroken { id: String, problems: String },
-    #[error(
-        "the live history has migrations the project no longer has files for ({versions}); restore those files before rehearsing"
-    )]
-    CatchUpMissing { versions: String },
-    #[error(
-        "snapshot {snapshot} has migrations applied that live does not ({versions}): live was rolled back or restored since; rehearse on a fresh snapshot (`--snapshot fresh`)"
-    )]
-    SnapshotAhead { snapshot: String, versions: String },
-    #[error(
-        "bringing the copy up to live's history failed at migration {version}: {message}; rehearse on a fresh snapshot (`--snapshot fresh`), which needs no catching up"
-    )]
-    CatchUpFailed { version: String, message: String },
-    #[error(
-        "live has applied migrations since snapshot {snapshot} ({versions}); a {kind} project cannot replay them separately from the plan: rehearse on a fresh snapshot (`--snapshot fresh`)"
-    )]
-    CatchUpExternal { snapshot: String, versions: String, kind: String },
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    #[error(transparent)]
-    Payload(#[from] crate::migrations::payload::PayloadError),
-    #[error(transparent)]
-    Drill(#[from] DrillError),
-    #[error(transparent)]
-    Shadow(#[from] ShadowError),
-    #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
-    #[error(transparent)]
-    Catalog(#[from] CatalogError),
-    #[error(transparent)]
-    Pg(#[from] PgError),
-    #[error(transparent)]
-    Tool(#[from] ToolError),
-    #[error(transparent)]
-    Lock(#[from] LockError),
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl Classify for RehearsalError {
-    fn class(&self) -> Class {
-        match self {
-            RehearsalError::Cancelled
-            | RehearsalError::SnapshotBroken { .. }
-            | RehearsalError::CatchUpMissing { .. }
-            | RehearsalError::SnapshotAhead { .. }
-            | RehearsalError::CatchUpFailed { .. }
-            | RehearsalError::CatchUpExternal { .. } => Class::Failed,
-            RehearsalError::Plan(e) => e.class(),
-            RehearsalError::Source(e) => e.class(),
-            RehearsalError::Payload(e) => e.class(),
-            RehearsalError::Drill(e) => e.class(),
-            RehearsalError::Shadow(e) => e.class(),
-            RehearsalError::Snapshot(e) => e.class(),
-            RehearsalError::Catalog(e) => e.class(),
-            RehearsalError::Pg(e) => e.class(),
-            RehearsalError::Tool(e) => e.class(),
-            RehearsalError::Lock(e) => e.class(),
-            RehearsalError::State(e) => e.class(),
-            RehearsalError::Store(e) => e.class(),
-        }
-    }
-
-    fn kind(&self) -> &'static str {
-        match self {
-            RehearsalError::Cancelled => "cancelled",
-            RehearsalError::SnapshotBroken { .. } => "snapshot_broken",
-            RehearsalError::CatchUpMissing { .. } => "catch_up_files_missing",
-            RehearsalError::SnapshotAhead { .. } => "snapshot_ahead_of_live",
-            RehearsalError::CatchUpFailed { .. } => "catch_up_failed",
-            RehearsalError::CatchUpExternal { .. } => "catch_up_external",
-            RehearsalError::Plan(e) => e.kind(),
-            RehearsalError::Source(e) => e.kind(),
-            RehearsalError::Payload(e) => e.kind(),
-            RehearsalError::Drill(e) => e.kind(),
-            RehearsalError::Shadow(e) => e.kind(),
-            RehearsalError::Snapshot(e) => e.kind(),
-            RehearsalError::Catalog(e) => e.kind(),
-            RehearsalError::Pg(e) => e.kind(),
-            RehearsalError::Tool(e) => e.kind(),
-            RehearsalError::Lock(e) => e.kind(),
-            RehearsalError::State(e) => e.kind(),
-            RehearsalError::Store(e) => e.kind(),
-        }
-    }
-}
-
-/// The rehearsal report (`--json` prints it; the state and object stores keep it).
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub id: String,
-    pub target: String,
-    /// The plan hash: what an approval names.
-    pub plan: String,
-    pub ok: bool,
-    /// `pass` or `problems`.
-    pub verdict: &'static str,
-    pub problems: Vec<String>,
-    pub warnings: Vec<String>,
-    pub snapshot_id: String,
-    pub snapshot_taken_at: String,
-    /// `template_clone` or `restore`.
-    pub method: &'static str,
-    pub restore_duration_ms: u64,
-    pub database: String,
-    pub kept: bool,
-    pub started_at: String,
-    pub finished_at: String,
-    pub duration_ms: u64,
-    /// Wall time of the plan itself, measurement included.
-    pub apply_ms: u64,
-    /// `single_transaction`, `per_migration` or the external tool's name.
-    pub mode: String,
-    pub lock_timeout_ms: u64,
-    /// Migrations live applied after the snapshot, replayed (unmeasured)
-    /// before the plan.
-    pub catch_up: Vec<String>,
-    pub drift: Vec<Drift>,
-    pub migrations: Vec<MigrationResult>,
-    /// True when every migration of the plan reverts cleanly (false when one
-    /// has no down or its down failed; see each migration); null when not
-    /// checked.
-    pub reversible: Option<bool>,
-    pub reversibility_ignored: &'static str,
-    pub lint: Vec<lint::Finding>,
-    pub seeds: Vec<seeds::SeedResult>,
-    pub notes: Vec<String>,
-    /// The command that approves this plan.
-    pub approve: String,
-    /// The copy's schema right after the plan (owners and privileges left
-    /// out), for the release's post-check; kept in the state store only.
-    #[serde(skip)]
-    pub schema_after: Option<String>,
-    /// NOT VALID constraints right after the plan (intended by it).
-    #[serde(skip)]
-    pub not_valid: Vec<String>,
 }
 
 /// Rehearses the target's pending plan. Returns the report (whose `ok` says
@@ -631,9 +483,4 @@ fn verdict(
         }
     }
     (problems, warnings)
-}
-
-/// The object-store key of a rehearsal's report (`report.json`, `report.md`).
-pub fn report_key(target: &str, id: &str, file: &str) -> String {
-    format!("{target}/rehearsals/{id}/{file}")
 }
