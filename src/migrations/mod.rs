@@ -9,6 +9,7 @@
 
 pub mod classify;
 pub mod command;
+mod cursor;
 pub mod diesel;
 pub mod executor;
 pub mod payload;

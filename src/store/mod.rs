@@ -11,6 +11,7 @@ pub mod local;
 pub mod retention;
 pub mod s3;
 mod s3_read;
+mod s3_upload;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -30,7 +30,6 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use tokio::io::AsyncRead;
@@ -38,12 +37,13 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::s3_read::{Resuming, Source};
+use super::s3_upload::S3Upload;
 use super::{Incomplete, ObjectInfo, Store, StoreError, Upload};
 use crate::config::{Checksums, S3Config};
 
 /// S3 allows at most 10,000 parts; we size parts for 9,000 at twice the
 /// expected size so growth during the dump never hits the limit.
-const MAX_PARTS: u32 = 10_000;
+pub(super) const MAX_PARTS: u32 = 10_000;
 const PLANNED_PARTS: u64 = 9_000;
 const MAX_PART_SIZE: u64 = 5 << 30;
 /// Memory budget for buffered parts: the part being filled plus those in
@@ -64,14 +64,14 @@ pub struct S3Store {
 
 /// The configured timeouts and what they make for each kind of request.
 #[derive(Clone, Copy, Debug)]
-struct Timeouts {
+pub(super) struct Timeouts {
     connect: Duration,
     io: Duration,
 }
 
 impl Timeouts {
     /// For requests with small bodies (the client's default).
-    fn small(&self) -> TimeoutConfig {
+    pub(super) fn small(&self) -> TimeoutConfig {
         TimeoutConfig::builder()
             .connect_timeout(self.connect)
             .read_timeout(self.io)
@@ -80,13 +80,13 @@ impl Timeouts {
     }
 
     /// For a request that sends `bytes` of body: `io` plus 1 s per MiB.
-    fn sending(&self, bytes: u64) -> TimeoutConfig {
+    pub(super) fn sending(&self, bytes: u64) -> TimeoutConfig {
         let t = self.io + Duration::from_secs(bytes.div_ceil(1 << 20));
         TimeoutConfig::builder().connect_timeout(self.connect).read_timeout(t).operation_attempt_timeout(t).build()
     }
 
     /// CompleteMultipartUpload: S3 may take minutes to assemble a big object.
-    fn completing(&self) -> TimeoutConfig {
+    pub(super) fn completing(&self) -> TimeoutConfig {
         TimeoutConfig::builder()
             .connect_timeout(self.connect)
             .read_timeout(self.io * 15)
@@ -94,7 +94,7 @@ impl Timeouts {
             .build()
     }
 
-    fn config(t: TimeoutConfig) -> aws_sdk_s3::config::Builder {
+    pub(super) fn config(t: TimeoutConfig) -> aws_sdk_s3::config::Builder {
         aws_sdk_s3::config::Builder::default().timeout_config(t)
     }
 }
@@ -102,7 +102,7 @@ impl Timeouts {
 /// Classifies an SDK error (unreachable, 5xx, timeout: "unavailable", exit
 /// 69) and words it for an operator: the S3 error code and message, not the
 /// SDK's debug dump (that goes to the debug log).
-fn classify<E>(place: &str, op: &str, err: SdkError<E, HttpResponse>) -> StoreError
+pub(super) fn classify<E>(place: &str, op: &str, err: SdkError<E, HttpResponse>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -145,7 +145,7 @@ where
 
 /// "dispatch failure: io error: connection refused" from nested sources.
 /// Some SDK errors append their `Debug` form in parentheses; that is cut.
-fn source_chain(err: &dyn std::error::Error) -> String {
+pub(super) fn source_chain(err: &dyn std::error::Error) -> String {
     let clean = |s: String| -> String {
         match s.find(" (").filter(|&i| s[i + 2..].starts_with(|c: char| c.is_ascii_uppercase())) {
             Some(i) => s[..i].to_string(),
@@ -379,203 +379,6 @@ impl Store for S3Store {
             .await
             .map_err(|e| classify(&self.place, "AbortMultipartUpload", e))?;
         Ok(())
-    }
-}
-
-struct S3Upload {
-    client: Client,
-    place: String,
-    bucket: String,
-    key: String,
-    part_size: usize,
-    buf: BytesMut,
-    upload_id: Option<String>,
-    next_part: i32,
-    tasks: JoinSet<Result<CompletedPart, StoreError>>,
-    permits: Arc<Semaphore>,
-    parts: Vec<CompletedPart>,
-    size: u64,
-    done: bool,
-    timeouts: Timeouts,
-}
-
-impl S3Upload {
-    async fn upload_id(&mut self) -> Result<String, StoreError> {
-        if let Some(id) = &self.upload_id {
-            return Ok(id.clone());
-        }
-        let out = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .send()
-            .await
-            .map_err(|e| classify(&self.place, "CreateMultipartUpload", e))?;
-        let id =
-            out.upload_id().ok_or_else(|| StoreError::Failed("CreateMultipartUpload returned no upload id".into()))?;
-        self.upload_id = Some(id.to_string());
-        Ok(id.to_string())
-    }
-
-    /// Collects finished parts, surfacing the first failure early.
-    fn reap(&mut self) -> Result<(), StoreError> {
-        while let Some(res) = self.tasks.try_join_next() {
-            self.parts.push(res.map_err(|e| StoreError::Failed(format!("upload task: {e}")))??);
-        }
-        Ok(())
-    }
-
-    async fn send_part(&mut self, body: Bytes) -> Result<(), StoreError> {
-        self.reap()?;
-        let number = self.next_part;
-        if number as u32 > MAX_PARTS {
-            return Err(StoreError::TooManyParts { parts: MAX_PARTS, part_size: self.part_size as u64 });
-        }
-        let upload_id = self.upload_id().await?;
-        // Waiting here is the backpressure that bounds memory.
-        let permit = self.permits.clone().acquire_owned().await.expect("semaphore never closed");
-        self.next_part += 1;
-        let (client, bucket, key, place) =
-            (self.client.clone(), self.bucket.clone(), self.key.clone(), self.place.clone());
-        let timeouts = Timeouts::config(self.timeouts.sending(body.len() as u64));
-        self.tasks.spawn(async move {
-            let _permit = permit;
-            let out = client
-                .upload_part()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .part_number(number)
-                .body(ByteStream::from(body))
-                .customize()
-                .config_override(timeouts)
-                .send()
-                .await
-                .map_err(|e| classify(&place, "UploadPart", e))?;
-            Ok(CompletedPart::builder()
-                .part_number(number)
-                .set_e_tag(out.e_tag().map(str::to_string))
-                .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
-                .set_checksum_crc32_c(out.checksum_crc32_c().map(str::to_string))
-                .set_checksum_crc64_nvme(out.checksum_crc64_nvme().map(str::to_string))
-                .set_checksum_sha1(out.checksum_sha1().map(str::to_string))
-                .set_checksum_sha256(out.checksum_sha256().map(str::to_string))
-                .build())
-        });
-        Ok(())
-    }
-
-    async fn complete(&mut self) -> Result<u64, StoreError> {
-        if self.upload_id.is_none() {
-            // Smaller than one part: a single PUT.
-            let body = self.buf.split().freeze();
-            let timeouts = Timeouts::config(self.timeouts.sending(body.len() as u64));
-            self.client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&self.key)
-                .body(ByteStream::from(body))
-                .customize()
-                .config_override(timeouts)
-                .send()
-                .await
-                .map_err(|e| classify(&self.place, "PutObject", e))?;
-            return Ok(self.size);
-        }
-        if !self.buf.is_empty() {
-            let last = self.buf.split().freeze();
-            self.send_part(last).await?;
-        }
-        while let Some(res) = self.tasks.join_next().await {
-            self.parts.push(res.map_err(|e| StoreError::Failed(format!("upload task: {e}")))??);
-        }
-        self.parts.sort_by_key(|p| p.part_number());
-        let id = self.upload_id.clone().expect("checked above");
-        self.client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder().set_parts(Some(std::mem::take(&mut self.parts))).build(),
-            )
-            .customize()
-            .config_override(Timeouts::config(self.timeouts.completing()))
-            .send()
-            .await
-            .map_err(|e| classify(&self.place, "CompleteMultipartUpload", e))?;
-        Ok(self.size)
-    }
-
-    async fn abort_now(&mut self) {
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
-        if let Some(id) = self.upload_id.take() {
-            let res =
-                self.client.abort_multipart_upload().bucket(&self.bucket).key(&self.key).upload_id(&id).send().await;
-            match res {
-                Ok(_) => tracing::info!(key = %self.key, "Aborted the multipart upload."),
-                Err(e) => tracing::warn!(
-                    key = %self.key, upload_id = %id, error = %source_chain(&e),
-                    "Could not abort the multipart upload; the start-up sweeper will."
-                ),
-            }
-        }
-        self.done = true;
-    }
-}
-
-#[async_trait]
-impl Upload for S3Upload {
-    async fn write(&mut self, mut data: Bytes) -> Result<(), StoreError> {
-        self.size += data.len() as u64;
-        while !data.is_empty() {
-            if self.buf.capacity() == 0 {
-                self.buf.reserve(self.part_size);
-            }
-            let take = (self.part_size - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data.split_to(take));
-            if self.buf.len() == self.part_size {
-                let part = self.buf.split().freeze();
-                self.send_part(part).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn finish(mut self: Box<Self>) -> Result<u64, StoreError> {
-        match self.complete().await {
-            Ok(n) => {
-                self.done = true;
-                Ok(n)
-            }
-            Err(e) => {
-                self.abort_now().await;
-                Err(e)
-            }
-        }
-    }
-
-    async fn abort(mut self: Box<Self>) {
-        self.abort_now().await;
-    }
-}
-
-impl Drop for S3Upload {
-    fn drop(&mut self) {
-        // Dropped without finish or abort (an error path or a cancelled task):
-        // abort in the background; if the process dies first, the start-up
-        // sweeper aborts it.
-        if !self.done
-            && let Some(id) = self.upload_id.take()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), self.key.clone());
-            rt.spawn(async move {
-                let _ = client.abort_multipart_upload().bucket(bucket).key(key).upload_id(id).send().await;
-            });
-        }
     }
 }
 
