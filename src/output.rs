@@ -192,7 +192,7 @@ pub fn status(json: bool, st: &crate::status::Status) {
     }
     println!("Target {} ({:?} migrations)", st.target, st.kind);
     println!("Applied: {}", st.applied.len());
-    if let Some(last) = st.applied.last() {
+    if let Some(last) = st.applied.iter().rev().find(|a| a.ok) {
         println!("  latest: {} {}", last.version, last.name);
     }
     if st.pending.is_empty() {

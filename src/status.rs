@@ -12,8 +12,8 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::Target;
 use crate::config::schedule::{self as window, Opening};
+use crate::config::{MigrationKind, Target};
 use crate::error_class::{Class, Classify};
 use crate::migrations::{self, Applied, Drift, PlanError, Source};
 use crate::release::approval::{self, Usability};
@@ -208,7 +208,8 @@ pub async fn status(state: &State, store: &dyn Store, target: &Target) -> Result
                 reversible: m.down.is_reversible(),
             })
             .collect(),
-        applied: plan.applied,
+        // A dev-push row (Payload's `batch = -1`) is no migration: it is drift.
+        applied: plan.applied.into_iter().filter(|a| !(plan.kind == MigrationKind::Payload && !a.ok)).collect(),
         drift: plan.drift,
         plan: plan.hash,
         last_snapshot,

@@ -5,13 +5,15 @@
 //! history table to know the plan — and never locked or written.
 //!
 //! Steps: plan from live → snapshot (the latest; verified on the way if it
-//! never was; a fresh one when there is none) → scratch copy (template clone
+//! never was; a fresh one when there is none or it cannot carry the plan,
+//! see [`freshness`]) → scratch copy (template clone
 //! when the template holds it) → bring the copy's history up to live's →
 //! run the plan as live will, measuring → reversibility → seeds → lint →
 //! report, kept in the state store and the object store.
 
 mod error;
 mod external;
+mod freshness;
 
 pub mod lint;
 pub mod markdown;
@@ -146,7 +148,7 @@ async fn run(
 ) -> Result<Report, RehearsalError> {
     let started_at = Utc::now();
     let t0 = Instant::now();
-    let m = pick_snapshot(config, target, store, &opts.snapshot, cancel).await?;
+    let (m, fresh) = pick_snapshot(config, target, source.kind(), plan, store, &opts.snapshot, cancel).await?;
     let db = shadow.scratch_name(id);
     let (method, restore_ms) = crate::shadow::load::scratch_copy(config, target, store, &m, shadow, &db).await?;
     tracing::info!(database = %db, method, restore_ms, snapshot = %m.id, "Scratch copy ready.");
@@ -167,35 +169,51 @@ async fn run(
     report.started_at = started_at.to_rfc3339();
     report.finished_at = Utc::now().to_rfc3339();
     report.duration_ms = t0.elapsed().as_millis() as u64;
+    if let Some(why) = fresh {
+        report.notes.insert(0, format!("Rehearsed on fresh snapshot {} taken by this rehearsal: {why}.", m.id));
+        report.fresh_snapshot = Some(why);
+    }
     Ok(report)
 }
 
-/// The snapshot to rehearse on: verified first if it never was.
+/// The snapshot to rehearse on: verified first if it never was. For
+/// `latest`, a fresh one when the newest cannot carry the rehearsal (see
+/// [`freshness`]); the second value then says why.
 async fn pick_snapshot(
     config: &Config,
     target: &Target,
+    kind: MigrationKind,
+    plan: &Plan,
     store: &dyn Store,
     choice: &Choice,
     cancel: &CancellationToken,
-) -> Result<Manifest, RehearsalError> {
+) -> Result<(Manifest, Option<String>), RehearsalError> {
+    let mut fresh = None;
     let id = match choice {
         Choice::Id(id) => id.clone(),
-        Choice::Latest if !catalog::manifests(store, &target.name).await?.is_empty() => "latest".into(),
-        Choice::Latest | Choice::Fresh => {
-            tracing::info!("Taking a fresh snapshot to rehearse on.");
-            snapshot::take(config, target, snapshot::Reason::Rehearsal, cancel).await?.id
+        Choice::Fresh => snapshot::take(config, target, snapshot::Reason::Rehearsal, cancel).await?.id,
+        Choice::Latest => {
+            let newest = catalog::manifests(store, &target.name).await?.into_iter().next();
+            match freshness::fresh_needed(kind, &plan.applied_versions(), newest.as_ref()) {
+                None => newest.map(|m| m.id).unwrap_or_else(|| "latest".into()),
+                Some(why) => {
+                    tracing::info!(reason = %why, "Taking a fresh snapshot to rehearse on.");
+                    fresh = Some(why);
+                    snapshot::take(config, target, snapshot::Reason::Rehearsal, cancel).await?.id
+                }
+            }
         }
     };
     let m = catalog::resolve(store, &target.name, &id).await?;
     if m.verified_at().is_some() {
-        return Ok(m);
+        return Ok((m, fresh));
     }
     tracing::info!(snapshot = %m.id, "The snapshot was never verified: running its restore drill first.");
     let drill = drill::verify(config, target, &m.id, false, false).await?;
     if !drill.ok {
         return Err(RehearsalError::SnapshotBroken { id: m.id, problems: drill.mismatches.join("; ") });
     }
-    Ok(catalog::resolve(store, &target.name, &m.id).await?)
+    Ok((catalog::resolve(store, &target.name, &m.id).await?, fresh))
 }
 
 /// Everything that happens on the scratch copy.
@@ -381,6 +399,7 @@ async fn plan_and_checks(
         seeds,
         notes,
         approve: format!("pgrehearse approve --target {} --plan {}", target.name, plan.hash),
+        fresh_snapshot: None,
         schema_after,
         not_valid,
     })

@@ -21,6 +21,11 @@ pub struct Report {
     pub warnings: Vec<String>,
     pub snapshot_id: String,
     pub snapshot_taken_at: String,
+    /// Why this rehearsal took a fresh snapshot of live by itself instead of
+    /// using the newest one (none yet, or a Payload project's newest
+    /// snapshot predates live's history); null when it used an existing one
+    /// or `--snapshot fresh` asked for one.
+    pub fresh_snapshot: Option<String>,
     /// `template_clone` or `restore`.
     pub method: &'static str,
     pub restore_duration_ms: u64,

@@ -24,6 +24,7 @@ mod faults_pg; // network faults between pgrehearse and PostgreSQL (fault proxy)
 mod faults_s3; // network faults between pgrehearse and S3 (fault proxy)
 mod jobs; // the job runner: CLI mail, --no-mail, pruning and the mail digest in the daemon
 mod migration_files; // odd migration files (BOM, CRLF, empty, bad names) as tools run them
+mod payload_after_release; // a Payload project's next rehearsal after a release (CLI and daemon)
 mod progress; // progress output on a terminal and in logs
 mod prune; // retention on a synthetic history; prune refuses after a failure
 mod readme; // the README checked against the binary (TOML, commands, metrics)

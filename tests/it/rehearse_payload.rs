@@ -7,9 +7,12 @@
 //!   slow migration's ACCESS EXCLUSIVE on `posts`), reverts them with
 //!   `migrate:down` and applies them again; live receives no writes.
 //! - A planted migration that throws fails the rehearsal (exit 2) naming it;
-//!   the migrations before it applied on the copy, live unchanged.
-//! - A dev-push row (`batch = -1`) on live is drift for `status` (exit 2) and
-//!   the rehearsal refuses with a message saying what the row is.
+//!   the migrations before it applied on the copy with Payload's timings and
+//!   their sampled locks, the failing one timed from its log lines with the
+//!   lock it held; live unchanged.
+//! - A dev-push row (`batch = -1`) on live is drift for `status` (exit 2),
+//!   not the latest applied migration, and the rehearsal refuses with a
+//!   message saying what the row is.
 
 use crate::harness::migrations::*;
 use crate::harness::payload::*;
@@ -82,14 +85,30 @@ fn payload_plan_is_rehearsed_through_its_cli_and_live_is_only_read() {
 fn payload_migration_that_throws_fails_the_rehearsal_naming_it() {
     let rig = payload_rig();
     add(&rig, "migrations", SLUG);
+    add(&rig, "migrations-extra", SLOW);
     add(&rig, "migrations-extra", FAILING);
     rig.snapshot();
     let r = rig.rehearse(&["--keep"]);
     r.expect_code(2);
     let report = r.json();
     assert_eq!(by_name(&report, SLUG)["status"], "applied", "{}", r.stdout);
+    // What ran before the failure keeps Payload's own timing and its sampled locks.
+    let slow = by_name(&report, SLOW);
+    assert_eq!(slow["status"], "applied", "{slow:#}");
+    assert!(slow["duration_ms"].as_u64().unwrap() >= 300, "Payload logged the slow migration's time: {slow:#}");
+    assert!(
+        locks_on(slow, "posts").iter().any(|l| l["mode"] == "AccessExclusiveLock"),
+        "the slow migration's lock in a failed run: {slow:#}"
+    );
     let failed = by_name(&report, FAILING);
     assert_eq!(failed["status"], "failed", "{failed:#}");
+    // The failing file: from its `Migrating:` line to its error line, with its lock.
+    let ms = failed["duration_ms"].as_u64().unwrap();
+    assert!((300..5000).contains(&ms), "the failing migration ran ~300 ms before it threw: {failed:#}");
+    assert!(
+        locks_on(failed, "authors").iter().any(|l| l["mode"] == "AccessExclusiveLock" && l["sampled"] == true),
+        "the sampler saw the failing migration's lock on authors: {failed:#}"
+    );
     let problems = problems_text(&report);
     assert!(problems.contains(FAILING), "the problems name the failing migration: {problems}");
     assert!(
@@ -118,6 +137,12 @@ fn payload_dev_push_row_is_drift_and_refused() {
         drift.as_array().unwrap().iter().any(|d| d["kind"] == "dev_push" && d["name"] == "dev"),
         "status reports the dev-push row as drift: {drift:#}"
     );
+    // The row is no migration: the latest applied one is still the initial.
+    let applied: Vec<String> =
+        st.json()["applied"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(applied, [INITIAL], "status lists only migrations as applied");
+    let text = rig.pgr.run(&["status"]).stdout;
+    assert!(text.contains(&format!("latest: {INITIAL}")) && !text.contains("latest: dev"), "{text}");
     // The snapshot predates the row: a fresh one carries it to the copy.
     let r = rig.rehearse(&["--snapshot", "fresh"]);
     assert_ne!(r.code, 0, "a rehearsal with a dev-push row must not pass");

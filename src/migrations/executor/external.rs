@@ -88,14 +88,17 @@ pub async fn payload(source: &Source<'_>, url: &ConnUrl, app: &str, plan: &[Migr
         Err(e) => e,
     };
     let text = error.to_string();
-    let (migrated, failing, report) = match &error {
-        PayloadError::Failed { migration, migrated, status, output_tail, .. } => (
+    let (migrated, failing, ran, report) = match &error {
+        PayloadError::Failed { migration, migrated, ran, status, output_tail, .. } => (
             migrated.as_slice(),
             migration.clone(),
+            *ran,
             format!("payload migrate failed ({status}); its output ends with:\n{output_tail}"),
         ),
-        PayloadError::Timeout { migration, migrated, .. } => (migrated.as_slice(), migration.clone(), text.clone()),
-        _ => (&[][..], None, text.clone()),
+        PayloadError::Timeout { migration, migrated, ran, .. } => {
+            (migrated.as_slice(), migration.clone(), *ran, text.clone())
+        }
+        _ => (&[][..], None, None, text.clone()),
     };
     let mut seen_failing = false;
     for (m, s) in plan.iter().zip(steps.iter_mut()) {
@@ -107,6 +110,11 @@ pub async fn payload(source: &Source<'_>, url: &ConnUrl, app: &str, plan: &[Migr
         } else if !seen_failing && failing.as_deref().is_none_or(|f| f == m.name) {
             seen_failing = true;
             s.status = Status::Failed;
+            // Payload logs no time for the file that failed; its lines tell when it ran.
+            if let Some((from, to)) = ran.filter(|_| failing.is_some()) {
+                s.duration_ms = (to - from).as_millis() as u64;
+                s.ran = Some((from, to));
+            }
             s.error = Some(text.clone());
             s.failure = Some(Failure::of_file(m.path.display().to_string(), report.clone()));
         } else if !seen_failing && failing.is_some() {

@@ -3,6 +3,7 @@
 //! kind.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use super::Migrated;
 use crate::error_class::{Class, Classify};
@@ -56,6 +57,8 @@ pub enum PayloadError {
         migration: Option<String>,
         waiting_on_prompt: bool,
         migrated: Vec<Migrated>,
+        /// When `migration` ran: its `Migrating:` line to the kill.
+        ran: Option<(Instant, Instant)>,
         /// Server sessions of the killed CLI that were terminated (None: the
         /// check failed).
         sessions_ended: Option<u64>,
@@ -65,7 +68,16 @@ pub enum PayloadError {
         "payload {command} failed ({status}){}; Payload rolled that file back and keeps the ones it committed before. Its output ends with:\n{output_tail}",
         migration.as_ref().map(|m| format!(" in `{m}`")).unwrap_or_else(|| " before running any migration".into())
     )]
-    Failed { command: String, status: String, migration: Option<String>, migrated: Vec<Migrated>, output_tail: String },
+    Failed {
+        command: String,
+        status: String,
+        migration: Option<String>,
+        migrated: Vec<Migrated>,
+        /// When `migration` ran: its `Migrating:` line to its error line
+        /// (or the CLI's exit).
+        ran: Option<(Instant, Instant)>,
+        output_tail: String,
+    },
     #[error(
         "payload migrate exited 0 but {table} has no row for [{}]: those migrations did not run here. Check that the project's payload.config reads its connection from DATABASE_URI (or DATABASE_URL/POSTGRES_URL, which are set too) and that its migrationDir is the directory pgrehearse reads. Its output ends with:\n{output_tail}",
         missing.join(", ")

@@ -387,7 +387,9 @@ impl Payload {
             Exit::TimedOut { .. } => None,
         };
         let duration_ms = ran.duration.as_millis() as u64;
+        let ended = Instant::now();
         let p = std::mem::take(&mut *progress.lock().unwrap_or_else(|e| e.into_inner()));
+        let unfinished = p.unfinished(ended);
         let mut output_tail = pg::tools::tail(&p.tail, TAIL_BYTES);
         if output_tail.is_empty() {
             output_tail = "(nothing)".into();
@@ -400,12 +402,16 @@ impl Payload {
                 migration: p.running.map(|(n, _)| n),
                 waiting_on_prompt: p.prompt,
                 migrated: p.migrated,
+                ran: unfinished,
                 sessions_ended: end_sessions(url, app_name).await,
                 output_tail,
             }),
             Some((false, status)) => Err(PayloadError::Failed {
                 command,
                 status,
+                // The window is the running file's; an error line may name another.
+                ran: unfinished
+                    .filter(|_| p.failed.as_ref().is_none_or(|f| p.running.as_ref().is_some_and(|r| &r.0 == f))),
                 migration: p.failed.or(p.running.map(|(n, _)| n)),
                 migrated: p.migrated,
                 output_tail,

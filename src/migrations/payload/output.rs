@@ -110,14 +110,27 @@ pub(in crate::migrations) struct Progress {
     pub(in crate::migrations) migrated: Vec<Migrated>,
     /// The migration started and not reported done.
     pub(in crate::migrations) running: Option<(String, Instant)>,
-    /// The migration an error line named.
+    /// The migration an error line named, and when that line arrived.
     pub(in crate::migrations) failed: Option<String>,
+    pub(in crate::migrations) failed_at: Option<Instant>,
     pub(in crate::migrations) prompt: bool,
     /// The last part of the output (bounded).
     pub(in crate::migrations) tail: String,
 }
 
 impl Progress {
+    /// When the migration that did not finish ran: from its `Migrating:`
+    /// line to its error line, or to `end` (the CLI's exit or kill) when
+    /// none came. Payload logs no time for it, but its lines are stamped.
+    pub(in crate::migrations) fn unfinished(&self, end: Instant) -> Option<(Instant, Instant)> {
+        let (name, from) = self.running.as_ref()?;
+        let to = match (&self.failed, self.failed_at) {
+            (Some(failed), Some(at)) if failed == name => at,
+            _ => end,
+        };
+        Some((*from, to.max(*from)))
+    }
+
     pub(in crate::migrations) fn line(&mut self, line: &str, at: Instant) {
         self.tail.push_str(line);
         if !line.ends_with('\n') {
@@ -145,7 +158,10 @@ impl Progress {
                     Some((n, _)) if line.contains(n.as_str()) => n.clone(),
                     _ => word,
                 };
-                self.failed.get_or_insert(name);
+                if self.failed.is_none() {
+                    self.failed = Some(name);
+                    self.failed_at = Some(at);
+                }
             }
             Some(Event::DevPrompt) => self.prompt = true,
             None => {}

@@ -87,6 +87,24 @@ fn parses_a_failure_and_keeps_what_committed_before() {
 }
 
 #[test]
+fn the_failing_migration_ran_from_its_start_line_to_its_error_line() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let mut p = Progress::default();
+    p.line("INFO: Migrating: m1\n", at(0));
+    p.line("INFO: Migrated:  m1 (40ms)\n", at(45));
+    p.line("INFO: Migrating: m2\n", at(50));
+    p.line("ERROR: Error running migration m2 boom.\n", at(170));
+    assert_eq!(p.unfinished(at(900)), Some((at(50), at(170))));
+    // Killed while running: until the kill.
+    let mut p = Progress::default();
+    p.line("INFO: Migrating: m3\n", at(10));
+    assert_eq!(p.unfinished(at(900)), Some((at(10), at(900))));
+    // Nothing started: nothing to time.
+    assert_eq!(Progress::default().unfinished(at(900)), None);
+}
+
+#[test]
 fn parses_migrate_down() {
     let p = feed(DOWN_OK);
     assert_eq!(p.migrated.len(), 1);
@@ -210,6 +228,7 @@ fn error_messages_say_what_to_do() {
         status: "exit status: 1".into(),
         migration: Some("m2".into()),
         migrated: Vec::new(),
+        ran: None,
         output_tail: "boom".into(),
     };
     assert!(e.to_string().contains("failed (exit status: 1) in `m2`"), "{e}");
@@ -219,6 +238,7 @@ fn error_messages_say_what_to_do() {
         migration: None,
         waiting_on_prompt: true,
         migrated: Vec::new(),
+        ran: None,
         sessions_ended: Some(1),
         output_tail: String::new(),
     };

@@ -48,6 +48,7 @@ fn report(ok: bool, migrations: Vec<MigrationResult>) -> crate::rehearsal::Repor
         warnings: vec!["[index_not_concurrent] shown as lint".into(), format!("a warning with {EVIL}")],
         snapshot_id: "20261124T030000Z-0001".into(),
         snapshot_taken_at: "2026-11-24T03:00:00Z".into(),
+        fresh_snapshot: None,
         method: "template_clone",
         restore_duration_ms: 550,
         database: "pgrehearse_app_x".into(),
