@@ -307,10 +307,13 @@ pub fn released(json: bool, rel: &crate::release::Release) {
         "nothing_pending" => "has nothing to do: no pending migration",
         other => other,
     };
-    let again = if rel.recovered { " (finished after an interruption)" } else { "" };
+    let again = if rel.finished_by_recovery { " (finished by crash recovery after an interruption)" } else { "" };
     println!("Release {} of target {} {verb}{again}.", r.id, r.target);
     if let Some(reason) = &r.reason {
         println!("Reason: {reason}");
+    }
+    if let Some(v) = r.server_version.as_deref().filter(|_| r.outcome != crate::release::Outcome::Applied) {
+        println!("Live's server: PostgreSQL {v}");
     }
     if let Some(snap) = &r.pre_snapshot_id {
         println!("Pre-release snapshot: {snap} (pinned)");
@@ -324,7 +327,7 @@ pub fn released(json: bool, rel: &crate::release::Release) {
             m["status"].as_str().unwrap_or(""),
             format!("{} {}", m["version"].as_str().unwrap_or(""), m["name"].as_str().unwrap_or("")),
             m["duration_ms"].as_u64().unwrap_or(0),
-            m["error"].as_str().unwrap_or("")
+            crate::release::error_text(&m["error"])
         );
     }
     for w in &r.warnings {

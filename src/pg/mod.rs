@@ -2,8 +2,11 @@
 //! client programs (pg_dump, pg_dumpall, pg_restore) and the per-target
 //! advisory lock that keeps heavy jobs from overlapping.
 
+mod diagnostic;
 pub mod lock;
 pub mod tools;
+
+pub use diagnostic::{Diagnostic, explain};
 
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
@@ -15,11 +18,13 @@ use crate::error_class::{Class, Classify};
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
     #[error(
-        "cannot connect to {url}: {source}; check that the server runs and that the URL, role and password are right"
+        "cannot connect to {url}: {}; check that the server runs and that the URL, role and password are right",
+        explain(.source)
     )]
     Connect { url: String, source: sqlx::Error },
     #[error(
-        "query on {url} failed: {source}; if the server went away, retry once it is back; if the role lacks a privilege, grant it (the README's deployment walkthrough lists the grants pgrehearse needs)"
+        "query on {url} failed: {}; if the server went away, retry once it is back; if the role lacks a privilege, grant it (the README's deployment walkthrough lists the grants pgrehearse needs)",
+        explain(.source)
     )]
     Query { url: String, source: sqlx::Error },
 }

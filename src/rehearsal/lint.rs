@@ -259,11 +259,15 @@ impl Cx<'_> {
         self.r.rewrites.iter().any(|rw| rw.kind == "table" && same(&rw.relation, table))
     }
 
+    /// The strongest lock on `table` held while statement `index` ran (the
+    /// whole migration when `None`) — not only the ones it took: PostgreSQL
+    /// lists a lock once, so a statement that needs ACCESS EXCLUSIVE after an
+    /// earlier one took it shows no new lock of that mode.
     fn strongest(&self, index: Option<usize>, table: &str) -> Option<&LockHeld> {
         self.r
             .locks
             .iter()
-            .filter(|l| same(&l.relation, table) && (index.is_none() || l.statement == index || l.taken_by.is_some()))
+            .filter(|l| same(&l.relation, table) && index.is_none_or(|i| held_during(l, i)))
             .max_by_key(|l| (strength(&l.mode), l.held_ms))
     }
 
@@ -324,6 +328,15 @@ impl Cx<'_> {
     }
 }
 
+/// Whether `l` was held while statement `i` of its migration ran: taken by
+/// it; taken by an earlier statement in the same transaction (exact locks
+/// are held until commit; sampled ones were seen outside a transaction,
+/// where a statement's locks end with it); or taken by an earlier migration
+/// of the plan's transaction.
+fn held_during(l: &LockHeld, i: usize) -> bool {
+    l.taken_by.is_some() || l.statement.is_some_and(|s| s == i || (!l.sampled && s < i))
+}
+
 /// `public.orders` and `orders` name the same table.
 fn same(a: &str, b: &str) -> bool {
     a.strip_prefix("public.").unwrap_or(a) == b.strip_prefix("public.").unwrap_or(b)
@@ -333,6 +346,68 @@ fn same(a: &str, b: &str) -> bool {
 mod tests {
     use super::*;
     use crate::migrations::Down;
+
+    fn orders() -> Catalog {
+        let rel = super::super::observer::Relation {
+            oid: 16400,
+            schema: "public".into(),
+            name: "orders".into(),
+            kind: 'r',
+            filenode: 16400,
+            bytes: 10 << 20,
+            rows: 50_000.0,
+        };
+        Catalog([(rel.oid, rel)].into_iter().collect())
+    }
+
+    fn held(mode: &str, statement: usize, held_ms: u64, sampled: bool) -> LockHeld {
+        LockHeld {
+            relation: "orders".into(),
+            mode: mode.into(),
+            held_ms,
+            statement: Some(statement),
+            sampled,
+            taken_by: None,
+        }
+    }
+
+    #[test]
+    fn a_type_change_names_the_strongest_lock_held_not_the_strongest_it_took() {
+        let sql =
+            "ALTER TABLE orders ADD COLUMN note text;\nALTER TABLE orders ALTER COLUMN amount TYPE numeric(14,2);";
+        let m = Migration {
+            version: "3".into(),
+            name: "widen".into(),
+            path: "3_widen.up.sql".into(),
+            up_sql: sql.into(),
+            checksum: String::new(),
+            transactional: true,
+            down: Down::Missing,
+        };
+        let mut r = MigrationResult::new(&m);
+        // Statement 0 took ACCESS EXCLUSIVE (held until commit); statement 1
+        // shows only the SHARE lock that was new to the session.
+        r.locks = vec![held("AccessExclusiveLock", 0, 900, false), held("ShareLock", 1, 700, false)];
+        r.rewrites = vec![super::super::observer::Rewrite {
+            relation: "orders".into(),
+            kind: "table",
+            bytes_before: 10 << 20,
+            bytes_after: 12 << 20,
+        }];
+        let findings = lint(&[m], &[r], &orders(), 3000, &LintConfig { deny: Vec::new(), allow: Vec::new() });
+        let f = findings.iter().find(|f| f.rule == LintRule::TypeChangeRewrite).expect("a type-change finding");
+        assert!(f.message.contains("rewrites `orders` (10.0 MiB) under ACCESS EXCLUSIVE for 900 ms"), "{}", f.message);
+        assert!(!f.message.contains("under SHARE"), "{}", f.message);
+    }
+
+    #[test]
+    fn a_sampled_lock_of_an_earlier_statement_was_not_held_during_a_later_one() {
+        // Outside a transaction a statement's locks end with it.
+        assert!(!held_during(&held("AccessExclusiveLock", 0, 20, true), 1));
+        assert!(held_during(&held("AccessExclusiveLock", 0, 20, false), 1));
+        assert!(held_during(&held("ShareLock", 1, 20, true), 1));
+        assert!(!held_during(&held("ShareLock", 2, 20, false), 1), "a later statement's lock was not held yet");
+    }
 
     #[test]
     fn payload_files_are_linted_on_their_up_function_only() {

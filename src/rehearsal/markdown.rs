@@ -1,7 +1,10 @@
 //! The rehearsal report as Markdown: verdict first, then a table per
 //! migration (duration, locks with mode and held time, rewrites, WAL), the
 //! lint findings with their measured effects, reversibility, seeds, and the
-//! exact command that approves the plan.
+//! exact command that approves the plan. Text from outside — statements,
+//! file and relation names, PostgreSQL's messages — is escaped ([`code`],
+//! [`cell`], [`text`]) so that a backtick or a pipe in it cannot break a
+//! code span or a table.
 
 use std::fmt::Write;
 
@@ -15,7 +18,7 @@ use crate::rehearsal::runner::Status;
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
     let verdict = if r.ok { "PASS" } else { "PROBLEMS FOUND" };
-    let _ = writeln!(s, "# Rehearsal {} of `{}`: {verdict}\n", r.id, r.target);
+    let _ = writeln!(s, "# Rehearsal {} of {}: {verdict}\n", r.id, code(&r.target));
     let _ =
         writeln!(s, "- Plan: `{}` ({} pending migrations, {})", r.plan, r.migrations.len(), r.mode.replace('_', " "));
     let _ = writeln!(
@@ -26,6 +29,7 @@ pub fn markdown(r: &Report) -> String {
         r.method.replace('_', " "),
         secs(r.restore_duration_ms)
     );
+    let _ = writeln!(s, "- Server: PostgreSQL {}", text(&r.server_version));
     let _ = writeln!(s, "- Plan ran in {}; rehearsal took {}", secs(r.apply_ms), secs(r.duration_ms));
     let _ =
         writeln!(s, "- lock_timeout: {}", if r.lock_timeout_ms == 0 { "none".into() } else { secs(r.lock_timeout_ms) });
@@ -50,34 +54,39 @@ pub fn markdown(r: &Report) -> String {
         };
         let tx = if m.transactional { "in a transaction" } else { "outside a transaction" };
         let label = if m.version == m.name { m.name.clone() } else { format!("{} {}", m.version, m.name) };
-        let _ = writeln!(s, "\n## {label} — {status}, {} ({tx})\n", secs(m.duration_ms));
-        let _ = writeln!(s, "File: `{}`\n", m.file);
+        let _ = writeln!(s, "\n## {} — {status}, {} ({tx})\n", text(&label), secs(m.duration_ms));
+        let _ = writeln!(s, "File: {}\n", code(&m.file));
         if let Some(e) = &m.error {
-            let at = e.line.map(|l| format!(" at line {l}")).unwrap_or_default();
-            let _ = writeln!(s, "**Error{at}:** {}\n", e.message);
-            if let Some(sql) = &e.sql {
-                let _ = writeln!(s, "Statement: `{sql}`\n");
-            }
+            error(&mut s, e);
         }
         let locks = m.strongest_locks();
         if locks.is_empty() {
-            let _ = writeln!(s, "Locks on existing tables: none");
+            let _ = match m.locks_sampled_every_ms {
+                Some(ms) => writeln!(s, "Locks on existing tables: none observed (sampled every {ms} ms)"),
+                None => writeln!(s, "Locks on existing tables: none"),
+            };
         } else {
             let _ = writeln!(s, "| table | strongest lock | held | how measured |\n|---|---|---|---|");
             for l in locks {
                 let how = match (&l.taken_by, l.sampled) {
                     (Some(v), _) => format!("taken by migration {v}, held until the plan commits"),
-                    (None, true) => "sampled every 20 ms".into(),
+                    (None, true) => match m.locks_sampled_every_ms {
+                        Some(ms) => format!("sampled every {ms} ms"),
+                        None => "sampled".into(),
+                    },
                     (None, false) => "exact".into(),
                 };
-                let _ = writeln!(s, "| {} | {} | {} | {how} |", l.relation, human_mode(&l.mode), secs(l.held_ms));
+                let _ =
+                    writeln!(s, "| {} | {} | {} | {how} |", cell(&l.relation), human_mode(&l.mode), secs(l.held_ms));
             }
         }
         if !m.rewrites.is_empty() {
             let list: Vec<String> = m
                 .rewrites
                 .iter()
-                .map(|rw| format!("{} `{}` ({})", rw.kind, rw.relation, human_bytes(rw.bytes_before.max(0) as u64)))
+                .map(|rw| {
+                    format!("{} {} ({})", rw.kind, code(&rw.relation), human_bytes(rw.bytes_before.max(0) as u64))
+                })
                 .collect();
             let _ = writeln!(s, "\nRewrites: {}", list.join(", "));
         }
@@ -87,14 +96,8 @@ pub fn markdown(r: &Report) -> String {
         if !m.statements.is_empty() && m.statements.len() > 1 {
             let _ = writeln!(s, "\n| # | line | statement | time |\n|---|---|---|---|");
             for st in &m.statements {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | `{}` | {} |",
-                    st.index + 1,
-                    st.line,
-                    st.sql.replace('|', "\\|"),
-                    secs(st.duration_ms)
-                );
+                let _ =
+                    writeln!(s, "| {} | {} | {} | {} |", st.index + 1, st.line, cell(&st.sql), secs(st.duration_ms));
             }
         }
         match &m.reversible {
@@ -133,7 +136,7 @@ pub fn markdown(r: &Report) -> String {
                 (None, Some(true)) => "idempotent (second run changed nothing)".into(),
                 (None, _) => format!("NOT idempotent: the second run changed {}", sd.changed.join(", ")),
             };
-            let _ = writeln!(s, "- `{}`: {verdict}", sd.file);
+            let _ = writeln!(s, "- {}: {verdict}", code(&sd.file));
         }
     }
     // Lint findings are listed above; the other warnings here.
@@ -151,3 +154,65 @@ pub fn markdown(r: &Report) -> String {
     }
     s
 }
+
+/// A failed migration's error: where, PostgreSQL's message, DETAIL and
+/// HINT, and the statement.
+fn error(s: &mut String, e: &crate::rehearsal::runner::Failure) {
+    let at = e.line.map(|l| format!(" at line {l}")).unwrap_or_default();
+    let state = e.sqlstate.as_ref().map(|c| format!(" (SQLSTATE {c})")).unwrap_or_default();
+    let _ = writeln!(s, "**Error{at}:** {}{state}\n", text(&e.message));
+    if let Some(d) = &e.detail {
+        let _ = writeln!(s, "Detail: {}\n", text(d));
+    }
+    if let Some(h) = &e.hint {
+        let _ = writeln!(s, "Hint: {}\n", text(h));
+    }
+    if let Some(sql) = &e.sql {
+        let pos = e.position.map(|p| format!(" (the server points at character {p})")).unwrap_or_default();
+        let _ = writeln!(s, "Statement{pos}: {}\n", code(sql));
+    }
+}
+
+/// `s` as a CommonMark code span: fenced by more backticks than the longest
+/// run in it, padded when it starts or ends with a backtick, on one line.
+pub fn code(s: &str) -> String {
+    let one = s.replace(['\r', '\n'], " ");
+    let mut longest = 0;
+    let mut run = 0;
+    for c in one.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest + 1);
+    let pad =
+        if one.starts_with('`') || one.ends_with('`') || one.starts_with(' ') && one.ends_with(' ') { " " } else { "" };
+    format!("{fence}{pad}{one}{pad}{fence}")
+}
+
+/// `s` as a code span in a table cell: a pipe ends a cell even inside a
+/// code span (GFM), so it is escaped there too.
+pub fn cell(s: &str) -> String {
+    code(s).replace('|', "\\|")
+}
+
+/// `s` as plain text: characters that would start Markdown markup are
+/// escaped, and lines joined, so a message cannot change the layout. An
+/// underscore inside a word (`sites_homepage_key`) starts nothing and stays.
+pub fn text(s: &str) -> String {
+    let chars: Vec<char> = s.replace(['\r', '\n'], " ").chars().collect();
+    let mut out = String::with_capacity(chars.len());
+    for (i, &c) in chars.iter().enumerate() {
+        let intraword = |c: char| {
+            c == '_' && i > 0 && chars[i - 1].is_alphanumeric() && chars.get(i + 1).is_some_and(|n| n.is_alphanumeric())
+        };
+        if matches!(c, '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '|' | '#') && !intraword(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "markdown_tests.rs"]
+mod tests;

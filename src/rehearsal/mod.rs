@@ -326,8 +326,10 @@ async fn plan_and_checks(
         Mode::Payload => external::payload(source, url, &plan.pending, &pre).await?,
         Mode::Command => external::command(source, url, &plan.pending, &pre).await?,
     };
+    runner::mark_sampled(&mut results, mode);
     let mode = mode.as_str().to_string();
     let apply_ms = t_apply.elapsed().as_millis() as u64;
+    let server_version = server_version(conn).await;
     // What the release's post-checks compare live with.
     let (schema_after, not_valid) = if ok {
         let schema = reversibility::portable_schema(pg_dump, url, &table).await;
@@ -383,6 +385,7 @@ async fn plan_and_checks(
         method: "restore",
         restore_duration_ms: 0,
         database: String::new(),
+        server_version,
         kept: false,
         started_at: String::new(),
         finished_at: String::new(),
@@ -403,6 +406,13 @@ async fn plan_and_checks(
         schema_after,
         not_valid,
     })
+}
+
+/// The server's `server_version`, for the report ("unknown" if the session
+/// broke: the report still tells what happened).
+async fn server_version(conn: &mut sqlx::PgConnection) -> String {
+    let v = sqlx::query_scalar::<_, String>("SELECT current_setting('server_version')").fetch_one(&mut *conn).await;
+    v.unwrap_or_else(|_| "unknown".into())
 }
 
 /// The reference copy of scratch database `db` (see `reversibility::check`).

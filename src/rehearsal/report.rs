@@ -30,6 +30,9 @@ pub struct Report {
     pub method: &'static str,
     pub restore_duration_ms: u64,
     pub database: String,
+    /// The shadow server's `server_version` (e.g. `16.4 (Debian 16.4-1)`):
+    /// what the plan ran on.
+    pub server_version: String,
     pub kept: bool,
     pub started_at: String,
     pub finished_at: String,

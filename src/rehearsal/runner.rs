@@ -33,12 +33,30 @@ pub struct MigrationResult {
     pub duration_ms: u64,
     pub statements: Vec<StatementResult>,
     pub locks: Vec<LockHeld>,
+    /// Set (to the sampler's interval) when this migration's locks were
+    /// sampled — its statements ran outside a transaction, or an external
+    /// tool ran it —: then `locks` is what the sampler saw, and an empty list
+    /// means none observed at that resolution, not none taken. Null when
+    /// they were read exactly from the session (or it did not run).
+    pub locks_sampled_every_ms: Option<u64>,
     pub rewrites: Vec<Rewrite>,
     pub size_deltas: Vec<SizeDelta>,
     pub wal_bytes: Option<u64>,
     pub error: Option<Failure>,
     /// Filled by the reversibility check.
     pub reversible: Option<super::reversibility::Reversal>,
+}
+
+/// Marks the migrations of a measured run whose locks the sampler read:
+/// every one that ran, for an external tool; those outside a transaction,
+/// for a native plan.
+pub fn mark_sampled(results: &mut [MigrationResult], mode: Mode) {
+    let every = observer::SAMPLE_INTERVAL.as_millis() as u64;
+    for r in results.iter_mut().filter(|r| r.status != Status::NotRun) {
+        if !mode.is_native() || !r.transactional {
+            r.locks_sampled_every_ms = Some(every);
+        }
+    }
 }
 
 /// A lock on a relation that existed before the plan (locks on relations the
@@ -50,7 +68,7 @@ pub struct LockHeld {
     pub held_ms: u64,
     /// The statement (index into `statements`) that took it.
     pub statement: Option<usize>,
-    /// True when seen by the sampler (resolution 20 ms), false when read
+    /// True when seen by the sampler (every `SAMPLE_INTERVAL`), false when read
     /// exactly from the session.
     pub sampled: bool,
     /// Set when an earlier migration of the same transaction took the lock:
@@ -71,6 +89,7 @@ impl MigrationResult {
             duration_ms: 0,
             statements: Vec::new(),
             locks: Vec::new(),
+            locks_sampled_every_ms: None,
             rewrites: Vec::new(),
             size_deltas: Vec::new(),
             wal_bytes: None,

@@ -18,7 +18,7 @@ use sqlx::PgConnection;
 
 use super::journal::{Journal, Step as JournalStep};
 use crate::config::Target;
-use crate::migrations::executor::{self, Executor, Hooks, Mode, Retry, Status, Step, external};
+use crate::migrations::executor::{self, Executor, Failure, Hooks, Mode, Retry, Status, Step, external};
 use crate::migrations::{Migration, Source};
 use crate::state::StateError;
 
@@ -32,7 +32,9 @@ pub struct StepResult {
     pub duration_ms: u64,
     /// Runs of it (1 + retries after lock timeouts).
     pub attempts: u32,
-    pub error: Option<String>,
+    /// The same error object as a rehearsal report's (PostgreSQL's message,
+    /// DETAIL, HINT, position and SQLSTATE; the file, statement and line).
+    pub error: Option<Failure>,
 }
 
 impl StepResult {
@@ -44,7 +46,7 @@ impl StepResult {
             status: step.status,
             duration_ms: step.duration_ms,
             attempts: step.attempts,
-            error: step.error,
+            error: step.failure.or_else(|| step.error.map(|e| Failure::of_file(m.path.display().to_string(), e))),
         }
     }
 }

@@ -55,14 +55,30 @@ pub struct Release {
     #[serde(flatten)]
     pub record: ReleaseRow,
     pub journal: Vec<JournalEntry>,
-    /// True when this run finished a release a crash had interrupted.
-    pub recovered: bool,
+    /// True when this run finished, by crash recovery, a release that a
+    /// crash (or live's server going away) had interrupted. Not whether a
+    /// recovery of live (`recovery`) succeeded: that is the `outcome`.
+    pub finished_by_recovery: bool,
 }
 
 impl Release {
     pub fn outcome(&self) -> Outcome {
         self.record.outcome
     }
+}
+
+/// A migration's `error` object of a release record as one line: the
+/// message, then PostgreSQL's DETAIL and HINT; empty when there is none.
+pub fn error_text(error: &serde_json::Value) -> String {
+    let field = |k: &str| error.get(k).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
+    let mut out = field("message").unwrap_or_default().to_string();
+    if let Some(d) = field("detail") {
+        out.push_str(&format!(" DETAIL: {d}"));
+    }
+    if let Some(h) = field("hint") {
+        out.push_str(&format!(" HINT: {h}"));
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +175,7 @@ pub async fn apply(config: &Config, target: &Target) -> Result<Release, ReleaseE
     let mut row = new_row(&cx, &plan, Outcome::Running);
     row.approval_id = Some(ready.approval.id.clone());
     row.rehearsal_id = Some(ready.rehearsal.id.clone());
+    row.server_version = Some(ready.server_version.clone());
     row.timings = serde_json::json!({ "preflight_ms": preflight_ms });
     cx.state.release_insert(&row).await?;
     let span = tracing::info_span!("release", run_id = %row.id, target = %target.name, job = "release");
@@ -211,6 +228,7 @@ fn new_row(cx: &Ctx<'_>, plan: &Plan, outcome: Outcome) -> ReleaseRow {
         migrations: serde_json::Value::Array(Vec::new()),
         timings: serde_json::json!({}),
         warnings: Vec::new(),
+        server_version: None,
         pending: serde_json::Value::Array(
             plan.pending
                 .iter()
@@ -350,9 +368,9 @@ async fn not_valid_on_live(target: &Target) -> Vec<String> {
     }
 }
 
-async fn release_doc(state: &State, record: ReleaseRow, recovered: bool) -> Result<Release, ReleaseError> {
+async fn release_doc(state: &State, record: ReleaseRow, finished_by_recovery: bool) -> Result<Release, ReleaseError> {
     let journal = state.journal(&record.id).await?;
-    Ok(Release { record, journal, recovered })
+    Ok(Release { record, journal, finished_by_recovery })
 }
 
 /// `pgrehearse releases [ID]`: the target's recent releases, or one.

@@ -136,6 +136,8 @@ pub struct Ready {
     pub evidence: Evidence,
     pub opening: Opening,
     pub pg_dump: tools::Tool,
+    /// Live's `server_version`, for the release record.
+    pub server_version: String,
 }
 
 /// Errors that stop preflight from deciding at all.
@@ -221,7 +223,7 @@ pub async fn check(
     if let Some(r) = shadow_is_live(target, &server).await {
         return Ok(Err(r));
     }
-    Ok(Ok(Ready { approval, rehearsal, evidence, opening, pg_dump }))
+    Ok(Ok(Ready { approval, rehearsal, evidence, opening, pg_dump, server_version: server.version }))
 }
 
 /// The newest approval must name this plan, hold, be unspent, and rest on

@@ -197,6 +197,10 @@ pub struct ReleaseRow {
     pub warnings: Vec<String>,
     /// The plan's migrations: `[{version, name, checksum, transactional}]`.
     pub pending: serde_json::Value,
+    /// Live's `server_version` (e.g. `16.4 (Debian 16.4-1)`), read by
+    /// preflight; null for releases refused before that or recorded by
+    /// earlier versions.
+    pub server_version: Option<String>,
 }
 
 /// One journaled step.
@@ -218,12 +222,12 @@ pub struct Evidence {
 
 const COLUMNS: &str = "id, target, plan_hash, content_hash, approval_id, rehearsal_id, database, on_failure, outcome, \
     reason, error_kind, pre_snapshot_id, failed_database, recovery, started_at, finished_at, pid, host, migrations, \
-    timings, warnings, pending";
+    timings, warnings, pending, server_version";
 
 impl State {
     pub async fn release_insert(&self, r: &ReleaseRow) -> Result<(), StateError> {
         sqlx::query(&format!(
-            "INSERT INTO releases ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO releases ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&r.id)
         .bind(&r.target)
@@ -247,6 +251,7 @@ impl State {
         .bind(r.timings.to_string())
         .bind(serde_json::to_string(&r.warnings).expect("strings serialize"))
         .bind(r.pending.to_string())
+        .bind(&r.server_version)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -256,7 +261,8 @@ impl State {
     pub async fn release_update(&self, r: &ReleaseRow) -> Result<(), StateError> {
         sqlx::query(
             "UPDATE releases SET outcome = ?, reason = ?, error_kind = ?, pre_snapshot_id = ?, failed_database = ?, \
-             recovery = ?, finished_at = ?, migrations = ?, timings = ?, warnings = ?, pid = ?, host = ? WHERE id = ?",
+             recovery = ?, finished_at = ?, migrations = ?, timings = ?, warnings = ?, pid = ?, host = ?, \
+             server_version = ? WHERE id = ?",
         )
         .bind(r.outcome.as_str())
         .bind(&r.reason)
@@ -270,6 +276,7 @@ impl State {
         .bind(serde_json::to_string(&r.warnings).expect("strings serialize"))
         .bind(r.pid as i64)
         .bind(&r.host)
+        .bind(&r.server_version)
         .bind(&r.id)
         .execute(&self.pool)
         .await?;
@@ -432,16 +439,47 @@ fn release_from_row(r: &sqlx::sqlite::SqliteRow) -> ReleaseRow {
         finished_at: r.get("finished_at"),
         pid: r.get::<i64, _>("pid") as u32,
         host: r.get("host"),
-        migrations: json("migrations"),
+        migrations: upgrade_migrations(json("migrations")),
         timings: json("timings"),
         warnings: serde_json::from_str(&r.get::<String, _>("warnings")).unwrap_or_default(),
         pending: json("pending"),
+        server_version: r.get("server_version"),
     }
+}
+
+/// Records written before the error object (issue 14) hold a migration's
+/// `error` as the sentence the release told: it reads as the same object
+/// new records hold, with that sentence as its `message`.
+fn upgrade_migrations(mut migrations: serde_json::Value) -> serde_json::Value {
+    for m in migrations.as_array_mut().into_iter().flatten() {
+        if let Some(text) = m.get("error").and_then(|e| e.as_str()).map(str::to_string) {
+            m["error"] = serde_json::json!({
+                "message": text, "detail": null, "hint": null, "position": null, "sqlstate": null,
+                "file": null, "statement": null, "line": null, "sql": null,
+            });
+        }
+    }
+    migrations
 }
 
 #[cfg(test)]
 mod vocabulary_tests {
     use super::*;
+
+    #[test]
+    fn an_error_stored_as_a_sentence_reads_as_the_error_object() {
+        let old = serde_json::json!([
+            {"version": "1", "status": "applied", "error": null},
+            {"version": "2", "status": "failed", "error": "migration 2 (2_b.up.sql) failed at line 1: duplicate key"},
+        ]);
+        let new = upgrade_migrations(old);
+        assert_eq!(new[0]["error"], serde_json::Value::Null);
+        assert_eq!(new[1]["error"]["message"], "migration 2 (2_b.up.sql) failed at line 1: duplicate key");
+        assert!(new[1]["error"].as_object().unwrap().contains_key("detail"), "{new}");
+        // A record already in the new shape is left as it is.
+        let current = serde_json::json!([{"version": "3", "error": {"message": "m", "detail": "d"}}]);
+        assert_eq!(upgrade_migrations(current.clone()), current);
+    }
 
     #[test]
     fn outcomes_and_error_kinds_are_stored_as_their_names() {

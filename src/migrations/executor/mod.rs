@@ -160,21 +160,63 @@ pub struct StatementResult {
     pub duration_ms: u64,
 }
 
-/// Where and why a migration failed, as reports show it.
-#[derive(Debug, Clone, Serialize)]
+/// Where and why a migration failed: the one error object of rehearsal
+/// reports and release records alike (README, "JSON documents"). The
+/// server's own fields (`message`, `detail`, `hint`, `position`, `sqlstate`)
+/// come first; where it failed (`file`, `statement`, `line`, `sql`) follows.
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Failure {
-    pub file: String,
-    pub statement: Option<usize>,
-    pub line: Option<usize>,
-    pub sql: Option<String>,
-    pub sqlstate: Option<String>,
+    /// PostgreSQL's primary message, or the tool's or client's error text.
     pub message: String,
+    /// PostgreSQL's DETAIL (`Key (homepage)=(…) is duplicated.`).
+    pub detail: Option<String>,
+    /// PostgreSQL's HINT.
+    pub hint: Option<String>,
+    /// The 1-based character offset into `statement` the server points at.
+    pub position: Option<usize>,
+    pub sqlstate: Option<String>,
+    pub file: String,
+    /// The failing statement's index in the file (0-based).
+    pub statement: Option<usize>,
+    /// The line in the file.
+    pub line: Option<usize>,
+    /// The failing statement, shortened.
+    pub sql: Option<String>,
 }
 
 impl Failure {
     /// A failure known only by its file and a message (external tools).
     pub fn of_file(file: String, message: String) -> Failure {
-        Failure { file, statement: None, line: None, sql: None, sqlstate: None, message }
+        Failure {
+            message,
+            detail: None,
+            hint: None,
+            position: None,
+            sqlstate: None,
+            file,
+            statement: None,
+            line: None,
+            sql: None,
+        }
+    }
+
+    /// A failure of `file` outside its statements (BEGIN, COMMIT, the
+    /// history row): `text` with what the server said.
+    pub fn of_error(file: String, text: String, e: &sqlx::Error) -> Failure {
+        let d = pg::Diagnostic::of(e);
+        Failure { detail: d.detail, hint: d.hint, sqlstate: d.sqlstate, ..Failure::of_file(file, text) }
+    }
+
+    /// The message with DETAIL and HINT, for sentences.
+    pub fn full_message(&self) -> String {
+        let d = pg::Diagnostic {
+            message: String::new(),
+            sqlstate: None,
+            detail: self.detail.clone(),
+            hint: self.hint.clone(),
+            position: None,
+        };
+        format!("{}{}", self.message, d.suffix())
     }
 }
 
@@ -306,44 +348,33 @@ fn is_lock_timeout(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
 }
 
-fn sqlstate(e: &sqlx::Error) -> Option<String> {
-    match e {
-        sqlx::Error::Database(db) => db.code().map(|c| c.to_string()),
-        _ => None,
-    }
-}
-
-/// A failing statement as a report shows it, with the line the server
-/// points at.
+/// A failing statement as a report shows it: what the server said, and the
+/// line it points at.
 fn failure(m: &Migration, index: usize, stmt: &split::Statement, e: &sqlx::Error) -> Failure {
-    let (message, line) = match e {
-        sqlx::Error::Database(db) => {
-            let pos = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().and_then(|p| match p.position() {
-                Some(sqlx::postgres::PgErrorPosition::Original(n)) => Some(n),
-                _ => None,
-            });
-            // The server's position is a character offset into the statement.
-            let line =
-                pos.map(|n| stmt.line + stmt.sql.chars().take(n.saturating_sub(1)).filter(|c| *c == '\n').count());
-            (db.message().to_string(), line.or(Some(stmt.line)))
-        }
-        other => (other.to_string(), Some(stmt.line)),
-    };
+    let d = pg::Diagnostic::of(e);
+    // The server's position is a character offset into the statement.
+    let line =
+        d.position.map(|n| stmt.line + stmt.sql.chars().take(n.saturating_sub(1)).filter(|c| *c == '\n').count());
     Failure {
+        message: d.message,
+        detail: d.detail,
+        hint: d.hint,
+        position: d.position,
+        sqlstate: d.sqlstate,
         file: m.path.display().to_string(),
         statement: Some(index),
-        line,
+        line: line.or(Some(stmt.line)),
         sql: Some(excerpt(&stmt.sql)),
-        sqlstate: sqlstate(e),
-        message,
     }
 }
 
-/// A statement's error as a sentence naming the file and line.
+/// A statement's error as a sentence naming the file and line, with the
+/// server's DETAIL and HINT.
 fn describe(m: &Migration, stmt: &split::Statement, e: &sqlx::Error) -> String {
-    let msg = match e {
-        sqlx::Error::Database(db) => format!("{} (SQLSTATE {})", db.message(), db.code().unwrap_or_default()),
-        other => other.to_string(),
+    let d = pg::Diagnostic::of(e);
+    let msg = match &d.sqlstate {
+        Some(code) => format!("{} (SQLSTATE {code}){}", d.message, d.suffix()),
+        None => format!("{}{}", d.message, d.suffix()),
     };
     format!(
         "migration {} ({}) failed at line {} ({}): {msg}",

@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use sqlx::PgConnection;
 
-use super::{Executor, Hooks, Run, StatementResult, Status, Step, describe, exec, failure, is_lock_timeout, sqlstate};
+use super::{Executor, Hooks, Run, StatementResult, Status, Step, describe, exec, failure, is_lock_timeout};
 use crate::migrations::{self, Change, Migration, split};
+use crate::pg;
 
 /// A file that failed: the sentence, the report's failure, and the error
 /// (to tell a lock timeout).
@@ -251,14 +252,12 @@ impl Executor<'_> {
     async fn record(&self, conn: &mut PgConnection, m: &Migration, started: Instant) -> Result<(), Failed> {
         let table = self.table;
         migrations::record(conn, self.kind, table, m, Change::Applied(started.elapsed())).await.map_err(|e| Failed {
-            text: format!("recording migration {} in {table} failed: {e}", m.version),
-            failure: super::Failure {
-                sqlstate: sqlstate(&e),
-                ..super::Failure::of_file(
-                    m.path.display().to_string(),
-                    format!("recording the migration in {table} failed: {e}"),
-                )
-            },
+            text: format!("recording migration {} in {table} failed: {}", m.version, pg::explain(&e)),
+            failure: super::Failure::of_error(
+                m.path.display().to_string(),
+                format!("recording the migration in {table} failed: {e}"),
+                &e,
+            ),
             error: Some(e),
         })
     }
@@ -270,10 +269,8 @@ fn statement(index: usize, stmt: &split::Statement, took: std::time::Duration) -
 
 /// A failure outside the file's statements (BEGIN, COMMIT, a cleanup).
 fn plain(m: &Migration, text: String, e: sqlx::Error) -> Failed {
-    let failure = super::Failure {
-        sqlstate: sqlstate(&e),
-        ..super::Failure::of_file(m.path.display().to_string(), text.clone())
-    };
+    let failure = super::Failure::of_error(m.path.display().to_string(), text.clone(), &e);
+    let text = format!("{text}{}", pg::Diagnostic::of(&e).suffix());
     Failed { text, failure, error: Some(e) }
 }
 

@@ -39,6 +39,7 @@ pub fn rehearsal(r: &crate::rehearsal::Report) -> Mail {
                 secs(r.restore_duration_ms)
             ),
         ),
+        ("Server", format!("PostgreSQL {}", r.server_version)),
         ("Plan ran in", secs(r.apply_ms)),
         ("Rehearsal took", secs(r.duration_ms)),
         ("lock_timeout", if r.lock_timeout_ms == 0 { "none".into() } else { secs(r.lock_timeout_ms) }),
@@ -72,7 +73,7 @@ pub fn rehearsal(r: &crate::rehearsal::Report) -> Mail {
         p.heading(&format!("{} {}", m.version, m.name));
         if let Some(e) = &m.error {
             let at = e.line.map(|l| format!(" at line {l}")).unwrap_or_default();
-            p.para(&format!("Error in {}{at}: {}", e.file, e.message), Tone::Bad);
+            p.para(&format!("Error in {}{at}: {}", e.file, e.full_message()), Tone::Bad);
             if let Some(sql) = &e.sql {
                 p.code(sql);
             }
@@ -169,7 +170,13 @@ fn row(m: &MigrationResult) -> Vec<Cell> {
         Cell::new(&m.name),
         Cell::tone(st, tone),
         Cell::new(secs(m.duration_ms)),
-        Cell::new(strongest.map_or("none".into(), |l| format!("{} on {}", human_mode(&l.mode), l.relation))),
+        Cell::new(strongest.map_or_else(
+            || match m.locks_sampled_every_ms {
+                Some(ms) => format!("none observed (sampled every {ms} ms)"),
+                None => "none".into(),
+            },
+            |l| format!("{} on {}", human_mode(&l.mode), l.relation),
+        )),
         Cell::new(strongest.map_or(String::new(), |l| secs(l.held_ms))),
         Cell::new(if rewrites.is_empty() { "none".into() } else { rewrites.join(", ") }),
     ]
@@ -270,8 +277,13 @@ pub fn release(rel: &crate::release::Release) -> Mail {
         facts.push(("Finished", f.clone()));
     }
     facts.push(("Ran on", format!("{} (pid {})", r.host, r.pid)));
-    if rel.recovered {
-        facts.push(("Note", "finished after an interruption".into()));
+    if r.outcome != crate::release::Outcome::Applied
+        && let Some(v) = &r.server_version
+    {
+        facts.push(("Live's server", format!("PostgreSQL {v}")));
+    }
+    if rel.finished_by_recovery {
+        facts.push(("Note", "finished by crash recovery after an interruption".into()));
     }
     let title = format!("Release {} of {}", r.id, r.target);
     let mut text = format!("{title}: {badge}\n\n{meaning}\n\n");
@@ -305,7 +317,7 @@ pub fn release(rel: &crate::release::Release) -> Mail {
                 _ => Tone::Plain,
             };
             let attempts = m["attempts"].as_u64().map_or(String::new(), |a| a.to_string());
-            let error = field(m, "error");
+            let error = crate::release::error_text(&m["error"]);
             let _ = writeln!(
                 text,
                 "  {:<12} {} {} — {}{}{}",

@@ -18,6 +18,7 @@ fn migration(version: &str, name: &str, ms: u64, status: Status) -> MigrationRes
         duration_ms: ms,
         statements: Vec::new(),
         locks: Vec::new(),
+        locks_sampled_every_ms: None,
         rewrites: Vec::new(),
         size_deltas: Vec::new(),
         wal_bytes: None,
@@ -52,6 +53,7 @@ fn report(ok: bool, migrations: Vec<MigrationResult>) -> crate::rehearsal::Repor
         method: "template_clone",
         restore_duration_ms: 550,
         database: "pgrehearse_app_x".into(),
+        server_version: "16.4 (Debian 16.4-1)".into(),
         kept: false,
         started_at: "2026-11-24T09:30:00Z".into(),
         finished_at: "2026-11-24T09:30:09Z".into(),
@@ -127,6 +129,9 @@ fn everything_from_the_report_is_escaped() {
         sql: Some(format!("SELECT '{EVIL}'")),
         sqlstate: None,
         message: EVIL.into(),
+        detail: Some(format!("Key (x)=({EVIL}) is duplicated.")),
+        hint: None,
+        position: Some(8),
     });
     let m = rehearsal(&report(false, ms));
     assert!(!m.html.contains("<script"), "{}", m.html);
@@ -184,13 +189,18 @@ fn a_restored_release_says_what_recovery_did() {
         host: "db-admin".into(),
         migrations: serde_json::json!([
             {"version": "1", "name": "a", "status": "applied", "duration_ms": 1500, "attempts": 1, "error": null},
-            {"version": "2", "name": "b", "status": "failed", "duration_ms": 300, "attempts": 2, "error": "duplicate key"},
+            {"version": "2", "name": "b", "status": "failed", "duration_ms": 300, "attempts": 2, "error": {
+                "message": "could not create unique index \"sites_homepage_key\"", "sqlstate": "23505",
+                "detail": "Key (homepage)=(https://a.example) is duplicated.", "hint": null, "position": null,
+                "file": "2_b.up.sql", "statement": 0, "line": 1, "sql": "CREATE UNIQUE INDEX …",
+            }},
         ]),
         timings: serde_json::json!({"preflight_ms": 200, "snapshot_ms": 4100, "apply_ms": 1800, "recovery_ms": 9000, "total_ms": 15100}),
         warnings: Vec::new(),
         pending: serde_json::json!([]),
+        server_version: Some("16.4 (Debian 16.4-1)".into()),
     };
-    let rel = crate::release::Release { record: row, journal: Vec::new(), recovered: false };
+    let rel = crate::release::Release { record: row, journal: Vec::new(), finished_by_recovery: false };
     let m = release(&rel);
     assert_eq!(m.subject, "app: release r-20261124T020000Z-77 restored");
     for needle in [
@@ -198,7 +208,8 @@ fn a_restored_release_says_what_recovery_did() {
         "Failed database kept as: app_failed_r-20261124T020000Z-77",
         "Pre-release snapshot: 20261124T020001Z-0002",
         "preflight 200 ms, pre-release snapshot 4.1 s, apply 1.8 s, recovery 9.0 s, total 15.1 s",
-        "failed       2 b — 300 ms, 2 attempts: duplicate key",
+        "failed       2 b — 300 ms, 2 attempts: could not create unique index \"sites_homepage_key\" DETAIL: Key (homepage)=(https://a.example) is duplicated.",
+        "Live's server: PostgreSQL 16.4 (Debian 16.4-1)",
     ] {
         assert!(m.text.contains(needle), "missing {needle:?} in\n{}", m.text);
     }
@@ -212,4 +223,56 @@ fn alerts_name_target_and_job_and_escape_the_error() {
     assert_eq!(m.subject, "ALERT app: snapshot failed");
     assert!(m.text.contains(EVIL) && m.text.contains("pgrehearse --target app snapshot"), "{}", m.text);
     assert!(!m.html.contains("<script") && m.html.contains("&lt;script&gt;"), "{}", m.html);
+}
+
+#[test]
+fn a_failure_report_names_detail_hint_server_and_keeps_its_tables_whole() {
+    let mut ms = measured();
+    ms[1].status = Status::Failed;
+    ms[1].statements = vec![
+        crate::rehearsal::runner::StatementResult {
+            index: 0,
+            line: 1,
+            sql: "UPDATE t SET a = a || '`x`'".into(),
+            duration_ms: 5,
+        },
+        crate::rehearsal::runner::StatementResult {
+            index: 1,
+            line: 2,
+            sql: "CREATE UNIQUE INDEX sites_homepage_key ON sites (homepage)".into(),
+            duration_ms: 9,
+        },
+    ];
+    ms[1].error = Some(Failure {
+        file: "2.up.sql".into(),
+        statement: Some(1),
+        line: Some(2),
+        sql: Some("CREATE UNIQUE INDEX sites_homepage_key ON sites (homepage)".into()),
+        sqlstate: Some("23505".into()),
+        message: "could not create unique index \"sites_homepage_key\"".into(),
+        detail: Some("Key (homepage)=(https://a.example) is duplicated.".into()),
+        hint: Some("Remove the duplicate `homepage` values first.".into()),
+        position: None,
+    });
+    let mut c = migration("3", "concurrently", 40, Status::Applied);
+    c.transactional = false;
+    c.locks_sampled_every_ms = Some(20);
+    ms.push(c);
+    let m = rehearsal(&report(false, ms));
+    for needle in [
+        "- Server: PostgreSQL 16.4 (Debian 16.4-1)",
+        "**Error at line 2:** could not create unique index \"sites_homepage_key\" (SQLSTATE 23505)",
+        "Detail: Key (homepage)=(https://a.example) is duplicated.",
+        "Hint: Remove the duplicate \\`homepage\\` values first.",
+        "| 1 | 1 | ``UPDATE t SET a = a \\|\\| '`x`'`` | 5 ms |",
+        "Locks on existing tables: none observed (sampled every 20 ms)",
+    ] {
+        assert!(m.text.contains(needle), "missing {needle:?} in\n{}", m.text);
+    }
+    assert!(!m.text.contains("Locks on existing tables: none\n"), "a sampled migration says what was sampled");
+    for needle in
+        ["Key (homepage)=(https://a.example) is duplicated.", "none observed (sampled every 20 ms)", "PostgreSQL 16.4"]
+    {
+        assert!(m.html.contains(needle), "missing {needle:?} in the HTML");
+    }
 }
