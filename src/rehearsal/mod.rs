@@ -241,7 +241,7 @@ async fn measure(
             let failed = results.iter().find(|r| r.status == Status::Failed);
             return Err(RehearsalError::CatchUpFailed {
                 version: failed.map(|r| r.version.clone()).unwrap_or_default(),
-                message: failed.and_then(|r| r.error.as_ref()).map(|e| e.message.clone()).unwrap_or_default(),
+                message: failed.and_then(|r| r.error.as_ref()).map(|e| e.full_message()).unwrap_or_default(),
             });
         }
     }
@@ -484,7 +484,7 @@ fn verdict(
                 (Some(line), Some(sql)) => format!(" at line {line} ({sql})"),
                 _ => String::new(),
             };
-            problems.push(format!("migration {} ({}) failed{at}: {}", r.version, e.file, e.message));
+            problems.push(format!("migration {} ({}) failed{at}: {}", r.version, e.file, e.full_message()));
         }
         match &r.reversible {
             Some(reversibility::Reversal::Failed { reason, .. }) => {

@@ -76,7 +76,8 @@ fn crash_point(rig: &Rig, e: &Expect, post: Option<&Post>, crash: impl FnOnce(&R
         r.expect_code(if e.outcome == "applied" { 0 } else { 1 });
         let done = r.json();
         assert_eq!(done["release_id"], id.as_str(), "apply should report the release it finished: {done:#}");
-        assert_eq!(done["recovered"], true, "{done:#}");
+        assert_eq!(done["finished_by_recovery"], true, "{done:#}");
+        assert!(done.get("recovered").is_none(), "the ambiguous name is gone: {done:#}");
     } else {
         r.ok();
     }
