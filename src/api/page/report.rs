@@ -65,6 +65,22 @@ struct RewriteView {
 #[serde(default)]
 struct FailureView {
     message: String,
+    detail: Option<String>,
+    hint: Option<String>,
+}
+
+impl FailureView {
+    /// The message with PostgreSQL's DETAIL and HINT.
+    fn text(&self) -> String {
+        let mut out = self.message.clone();
+        if let Some(d) = &self.detail {
+            out.push_str(&format!(" DETAIL: {d}"));
+        }
+        if let Some(h) = &self.hint {
+            out.push_str(&format!(" HINT: {h}"));
+        }
+        out
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,7 +171,7 @@ fn table(h: &mut String, migrations: &[MigrationView]) {
             other => format!("<span class=\"bad\">{}</span>", esc(other)),
         };
         let error =
-            m.error.as_ref().map(|e| format!("<br><span class=\"bad\">{}</span>", esc(&e.message))).unwrap_or_default();
+            m.error.as_ref().map(|e| format!("<br><span class=\"bad\">{}</span>", esc(&e.text()))).unwrap_or_default();
         let (lock, held) = match m.strongest() {
             Some(l) => {
                 (format!("{} on <code>{}</code>", esc(&human_mode(&l.mode)), esc(&l.relation)), esc(&secs(l.held_ms)))

@@ -352,9 +352,7 @@ fn is_lock_timeout(e: &sqlx::Error) -> bool {
 /// line it points at.
 fn failure(m: &Migration, index: usize, stmt: &split::Statement, e: &sqlx::Error) -> Failure {
     let d = pg::Diagnostic::of(e);
-    // The server's position is a character offset into the statement.
-    let line =
-        d.position.map(|n| stmt.line + stmt.sql.chars().take(n.saturating_sub(1)).filter(|c| *c == '\n').count());
+    let line = line_of(stmt, d.position);
     Failure {
         message: d.message,
         detail: d.detail,
@@ -363,13 +361,20 @@ fn failure(m: &Migration, index: usize, stmt: &split::Statement, e: &sqlx::Error
         sqlstate: d.sqlstate,
         file: m.path.display().to_string(),
         statement: Some(index),
-        line: line.or(Some(stmt.line)),
+        line: Some(line),
         sql: Some(excerpt(&stmt.sql)),
     }
 }
 
-/// A statement's error as a sentence naming the file and line, with the
-/// server's DETAIL and HINT.
+/// The line of the file the server points at: its position is a character
+/// offset into the statement; without one, the statement's first line.
+fn line_of(stmt: &split::Statement, position: Option<usize>) -> usize {
+    position
+        .map_or(stmt.line, |n| stmt.line + stmt.sql.chars().take(n.saturating_sub(1)).filter(|c| *c == '\n').count())
+}
+
+/// A statement's error as a sentence naming the file and line (where the
+/// server points), with the server's DETAIL and HINT.
 fn describe(m: &Migration, stmt: &split::Statement, e: &sqlx::Error) -> String {
     let d = pg::Diagnostic::of(e);
     let msg = match &d.sqlstate {
@@ -380,7 +385,7 @@ fn describe(m: &Migration, stmt: &split::Statement, e: &sqlx::Error) -> String {
         "migration {} ({}) failed at line {} ({}): {msg}",
         m.version,
         m.path.display(),
-        stmt.line,
+        line_of(stmt, d.position),
         excerpt(&stmt.sql)
     )
 }
@@ -419,6 +424,14 @@ mod tests {
         assert_eq!(Mode::of(MigrationKind::Payload, &[m(true)]), Mode::Payload);
         assert_eq!(Mode::of(MigrationKind::Command, &[m(false)]), Mode::Command);
         assert_eq!(Mode::PerMigration.as_str(), "per_migration");
+    }
+
+    #[test]
+    fn the_line_is_where_the_server_points() {
+        let stmt = split::Statement { sql: "UPDATE t\n   SET a = emial".into(), line: 4, start: 0, end: 0 };
+        assert_eq!(line_of(&stmt, None), 4);
+        assert_eq!(line_of(&stmt, Some(8)), 4);
+        assert_eq!(line_of(&stmt, Some(20)), 5, "`emial` is on the statement's second line");
     }
 
     #[test]
