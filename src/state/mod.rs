@@ -7,6 +7,7 @@
 mod journal_step;
 mod rehearsals;
 mod releases;
+mod releases_compat;
 mod status;
 
 pub use journal_step::Step;

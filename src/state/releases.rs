@@ -439,7 +439,7 @@ fn release_from_row(r: &sqlx::sqlite::SqliteRow) -> ReleaseRow {
         finished_at: r.get("finished_at"),
         pid: r.get::<i64, _>("pid") as u32,
         host: r.get("host"),
-        migrations: upgrade_migrations(json("migrations")),
+        migrations: super::releases_compat::upgrade_migrations(json("migrations")),
         timings: json("timings"),
         warnings: serde_json::from_str(&r.get::<String, _>("warnings")).unwrap_or_default(),
         pending: json("pending"),
@@ -447,39 +447,9 @@ fn release_from_row(r: &sqlx::sqlite::SqliteRow) -> ReleaseRow {
     }
 }
 
-/// Records written before the error object (issue 14) hold a migration's
-/// `error` as the sentence the release told: it reads as the same object
-/// new records hold, with that sentence as its `message`.
-fn upgrade_migrations(mut migrations: serde_json::Value) -> serde_json::Value {
-    for m in migrations.as_array_mut().into_iter().flatten() {
-        if let Some(text) = m.get("error").and_then(|e| e.as_str()).map(str::to_string) {
-            m["error"] = serde_json::json!({
-                "message": text, "detail": null, "hint": null, "position": null, "sqlstate": null,
-                "file": null, "statement": null, "line": null, "sql": null,
-            });
-        }
-    }
-    migrations
-}
-
 #[cfg(test)]
 mod vocabulary_tests {
     use super::*;
-
-    #[test]
-    fn an_error_stored_as_a_sentence_reads_as_the_error_object() {
-        let old = serde_json::json!([
-            {"version": "1", "status": "applied", "error": null},
-            {"version": "2", "status": "failed", "error": "migration 2 (2_b.up.sql) failed at line 1: duplicate key"},
-        ]);
-        let new = upgrade_migrations(old);
-        assert_eq!(new[0]["error"], serde_json::Value::Null);
-        assert_eq!(new[1]["error"]["message"], "migration 2 (2_b.up.sql) failed at line 1: duplicate key");
-        assert!(new[1]["error"].as_object().unwrap().contains_key("detail"), "{new}");
-        // A record already in the new shape is left as it is.
-        let current = serde_json::json!([{"version": "3", "error": {"message": "m", "detail": "d"}}]);
-        assert_eq!(upgrade_migrations(current.clone()), current);
-    }
 
     #[test]
     fn outcomes_and_error_kinds_are_stored_as_their_names() {
