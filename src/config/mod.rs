@@ -200,8 +200,13 @@ pub struct Target {
     pub amcheck: bool,
     /// User-defined queries run on every restored copy.
     pub checks: Vec<Check>,
-    /// `pg_restore --no-owner` (the shadow rarely has production's roles).
-    pub restore_no_owner: bool,
+    /// `pg_restore --no-owner --no-acl`: `Some(true)` always; unset, only
+    /// when live's roles cannot be mirrored on the shadow (see
+    /// `shadow::roles`).
+    pub restore_no_owner: Option<bool>,
+    /// The role the migrations run as (`SET ROLE` on the session, on live
+    /// and on the rehearsal's copy alike); unset: `live_url`'s role.
+    pub migration_role: Option<String>,
     /// SQL scripts run after the plan (twice in a rehearsal: the second run
     /// must change nothing).
     pub seeds: Vec<PathBuf>,

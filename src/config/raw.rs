@@ -113,6 +113,7 @@ pub struct RawTarget {
     #[serde(default)]
     pub checks: Vec<RawCheck>,
     pub restore_no_owner: Option<bool>,
+    pub migration_role: Option<String>,
     #[serde(default)]
     pub seeds: Vec<PathBuf>,
     pub approval_max_age: Option<String>,

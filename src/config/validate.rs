@@ -366,7 +366,17 @@ fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
             .restore_jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
             .clamp(1, 64),
-        restore_no_owner: raw.restore_no_owner.unwrap_or(true),
+        restore_no_owner: raw.restore_no_owner,
+        migration_role: raw.migration_role.clone().filter(|r| {
+            let ok = !r.trim().is_empty();
+            if !ok {
+                cx.problem(
+                    &p.key("migration_role"),
+                    "is empty; name a role, or leave it out to run as live_url's role",
+                );
+            }
+            ok
+        }),
         amcheck: raw.amcheck.unwrap_or(false),
         checks,
         seeds: raw.seeds.iter().map(|s| cx.path(s)).collect(),

@@ -15,6 +15,15 @@ use crate::rehearsal::observer::human_mode;
 use crate::rehearsal::reversibility::Reversal;
 use crate::rehearsal::runner::Status;
 
+/// The role the migrations ran as, and whether it is live's.
+pub fn ran_as(r: &Report) -> String {
+    if r.role == r.live_role {
+        format!("`{}` (live's migration role)", r.role)
+    } else {
+        format!("`{}`, the shadow's role: live's `{}` could not be mirrored (see the warnings)", r.role, r.live_role)
+    }
+}
+
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
     let verdict = if r.ok { "PASS" } else { "PROBLEMS FOUND" };
@@ -33,6 +42,7 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "- Plan ran in {}; rehearsal took {}", secs(r.apply_ms), secs(r.duration_ms));
     let _ =
         writeln!(s, "- lock_timeout: {}", if r.lock_timeout_ms == 0 { "none".into() } else { secs(r.lock_timeout_ms) });
+    let _ = writeln!(s, "- Ran as role: {}", ran_as(r));
     if !r.catch_up.is_empty() {
         let _ = writeln!(s, "- Replayed first (applied on live after the snapshot): {}", r.catch_up.join(", "));
     }

@@ -93,6 +93,11 @@ pub async fn rehearse(
     let plan = migrations::plan_for(&state, &source, &target.live_url).await?;
     let mut shadow = Shadow::open(target, &state).await?;
     let shadow_url = target.shadow_url.clone().expect("Shadow::open checked the shadow URL");
+    // The copy's sessions run as live's role when the shadow mirrors it
+    // (see `shadow::roles`), as the shadow role otherwise.
+    let mut as_live = target.clone();
+    as_live.migration_role = shadow.mirror().complete.then(|| shadow.mirror().live_role.clone());
+    let target = &as_live;
     let lock = HeavyLock::try_acquire(&shadow_url, &format!("{}/rehearse", target.name), "rehearse").await?;
     let id = snapshot::new_id(Utc::now());
     state.rehearsal_started(&id, &target.name).await?;
@@ -172,6 +177,18 @@ async fn run(
     if let Some(why) = fresh {
         report.notes.insert(0, format!("Rehearsed on fresh snapshot {} taken by this rehearsal: {why}.", m.id));
         report.fresh_snapshot = Some(why);
+    }
+    let mirror = shadow.mirror();
+    report.live_role = mirror.live_role.clone();
+    report.role = if source.is_native() { mirror.run_as() } else { &mirror.shadow_role }.to_string();
+    report.warnings.extend(mirror.warnings.iter().cloned());
+    if !source.is_native() && report.role != report.live_role {
+        report.warnings.push(format!(
+            "the {} tool ran on the copy as the shadow role `{}`, not as live's `{}` (external tools connect with the shadow's URL)",
+            report.mode,
+            report.role,
+            report.live_role
+        ));
     }
     Ok(report)
 }
@@ -392,6 +409,8 @@ async fn plan_and_checks(
         duration_ms: 0,
         apply_ms,
         mode,
+        role: String::new(),
+        live_role: String::new(),
         lock_timeout_ms: target.lock_timeout.as_millis() as u64,
         catch_up: plan_versions(&catch_up),
         drift: plan.drift.clone(),

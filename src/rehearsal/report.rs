@@ -41,6 +41,13 @@ pub struct Report {
     pub apply_ms: u64,
     /// `single_transaction`, `per_migration` or the external tool's name.
     pub mode: String,
+    /// The role the migrations ran as on the copy: live's role mirrored on
+    /// the shadow, or the shadow's own role when it could not be mirrored
+    /// (then `warnings` say what was not).
+    pub role: String,
+    /// The role live's migrations run as (`current_user` of `live_url`,
+    /// after `SET ROLE migration_role`).
+    pub live_role: String,
     pub lock_timeout_ms: u64,
     /// Migrations live applied after the snapshot, replayed (unmeasured)
     /// before the plan.

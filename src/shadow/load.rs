@@ -139,11 +139,10 @@ pub async fn restore_into(
     file: &Path,
 ) -> Result<(), LoadError> {
     shadow.create(db, &m.id).await?;
-    let mut extra = vec!["--no-acl"];
-    if target.restore_no_owner {
-        extra.push("--no-owner");
-    }
-    pg_restore(config, target, m, &shadow.url_for(db), file, &extra).await
+    // Live's owners and grants when its roles are mirrored (see
+    // `shadow::roles`), otherwise everything owned by the shadow role.
+    let extra: &[&str] = if shadow.restores_owners() { &[] } else { &["--no-acl", "--no-owner"] };
+    pg_restore(config, target, m, &shadow.url_for(db), file, extra).await
 }
 
 /// `pg_restore -j N --exit-on-error [extra] FILE` into the existing database
@@ -225,11 +224,28 @@ pub fn staging_file(staging: &Path, target: &Target, m: &Manifest) -> PathBuf {
     staging.join(format!("{}-{}-{}.pgdump", target.name, std::process::id(), m.id))
 }
 
-/// `ANALYZE` of a freshly restored database; returns how long it took.
+/// `ANALYZE` of a freshly restored database's own tables (not the shared
+/// catalogs, which only a superuser may analyze, nor tables this role has
+/// no owner's rights on); returns how long it took.
 pub async fn analyze(url: &pg::ConnUrl) -> Result<u64, PgError> {
     let t0 = Instant::now();
+    let q = |source| PgError::Query { url: url.redacted(), source };
     let mut conn = pg::connect(url, "pgrehearse-analyze").await?;
-    conn.execute("ANALYZE").await.map_err(|source| PgError::Query { url: url.redacted(), source })?;
+    // Partitions are analyzed with their parent.
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace, pg_database d \
+         WHERE d.datname = current_database() AND c.relkind IN ('r', 'm', 'p') AND NOT c.relispartition \
+           AND NOT c.relisshared AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+           AND n.nspname NOT LIKE 'pg\\_toast%' \
+           AND (pg_has_role(c.relowner, 'USAGE') OR pg_has_role(d.datdba, 'USAGE')) ORDER BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .map_err(q)?;
+    if !tables.is_empty() {
+        conn.execute(format!("ANALYZE {}", tables.join(", ")).as_str()).await.map_err(q)?;
+    }
     Ok(t0.elapsed().as_millis() as u64)
 }
 

@@ -8,8 +8,15 @@
 //! says `shadow_on_live_server = true` (compared by `system_identifier`, not
 //! host names), the live database itself is never touched, and only
 //! databases recorded in the state store as ours are ever dropped.
+//!
+//! Live's roles are mirrored when the shadow is opened ([`roles`]): the
+//! scratch databases and the template then get live's database owner and
+//! privileges, and restores keep live's owners and grants. A template made
+//! for other owners (another shadow role, or before roles were mirrored) is
+//! not cloned but rebuilt by the next drill.
 
 pub mod load;
+pub mod roles;
 
 use sqlx::Executor;
 use sqlx::postgres::PgConnection;
@@ -67,6 +74,15 @@ pub struct Shadow {
     url: ConnUrl,
     conn: PgConnection,
     state: State,
+    mirror: roles::Mirror,
+}
+
+/// What [`Shadow::template_snapshot`] and the cleanups need of a database.
+struct DbFacts {
+    owner: String,
+    is_template: bool,
+    /// The shadow role has the owner's rights.
+    ours: bool,
 }
 
 pub const KIND_SCRATCH: &str = "scratch";
@@ -79,6 +95,8 @@ impl Shadow {
         let url = target.shadow_url.clone().ok_or_else(|| ShadowError::NoShadow { target: target.name.clone() })?;
         let mut live = pg::connect(&target.live_url, "pgrehearse-identity").await?;
         let live_info = pg::server_info(&mut live, &target.live_url).await?;
+        let (mirror, live_roles) =
+            roles::read_live(&mut live, &target.live_url, target.migration_role.as_deref()).await?;
         drop(live);
         let mut conn = pg::connect(&url, "pgrehearse-shadow").await?;
         let info = pg::server_info(&mut conn, &url).await?;
@@ -90,9 +108,49 @@ impl Shadow {
                 return Err(ShadowError::ShadowIsLive { target: target.name.clone(), sysid: info.system_identifier });
             }
         }
-        let mut shadow = Shadow { target: target.name.clone(), url, conn, state: state.clone() };
+        // Roles are server-wide: on live's own server nothing is written.
+        let may_write = info.system_identifier != live_info.system_identifier;
+        let mut mirror = roles::apply(&mut conn, &url, mirror, &live_roles, may_write).await?;
+        if target.restore_no_owner == Some(true) && mirror.complete {
+            mirror.complete = false;
+            mirror.warnings.push(format!(
+                "restore_no_owner = true: the copy is owned by the shadow role and migrations ran as `{}`, not as live's `{}`",
+                mirror.shadow_role, mirror.live_role
+            ));
+        }
+        for w in &mirror.warnings {
+            tracing::warn!(target = %target.name, "Shadow: {w}.");
+        }
+        let mut shadow = Shadow { target: target.name.clone(), url, conn, state: state.clone(), mirror };
         shadow.drop_leftovers().await?;
         Ok(shadow)
+    }
+
+    /// How live's roles are mirrored: the role the copy runs as, the
+    /// owner its databases get, what could not be mirrored.
+    pub fn mirror(&self) -> &roles::Mirror {
+        &self.mirror
+    }
+
+    /// Whether restores keep live's owners and grants (every role they
+    /// name exists on the shadow and the shadow role may act as it).
+    pub fn restores_owners(&self) -> bool {
+        self.mirror.complete
+    }
+
+    /// `OWNER …` for a new database, and live's database privileges on it.
+    async fn own(&mut self, name: &str) -> Result<(), ShadowError> {
+        if !self.mirror.complete {
+            return Ok(());
+        }
+        for sql in roles::acl_sql(name, &self.mirror.db_acl) {
+            self.exec(&sql).await?;
+        }
+        Ok(())
+    }
+
+    fn owner_clause(&self) -> String {
+        format!(" OWNER {}", quote_ident(self.mirror.owner()))
     }
 
     /// A scratch database name for a run: `pgrehearse_<target>_<run>`.
@@ -130,26 +188,35 @@ impl Shadow {
     /// leaves one we do not know is ours).
     pub async fn create(&mut self, name: &str, snapshot_id: &str) -> Result<(), ShadowError> {
         self.state.shadow_db_planned(&self.target, name, KIND_SCRATCH, Some(snapshot_id)).await?;
-        self.exec(&format!("CREATE DATABASE {}", quote_ident(name))).await
+        self.exec(&format!("CREATE DATABASE {}{}", quote_ident(name), self.owner_clause())).await?;
+        self.own(name).await
     }
 
     /// Creates a scratch database as a file copy of the template.
     pub async fn clone_template(&mut self, name: &str, snapshot_id: &str) -> Result<(), ShadowError> {
         self.state.shadow_db_planned(&self.target, name, KIND_SCRATCH, Some(snapshot_id)).await?;
         let sql = format!(
-            "CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY",
+            "CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY{}",
             quote_ident(name),
-            quote_ident(&self.template_name())
+            quote_ident(&self.template_name()),
+            self.owner_clause()
         );
-        self.exec(&sql).await
+        self.exec(&sql).await?;
+        self.own(name).await
     }
 
     /// Creates a scratch database as a file copy of another scratch
     /// database (which must have no sessions).
     pub async fn clone_db(&mut self, name: &str, from: &str, snapshot_id: &str) -> Result<(), ShadowError> {
         self.state.shadow_db_planned(&self.target, name, KIND_SCRATCH, Some(snapshot_id)).await?;
-        let sql = format!("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY", quote_ident(name), quote_ident(from));
-        self.exec(&sql).await
+        let sql = format!(
+            "CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY{}",
+            quote_ident(name),
+            quote_ident(from),
+            self.owner_clause()
+        );
+        self.exec(&sql).await?;
+        self.own(name).await
     }
 
     /// Drops a database we created (terminating its sessions).
@@ -166,44 +233,93 @@ impl Shadow {
         Ok(())
     }
 
-    /// The snapshot the current template holds, if a template exists.
+    /// The snapshot the current template holds, if a template exists that
+    /// this shadow role can clone and that was made for the owners the copy
+    /// gets now (see [`Shadow::mirror`]); `None` otherwise: restore instead.
     pub async fn template_snapshot(&mut self) -> Result<Option<String>, ShadowError> {
         let tpl = self.template_name();
         let rec =
             self.state.shadow_dbs(&self.target).await?.into_iter().find(|d| d.kind == KIND_TEMPLATE && d.name == tpl);
-        match rec {
-            Some(r) if self.exists(&tpl).await? => Ok(r.snapshot_id),
-            _ => Ok(None),
+        let Some(rec) = rec else { return Ok(None) };
+        let Some(t) = self.database(&tpl).await? else { return Ok(None) };
+        if t.owner != self.mirror.owner() {
+            tracing::info!(template = %tpl, owner = %t.owner, wanted = %self.mirror.owner(), "The template was made for other owners; restoring instead (the next drill rebuilds it).");
+            return Ok(None);
         }
+        if !t.is_template && !t.ours {
+            tracing::info!(template = %tpl, owner = %t.owner, "The shadow role cannot clone the template; restoring instead.");
+            return Ok(None);
+        }
+        Ok(rec.snapshot_id)
+    }
+
+    /// Owner, template flag and whether this shadow role has its owner's
+    /// rights (may drop, rename and clone it) of database `name`.
+    async fn database(&mut self, name: &str) -> Result<Option<DbFacts>, ShadowError> {
+        let row: Option<(String, bool, bool)> = sqlx::query_as(
+            "SELECT pg_get_userbyid(datdba)::text, datistemplate, pg_has_role(current_user, datdba, 'USAGE') \
+             FROM pg_database WHERE datname = $1",
+        )
+        .bind(name)
+        .fetch_optional(&mut self.conn)
+        .await
+        .map_err(|source| PgError::Query { url: self.url.redacted(), source })?;
+        Ok(row.map(|(owner, is_template, ours)| DbFacts { owner, is_template, ours }))
     }
 
     /// Makes a verified scratch database the target's template: a file copy
     /// of it (the scratch database itself is dropped or kept by the caller),
     /// replacing the previous template. Marked as a template that refuses
-    /// connections, so that nothing can change it between clones.
+    /// connections, so that nothing can change it between clones. A previous
+    /// template this shadow role may not drop (made by another role) is
+    /// kept, with a warning naming what to drop; nothing is left behind on
+    /// a failure.
     pub async fn promote_to_template(&mut self, scratch: &str, snapshot_id: &str) -> Result<(), ShadowError> {
         let tpl = self.template_name();
+        if let Some(old) = self.database(&tpl).await?
+            && !old.ours
+        {
+            tracing::warn!(
+                template = %tpl,
+                owner = %old.owner,
+                shadow_role = %self.mirror.shadow_role,
+                "The template belongs to role `{}`, which the shadow role `{}` may not act as, so it is not replaced and rehearsals restore instead of cloning it: as `{}` or a superuser, run `ALTER DATABASE {} IS_TEMPLATE false; DROP DATABASE {};` (or GRANT {} TO {}) and the next drill rebuilds it.",
+                old.owner, self.mirror.shadow_role, old.owner, quote_ident(&tpl), quote_ident(&tpl),
+                quote_ident(&old.owner), quote_ident(&self.mirror.shadow_role)
+            );
+            return Ok(());
+        }
         let staging = format!("{tpl}_new");
         if self.exists(&staging).await? {
             self.drop_db(&staging).await?;
         }
         self.state.shadow_db_planned(&self.target, &staging, KIND_SCRATCH, Some(snapshot_id)).await?;
-        self.exec(&format!(
-            "CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY",
-            quote_ident(&staging),
-            quote_ident(scratch)
-        ))
-        .await?;
-        if self.exists(&tpl).await? {
-            self.exec(&format!("ALTER DATABASE {} IS_TEMPLATE false", quote_ident(&tpl))).await?;
-            self.drop_db(&tpl).await?;
+        let made = self.replace_template(scratch, &staging, &tpl).await;
+        if let Err(e) = made {
+            if let Err(d) = self.drop_db(&staging).await {
+                tracing::warn!(database = %staging, error = %d, "Cannot drop the new template after a failure; the next drill drops it.");
+            }
+            return Err(e);
         }
-        self.exec(&format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&staging), quote_ident(&tpl))).await?;
-        self.exec(&format!("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false", quote_ident(&tpl)))
-            .await?;
         self.state.shadow_db_dropped(&self.target, &staging).await?;
         self.state.shadow_db_planned(&self.target, &tpl, KIND_TEMPLATE, Some(snapshot_id)).await?;
         Ok(())
+    }
+
+    async fn replace_template(&mut self, scratch: &str, staging: &str, tpl: &str) -> Result<(), ShadowError> {
+        self.exec(&format!(
+            "CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY{}",
+            quote_ident(staging),
+            quote_ident(scratch),
+            self.owner_clause()
+        ))
+        .await?;
+        if self.exists(tpl).await? {
+            self.exec(&format!("ALTER DATABASE {} IS_TEMPLATE false", quote_ident(tpl))).await?;
+            self.drop_db(tpl).await?;
+        }
+        self.exec(&format!("ALTER DATABASE {} RENAME TO {}", quote_ident(staging), quote_ident(tpl))).await?;
+        self.exec(&format!("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false", quote_ident(tpl))).await
     }
 
     /// Drops scratch databases whose run died (this host's dead pids).
@@ -213,7 +329,18 @@ impl Shadow {
             let dead = db.host == me && db.pid != std::process::id() && !crate::host::process_alive(db.pid);
             if db.kind == KIND_SCRATCH && dead {
                 tracing::warn!(database = %db.name, "Dropping a scratch database left by a run that died.");
-                self.drop_db(&db.name).await?;
+                // One the shadow role may not drop (another role made it)
+                // must not stop this run: say exactly what to drop.
+                if let Err(e) = self.drop_db(&db.name).await {
+                    let owner = self.database(&db.name).await?.map(|d| d.owner).unwrap_or_default();
+                    tracing::warn!(
+                        database = %db.name,
+                        owner = %owner,
+                        error = %e,
+                        "Cannot drop a scratch database left by a run that died: as `{owner}` or a superuser, run `DROP DATABASE {} WITH (FORCE);`.",
+                        quote_ident(&db.name)
+                    );
+                }
             }
         }
         Ok(())

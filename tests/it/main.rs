@@ -32,6 +32,7 @@ mod rehearse_checks; // what a rehearsal flags: drift, failures, reversibility, 
 mod rehearse_command; // rehearsals of a `command` migration source
 mod rehearse_diesel; // rehearsals and status of a diesel project
 mod rehearse_payload; // rehearsals of a real Payload CMS 3 project through its CLI
+mod rehearse_roles; // the rehearsal runs as live's role: privileges, owners, shadow role changes, ANALYZE
 mod rehearse_sqlx; // rehearsals of a sqlx project on 1 M rows: locks, rewrites, timings
 mod release; // `apply` with sqlx: happy path, refusals, promotion, post-checks, signals
 mod release_command; // releases of a `command` migration source

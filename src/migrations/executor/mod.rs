@@ -103,8 +103,15 @@ pub struct Session {
 }
 
 impl Session {
+    /// The target's session: its timeouts, and its `migration_role` (the
+    /// rehearsal runs on a target whose `migration_role` is live's role as
+    /// mirrored on the shadow, see `shadow::roles`).
     pub fn of(target: &Target) -> Session {
-        Session { lock_timeout: target.lock_timeout, statement_timeout: target.statement_timeout, role: None }
+        Session {
+            lock_timeout: target.lock_timeout,
+            statement_timeout: target.statement_timeout,
+            role: target.migration_role.clone(),
+        }
     }
 
     /// Connects to `url` as `application_name` and sets the session up.

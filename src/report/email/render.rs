@@ -43,6 +43,7 @@ pub fn rehearsal(r: &crate::rehearsal::Report) -> Mail {
         ("Plan ran in", secs(r.apply_ms)),
         ("Rehearsal took", secs(r.duration_ms)),
         ("lock_timeout", if r.lock_timeout_ms == 0 { "none".into() } else { secs(r.lock_timeout_ms) }),
+        ("Ran as role", crate::rehearsal::markdown::ran_as(r).replace('`', "")),
         (
             "Reversible",
             match r.reversible {

@@ -60,6 +60,8 @@ fn report(ok: bool, migrations: Vec<MigrationResult>) -> crate::rehearsal::Repor
         duration_ms: 9100,
         apply_ms: 4200,
         mode: "single_transaction".into(),
+        role: "app".into(),
+        live_role: "app".into(),
         lock_timeout_ms: 3000,
         catch_up: Vec::new(),
         drift: Vec::new(),
