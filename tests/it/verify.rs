@@ -423,7 +423,8 @@ fn killed_mid_restore_is_cleaned_up_by_the_next_drill() {
     let mut bg = pgr.spawn(&["--json", "verify", "latest"]);
     let (restore, argv) = stopped_pg_restore(&mut bg);
     eprintln!("pg_restore {restore}: {argv}");
-    assert!(argv.contains("--no-owner"), "pg_restore without --no-owner: {argv}");
+    // A superuser shadow mirrors live's roles: owners and grants are restored.
+    assert!(!argv.contains("--no-owner") && !argv.contains("--no-acl"), "live's owners dropped: {argv}");
     assert!(argv.contains("--exit-on-error") || argv.split(' ').any(|a| a == "-e"), "no --exit-on-error: {argv}");
     assert!(argv_has_jobs(&argv, 2), "restore_jobs = 2 not passed as -j 2: {argv}");
     assert!(!argv.contains(SHADOW_PW), "the shadow password is on pg_restore's command line: {argv}");
