@@ -188,7 +188,11 @@ async fn drill(
     };
     let ok = mismatches.is_empty();
     if ok && !template_holds_it && is_newest_template_candidate(template.as_deref(), store, target, m).await? {
-        shadow.promote_to_template(&db, &m.id).await?;
+        // A failed promotion leaves neither the drill's copy nor a half-made template.
+        if let Err(e) = shadow.promote_to_template(&db, &m.id).await {
+            let _ = shadow.drop_db(&db).await;
+            return Err(e.into());
+        }
     }
     if keep {
         // Kept for a person: no longer ours to drop as a leftover.

@@ -92,3 +92,14 @@ fn s3_timeouts_default_parse_and_refuse_nonsense() {
     let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
     assert_eq!(keys, ["store.io_timeout", "store.connect_timeout"], "{p:?}");
 }
+
+#[test]
+fn migration_role_is_a_name_or_absent() {
+    let base = "[[targets]]\nname = \"a\"\nlive_url = \"postgres://u@h/db\"\n";
+    let p = problems(&format!("{base}migration_role = \" \"\n"));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!((p[0].line, p[0].key.as_str()), (Some(4), "targets[0].migration_role"));
+    let c = from_source(Path::new("/t.toml"), &format!("{base}migration_role = \"app_owner\"\n")).unwrap();
+    assert_eq!(c.targets[0].migration_role.as_deref(), Some("app_owner"));
+    assert_eq!(c.targets[0].restore_no_owner, None, "unset: owners restored when roles are mirrored");
+}

@@ -1,14 +1,15 @@
 //! `pgrehearse rehearse`: the pending plan run on a restored copy of
 //! production, measured migration by migration, then reverted and re-applied
 //! to prove its downs, its seeds run twice, and its statements linted with
-//! the measured effects. The live database is only read — one SELECT of its
-//! history table to know the plan — and never locked or written.
+//! the measured effects. The live database is only read — its history table
+//! to know the plan, and the catalog of its roles (`shadow::roles`) so that
+//! the copy runs as live's role — and never locked or written.
 //!
 //! Steps: plan from live → snapshot (the latest; verified on the way if it
 //! never was; a fresh one when there is none or it cannot carry the plan,
 //! see [`freshness`]) → scratch copy (template clone
 //! when the template holds it) → bring the copy's history up to live's →
-//! run the plan as live will, measuring → reversibility → seeds → lint →
+//! run the plan as live will (as live's role), measuring → reversibility → seeds → lint →
 //! report, kept in the state store and the object store.
 
 mod error;
