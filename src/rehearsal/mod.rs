@@ -90,15 +90,17 @@ pub async fn rehearse(
     let (state, store) = open_stores(config).await?;
     state.reap_dead_rehearsals().await?;
     let source = Source::of(target)?;
-    // The only contact with live: one read of its history.
+    // Live is read twice: its history here, its roles in `Shadow::open`.
     let plan = migrations::plan_for(&state, &source, &target.live_url).await?;
     let mut shadow = Shadow::open(target, &state).await?;
     let shadow_url = target.shadow_url.clone().expect("Shadow::open checked the shadow URL");
-    // The copy's sessions run as live's role when the shadow mirrors it
-    // (see `shadow::roles`), as the shadow role otherwise.
+    // The copy's sessions (and external tools, through `PGOPTIONS`) run as
+    // live's role when the shadow mirrors it (see `shadow::roles`), as the
+    // shadow role otherwise.
     let mut as_live = target.clone();
     as_live.migration_role = shadow.mirror().complete.then(|| shadow.mirror().live_role.clone());
     let target = &as_live;
+    let source = Source::of(target)?;
     let lock = HeavyLock::try_acquire(&shadow_url, &format!("{}/rehearse", target.name), "rehearse").await?;
     let id = snapshot::new_id(Utc::now());
     state.rehearsal_started(&id, &target.name).await?;
@@ -181,16 +183,8 @@ async fn run(
     }
     let mirror = shadow.mirror();
     report.live_role = mirror.live_role.clone();
-    report.role = if source.is_native() { mirror.run_as() } else { &mirror.shadow_role }.to_string();
+    report.role = mirror.run_as().to_string();
     report.warnings.extend(mirror.warnings.iter().cloned());
-    if !source.is_native() && report.role != report.live_role {
-        report.warnings.push(format!(
-            "the {} tool ran on the copy as the shadow role `{}`, not as live's `{}` (external tools connect with the shadow's URL)",
-            report.mode,
-            report.role,
-            report.live_role
-        ));
-    }
     Ok(report)
 }
 

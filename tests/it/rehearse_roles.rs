@@ -251,3 +251,26 @@ fn switching_the_shadow_role_keeps_rehearsing_and_leaves_nothing_behind() {
     r.ok();
     assert_eq!(r.json()["method"], "template_clone", "the rebuilt template is cloned: {}", r.stdout);
 }
+
+#[test]
+fn a_command_tool_runs_as_lives_role_too() {
+    use crate::rehearse_command::{APPLY, PENDING};
+    let rig = Rig::start("command", ORDERS_SQL);
+    let apply = format!(r#"psql -XAtq "$DATABASE_URL" -c "SELECT current_user" > ran_as.txt && {APPLY}"#);
+    let extra = format!(
+        "migrations = {{ kind = \"command\", dir = {}, pending = {}, apply = {} }}\n",
+        toml_string(&rig.dir.display().to_string()),
+        toml_string(PENDING),
+        toml_string(&apply)
+    );
+    rig.pgr.write_config(&rig.pgr_config_with(&extra));
+    std::fs::write(rig.dir.join("001_tags.sql"), "CREATE TABLE tags (id integer PRIMARY KEY);\n").unwrap();
+    let r = rig.rehearse(&["--snapshot", "fresh", "--keep"]);
+    r.ok();
+    let report = r.json();
+    assert_eq!(report["role"], "app", "{}", r.stdout);
+    assert_eq!(std::fs::read_to_string(rig.dir.join("ran_as.txt")).unwrap().trim(), "app", "PGOPTIONS -c role=app");
+    let db = kept_db(&rig, &report);
+    assert_eq!(rig.shadow.psql(&db, "SELECT tableowner FROM pg_tables WHERE tablename = 'tags'"), "app");
+    rig.shadow.psql("postgres", &format!("DROP DATABASE \"{db}\""));
+}

@@ -22,11 +22,19 @@ pub fn project(source: &Source<'_>) -> Payload {
     }
 }
 
-/// The target's timeouts as `PGOPTIONS` for external tools' sessions.
+/// The target's session as `PGOPTIONS` for external tools' sessions: its
+/// timeouts, and its `migration_role` as `-c role=…` (libpq and
+/// node-postgres read `PGOPTIONS`), like [`super::Session`] for native ones.
 pub fn pg_options(target: &Target) -> String {
     let mut o = format!("-c lock_timeout={}", target.lock_timeout.as_millis());
     if let Some(st) = target.statement_timeout {
         o.push_str(&format!(" -c statement_timeout={}", st.as_millis()));
+    }
+    if let Some(role) = &target.migration_role {
+        // PGOPTIONS splits on spaces; a backslash escapes the next character.
+        let escaped: String =
+            role.chars().flat_map(|c| if c == ' ' || c == '\\' { vec!['\\', c] } else { vec![c] }).collect();
+        o.push_str(&format!(" -c role={escaped}"));
     }
     o
 }
