@@ -14,7 +14,9 @@
 //!   warning (`only superuser can analyze it`) is logged;
 //! - switching the target's shadow role: every next rehearsal passes, the
 //!   template another role made is kept with an exact hint (or rebuilt when
-//!   the new role may), and no scratch database nor `…_template_new` is left.
+//!   the new role may), and no scratch database nor `…_template_new` is left;
+//! - a configured `migration_role` (and an external `command` tool, through
+//!   `PGOPTIONS`) runs as that role on the copy.
 
 use crate::harness::cli::{local_store_path, local_store_toml, target_toml, toml_string};
 use crate::harness::migrations::*;
@@ -272,5 +274,25 @@ fn a_command_tool_runs_as_lives_role_too() {
     assert_eq!(std::fs::read_to_string(rig.dir.join("ran_as.txt")).unwrap().trim(), "app", "PGOPTIONS -c role=app");
     let db = kept_db(&rig, &report);
     assert_eq!(rig.shadow.psql(&db, "SELECT tableowner FROM pg_tables WHERE tablename = 'tags'"), "app");
+    rig.shadow.psql("postgres", &format!("DROP DATABASE \"{db}\""));
+}
+
+#[test]
+fn a_configured_migration_role_is_what_the_copy_runs_as() {
+    let rig = Rig::start("sqlx", ORDERS_SQL);
+    // app logs in; its migrations run as `deployer`, which owns the schema's tables.
+    rig.live.psql(
+        "app",
+        "CREATE ROLE deployer NOLOGIN; GRANT deployer TO app; ALTER TABLE orders OWNER TO deployer;
+         GRANT CREATE ON SCHEMA public TO deployer;",
+    );
+    rig.configure("migration_role = \"deployer\"\n");
+    rig.sqlx("1", "order_note", "ALTER TABLE orders ADD COLUMN note text;\nCREATE TABLE notes (id integer);\n", None);
+    let r = rig.rehearse(&["--snapshot", "fresh", "--keep"]);
+    r.ok();
+    let report = r.json();
+    assert_eq!((report["role"].as_str(), report["live_role"].as_str()), (Some("deployer"), Some("deployer")));
+    let db = kept_db(&rig, &report);
+    assert_eq!(rig.shadow.psql(&db, "SELECT tableowner FROM pg_tables WHERE tablename = 'notes'"), "deployer");
     rig.shadow.psql("postgres", &format!("DROP DATABASE \"{db}\""));
 }
