@@ -31,12 +31,15 @@ pub fn pg_options(target: &Target) -> String {
         o.push_str(&format!(" -c statement_timeout={}", st.as_millis()));
     }
     if let Some(role) = &target.migration_role {
-        // PGOPTIONS splits on spaces; a backslash escapes the next character.
-        let escaped: String =
-            role.chars().flat_map(|c| if c == ' ' || c == '\\' { vec!['\\', c] } else { vec![c] }).collect();
-        o.push_str(&format!(" -c role={escaped}"));
+        o.push_str(&format!(" -c role={}", options_escape(role)));
     }
     o
+}
+
+/// A value for `PGOPTIONS`, which splits on spaces: a backslash escapes
+/// the next character.
+fn options_escape(value: &str) -> String {
+    value.chars().flat_map(|c| if c == ' ' || c == '\\' { vec!['\\', c] } else { vec![c] }).collect()
 }
 
 /// Runs one of a `command` source's commands (`apply`, `down`) on the
@@ -144,4 +147,13 @@ fn window(d: &crate::migrations::payload::Migrated) -> (Instant, Instant) {
         .or_else(|| d.finished_at.checked_sub(std::time::Duration::from_millis(d.duration_ms)))
         .unwrap_or(d.finished_at);
     (from, d.finished_at)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_role_name_with_spaces_stays_one_option() {
+        assert_eq!(super::options_escape("app"), "app");
+        assert_eq!(super::options_escape("app owner\\x"), "app\\ owner\\\\x");
+    }
 }
