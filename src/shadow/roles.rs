@@ -235,7 +235,8 @@ pub async fn apply(
             .fetch_one(&mut *conn)
             .await
             .map_err(q)?;
-    let (shadow_role, is_super, may_create): (String, bool, bool) = (me.get(0), me.get(1), me.get(2) && may_write);
+    let (shadow_role, is_super, createrole): (String, bool, bool) = (me.get(0), me.get(1), me.get(2));
+    let may_create = (is_super || createrole) && may_write;
     mirror.shadow_role = shadow_role.clone();
     let mut warnings = Vec::new();
     let mut complete = true;
@@ -258,7 +259,7 @@ pub async fn apply(
             }
             continue;
         }
-        if !may_create && !(is_super && may_write) {
+        if !may_create {
             warnings.push(format!(
                 "role `{}` does not exist on the shadow and the shadow role `{shadow_role}` may not create it (it needs CREATEROLE)",
                 role.name
