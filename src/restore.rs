@@ -307,7 +307,7 @@ pub(crate) async fn swap(
             return Err(e);
         }
         between(old).await;
-        if let Err(e) = rename(conn, url, new, live).await {
+        if let Err(e) = second_rename(conn, url, live, new, old).await {
             // Put live back where it was: never leave the name without a database.
             rename(conn, url, old, live).await?;
             exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(live))).await?;
@@ -315,7 +315,11 @@ pub(crate) async fn swap(
         }
     } else if !has_live && has_new && has_old {
         tracing::warn!(database = live, "Finishing a swap interrupted between its renames.");
-        rename(conn, url, new, live).await?;
+        if let Err(e) = second_rename(conn, url, live, new, old).await {
+            rename(conn, url, old, live).await?;
+            exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(live))).await?;
+            return Err(e);
+        }
     } else if !(has_live && has_old) {
         return Err(PgError::Query {
             url: url.redacted(),
@@ -327,6 +331,28 @@ pub(crate) async fn swap(
     // The kept database stays open for inspection.
     exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(old))).await?;
     exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(live))).await
+}
+
+/// The swap's second step: sets the sequences of `new` past those of `old`
+/// (see `pg::sequences`: rows the application wrote to `old` after the
+/// snapshot keep their ids, and the restored database never hands them out
+/// again), then renames `new` to `live`. `old` was closed to connections for
+/// the swap; it is opened for the read (the application does not know its
+/// name). On an error the caller puts `old` back as live: a restored
+/// database that could hand out ids twice never takes the live name.
+async fn second_rename(
+    conn: &mut PgConnection,
+    url: &ConnUrl,
+    live: &str,
+    new: &str,
+    old: &str,
+) -> Result<(), PgError> {
+    exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(old))).await?;
+    let moved = crate::pg::sequences::carry_forward(url, old, new).await?;
+    for m in &moved {
+        tracing::info!(sequence = %m.sequence, restored = ?m.from, now = m.to, "Set a restored sequence past the ids the replaced database handed out.");
+    }
+    rename(conn, url, new, live).await
 }
 
 pub(crate) async fn rename(conn: &mut PgConnection, url: &ConnUrl, from: &str, to: &str) -> Result<(), PgError> {

@@ -4,6 +4,7 @@
 
 mod diagnostic;
 pub mod lock;
+pub mod sequences;
 pub mod tools;
 
 pub use diagnostic::{Diagnostic, explain};
