@@ -41,6 +41,8 @@ import common  # noqa: E402
 import dataset  # noqa: E402
 
 BENCHMARKS = ["snapshot", "restore", "rehearse", "release", "daemon"]
+# Run only when named with --only (not part of the 15-minute full run).
+OPTIONAL = ["downs"]
 BENCH_DIR = Path(__file__).resolve().parent
 DB = "benchdb"
 
@@ -51,7 +53,7 @@ def parse(argv):
     p.add_argument("--bin", help="pgrehearse binary to use instead of a release build")
     p.add_argument("--keep", action="store_true", help="keep and reuse the cluster with its dataset")
     p.add_argument("--reps", type=int, help="repetitions per measurement (default: 3; rehearse and release 2)")
-    p.add_argument("--only", action="append", choices=BENCHMARKS, help="run only this benchmark (repeatable)")
+    p.add_argument("--only", action="append", choices=BENCHMARKS + OPTIONAL, help="run only this benchmark (repeatable)")
     p.add_argument("--out", help="results file (default bench/RESULTS.md; quick: /tmp/pgrehearse-bench-RESULTS.quick.md)")
     args = p.parse_args(argv)
     if args.reps is not None and args.reps < 1:

@@ -35,7 +35,16 @@ pub struct Config {
     pub email: Option<EmailConfig>,
     pub api: Option<ApiConfig>,
     pub daemon: DaemonConfig,
+    pub rehearsal: RehearsalConfig,
     pub targets: Vec<Target>,
+}
+
+/// How rehearsals judge what they find (`[rehearsal]`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RehearsalConfig {
+    /// A down that restores every object but leaves re-added columns at the
+    /// end of their tables fails the rehearsal (by default it is a note).
+    pub strict_column_order: bool,
 }
 
 /// How `pgrehearse daemon` runs its jobs.

@@ -19,7 +19,15 @@ pub struct RawConfig {
     #[serde(default)]
     pub daemon: RawDaemon,
     #[serde(default)]
+    pub rehearsal: RawRehearsal,
+    #[serde(default)]
     pub targets: Vec<RawTarget>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRehearsal {
+    pub strict_column_order: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

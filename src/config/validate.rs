@@ -154,7 +154,8 @@ pub fn from_source(file: &Path, src: &str) -> Result<Config, Vec<Problem>> {
     if !cx.problems.is_empty() {
         return Err(cx.problems);
     }
-    Ok(Config { state_dir, store, snapshot, email, api, daemon, targets })
+    let rehearsal = RehearsalConfig { strict_column_order: raw.rehearsal.strict_column_order.unwrap_or(false) };
+    Ok(Config { state_dir, store, snapshot, email, api, daemon, rehearsal, targets })
 }
 
 fn daemon(cx: &mut Ctx, raw: &RawDaemon) -> DaemonConfig {

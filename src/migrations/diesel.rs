@@ -3,8 +3,9 @@
 //! (`run_in_transaction = false`), and the `__diesel_schema_migrations` table.
 //! Diesel's order is its own: the version is the directory name up to the
 //! first `_` with hyphens removed, sorted as text — so `2024-01-02-000000_a`
-//! and `20240101120000_b` run in version order, not name order. An empty
-//! `down.sql` is diesel's way of saying "not reversible".
+//! and `20240101120000_b` run in version order, not name order. A `down.sql`
+//! of zero bytes is diesel's way of saying "not reversible" (diesel refuses
+//! to run it); one of only comments is a no-op down, which diesel runs.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -54,11 +55,7 @@ pub fn files(dir: &Path) -> Result<Vec<Migration>, SourceError> {
             Down::Missing
         } else {
             let sql = read_text(&down_path)?;
-            if super::is_blank_sql(&sql) {
-                Down::Empty { path: down_path }
-            } else {
-                Down::Sql { path: down_path, sql, transactional }
-            }
+            Down::of_file(down_path, sql, transactional)
         };
         let name = dir_name.split_once('_').map(|(_, n)| n.to_string()).unwrap_or_default();
         let migration = Migration {
@@ -141,7 +138,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (name, up, down, meta) in [
             ("2024-01-02-000000_second", "SELECT 2;", "SELECT 2;", None),
-            ("20240101120000_first", "SELECT 1;", "-- nothing to undo\n", Some("run_in_transaction = false\n")),
+            ("20240101120000_first", "SELECT 1;", "", Some("run_in_transaction = false\n")),
+            ("20240103000000_third", "SELECT 3;", "-- This file should undo anything in `up.sql`\n", None),
         ] {
             let d = dir.path().join(name);
             std::fs::create_dir(&d).unwrap();
@@ -153,10 +151,13 @@ mod tests {
         }
         let files = files(dir.path()).unwrap();
         let versions: Vec<_> = files.iter().map(|m| m.version.as_str()).collect();
-        assert_eq!(versions, ["20240101120000", "20240102000000"]);
+        assert_eq!(versions, ["20240101120000", "20240102000000", "20240103000000"]);
         assert!(!files[0].transactional);
-        assert!(matches!(files[0].down, Down::Empty { .. }));
+        assert!(matches!(files[0].down, Down::Empty { .. }), "a zero-byte down.sql is not reversible");
         assert!(files[1].transactional);
         assert!(matches!(files[1].down, Down::Sql { .. }));
+        assert!(!files[1].down.is_noop());
+        // diesel's generated down.sql: a no-op down, run like any other.
+        assert!(files[2].down.is_reversible() && files[2].down.is_noop(), "{:?}", files[2].down);
     }
 }

@@ -56,7 +56,9 @@ pub struct Migration {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Down {
-    /// A down SQL script pgrehearse runs.
+    /// A down SQL script pgrehearse runs. One of only comments and blanks
+    /// is a no-op down ([`Down::is_noop`]): diesel and sqlx run it and
+    /// succeed, so it is judged like any other down.
     Sql {
         path: PathBuf,
         #[serde(skip)]
@@ -67,13 +69,27 @@ pub enum Down {
     Tool,
     /// No down file.
     Missing,
-    /// A down file without statements: the tool's way to say "not reversible".
+    /// A down file of zero bytes: diesel refuses to run it ("Attempted to
+    /// run an empty migration"), the tools' way to say "not reversible".
     Empty { path: PathBuf },
 }
 
 impl Down {
+    /// A down file that exists (`Empty` aside) or the tool's own down.
     pub fn is_reversible(&self) -> bool {
         matches!(self, Down::Sql { .. } | Down::Tool)
+    }
+
+    /// A down SQL file without a statement (only comments and blanks, as
+    /// `diesel migration generate` writes it): it runs and changes nothing.
+    pub fn is_noop(&self) -> bool {
+        matches!(self, Down::Sql { sql, .. } if is_blank_sql(sql))
+    }
+
+    /// The down file's contents as read: `Empty` for zero bytes, a
+    /// (possibly no-op) `Sql` otherwise.
+    pub fn of_file(path: PathBuf, sql: String, transactional: bool) -> Down {
+        if sql.is_empty() { Down::Empty { path } } else { Down::Sql { path, sql, transactional } }
     }
 }
 

@@ -89,11 +89,10 @@ pub fn files(dir: &Path) -> Result<Vec<Migration>, SourceError> {
         };
         let sql = read_text(&path)?;
         refuse_hidden_directive(&path, &sql)?;
-        m.down = if super::is_blank_sql(&sql) {
-            Down::Empty { path }
-        } else {
-            Down::Sql { transactional: !split::no_transaction(&sql), sql, path }
-        };
+        // Zero bytes: not reversible; only comments (sqlx's generated
+        // `-- Add down migration script here`): a no-op down sqlx runs.
+        let transactional = !split::no_transaction(&sql);
+        m.down = Down::of_file(path, sql, transactional);
     }
     Ok(ups.into_values().collect())
 }

@@ -126,19 +126,19 @@ pub async fn reverse(
         },
     };
     let verdict = match down {
-        Err(e) => Reversal::Failed { reason: format!("the down failed: {e}"), diff: None },
+        Err(e) => Reversal::Failed { reason: format!("the down failed: {e}") },
         Ok(()) => match schema(tool, url, &table).await {
             Err(e) => Reversal::NotChecked { reason: e },
             Ok(after_down) => match diff(s0, &after_down, 60) {
-                Some(d) => Reversal::Failed {
+                Some(d) => Reversal::Differs {
                     reason: "after the down the schema differs from before the plan".into(),
-                    diff: Some(d),
+                    diff: d,
                 },
                 None => again(source, url, tool, &names, s_up).await,
             },
         },
     };
-    let ok = !verdict.is_failure();
+    let ok = !verdict.is_problem(false);
     for r in results.iter_mut() {
         r.reversible = Some(verdict.clone());
     }
@@ -159,15 +159,15 @@ async fn again(source: &Source<'_>, url: &ConnUrl, tool: &Tool, names: &[String]
         }
     };
     if let Err(e) = ran {
-        return Reversal::Failed { reason: format!("applying the plan again after its down failed: {e}"), diff: None };
+        return Reversal::Failed { reason: format!("applying the plan again after its down failed: {e}") };
     }
     match schema(tool, url, &source.table()).await {
         Err(e) => Reversal::NotChecked { reason: e },
         Ok(again) => match diff(s_up, &again, 60) {
             None => Reversal::Reversible,
-            Some(d) => Reversal::Failed {
+            Some(d) => Reversal::Differs {
                 reason: "applying the plan again after its down gave a different schema".into(),
-                diff: Some(d),
+                diff: d,
             },
         },
     }

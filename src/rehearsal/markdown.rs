@@ -117,11 +117,19 @@ pub fn markdown(r: &Report) -> String {
             Some(Reversal::NotReversible { reason }) => {
                 let _ = writeln!(s, "\nReversible: no — {reason}");
             }
-            Some(Reversal::Failed { reason, diff }) => {
+            Some(Reversal::ColumnOrderOnly { diff }) => {
+                let _ = writeln!(
+                    s,
+                    "\nReversible: yes, column order only (`column_order_only`) — its down brings every object back but re-adds columns at the end of their tables"
+                );
+                let _ = writeln!(s, "\n```diff\n{diff}\n```");
+            }
+            Some(Reversal::Failed { reason }) => {
                 let _ = writeln!(s, "\n**Reversible: FAILED** — {reason}");
-                if let Some(d) = diff {
-                    let _ = writeln!(s, "\n```diff\n{d}\n```");
-                }
+            }
+            Some(Reversal::Differs { reason, diff }) => {
+                let _ = writeln!(s, "\n**Reversible: NO, the schema differs** — {reason}");
+                let _ = writeln!(s, "\n```diff\n{diff}\n```");
             }
             Some(Reversal::NotChecked { reason }) => {
                 let _ = writeln!(s, "\nReversible: not checked — {reason}");

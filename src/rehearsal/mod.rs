@@ -118,7 +118,7 @@ pub async fn rehearse(
     };
     if matches!(result, Err(RehearsalError::Cancelled)) {
         let db = shadow.scratch_name(&id);
-        for name in [reference_name(&db), db] {
+        for name in [judge_name(&db), reference_name(&db), db] {
             if let Err(e) = shadow.drop_db(&name).await {
                 tracing::warn!(database = %name, error = %e, "Cannot drop a scratch database of the cancelled rehearsal; the next run drops it.");
             }
@@ -160,7 +160,8 @@ async fn run(
     let db = shadow.scratch_name(id);
     let (method, restore_ms) = crate::shadow::load::scratch_copy(config, target, store, &m, shadow, &db).await?;
     tracing::info!(database = %db, method, restore_ms, snapshot = %m.id, "Scratch copy ready.");
-    let measured = measure(config, target, source, plan, &m, shadow, &db, opts).await;
+    let strict = config.rehearsal.strict_column_order;
+    let measured = measure(config, target, source, plan, &m, shadow, &db, opts, strict).await;
     if opts.keep {
         shadow.release(&db).await?;
     } else {
@@ -239,6 +240,7 @@ async fn measure(
     shadow: &mut Shadow,
     db: &str,
     opts: &Options,
+    strict_column_order: bool,
 ) -> Result<Report, RehearsalError> {
     let url = &shadow.url_for(db);
     let q = |source| PgError::Query { url: url.redacted(), source };
@@ -271,7 +273,7 @@ async fn measure(
     };
 
     // A file copy of the copy as it is now, for the reversibility check to
-    // learn the schema between migrations (taken with no session open on it).
+    // judge each down at its level (taken with no session open on it).
     let wants_reference = s0.is_some() && source.is_native() && plan.pending.iter().any(|p| p.down.is_reversible());
     let reference = if wants_reference {
         use sqlx::Connection;
@@ -298,10 +300,12 @@ async fn measure(
         url,
         shadow,
         reference.as_deref(),
+        &judge_name(db),
         pre,
         s0,
         &pg_dump,
         catch_up,
+        strict_column_order,
     )
     .await;
     if let Some(name) = reference {
@@ -319,12 +323,14 @@ async fn plan_and_checks(
     m: &Manifest,
     conn: &mut sqlx::PgConnection,
     url: &ConnUrl,
-    shadow: &Shadow,
+    shadow: &mut Shadow,
     reference: Option<&str>,
+    judge: &str,
     pre: Catalog,
     s0: Option<String>,
     pg_dump: &tools::Tool,
     catch_up: Vec<Migration>,
+    strict_column_order: bool,
 ) -> Result<Report, RehearsalError> {
     let s0_missing = s0.is_none() && !plan.pending.is_empty();
     let table = source.table();
@@ -360,29 +366,36 @@ async fn plan_and_checks(
         m.started_at.format("%Y-%m-%d %H:%M UTC")
     )];
     let mut reversible = None;
+    let mut reverse_ms = None;
     if ok && let Some(s0) = s0 {
-        let reference = reference.map(|r| shadow.url_for(r));
-        let no_down_failed = reversibility::check(
-            source,
-            target,
-            conn,
-            url,
-            reference.as_ref(),
-            pg_dump,
-            &plan.pending,
-            &mut results,
-            &s0,
-        )
-        .await;
+        let t_reverse = Instant::now();
+        let copies = reference.map(|pristine| reversibility::Copies {
+            shadow: &mut *shadow,
+            pristine,
+            judge,
+            snapshot_id: &m.id,
+        });
+        reversibility::check(source, target, url, copies, pg_dump, &plan.pending, &mut results, &s0).await;
+        reverse_ms = Some(t_reverse.elapsed().as_millis() as u64);
         // The plan is reversible when every migration in it is.
-        let all = results.iter().all(|r| r.reversible == Some(reversibility::Reversal::Reversible));
-        reversible = Some(no_down_failed && all);
+        reversible =
+            Some(results.iter().all(|r| r.reversible.as_ref().is_some_and(|v| v.reverts(strict_column_order))));
+        for r in &results {
+            if let Some(reversibility::Reversal::ColumnOrderOnly { .. }) = &r.reversible
+                && !strict_column_order
+            {
+                notes.push(format!(
+                    "migration {}: column_order_only — its down brings every object back, but re-adds columns at the end of their tables (set `[rehearsal] strict_column_order = true` to make this a problem)",
+                    r.version
+                ));
+            }
+        }
     } else if s0_missing {
         notes.push("Reversibility was not checked (--no-reverse).".into());
     }
     let seeds = if ok && !target.seeds.is_empty() { seeds::run(conn, &target.seeds).await } else { Vec::new() };
     let lint = lint::lint(&plan.pending, &results, &pre, target.lock_timeout.as_millis(), &target.lint);
-    let (problems, warnings) = verdict(plan, &results, &lint, &seeds);
+    let (problems, warnings) = verdict(plan, &results, &lint, &seeds, strict_column_order);
     let ok = problems.is_empty();
     Ok(Report {
         id: String::new(),
@@ -403,6 +416,7 @@ async fn plan_and_checks(
         finished_at: String::new(),
         duration_ms: 0,
         apply_ms,
+        reverse_ms,
         mode,
         role: String::new(),
         live_role: String::new(),
@@ -429,9 +443,18 @@ async fn server_version(conn: &mut sqlx::PgConnection) -> String {
     v.unwrap_or_else(|_| "unknown".into())
 }
 
-/// The reference copy of scratch database `db` (see `reversibility::check`).
+/// The reference copy of scratch database `db`: a file copy taken before
+/// the plan ran (see `reversibility::check`).
 fn reference_name(db: &str) -> String {
     let mut name = format!("{}_ref", &db[..db.len().min(59)]);
+    name.truncate(63);
+    name
+}
+
+/// The judge copy of scratch database `db`, cloned from its reference copy
+/// (see `reversibility::walk`).
+fn judge_name(db: &str) -> String {
+    let mut name = format!("{}_rev", &db[..db.len().min(59)]);
     name.truncate(63);
     name
 }
@@ -486,6 +509,7 @@ fn verdict(
     results: &[MigrationResult],
     lint: &[lint::Finding],
     seeds: &[seeds::SeedResult],
+    strict_column_order: bool,
 ) -> (Vec<String>, Vec<String>) {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
@@ -501,9 +525,13 @@ fn verdict(
             problems.push(format!("migration {} ({}) failed{at}: {}", r.version, e.file, e.full_message()));
         }
         match &r.reversible {
-            Some(reversibility::Reversal::Failed { reason, .. }) => {
+            Some(reversibility::Reversal::Failed { reason } | reversibility::Reversal::Differs { reason, .. }) => {
                 problems.push(format!("migration {}: its down does not revert it: {reason}", r.version))
             }
+            Some(reversibility::Reversal::ColumnOrderOnly { .. }) if strict_column_order => problems.push(format!(
+                "migration {}: its down re-adds columns at the end of their tables (column order only; `[rehearsal] strict_column_order` is set)",
+                r.version
+            )),
             Some(reversibility::Reversal::NotReversible { reason }) => {
                 warnings.push(format!("migration {} is not reversible: {reason}", r.version))
             }

@@ -39,6 +39,9 @@ pub struct Report {
     pub duration_ms: u64,
     /// Wall time of the plan itself, measurement included.
     pub apply_ms: u64,
+    /// How long the reversibility check took (absent when it did not run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reverse_ms: Option<u64>,
     /// `single_transaction`, `per_migration` or the external tool's name.
     pub mode: String,
     /// The role the migrations ran as on the copy: live's role mirrored on

@@ -31,6 +31,7 @@ mod readme; // the README checked against the binary (TOML, commands, metrics)
 mod rehearse_checks; // what a rehearsal flags: drift, failures, reversibility, lint, catch-up
 mod rehearse_command; // rehearsals of a `command` migration source
 mod rehearse_diesel; // rehearsals and status of a diesel project
+mod rehearse_downs; // every down judged on its own: column order, failed, differing and no-op downs
 mod rehearse_payload; // rehearsals of a real Payload CMS 3 project through its CLI
 mod rehearse_roles; // the rehearsal runs as live's role: privileges, owners, shadow role changes, ANALYZE
 mod rehearse_sqlx; // rehearsals of a sqlx project on 1 M rows: locks, rewrites, timings

@@ -69,8 +69,9 @@ pub fn rehearsal(r: &crate::rehearsal::Report) -> Mail {
         let rows: Vec<Vec<Cell>> = r.migrations.iter().map(row).collect();
         p.table(&["version", "name", "status", "duration", "strongest lock", "held", "rewrites"], &rows);
     }
-    for m in r.migrations.iter().filter(|m| m.error.is_some() || matches!(m.reversible, Some(Reversal::Failed { .. })))
-    {
+    let down_broken =
+        |m: &&MigrationResult| matches!(m.reversible, Some(Reversal::Failed { .. } | Reversal::Differs { .. }));
+    for m in r.migrations.iter().filter(|m| m.error.is_some() || down_broken(m)) {
         p.heading(&format!("{} {}", m.version, m.name));
         if let Some(e) = &m.error {
             let at = e.line.map(|l| format!(" at line {l}")).unwrap_or_default();
@@ -79,11 +80,13 @@ pub fn rehearsal(r: &crate::rehearsal::Report) -> Mail {
                 p.code(sql);
             }
         }
-        if let Some(Reversal::Failed { reason, diff }) = &m.reversible {
-            p.para(&format!("Down failed: {reason}"), Tone::Bad);
-            if let Some(d) = diff {
-                p.code(d);
+        match &m.reversible {
+            Some(Reversal::Failed { reason }) => p.para(&format!("Down failed: {reason}"), Tone::Bad),
+            Some(Reversal::Differs { reason, diff }) => {
+                p.para(&format!("Down does not revert it: {reason}"), Tone::Bad);
+                p.code(diff);
             }
+            _ => {}
         }
     }
     if !r.lint.is_empty() {

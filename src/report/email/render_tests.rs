@@ -59,6 +59,7 @@ fn report(ok: bool, migrations: Vec<MigrationResult>) -> crate::rehearsal::Repor
         finished_at: "2026-11-24T09:30:09Z".into(),
         duration_ms: 9100,
         apply_ms: 4200,
+        reverse_ms: Some(800),
         mode: "single_transaction".into(),
         role: "app".into(),
         live_role: "app".into(),
