@@ -377,19 +377,8 @@ async fn plan_and_checks(
         });
         reversibility::check(source, target, url, copies, pg_dump, &plan.pending, &mut results, &s0).await;
         reverse_ms = Some(t_reverse.elapsed().as_millis() as u64);
-        // The plan is reversible when every migration in it is.
-        reversible =
-            Some(results.iter().all(|r| r.reversible.as_ref().is_some_and(|v| v.reverts(strict_column_order))));
-        for r in &results {
-            if let Some(reversibility::Reversal::ColumnOrderOnly { .. }) = &r.reversible
-                && !strict_column_order
-            {
-                notes.push(format!(
-                    "migration {}: column_order_only — its down brings every object back, but re-adds columns at the end of their tables (set `[rehearsal] strict_column_order = true` to make this a problem)",
-                    r.version
-                ));
-            }
-        }
+        reversible = Some(reversibility::plan_reverts(&results, strict_column_order));
+        notes.extend(reversibility::notes(&results, strict_column_order));
     } else if s0_missing {
         notes.push("Reversibility was not checked (--no-reverse).".into());
     }
@@ -446,17 +435,13 @@ async fn server_version(conn: &mut sqlx::PgConnection) -> String {
 /// The reference copy of scratch database `db`: a file copy taken before
 /// the plan ran (see `reversibility::check`).
 fn reference_name(db: &str) -> String {
-    let mut name = format!("{}_ref", &db[..db.len().min(59)]);
-    name.truncate(63);
-    name
+    format!("{}_ref", &db[..db.len().min(59)])
 }
 
 /// The judge copy of scratch database `db`, cloned from its reference copy
 /// (see `reversibility::walk`).
 fn judge_name(db: &str) -> String {
-    let mut name = format!("{}_rev", &db[..db.len().min(59)]);
-    name.truncate(63);
-    name
+    format!("{}_rev", &db[..db.len().min(59)])
 }
 
 fn plan_versions(list: &[Migration]) -> Vec<String> {

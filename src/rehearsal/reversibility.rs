@@ -131,6 +131,30 @@ pub async fn check(
     walk::walk(source, target, copies, tool, plan, results, &s_up).await;
 }
 
+/// The plan is reversible when every migration in it is (column order
+/// aside unless strict).
+pub fn plan_reverts(results: &[MigrationResult], strict_column_order: bool) -> bool {
+    results.iter().all(|r| r.reversible.as_ref().is_some_and(|v| v.reverts(strict_column_order)))
+}
+
+/// The report's notes on downs: one per `column_order_only` verdict that
+/// is not a problem.
+pub fn notes(results: &[MigrationResult], strict_column_order: bool) -> Vec<String> {
+    if strict_column_order {
+        return Vec::new();
+    }
+    results
+        .iter()
+        .filter(|r| matches!(r.reversible, Some(Reversal::ColumnOrderOnly { .. })))
+        .map(|r| {
+            format!(
+                "migration {}: column_order_only — its down brings every object back, but re-adds columns at the end of their tables (set `[rehearsal] strict_column_order = true` to make this a problem)",
+                r.version
+            )
+        })
+        .collect()
+}
+
 /// Marks every result without a verdict yet as not checked.
 fn not_checked(results: &mut [MigrationResult], reason: &str) {
     for r in results {
