@@ -122,14 +122,14 @@ pub fn markdown(r: &Report) -> String {
                     s,
                     "\nReversible: yes, column order only (`column_order_only`) — its down brings every object back but re-adds columns at the end of their tables"
                 );
-                let _ = writeln!(s, "\n```diff\n{diff}\n```");
+                let _ = writeln!(s, "\n{}", block("diff", diff));
             }
             Some(Reversal::Failed { reason }) => {
                 let _ = writeln!(s, "\n**Reversible: FAILED** — {reason}");
             }
             Some(Reversal::Differs { reason, diff }) => {
                 let _ = writeln!(s, "\n**Reversible: NO, the schema differs** — {reason}");
-                let _ = writeln!(s, "\n```diff\n{diff}\n```");
+                let _ = writeln!(s, "\n{}", block("diff", diff));
             }
             Some(Reversal::NotChecked { reason }) => {
                 let _ = writeln!(s, "\nReversible: not checked — {reason}");
@@ -166,7 +166,7 @@ pub fn markdown(r: &Report) -> String {
         }
     }
     if r.ok {
-        let _ = writeln!(s, "\n## Approve\n\n```\n{}\n```", r.approve);
+        let _ = writeln!(s, "\n## Approve\n\n{}", block("", &r.approve));
     } else {
         let _ = writeln!(s, "\nFix the problems above and rehearse again; a plan with problems cannot be approved.");
     }
@@ -205,6 +205,15 @@ pub fn code(s: &str) -> String {
     let pad =
         if one.starts_with('`') || one.ends_with('`') || one.starts_with(' ') && one.ends_with(' ') { " " } else { "" };
     format!("{fence}{pad}{one}{pad}{fence}")
+}
+
+/// `body` as a fenced code block: fenced by more backticks than the longest
+/// run at the start of any of its lines (at least three), so a diff of a
+/// function holding a fence cannot end the block early.
+pub fn block(lang: &str, body: &str) -> String {
+    let longest = body.lines().map(|l| l.trim_start().chars().take_while(|&c| c == '`').count()).max().unwrap_or(0);
+    let fence = "`".repeat((longest + 1).max(3));
+    format!("{fence}{lang}\n{body}\n{fence}")
 }
 
 /// `s` as a code span in a table cell: a pipe ends a cell even inside a

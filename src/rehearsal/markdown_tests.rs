@@ -29,3 +29,13 @@ fn text_escapes_markup_but_not_underscores_inside_words() {
     assert_eq!(text("`x` | *y* _z_ <b>"), "\\`x\\` \\| \\*y\\* \\_z\\_ \\<b\\>");
     assert_eq!(text("two\nlines"), "two lines");
 }
+
+#[test]
+fn a_block_is_fenced_longer_than_any_fence_inside_it() {
+    assert_eq!(block("diff", "-a\n+b"), "```diff\n-a\n+b\n```");
+    // A context line of a diff is indented by one space: it would close a
+    // three-backtick fence.
+    let body = " COMMENT ON FUNCTION f IS '\n ```\n x'";
+    let b = block("diff", body);
+    assert!(b.starts_with("````diff\n") && b.ends_with("\n````"), "{b}");
+}
