@@ -1,5 +1,5 @@
 //! `pgrehearse completions` and `pgrehearse man`: shell completion scripts and
-//! man pages generated from the clap definition in `cli.rs` (clap_complete,
+//! man pages generated from the clap definition in `cli/mod.rs` (clap_complete,
 //! clap_mangen), so they can never disagree with `--help`. Neither reads a
 //! configuration file: they work on a machine where pgrehearse is not set up
 //! yet, as packaging scripts need.

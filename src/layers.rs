@@ -20,7 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("operations", &["drill", "restore", "rehearsal", "release", "status"]),
     ("reports", &["report"]),
     ("jobs", &["jobs"]),
-    ("edges", &["main", "cli", "output", "cli_docs", "daemon", "api", "demo"]),
+    ("edges", &["main", "cli", "cli_docs", "daemon", "api", "demo"]),
 ];
 
 /// The only edges allowed between two modules of the same layer (`main`

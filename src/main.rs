@@ -18,7 +18,6 @@ mod layers;
 mod lint_rule;
 mod metrics;
 mod migrations;
-mod output;
 mod pg;
 mod progress;
 mod rehearsal;
@@ -35,7 +34,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, ConfigCommand, EmailCommand};
+use cli::{Cli, Command, ConfigCommand, EmailCommand, print};
 use config::Config;
 use error_class::Class;
 
@@ -93,7 +92,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             let code = exit_code(&err);
-            output::error(json, &err, code);
+            print::error(json, &err, code);
             ExitCode::from(code)
         }
     }
@@ -137,7 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         return Ok(demo::run(&opts).await?);
     }
     if let Command::Config(ConfigCommand::Check) = cli.command {
-        return Ok(output::config_check(&cli.config, cli.json));
+        return Ok(print::config_check(&cli.config, cli.json));
     }
     let config = Config::load(&cli.config)?;
     if let Command::Daemon = cli.command {
@@ -145,7 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
     if let Command::Email(EmailCommand::Test) = cli.command {
         let sent = report::email::send_test(&config).await?;
-        output::email_sent(cli.json, &sent);
+        print::email_sent(cli.json, &sent);
         return Ok(exit::OK);
     }
     let target = config.target(cli.target.as_deref())?.clone();
@@ -163,19 +162,19 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     let json = cli.json;
     Ok(match jobs::run(&env, &target, job).await? {
         jobs::Done::Snapshot(outcome) => {
-            output::snapshot(json, &outcome);
+            print::snapshot(json, &outcome);
             exit::OK
         }
         jobs::Done::Snapshots(list) => {
-            output::snapshots(json, &list);
+            print::snapshots(json, &list);
             exit::OK
         }
         jobs::Done::Downloaded(d) => {
-            output::downloaded(json, &d);
+            print::downloaded(json, &d);
             exit::OK
         }
         jobs::Done::Verified(report) => {
-            output::verified(json, &report);
+            print::verified(json, &report);
             if !report.ok {
                 eprintln!(
                     "error: snapshot {} failed its restore drill: {}",
@@ -186,31 +185,31 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             if report.ok { exit::OK } else { exit::PROBLEMS }
         }
         jobs::Done::Restored(r) => {
-            output::restored(json, &r);
+            print::restored(json, &r);
             exit::OK
         }
         jobs::Done::Status(st) => {
-            output::status(json, &st);
+            print::status(json, &st);
             if st.drift.is_empty() { exit::OK } else { exit::PROBLEMS }
         }
         jobs::Done::Rehearsed(report) => {
-            output::rehearsed(json, &report);
+            print::rehearsed(json, &report);
             if report.ok { exit::OK } else { exit::PROBLEMS }
         }
         jobs::Done::Approved(a) => {
-            output::approved(json, &a);
+            print::approved(json, &a);
             exit::OK
         }
         jobs::Done::Released(r) => {
-            output::released(json, &r);
+            print::released(json, &r);
             r.outcome().exit_code()
         }
         jobs::Done::Releases(list) => {
-            output::releases(json, &list, single_release);
+            print::releases(json, &list, single_release);
             exit::OK
         }
         jobs::Done::Pruned(outcome) => {
-            output::pruned(json, &outcome);
+            print::pruned(json, &outcome);
             exit::OK
         }
     })

@@ -1,6 +1,9 @@
-//! Command-line types only (clap derive). Parsing happens in `main.rs`; every
-//! command's behaviour lives in its domain module, so the daemon's scheduler and
-//! these commands call the same functions.
+//! Command-line types only (clap derive), and what the commands print
+//! (`print.rs`). Parsing happens in `main.rs`; every command's behaviour
+//! lives in its domain module, so the daemon's scheduler and these commands
+//! call the same functions.
+
+pub mod print;
 
 use std::path::PathBuf;
 
