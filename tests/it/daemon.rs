@@ -13,8 +13,8 @@
 //! - SIGTERM during a release: the daemon exits only after the release
 //!   finished, asking for more time meanwhile; live is post-release.
 
-use crate::harness::cli::local_store_path;
-use crate::harness::daemon::{NotifySocket, daemon_toml, start};
+use crate::harness::cli::stored_manifests;
+use crate::harness::daemon::{NotifySocket, daemon_toml, metric, start};
 use crate::harness::http;
 use crate::harness::migrations::*;
 use crate::harness::release::*;
@@ -35,21 +35,6 @@ fn status(rig: &Rig) -> Value {
     rig.pgr.run_json(&["status"]).json()
 }
 
-fn manifests(rig: &Rig) -> Vec<Value> {
-    let dir = local_store_path(&rig.pgr).join("app");
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("manifest.json")).ok())
-        .filter_map(|b| serde_json::from_slice(&b).ok())
-        .collect()
-}
-
-fn metric(addr: &str, line_start: &str) -> Option<f64> {
-    let body = http::get(addr, "/metrics")?.body;
-    body.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 #[test]
 fn the_daemon_snapshots_verifies_rehearses_and_releases_on_its_own() {
     let rig = Rig::start("sqlx", SETUP);
@@ -60,7 +45,10 @@ fn the_daemon_snapshots_verifies_rehearses_and_releases_on_its_own() {
 
     // Scheduled snapshots land in the store, and a drill verifies one.
     wait_for("a verified snapshot in the store", Duration::from_secs(90), Duration::from_millis(200), || {
-        manifests(&rig).iter().any(|m| m["verification"]["ok"] == true && m["reason"] == "scheduled").then_some(())
+        stored_manifests(&rig.pgr, "app")
+            .iter()
+            .any(|m| m["verification"]["ok"] == true && m["reason"] == "scheduled")
+            .then_some(())
     });
     let h = http::get(&addr, "/healthz").unwrap();
     assert_eq!(h.json()["ok"], true);
@@ -90,7 +78,7 @@ fn the_daemon_snapshots_verifies_rehearses_and_releases_on_its_own() {
     let rel = release(&rig, &release_id);
     let pre = rel["pre_snapshot_id"].as_str().unwrap();
     assert!(
-        manifests(&rig)
+        stored_manifests(&rig.pgr, "app")
             .iter()
             .any(|m| m["id"] == pre && m["reason"] == "pre-release" && m["pinned_by"] == release_id.as_str())
     );
@@ -152,7 +140,7 @@ fn sd_notify_reload_and_a_graceful_stop_during_a_release() {
     ));
     crate::harness::proc::signal(bg.pid(), libc::SIGHUP);
     wait_for("a snapshot under the reloaded schedule", Duration::from_secs(60), Duration::from_millis(200), || {
-        manifests(&rig).iter().any(|m| m["reason"] == "scheduled").then_some(())
+        stored_manifests(&rig.pgr, "app").iter().any(|m| m["reason"] == "scheduled").then_some(())
     });
     assert!(bg.stderr_so_far().contains("Configuration reloaded."));
 

@@ -14,7 +14,7 @@
 //!   the failed delivery.
 
 use crate::harness::cli::{Background, Pgr, local_store_toml, target_toml, toml_string};
-use crate::harness::daemon::{daemon_toml, start};
+use crate::harness::daemon::{daemon_toml, metric, start};
 use crate::harness::http;
 use crate::harness::migrations::{Rig, tail};
 use crate::harness::release::configure;
@@ -238,11 +238,6 @@ fn wait_mail(smtp: &SmtpServer, bg: &Background, needle: &str, timeout: Duration
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-}
-
-fn metric(addr: &str, sample: &str) -> Option<f64> {
-    let body = http::get(addr, "/metrics")?.body;
-    body.lines().find(|l| l.starts_with(sample)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 fn stop(bg: Background) {

@@ -11,8 +11,8 @@
 //!   one digest, not one mail each, and a failing drill (a corrupted
 //!   stored object) is mailed at once.
 
-use crate::harness::cli::local_store_path;
-use crate::harness::daemon::{daemon_toml, start};
+use crate::harness::cli::{local_store_path, stored_manifests};
+use crate::harness::daemon::{daemon_toml, metric, start};
 use crate::harness::http;
 use crate::harness::migrations::*;
 use crate::harness::release::*;
@@ -111,24 +111,9 @@ fn no_mail_keeps_the_cli_from_mailing() {
 }
 
 /// The manifests in the local store's directory for target `app`.
-fn stored_manifests(rig: &Rig) -> Vec<Value> {
-    let dir = local_store_path(&rig.pgr).join("app");
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("manifest.json")).ok())
-        .filter_map(|b| serde_json::from_slice(&b).ok())
-        .collect()
-}
-
 /// Object files under the store's `app/` directory (manifests included).
 fn stored_objects(rig: &Rig) -> Vec<PathBuf> {
     crate::harness::files_under(&local_store_path(&rig.pgr).join("app"))
-}
-
-fn metric(addr: &str, sample: &str) -> Option<f64> {
-    let body = http::get(addr, "/metrics")?.body;
-    body.lines().find(|l| l.starts_with(sample)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 fn stop(bg: crate::harness::cli::Background) {
@@ -158,7 +143,7 @@ fn the_daemon_applies_retention_after_each_scheduled_snapshot() {
     });
     stop(bg);
 
-    let kept = stored_manifests(&rig);
+    let kept = stored_manifests(&rig.pgr, "app");
     let scheduled: Vec<&Value> = kept.iter().filter(|m| m["reason"] == "scheduled").collect();
     assert_eq!(scheduled.len(), 3, "keep_last = 3: {kept:#?}");
     assert!(kept.iter().any(|m| m["id"] == pinned.as_str()), "the pinned snapshot is kept: {kept:#?}");
@@ -196,7 +181,7 @@ fn passing_drills_are_mailed_as_one_digest_and_a_failing_drill_at_once() {
     assert!(per_drill.is_empty(), "no mail per passing drill: {per_drill:?}");
 
     // Bit rot in the stored dump: the next drill fails and is mailed at once.
-    let manifest = stored_manifests(&rig).into_iter().find(|m| m["id"] == id.as_str()).expect("manifest");
+    let manifest = stored_manifests(&rig.pgr, "app").into_iter().find(|m| m["id"] == id.as_str()).expect("manifest");
     let dump = local_store_path(&rig.pgr).join(manifest["dump"]["key"].as_str().expect("dump key"));
     flip_middle_byte(&dump);
     let failed = wait_for("the failed drill's mail", Duration::from_secs(60), Duration::from_millis(250), || {

@@ -243,6 +243,17 @@ pub fn local_store_path(pgr: &Pgr) -> PathBuf {
     pgr.dir().join("store")
 }
 
+/// The manifests of `target`'s snapshots in the local store, read from
+/// the files (in no particular order; none when the store is empty).
+pub fn stored_manifests(pgr: &Pgr, target: &str) -> Vec<Value> {
+    let Ok(entries) = std::fs::read_dir(local_store_path(pgr).join(target)) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("manifest.json")).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect()
+}
+
 /// A `[[targets]]` section with a `live_url` (TOML-escaped) and `extra` lines.
 pub fn target_toml(name: &str, live_url: &str, extra: &str) -> String {
     format!("[[targets]]\nname = \"{name}\"\nlive_url = {}\n{extra}\n", toml_string(live_url))

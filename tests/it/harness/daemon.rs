@@ -64,3 +64,10 @@ pub fn start(pgr: &Pgr, port: u16) -> Background {
     });
     bg
 }
+
+/// The value of the first sample of the daemon's `/metrics` at `addr`
+/// whose line starts with `sample` (name and labels), if any.
+pub fn metric(addr: &str, sample: &str) -> Option<f64> {
+    let body = http::get(addr, "/metrics")?.body;
+    body.lines().find(|l| l.starts_with(sample)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
