@@ -23,8 +23,7 @@ use crate::shadow::Shadow;
 use crate::shadow::load::{analyze, check, check_space, clean_staging, restore_into, staging_file};
 use crate::snapshot::catalog::{self, CatalogError};
 use crate::snapshot::manifest::Manifest;
-use crate::snapshot::open_stores;
-use crate::state::Verification;
+use crate::state::{State, Verification};
 use crate::store;
 
 /// A drill fails the way loading a snapshot into a database fails (staging,
@@ -49,12 +48,20 @@ pub struct Report {
     pub verified_at: Option<String>,
 }
 
-/// Runs a restore drill of snapshot `id` (`latest` allowed).
-pub async fn verify(config: &Config, target: &Target, id: &str, full: bool, keep: bool) -> Result<Report, DrillError> {
-    let (state, store) = open_stores(config).await?;
-    let m = catalog::resolve(store.as_ref(), &target.name, id).await?;
+/// Runs a restore drill of snapshot `id` (`latest` allowed) from `store`,
+/// recording it in `state` and in the snapshot's manifest.
+pub async fn verify(
+    config: &Config,
+    state: &State,
+    store: &dyn store::Store,
+    target: &Target,
+    id: &str,
+    full: bool,
+    keep: bool,
+) -> Result<Report, DrillError> {
+    let m = catalog::resolve(store, &target.name, id).await?;
     // Refuse before anything is written if the shadow is live.
-    let mut shadow = Shadow::open(target, &state).await?;
+    let mut shadow = Shadow::open(target, state).await?;
     let staging = config.staging_dir();
     std::fs::create_dir_all(&staging).map_err(|source| DrillError::Staging { dir: staging.clone(), source })?;
     clean_staging(&staging, &target.name);
@@ -65,7 +72,7 @@ pub async fn verify(config: &Config, target: &Target, id: &str, full: bool, keep
     state.verification_started(&run, &target.name, &m.id).await?;
     let span = tracing::info_span!("verify", run_id = %run, target = %target.name, job = "verify", snapshot = %m.id);
     let result = tracing::Instrument::instrument(
-        drill(config, target, store.as_ref(), &m, &mut shadow, &staging, &run, full, keep),
+        drill(config, target, store, &m, &mut shadow, &staging, &run, full, keep),
         span,
     )
     .await;
@@ -89,7 +96,7 @@ pub async fn verify(config: &Config, target: &Target, id: &str, full: bool, keep
             },
         )
         .await?;
-    record_in_manifest(store.as_ref(), &m, &report, &run).await?;
+    record_in_manifest(store, &m, &report, &run).await?;
     Ok(report)
 }
 

@@ -20,7 +20,7 @@ use crate::pg::tools::ToolError;
 use crate::pg::{self, ConnUrl, PgError, quote_ident};
 use crate::shadow::load::{self, LoadError};
 use crate::snapshot::catalog;
-use crate::snapshot::open_stores;
+use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 #[allow(clippy::large_enum_variant)]
@@ -79,13 +79,19 @@ pub struct Restored {
     pub replaced: Option<String>,
 }
 
-/// Restores snapshot `id` into the new database `name` on the live server.
-pub async fn restore_as(config: &Config, target: &Target, id: &str, name: &str) -> Result<Restored, RestoreError> {
+/// Restores snapshot `id` from `store` into the new database `name` on the
+/// live server.
+pub async fn restore_as(
+    config: &Config,
+    store: &dyn Store,
+    target: &Target,
+    id: &str,
+    name: &str,
+) -> Result<Restored, RestoreError> {
     if name.is_empty() || name.len() > 63 {
         return Err(RestoreError::BadName { name: name.into() });
     }
-    let (_state, store) = open_stores(config).await.map_err(LoadError::from)?;
-    let m = catalog::resolve(store.as_ref(), &target.name, id).await.map_err(LoadError::from)?;
+    let m = catalog::resolve(store, &target.name, id).await.map_err(LoadError::from)?;
     let admin_url = target.admin().with_database("postgres");
     let mut admin = pg::connect(&admin_url, "pgrehearse-restore").await?;
     if database_exists(&mut admin, &admin_url, name).await? {
@@ -96,7 +102,7 @@ pub async fn restore_as(config: &Config, target: &Target, id: &str, name: &str) 
     load::check_space(&staging, &m, config.store.staging_reserve)?;
     let file = load::staging_file(&staging, target, &m);
     let t0 = Instant::now();
-    let fetched = catalog::fetch(config, store.as_ref(), &m, None, &file, false).await;
+    let fetched = catalog::fetch(config, store, &m, None, &file, false).await;
     if let Err(e) = fetched {
         return Err(LoadError::from(e).into());
     }
@@ -129,20 +135,26 @@ pub async fn restore_as(config: &Config, target: &Target, id: &str, name: &str) 
     Ok(Restored { snapshot_id: m.id, database: name.into(), duration_ms, tables_checked, replaced: None })
 }
 
-/// Restores snapshot `id` next to the live database and swaps it in.
-pub async fn replace_live(config: &Config, target: &Target, id: &str, yes: bool) -> Result<Restored, RestoreError> {
+/// Restores snapshot `id` from `store` next to the live database and swaps
+/// it in.
+pub async fn replace_live(
+    config: &Config,
+    store: &dyn Store,
+    target: &Target,
+    id: &str,
+    yes: bool,
+) -> Result<Restored, RestoreError> {
     let live = target.live_url.database();
     let stamp = Utc::now().format("%Y%m%d%H%M%S").to_string();
     let new = truncate(&format!("{live}_restoring_{stamp}"));
     let old = truncate(&format!("{live}_replaced_{stamp}"));
     if !yes {
-        let (_state, store) = open_stores(config).await.map_err(LoadError::from)?;
-        let m = catalog::resolve(store.as_ref(), &target.name, id).await.map_err(LoadError::from)?;
+        let m = catalog::resolve(store, &target.name, id).await.map_err(LoadError::from)?;
         return Err(RestoreError::NeedsYes { id: m.id, live, new, old });
     }
     // Held through the swap: it lives in the maintenance database, not live.
     let lock = HeavyLock::for_target(target.admin(), &target.name, "restore").await.map_err(LoadError::from)?;
-    let mut restored = restore_as(config, target, id, &new).await?;
+    let mut restored = restore_as(config, store, target, id, &new).await?;
     let admin_url = target.admin().with_database("postgres");
     let mut admin = pg::connect(&admin_url, "pgrehearse-restore").await?;
     carry_over(&mut admin, &admin_url, &live, &new).await?;

@@ -1,6 +1,7 @@
 //! `POST /api/v1/approvals`: approves a rehearsed plan, as `pgrehearse
-//! approve` does (the same function, the same refusals), for the status
-//! page's Approve button and for CI.
+//! approve` does (the same job through the job runner: an interrupted
+//! release of the target is finished first, the outcome is reported; the
+//! same refusals), for the status page's Approve button and for CI.
 //!
 //! Body: `{ "target": "app", "plan": "<hash or ≥12-hex prefix>", "by":
 //! "name", "note": "…" }` (`target` may be left out when the config has
@@ -20,10 +21,14 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{Extensions, HeaderMap, StatusCode, header};
 use serde::Deserialize;
 
+use tokio_util::sync::CancellationToken;
+
 use super::Shared;
 use super::conn::Peer;
 use super::{ApiError, auth};
-use crate::release::approval::{self, Approved};
+use crate::config::Config;
+use crate::jobs::{self, Job, Reporter};
+use crate::release::approval::Approved;
 
 /// How long an approval may take (it reads live's history once).
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -52,19 +57,46 @@ pub async fn create(
         return Err(denied.into());
     }
     let req = parse(&headers, body)?;
-    let target = cfg.target(req.target.as_deref())?;
-    let approving = approval::approve(&cfg, target, &req.plan, Some(&req.by), req.note.as_deref());
-    match tokio::time::timeout(TIMEOUT, approving).await {
-        Ok(Ok(a)) => {
-            tracing::info!(peer = %peer, target = %a.target, approval = %a.approval_id, by = %a.approved_by, "Plan approved through the API.");
-            Ok((StatusCode::CREATED, Json(a)))
+    let target = cfg.target(req.target.as_deref())?.name.clone();
+    let reporter = s.reporter(&cfg);
+    let job = Job::Approve { plan: req.plan, by: Some(req.by), note: req.note };
+    let a = approve(cfg, reporter, target, job).await?;
+    tracing::info!(peer = %peer, target = %a.target, approval = %a.approval_id, by = %a.approved_by, "Plan approved through the API.");
+    Ok((StatusCode::CREATED, Json(a)))
+}
+
+/// Runs the approval `job` of `target` through the job runner on a thread
+/// of its own (the runner's future is not `Send`), in an environment built
+/// for it. The approval is given up after [`TIMEOUT`] (an interrupted
+/// release the runner finishes first is not).
+async fn approve(cfg: Arc<Config>, reporter: Reporter, target: String, job: Job) -> Result<Approved, ApiError> {
+    let cancel = CancellationToken::new();
+    let deadline = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(TIMEOUT).await;
+            cancel.cancel();
+        })
+    };
+    let ran = jobs::on_thread(format!("approve-{target}"), move || async move {
+        let done = async {
+            let env = jobs::Env::open(cfg, reporter, cancel, crate::progress::Mode::Logs).await?;
+            let t = env.config.target(Some(&target))?;
+            jobs::run(&env, t, job).await
+        };
+        match done.await {
+            Ok(jobs::Done::Approved(a)) => Ok(a),
+            Ok(other) => Err(ApiError::internal(format!("the approval job ended with {other:?}, not an approval"))),
+            Err(e) if jobs::is_cancelled(&e) => Err(ApiError::unavailable(format!(
+                "live did not answer within {} s while reading its migration history; nothing was approved, try again",
+                TIMEOUT.as_secs()
+            ))),
+            Err(e) => Err(ApiError::of_job(&e)),
         }
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(ApiError::unavailable(format!(
-            "live did not answer within {} s while reading its migration history; nothing was approved, try again",
-            TIMEOUT.as_secs()
-        ))),
-    }
+    })
+    .await;
+    deadline.abort();
+    ran.map_err(|e| ApiError::internal(e.to_string()))?
 }
 
 /// The body as a [`Request`], with a message a person can act on.

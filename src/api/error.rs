@@ -42,7 +42,7 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
 
-    fn internal(message: impl Into<String>) -> ApiError {
+    pub fn internal(message: impl Into<String>) -> ApiError {
         let e = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message);
         tracing::error!(error = %e.message, "An API request failed.");
         e
@@ -74,9 +74,20 @@ fn status_of(class: Class) -> StatusCode {
 impl ApiError {
     /// A domain error as an answer, with the status its class says.
     pub fn classified(e: &(impl Classify + std::fmt::Display)) -> ApiError {
-        match status_of(e.class()) {
-            StatusCode::INTERNAL_SERVER_ERROR => ApiError::internal(e.to_string()),
-            status => ApiError::new(status, e.to_string()),
+        ApiError::of_class(e.class(), e.to_string())
+    }
+
+    /// A job's error (from the job runner) as an answer, with the status of
+    /// the first domain error in its chain (500 when it holds none).
+    pub fn of_job(e: &anyhow::Error) -> ApiError {
+        let class = e.chain().find_map(crate::jobs::classified).map_or(Class::Failed, |c| c.class());
+        ApiError::of_class(class, e.to_string())
+    }
+
+    fn of_class(class: Class, message: String) -> ApiError {
+        match status_of(class) {
+            StatusCode::INTERNAL_SERVER_ERROR => ApiError::internal(message),
+            status => ApiError::new(status, message),
         }
     }
 }

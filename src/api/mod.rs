@@ -30,12 +30,18 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 pub use error::ApiError;
 
-/// The daemon as the API sees it: the configuration in force, the jobs
-/// running, since when it runs, its metrics. The daemon implements this and
-/// hands itself to [`serve`]; the API never imports the daemon.
+/// The daemon as the API sees it: the configuration in force, its state
+/// store, the jobs running, since when it runs, its metrics, how it reports
+/// a job. The daemon implements this and hands itself to [`serve`]; the API
+/// never imports the daemon.
 pub trait Daemon: Send + Sync + 'static {
     /// The configuration in force (replaced as a whole on reload).
     fn config(&self) -> Arc<Config>;
+    /// The state store of the configuration in force (opened by the daemon).
+    fn state(&self) -> crate::state::State;
+    /// The reporter of a job the API runs for `config` (mail and metrics as
+    /// the daemon's; an error is the request's answer, not an alert).
+    fn reporter(&self, config: &Config) -> crate::jobs::Reporter;
     /// Jobs running now, as (target, job name).
     fn running(&self) -> Vec<(String, &'static str)>;
     /// When the daemon started.

@@ -1,7 +1,8 @@
 //! The read-only resources of `/api/v1`: targets (where each stands),
 //! snapshots (with their restore drills), rehearsal reports and releases
-//! (record and journal). They read the state store and the object store
-//! only; live is read for the pending plan, with a timeout.
+//! (record and journal). They read the daemon's state store and the object
+//! store (opened per request, with a timeout) only; live is read for the
+//! pending plan, with a timeout.
 
 use std::sync::Arc;
 
@@ -25,7 +26,7 @@ pub async fn targets(State(s): State<Arc<Shared>>) -> Result<Json<Vec<TargetSumm
 /// Every target's overview, gathered side by side (one slow live server
 /// does not add up with another).
 pub async fn all(s: &Shared, cfg: &Config, detail: bool) -> Result<Vec<overview::Overview>, ApiError> {
-    let state = crate::state::State::open(&cfg.state_dir).await?;
+    let state = s.state();
     let store = overview::open_store(cfg).await;
     let store = store.as_ref().map(|b| b.as_ref()).map_err(|e| e.message.as_str());
     let running = s.running();
@@ -65,8 +66,7 @@ pub async fn rehearsal(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = path_id(id)?;
-    let cfg = s.config();
-    let state = crate::state::State::open(&cfg.state_dir).await?;
+    let state = s.state();
     let rec = state.rehearsal_record(&id).await?.ok_or_else(|| {
         ApiError::not_found(format!(
             "rehearsal `{id}` does not exist; GET /api/v1/targets shows each target's latest rehearsal"
@@ -85,8 +85,7 @@ pub async fn release(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Release>, ApiError> {
     let id = path_id(id)?;
-    let cfg = s.config();
-    let state = crate::state::State::open(&cfg.state_dir).await?;
+    let state = s.state();
     let record = state.release(&id).await?.ok_or_else(|| {
         ApiError::not_found(format!(
             "release `{id}` does not exist; GET /api/v1/targets shows each target's latest release"

@@ -109,11 +109,8 @@ impl Ended {
     }
 }
 
-/// Runs `job` on a thread of its own with a single-threaded runtime, and
-/// waits for it. (The domain functions are written for the CLI's
-/// `block_on`; rustc cannot prove their deep async chains `Send` for a
-/// multi-threaded `spawn` (rust-lang/rust#110338), and a job is one
-/// long-running unit of work anyway.)
+/// Runs `job` on a thread of its own (see [`jobs::on_thread`]), and waits
+/// for it.
 pub async fn run_on_thread(
     shared: Arc<Shared>,
     config: Arc<Config>,
@@ -121,25 +118,15 @@ pub async fn run_on_thread(
     job: Job,
     cancel: CancellationToken,
 ) -> Ended {
-    let span = tracing::Span::current();
-    let handle = std::thread::Builder::new().name(format!("{}-{target}", job.name())).spawn(move || {
-        let _entered = span.enter();
-        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt.block_on(run(shared, config, target, job, cancel)),
-            Err(e) => {
-                tracing::error!(error = %e, "Cannot start a runtime for the job.");
-                Ended::internal("runtime_failed", e)
-            }
+    let name = format!("{}-{target}", job.name());
+    match jobs::on_thread(name, move || run(shared, config, target, job, cancel)).await {
+        Ok(ended) => ended,
+        Err(jobs::ThreadError::Runtime(e)) => {
+            tracing::error!(error = %e, "Cannot start a runtime for the job.");
+            Ended::internal("runtime_failed", e)
         }
-    });
-    let handle = match handle {
-        Ok(h) => h,
-        Err(e) => return Ended::internal("runtime_failed", e),
-    };
-    let panicked = || Ended::internal("job_panicked", "the job's thread panicked");
-    tokio::task::spawn_blocking(move || handle.join().unwrap_or_else(|_| panicked()))
-        .await
-        .unwrap_or_else(|_| panicked())
+        Err(jobs::ThreadError::Panicked) => Ended::internal("job_panicked", "the job's thread panicked"),
+    }
 }
 
 /// Runs `job` for `target` with `config` through the job runner (which

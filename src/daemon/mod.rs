@@ -48,12 +48,15 @@ pub struct Shared {
     running: Mutex<BTreeMap<String, Job>>,
     /// (target, approval id) of releases preflight refused, for the loop.
     refusals: Mutex<Vec<(String, String)>>,
+    /// The state store of the configuration in force, for the API.
+    state: RwLock<crate::state::State>,
 }
 
 impl Shared {
-    pub fn new(config_path: &Path, config: Config, notifier: Notifier) -> Shared {
+    pub fn new(config_path: &Path, config: Config, notifier: Notifier, state: crate::state::State) -> Shared {
         Shared {
             config_path: config_path.to_path_buf(),
+            state: RwLock::new(state),
             config: RwLock::new(Arc::new(config)),
             metrics: Arc::new(Metrics::new()),
             notifier,
@@ -88,6 +91,12 @@ impl Shared {
 impl crate::api::Daemon for Shared {
     fn config(&self) -> Arc<Config> {
         Shared::config(self)
+    }
+    fn state(&self) -> crate::state::State {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn reporter(&self, config: &Config) -> crate::jobs::Reporter {
+        crate::jobs::Reporter::daemon(config, self.metrics.clone(), self.digest.clone()).without_error_alerts()
     }
     fn running(&self) -> Vec<(String, &'static str)> {
         Shared::running(self)
@@ -148,16 +157,18 @@ impl TargetState {
 /// Runs the daemon until SIGTERM/SIGINT. Returns the exit code.
 pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<u8> {
     let notifier = Notifier::from_env();
-    let shared = Arc::new(Shared::new(config_path, config, notifier.clone()));
+    // Start-up checks: the state store opens, interrupted releases are
+    // finished, the API listens. Only then READY=1.
+    let mut state = crate::state::State::open(&config.state_dir).await?;
+    let shared = Arc::new(Shared::new(config_path, config, notifier.clone(), state.clone()));
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    // Start-up checks: the state store opens, interrupted releases are
-    // finished, the API listens. Only then READY=1.
     let cfg = shared.config();
-    let mut state = crate::state::State::open(&cfg.state_dir).await?;
+    let reporter = crate::jobs::Reporter::daemon(&cfg, shared.metrics.clone(), shared.digest.clone());
+    let startup = crate::jobs::Env::open(cfg.clone(), reporter, cancel.clone(), crate::progress::Mode::Logs).await?;
     for t in &cfg.targets {
-        match crate::release::recover_interrupted(&cfg, t).await {
+        match crate::jobs::recover_interrupted(&startup, t).await {
             Ok(Some(r)) => {
                 tracing::warn!(target = %t.name, release = %r.record.id, outcome = %r.record.outcome, "Finished a release that was interrupted.")
             }
@@ -167,6 +178,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<u8> {
             }
         }
     }
+    drop(startup);
     // Each source's first checksum is taken now, before READY=1 and before
     // the API answers: a file added after that is a change.
     let now = Utc::now();
@@ -212,7 +224,10 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<u8> {
             _ = hup.recv() => {
                 reload(&shared);
                 match crate::state::State::open(&shared.config().state_dir).await {
-                    Ok(s) => state = s,
+                    Ok(s) => {
+                        *shared.state.write().unwrap_or_else(|e| e.into_inner()) = s.clone();
+                        state = s;
+                    }
                     Err(e) => tracing::error!(error = %e, "Cannot open the state store of the reloaded configuration."),
                 }
                 // Schedules restart from the new file; what was seen of the

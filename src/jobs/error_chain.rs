@@ -3,6 +3,7 @@
 //! types below the edges (`main` adds the edges' own). Each enum classifies
 //! the errors it wraps, so the outermost one found in a chain decides.
 
+use super::ThreadError;
 use crate::error_class::classifier;
 use crate::{config, migrations, pg, rehearsal, release, report, restore, shadow, snapshot, state, status, store};
 
@@ -30,6 +31,7 @@ classifier!(
         state::StateError,
         status::StatusError,
         store::StoreError,
+        ThreadError,
     ]
 );
 

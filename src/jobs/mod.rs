@@ -1,11 +1,14 @@
 //! The job runner: the one way every edge (the CLI's commands, the
-//! daemon's scheduled jobs) runs an operation on a target.
+//! daemon's scheduled jobs, the API's approvals, the demo) runs an
+//! operation on a target.
 //!
 //! An edge builds an [`Env`] once — the configuration, the state store
 //! (opened here, dead snapshot runs reaped), the object store (opened on
 //! first use, incomplete uploads swept), a clock, a [`Reporter`], a
 //! cancellation token and the progress mode — and calls [`run`] for each
-//! job. `run` finishes a release of the target that a crash interrupted
+//! job. The operations open neither store: they are handed the ones of the
+//! `Env`. An edge on a multi-threaded runtime runs a job [`on_thread`].
+//! `run` finishes a release of the target that a crash interrupted
 //! (before every job that acts on the target; `apply` does it itself and
 //! reports it), opens the job's span (`run_id`, `target`, `job`), runs the
 //! operation, applies the retention policy after a scheduled snapshot, and
@@ -17,6 +20,7 @@
 
 mod error_chain;
 mod reporter;
+mod thread;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +39,7 @@ use crate::{drill, rehearsal, release, restore, status};
 pub use error_chain::DOMAIN_ERRORS;
 pub use error_chain::{classified, error_kind};
 pub use reporter::Reporter;
+pub use thread::{ThreadError, on_thread};
 
 /// Where "now" comes from (the system clock outside tests).
 #[derive(Debug, Clone, Copy)]
@@ -195,7 +200,7 @@ async fn run_in_span(env: &Env, target: &Target, job: Job) -> anyhow::Result<Don
     crate::progress::set_mode(env.progress);
     let name = job.name();
     if job.recovers_first()
-        && let Some(r) = release::recover_interrupted(&env.config, target).await?
+        && let Some(r) = recover_interrupted(env, target).await?
     {
         tracing::warn!(release = %r.record.id, outcome = %r.record.outcome, "Finished a release that was interrupted.");
         env.reporter.report(env, &target.name, "recovery", &Ok(Done::Released(Box::new(r)))).await;
@@ -207,6 +212,16 @@ async fn run_in_span(env: &Env, target: &Target, job: Job) -> anyhow::Result<Don
         prune_after_snapshot(env, target).await;
     }
     result
+}
+
+/// Finishes a release of `target` that a crash interrupted, if there is one
+/// (see [`release::recover_interrupted`]), with the stores of `env`; the
+/// object store is opened only when there is one to finish.
+pub async fn recover_interrupted(
+    env: &Env,
+    target: &Target,
+) -> Result<Option<release::Release>, release::ReleaseError> {
+    release::recover_interrupted(&env.config, &env.state, async || env.store().await, target).await
 }
 
 /// The retention policy after a scheduled snapshot, with the same rules as
@@ -230,42 +245,63 @@ async fn prune_after_snapshot(env: &Env, target: &Target) {
     }
 }
 
-/// The operation itself. Operations that take the opened stores get them
-/// from `env`; the others still open their own (see the module doc of
-/// each).
+/// The operation itself, with the state store and the object store of
+/// `env` (the object store opened only by the jobs that use it).
 async fn operate(env: &Env, target: &Target, job: Job) -> anyhow::Result<Done> {
     let config = env.config.as_ref();
+    let state = &env.state;
     Ok(match job {
-        Job::Snapshot { reason, .. } => Done::Snapshot(snapshot::take(config, target, reason, &env.cancel).await?),
-        Job::Snapshots => Done::Snapshots(snapshot::catalog::list(config, target).await?),
-        Job::Download { snapshot, output, identity } => Done::Downloaded(
-            snapshot::catalog::download(config, target, &snapshot, &output, identity.as_deref()).await?,
-        ),
+        Job::Snapshot { reason, .. } => {
+            let store = env.store().await?;
+            Done::Snapshot(snapshot::take(config, state, store, target, reason, &env.cancel).await?)
+        }
+        Job::Snapshots => {
+            let store = env.store().await?;
+            Done::Snapshots(snapshot::catalog::list(store, target).await?)
+        }
+        Job::Download { snapshot, output, identity } => {
+            let store = env.store().await?;
+            Done::Downloaded(
+                snapshot::catalog::download(config, store, target, &snapshot, &output, identity.as_deref()).await?,
+            )
+        }
         Job::Verify { snapshot, full, keep } => {
-            let verify = drill::verify(config, target, &snapshot, full, keep);
+            let store = env.store().await?;
+            let verify = drill::verify(config, state, store, target, &snapshot, full, keep);
             tokio::select! {
                 r = verify => Done::Verified(r?),
                 _ = env.cancel.cancelled() => return Err(Cancelled.into()),
             }
         }
         Job::RestoreAs { snapshot, name } => {
-            Done::Restored(restore::restore_as(config, target, &snapshot, &name).await?)
+            let store = env.store().await?;
+            Done::Restored(restore::restore_as(config, store, target, &snapshot, &name).await?)
         }
         Job::ReplaceLive { snapshot, yes } => {
-            Done::Restored(restore::replace_live(config, target, &snapshot, yes).await?)
+            let store = env.store().await?;
+            Done::Restored(restore::replace_live(config, store, target, &snapshot, yes).await?)
         }
         Job::Status => {
             let store = env.store().await.map_err(snapshot::SnapshotError::from).map_err(status::StatusError::from)?;
             Done::Status(Box::new(status::status(&env.state, store, target).await?))
         }
         Job::Rehearse(opts) => {
-            Done::Rehearsed(Box::new(rehearsal::rehearse(config, target, &opts, &env.cancel).await?))
+            let store = env.store().await?;
+            Done::Rehearsed(Box::new(rehearsal::rehearse(config, state, store, target, &opts, &env.cancel).await?))
         }
-        Job::Approve { plan, by, note } => Done::Approved(
-            release::approval::approve_in(&env.state, target, &plan, by.as_deref(), note.as_deref()).await?,
-        ),
+        Job::Approve { plan, by, note } => {
+            // Stopped by the token (the API's deadline) before it is recorded, nothing is approved.
+            let approving = release::approval::approve(state, target, &plan, by.as_deref(), note.as_deref());
+            tokio::select! {
+                r = approving => Done::Approved(r?),
+                _ = env.cancel.cancelled() => return Err(Cancelled.into()),
+            }
+        }
         // Never cancelled: a release finishes or recovers.
-        Job::Apply => Done::Released(Box::new(release::apply(config, target).await?)),
+        Job::Apply => {
+            let store = env.store().await?;
+            Done::Released(Box::new(release::apply(config, state, store, target).await?))
+        }
         Job::Releases { id } => Done::Releases(release::list(&env.state, target, id.as_deref()).await?),
         Job::Prune { dry_run } => {
             let store = env.store().await.map_err(snapshot::catalog::CatalogError::from)?;

@@ -76,6 +76,12 @@ impl Reporter {
         }
     }
 
+    /// The same, but a job that fails with an error is not alerted: someone
+    /// asked for it and gets the error as the answer (the API's approvals).
+    pub fn without_error_alerts(self) -> Reporter {
+        Reporter { alert_errors: false, ..self }
+    }
+
     /// Mails an alert now: `job` of `target` failed or could not run.
     pub async fn alert(&self, target: &str, job: &str, reason: &str) {
         self.mail(email::alert(target, job, reason)).await;

@@ -44,10 +44,10 @@ use crate::pg::PgError;
 use crate::pg::lock::HeavyLock;
 use crate::pg::tools;
 use crate::shadow::Shadow;
+use crate::snapshot;
 use crate::snapshot::catalog;
 use crate::snapshot::manifest::Manifest;
-use crate::snapshot::{self, open_stores};
-use crate::state::RehearsalStatus;
+use crate::state::{RehearsalStatus, State};
 use crate::store::Store;
 use observer::Catalog;
 use runner::{MigrationResult, Status};
@@ -79,20 +79,23 @@ pub struct Options {
     pub reverse: bool,
 }
 
-/// Rehearses the target's pending plan. Returns the report (whose `ok` says
-/// whether problems were found); errors mean the rehearsal could not run.
+/// Rehearses the target's pending plan on a snapshot from `store`, recording
+/// it in `state` (its report also goes to `store`). Returns the report (whose
+/// `ok` says whether problems were found); errors mean the rehearsal could
+/// not run.
 pub async fn rehearse(
     config: &Config,
+    state: &State,
+    store: &dyn Store,
     target: &Target,
     opts: &Options,
     cancel: &CancellationToken,
 ) -> Result<Report, RehearsalError> {
-    let (state, store) = open_stores(config).await?;
     state.reap_dead_rehearsals().await?;
     let source = Source::of(target)?;
     // Live is read twice: its history here, its roles in `Shadow::open`.
-    let plan = migrations::plan_for(&state, &source, &target.live_url).await?;
-    let mut shadow = Shadow::open(target, &state).await?;
+    let plan = migrations::plan_for(state, &source, &target.live_url).await?;
+    let mut shadow = Shadow::open(target, state).await?;
     let shadow_url = target.shadow_url.clone().expect("Shadow::open checked the shadow URL");
     // The copy's sessions (and external tools, through `PGOPTIONS`) run as
     // live's role when the shadow mirrors it (see `shadow::roles`), as the
@@ -106,7 +109,7 @@ pub async fn rehearse(
     state.rehearsal_started(&id, &target.name).await?;
     let span = tracing::info_span!("rehearse", run_id = %id, target = %target.name, job = "rehearse");
     let work = tracing::Instrument::instrument(
-        run(config, target, &source, &plan, store.as_ref(), &mut shadow, &id, opts, cancel),
+        run(config, state, store, target, &source, &plan, &mut shadow, &id, opts, cancel),
         span,
     );
     // On SIGINT/SIGTERM the work is dropped (its sessions close, so the
@@ -145,10 +148,11 @@ pub async fn rehearse(
 #[allow(clippy::too_many_arguments)]
 async fn run(
     config: &Config,
+    state: &State,
+    store: &dyn Store,
     target: &Target,
     source: &Source<'_>,
     plan: &Plan,
-    store: &dyn Store,
     shadow: &mut Shadow,
     id: &str,
     opts: &Options,
@@ -156,7 +160,7 @@ async fn run(
 ) -> Result<Report, RehearsalError> {
     let started_at = Utc::now();
     let t0 = Instant::now();
-    let (m, fresh) = pick_snapshot(config, target, source.kind(), plan, store, &opts.snapshot, cancel).await?;
+    let (m, fresh) = pick_snapshot(config, state, target, source.kind(), plan, store, &opts.snapshot, cancel).await?;
     let db = shadow.scratch_name(id);
     let (method, restore_ms) = crate::shadow::load::scratch_copy(config, target, store, &m, shadow, &db).await?;
     tracing::info!(database = %db, method, restore_ms, snapshot = %m.id, "Scratch copy ready.");
@@ -192,8 +196,10 @@ async fn run(
 /// The snapshot to rehearse on: verified first if it never was. For
 /// `latest`, a fresh one when the newest cannot carry the rehearsal (see
 /// [`freshness`]); the second value then says why.
+#[allow(clippy::too_many_arguments)]
 async fn pick_snapshot(
     config: &Config,
+    state: &State,
     target: &Target,
     kind: MigrationKind,
     plan: &Plan,
@@ -204,7 +210,7 @@ async fn pick_snapshot(
     let mut fresh = None;
     let id = match choice {
         Choice::Id(id) => id.clone(),
-        Choice::Fresh => snapshot::take(config, target, snapshot::Reason::Rehearsal, cancel).await?.id,
+        Choice::Fresh => snapshot::take(config, state, store, target, snapshot::Reason::Rehearsal, cancel).await?.id,
         Choice::Latest => {
             let newest = catalog::manifests(store, &target.name).await?.into_iter().next();
             match freshness::fresh_needed(kind, &plan.applied_versions(), newest.as_ref()) {
@@ -212,7 +218,7 @@ async fn pick_snapshot(
                 Some(why) => {
                     tracing::info!(reason = %why, "Taking a fresh snapshot to rehearse on.");
                     fresh = Some(why);
-                    snapshot::take(config, target, snapshot::Reason::Rehearsal, cancel).await?.id
+                    snapshot::take(config, state, store, target, snapshot::Reason::Rehearsal, cancel).await?.id
                 }
             }
         }
@@ -222,7 +228,7 @@ async fn pick_snapshot(
         return Ok((m, fresh));
     }
     tracing::info!(snapshot = %m.id, "The snapshot was never verified: running its restore drill first.");
-    let drill = drill::verify(config, target, &m.id, false, false).await?;
+    let drill = drill::verify(config, state, store, target, &m.id, false, false).await?;
     if !drill.ok {
         return Err(RehearsalError::SnapshotBroken { id: m.id, problems: drill.mismatches.join("; ") });
     }

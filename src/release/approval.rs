@@ -10,11 +10,10 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::{Config, Target};
+use crate::config::Target;
 use crate::error_class::{Class, Classify};
 use crate::migrations::{self, PlanError, Source};
-use crate::snapshot::{SnapshotError, open_stores};
-use crate::state::{ApprovalRow, RehearsalStatus, StateError};
+use crate::state::{ApprovalRow, RehearsalStatus, State, StateError};
 
 /// At least this many hex digits of a plan hash are needed to name it.
 pub const MIN_PREFIX: usize = 12;
@@ -47,8 +46,6 @@ pub enum ApprovalError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
 }
 
 impl Classify for ApprovalError {
@@ -64,7 +61,6 @@ impl Classify for ApprovalError {
             | ApprovalError::NotPromoted(_) => Class::Refused,
             ApprovalError::Plan(e) => e.class(),
             ApprovalError::State(e) => e.class(),
-            ApprovalError::Snapshot(e) => e.class(),
         }
     }
 
@@ -79,7 +75,6 @@ impl Classify for ApprovalError {
             ApprovalError::NotPromoted(_) => "not_promoted",
             ApprovalError::Plan(e) => e.kind(),
             ApprovalError::State(e) => e.kind(),
-            ApprovalError::Snapshot(e) => e.kind(),
         }
     }
 }
@@ -96,22 +91,10 @@ pub struct Approved {
     pub expires_at: String,
 }
 
-/// Approves `plan` (the full hash or a prefix of at least [`MIN_PREFIX`]).
+/// Approves `plan` (the full hash or a prefix of at least [`MIN_PREFIX`]),
+/// recording the approval in `state`.
 pub async fn approve(
-    config: &Config,
-    target: &Target,
-    plan: &str,
-    by: Option<&str>,
-    note: Option<&str>,
-) -> Result<Approved, ApprovalError> {
-    parse_hash(plan)?;
-    let (state, _store) = open_stores(config).await?;
-    approve_in(&state, target, plan, by, note).await
-}
-
-/// [`approve`] in an opened state store.
-pub async fn approve_in(
-    state: &crate::state::State,
+    state: &State,
     target: &Target,
     plan: &str,
     by: Option<&str>,

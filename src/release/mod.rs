@@ -31,7 +31,7 @@ use crate::error_class::{Class, Classify};
 use crate::migrations::executor::Mode;
 use crate::migrations::{self, Migration, Plan, PlanError, Source};
 use crate::pg::lock::{HeavyLock, LockError};
-use crate::snapshot::{self, SnapshotError, open_stores};
+use crate::snapshot::{self, SnapshotError};
 pub use crate::state::Outcome;
 use crate::state::{JournalEntry, ReleaseErrorKind, ReleaseRow, State, StateError};
 use crate::store::{Store, StoreError};
@@ -129,16 +129,21 @@ impl Classify for ReleaseError {
 pub(crate) struct Ctx<'a> {
     pub config: &'a Config,
     pub target: &'a Target,
-    pub state: State,
-    pub store: Box<dyn Store>,
+    pub state: &'a State,
+    pub store: &'a dyn Store,
     pub source: Source<'a>,
 }
 
-/// `pgrehearse apply`: releases the approved plan now, if preflight allows.
+/// `pgrehearse apply`: releases the approved plan now, if preflight allows,
+/// recording it in `state` (the pre-release snapshot goes to `store`).
 /// Signals do not interrupt it (a release is never abandoned mid-way); a
 /// crash is finished by the next run.
-pub async fn apply(config: &Config, target: &Target) -> Result<Release, ReleaseError> {
-    let (state, store) = open_stores(config).await?;
+pub async fn apply(
+    config: &Config,
+    state: &State,
+    store: &dyn Store,
+    target: &Target,
+) -> Result<Release, ReleaseError> {
     let source = Source::of(target).map_err(PlanError::from)?;
     let cx = Ctx { config, target, state, store, source };
     let t0 = Instant::now();
@@ -164,7 +169,7 @@ pub async fn apply(config: &Config, target: &Target) -> Result<Release, ReleaseE
         cx.state.release_insert(&row).await?;
         return release_doc(&cx.state, row, false).await;
     }
-    let ready = match preflight::check(config, target, &cx.state, cx.store.as_ref(), &plan, Utc::now()).await? {
+    let ready = match preflight::check(config, target, cx.state, cx.store, &plan, Utc::now()).await? {
         Ok(r) => r,
         Err(refusal) => {
             lock.release().await;
@@ -267,6 +272,8 @@ async fn run(
     let t = Instant::now();
     let snap = snapshot::take_with(
         cx.config,
+        cx.state,
+        cx.store,
         cx.target,
         snapshot::Reason::PreRelease,
         &CancellationToken::new(),
@@ -288,7 +295,7 @@ async fn run(
     journal.step(Step::SnapshotDone, Some(&snap.id)).await?;
     row.pre_snapshot_id = Some(snap.id.clone());
     cx.state.release_update(&row).await?;
-    recovery::pin(cx.store.as_ref(), &cx.target.name, &snap.id, Some(&row.id)).await?;
+    recovery::pin(cx.store, &cx.target.name, &snap.id, Some(&row.id)).await?;
 
     let before_not_valid = not_valid_on_live(cx.target).await;
     let mode = Mode::of(cx.source.kind(), &plan.pending);
@@ -395,9 +402,14 @@ pub async fn list(state: &State, target: &Target, id: Option<&str>) -> Result<Ve
 /// Finishes a release of `target` that a crash interrupted, if there is one
 /// and no other process holds the target's lock (then it is not
 /// interrupted, just running). Every command that acts on a target calls
-/// this first.
-pub async fn recover_interrupted(config: &Config, target: &Target) -> Result<Option<Release>, ReleaseError> {
-    let state = State::open(&config.state_dir).await?;
+/// this first. `store` opens the object store, called only when there is
+/// a release to finish.
+pub async fn recover_interrupted<'s>(
+    config: &Config,
+    state: &State,
+    store: impl AsyncFnOnce() -> Result<&'s dyn Store, StoreError>,
+    target: &Target,
+) -> Result<Option<Release>, ReleaseError> {
     if state.unfinished_releases(&target.name).await?.is_empty() || target.migrations.is_none() {
         return Ok(None);
     }
@@ -406,7 +418,7 @@ pub async fn recover_interrupted(config: &Config, target: &Target) -> Result<Opt
         Err(LockError::Held { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let (state, store) = open_stores(config).await?;
+    let store = store().await?;
     let source = Source::of(target).map_err(PlanError::from)?;
     let cx = Ctx { config, target, state, store, source };
     let r = recovery::finish_interrupted(&cx).await;

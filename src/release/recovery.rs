@@ -45,12 +45,12 @@ pub async fn pin(store: &dyn Store, target: &str, id: &str, by: Option<&str>) ->
 /// After a successful release, earlier releases' snapshots are no longer
 /// anyone's recovery point: their pins go (retention decides again).
 pub async fn unpin_older(cx: &Ctx<'_>, keep: &str) {
-    let Ok(list) = crate::snapshot::catalog::manifests(cx.store.as_ref(), &cx.target.name).await else { return };
+    let Ok(list) = crate::snapshot::catalog::manifests(cx.store, &cx.target.name).await else { return };
     for m in list {
         if let Some(by) = &m.pinned_by
             && by != keep
             && by.starts_with("r-")
-            && let Err(e) = pin(cx.store.as_ref(), &cx.target.name, &m.id, None).await
+            && let Err(e) = pin(cx.store, &cx.target.name, &m.id, None).await
         {
             tracing::warn!(snapshot = %m.id, error = %e, "Cannot unpin an earlier release's snapshot.");
         }
@@ -157,7 +157,7 @@ async fn restore_live(cx: &Ctx<'_>, journal: &Journal, row: &ReleaseRow) -> Resu
         }
         journal.step(Step::Restore, Some(&new)).await.map_err(|e| e.to_string())?;
         tracing::info!(snapshot = %snap, database = %new, "Restoring the pre-release snapshot.");
-        restore::restore_as(cx.config, cx.target, &snap, &new).await.map_err(|e| e.to_string())?;
+        restore::restore_as(cx.config, cx.store, cx.target, &snap, &new).await.map_err(|e| e.to_string())?;
         journal.step(Step::RestoreDone, Some(&new)).await.map_err(|e| e.to_string())?;
         restore::carry_over(&mut admin, &admin_url, &live, &new).await.map_err(|e| e.to_string())?;
     }
@@ -304,7 +304,7 @@ async fn decide(
         row.reason = Some(format!("{interrupted}, before any migration ran; live was not touched"));
         row.error_kind = Some(ReleaseErrorKind::Interrupted);
         if let Some(snap) = &row.pre_snapshot_id.clone().or_else(|| detail_of(steps, Step::SnapshotDone)) {
-            let _ = pin(cx.store.as_ref(), &cx.target.name, snap, None).await;
+            let _ = pin(cx.store, &cx.target.name, snap, None).await;
         }
         return Ok(());
     }

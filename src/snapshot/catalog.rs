@@ -12,8 +12,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio_util::io::SyncIoBridge;
 
+use super::SnapshotError;
 use super::manifest::Manifest;
-use super::{SnapshotError, open_stores};
 use crate::config::{Config, Target};
 use crate::error_class::{Class, Classify};
 use crate::state::{RunStatus, State};
@@ -128,9 +128,9 @@ pub async fn manifests(store: &dyn Store, target: &str) -> Result<Vec<Manifest>,
     Ok(out)
 }
 
-pub async fn list(config: &Config, target: &Target) -> Result<Vec<Listed>, CatalogError> {
-    let (_state, store) = open_stores(config).await?;
-    Ok(manifests(store.as_ref(), &target.name)
+/// The snapshots of `target` in `store`, newest first.
+pub async fn list(store: &dyn Store, target: &Target) -> Result<Vec<Listed>, CatalogError> {
+    Ok(manifests(store, &target.name)
         .await?
         .into_iter()
         .map(|m| Listed {
@@ -250,6 +250,7 @@ pub struct Downloaded {
 /// file appears under its name only when everything checked out.
 pub async fn download(
     config: &Config,
+    store: &dyn Store,
     target: &Target,
     id: &str,
     output: &Path,
@@ -258,9 +259,8 @@ pub async fn download(
     if output.exists() {
         return Err(CatalogError::OutputExists { path: output.into() });
     }
-    let (_state, store) = open_stores(config).await?;
-    let m = resolve(store.as_ref(), &target.name, id).await?;
-    fetch(config, store.as_ref(), &m, identity, output, true).await
+    let m = resolve(store, &target.name, id).await?;
+    fetch(config, store, &m, identity, output, true).await
 }
 
 /// The identity that decrypts `m`: `--identity`, `[store] identity_file`,

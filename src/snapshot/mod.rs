@@ -131,30 +131,19 @@ pub fn new_id(now: chrono::DateTime<Utc>) -> String {
     format!("{}-{:04x}", now.format("%Y%m%dT%H%M%SZ"), rand::random::<u16>())
 }
 
-/// Opens the state store and the snapshot store, and cleans up after dead
-/// runs: runs whose process died are marked failed, their uploads aborted.
-pub async fn open_stores(config: &Config) -> Result<(State, Box<dyn Store>), SnapshotError> {
-    let state = State::open(&config.state_dir).await?;
-    let dead = state.reap_dead_runs().await?;
-    for id in &dead {
-        tracing::warn!(snapshot = %id, "A snapshot run died before finishing; marked failed.");
-    }
-    let store = store::open(&config.store).await?;
-    sweep::sweep(store.as_ref(), &state, config.store.abort_incomplete_after).await?;
-    Ok((state, store))
-}
-
-/// Takes a snapshot of `target` now. Records the run (and its failure) in the
-/// state store. Takes the target's heavy-job lock for the duration.
+/// Takes a snapshot of `target` now into `store`. Records the run (and its
+/// failure) in `state`. Takes the target's heavy-job lock for the duration.
 /// `cancel` (SIGINT/SIGTERM, daemon shutdown) stops the dump, aborts the
 /// upload and records the run as failed.
 pub async fn take(
     config: &Config,
+    state: &State,
+    store: &dyn Store,
     target: &Target,
     reason: Reason,
     cancel: &CancellationToken,
 ) -> Result<Outcome, SnapshotError> {
-    take_with(config, target, reason, cancel, Locking::Acquire).await
+    take_with(config, state, store, target, reason, cancel, Locking::Acquire).await
 }
 
 /// Whether a snapshot takes the target's heavy-job lock itself.
@@ -168,12 +157,13 @@ pub enum Locking {
 /// [`take`], for a caller that may already hold the heavy-job lock.
 pub async fn take_with(
     config: &Config,
+    state: &State,
+    store: &dyn Store,
     target: &Target,
     reason: Reason,
     cancel: &CancellationToken,
     locking: Locking,
 ) -> Result<Outcome, SnapshotError> {
-    let (state, store) = open_stores(config).await?;
     let started_at = Utc::now();
     let id = new_id(started_at);
     // Progress is shown against the last snapshot's raw size (pg_database_size otherwise).
@@ -181,7 +171,7 @@ pub async fn take_with(
     state.snapshot_started(&id, &target.name, reason.as_str(), started_at).await?;
     let span = tracing::info_span!("snapshot", run_id = %id, target = %target.name, job = "snapshot");
     let result = tracing::Instrument::instrument(
-        run(config, target, reason, &id, started_at, store.as_ref(), cancel, locking, previous_raw),
+        run(config, target, reason, &id, started_at, store, cancel, locking, previous_raw),
         span,
     )
     .await;
