@@ -12,6 +12,8 @@
 //!   approval with 409, and a good one with 201 — visible afterwards to
 //!   `pgrehearse --json status` and in the state file itself (read with
 //!   Python's sqlite3, not the code under test); the token is never logged;
+//! - an approval runs through the job runner: an interrupted release of the
+//!   target is finished (and reported in the daemon's metrics) first;
 //! - without a token configured, writes are off (403 naming `token_file`);
 //!   with live not answering at all, the targets and the page still answer
 //!   within the timeout and say "live unreachable".
@@ -284,6 +286,44 @@ fn the_api_shows_what_was_recorded_and_guards_approvals_with_the_token() {
     let logs = t.daemon.stderr_so_far();
     assert!(!logs.contains(TOKEN) && !logs.contains("not-the-token"), "a token reached the log:\n{logs}");
     assert!(logs.contains("Refused an approval request") && logs.contains("Plan approved through the API"), "{logs}");
+}
+
+#[test]
+fn an_api_approval_goes_through_the_job_runner_which_first_finishes_an_interrupted_release() {
+    use crate::harness::release::{approve_current, crash_apply, interrupted_release, release, wait_no_sessions};
+    let t = ready_daemon();
+    let rig = &t.rig;
+    // The daemon keeps the configuration it started with (its window is
+    // closed: it never releases on its own); the CLI gets one whose window
+    // is open, approves, and dies right after journaling the release's
+    // first step. No scheduled job runs, so nothing but the approval can
+    // finish that release.
+    crate::harness::release::configure(rig, "");
+    approve_current(rig);
+    crash_apply(rig, "snapshot");
+    let id = interrupted_release(rig, "snapshot");
+    wait_no_sessions(&rig.live, "pgrehearse-lock-%");
+
+    let r = post(&t.addr, Some(TOKEN), &format!(r#"{{"target": "app", "plan": "{}", "by": "api-runner"}}"#, t.plan));
+    assert_eq!(r.status, 201, "{r:?}");
+    // The job runner finished the release before approving, as it does
+    // before `pgrehearse approve` …
+    let rel = release(rig, &id);
+    assert_eq!(rel["outcome"], "aborted", "the interrupted release is finished: {rel:#}");
+    assert!(rel["finished_at"].is_string(), "{rel:#}");
+    // … handed that to the daemon's reporter (its metrics) …
+    let m = get(&t.addr, "/metrics").body;
+    assert!(
+        m.lines().any(|l| l.starts_with("pgrehearse_release_outcomes_total{")
+            && l.contains("outcome=\"aborted\"")
+            && l.ends_with(" 1")),
+        "the recovery was reported:\n{m}"
+    );
+    // … and then recorded the approval.
+    let rows = approvals_in_state_file(&rig.pgr.state_dir());
+    let ours: Vec<&Value> = rows.iter().filter(|r| r["approved_by"] == "api-runner").collect();
+    assert_eq!(ours.len(), 1, "{rows:#?}");
+    assert_eq!(ours[0]["plan_hash"], t.plan.as_str());
 }
 
 /// Accepts TCP connections and never answers: a live server that hangs.
