@@ -109,6 +109,30 @@ impl Ended {
     }
 }
 
+/// At start-up, finishes every target's release that a crash interrupted
+/// (logged; retried before the target's next job if it fails), with the
+/// stores of a job environment built for it.
+pub async fn recover_at_start(
+    shared: &Shared,
+    config: &Arc<Config>,
+    cancel: &CancellationToken,
+) -> Result<(), crate::state::StateError> {
+    let reporter = jobs::Reporter::daemon(config, shared.metrics.clone(), shared.digest.clone());
+    let env = jobs::Env::open(config.clone(), reporter, cancel.clone(), crate::progress::Mode::Logs).await?;
+    for t in &config.targets {
+        match jobs::recover_interrupted(&env, t).await {
+            Ok(Some(r)) => {
+                tracing::warn!(target = %t.name, release = %r.record.id, outcome = %r.record.outcome, "Finished a release that was interrupted.")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(target = %t.name, error = %e, "Cannot finish an interrupted release; will retry before the target's next job.")
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs `job` on a thread of its own (see [`jobs::on_thread`]), and waits
 /// for it.
 pub async fn run_on_thread(

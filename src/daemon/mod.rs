@@ -159,26 +159,13 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<u8> {
     let notifier = Notifier::from_env();
     // Start-up checks: the state store opens, interrupted releases are
     // finished, the API listens. Only then READY=1.
-    let mut state = crate::state::State::open(&config.state_dir).await?;
-    let shared = Arc::new(Shared::new(config_path, config, notifier.clone(), state.clone()));
+    let state = crate::state::State::open(&config.state_dir).await?;
+    let shared = Arc::new(Shared::new(config_path, config, notifier.clone(), state));
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
 
     let cfg = shared.config();
-    let reporter = crate::jobs::Reporter::daemon(&cfg, shared.metrics.clone(), shared.digest.clone());
-    let startup = crate::jobs::Env::open(cfg.clone(), reporter, cancel.clone(), crate::progress::Mode::Logs).await?;
-    for t in &cfg.targets {
-        match crate::jobs::recover_interrupted(&startup, t).await {
-            Ok(Some(r)) => {
-                tracing::warn!(target = %t.name, release = %r.record.id, outcome = %r.record.outcome, "Finished a release that was interrupted.")
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(target = %t.name, error = %e, "Cannot finish an interrupted release; will retry before the target's next job.")
-            }
-        }
-    }
-    drop(startup);
+    jobs::recover_at_start(&shared, &cfg, &cancel).await?;
     // Each source's first checksum is taken now, before READY=1 and before
     // the API answers: a file added after that is a change.
     let now = Utc::now();
@@ -224,10 +211,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<u8> {
             _ = hup.recv() => {
                 reload(&shared);
                 match crate::state::State::open(&shared.config().state_dir).await {
-                    Ok(s) => {
-                        *shared.state.write().unwrap_or_else(|e| e.into_inner()) = s.clone();
-                        state = s;
-                    }
+                    Ok(s) => *shared.state.write().unwrap_or_else(|e| e.into_inner()) = s,
                     Err(e) => tracing::error!(error = %e, "Cannot open the state store of the reloaded configuration."),
                 }
                 // Schedules restart from the new file; what was seen of the
@@ -254,7 +238,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<u8> {
             host_metrics(&shared.metrics, &cfg);
             next_host = Instant::now() + Duration::from_secs(30);
         }
-        schedule(&cfg, &state, &mut states).await;
+        schedule(&cfg, &crate::api::Daemon::state(shared.as_ref()), &mut states).await;
         dispatch(&shared, &cfg, &mut states, &tracker, &cancel, &release_cancel);
         if let Some(email) = &cfg.email
             && let Some(mail) = shared.digest.take_due(Utc::now(), email.digest_every)
