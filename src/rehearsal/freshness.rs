@@ -7,11 +7,16 @@
 //! apart from the plan. After every Payload release the newest snapshot is
 //! the pre-release one, so the next rehearsal (the CLI's, or the daemon's
 //! on a file change) takes a fresh snapshot instead, and says why.
+//!
+//! Here too: picking the snapshot (verified first if it never was) and the
+//! catch-up, the migrations live applied after it to replay on the copy.
 
 use std::collections::HashSet;
 
 use crate::config::MigrationKind;
 use crate::snapshot::manifest::Manifest;
+
+use super::*;
 
 /// Why a rehearsal asked for the newest snapshot takes a fresh one itself;
 /// `None` when `newest` can carry it. `live_applied` is live's history as
@@ -36,6 +41,88 @@ pub fn fresh_needed(kind: MigrationKind, live_applied: &[String], newest: Option
         missing.len(),
         missing.join(", ")
     ))
+}
+
+/// The snapshot to rehearse on: verified first if it never was. For
+/// `latest`, a fresh one when the newest cannot carry the rehearsal (see
+/// [`freshness`]); the second value then says why.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn pick_snapshot(
+    config: &Config,
+    state: &State,
+    target: &Target,
+    kind: MigrationKind,
+    plan: &Plan,
+    store: &dyn Store,
+    choice: &Choice,
+    cancel: &CancellationToken,
+) -> Result<(Manifest, Option<String>), RehearsalError> {
+    let mut fresh = None;
+    let id = match choice {
+        Choice::Id(id) => id.clone(),
+        Choice::Fresh => snapshot::take(config, state, store, target, snapshot::Reason::Rehearsal, cancel).await?.id,
+        Choice::Latest => {
+            let newest = catalog::manifests(store, &target.name).await?.into_iter().next();
+            match freshness::fresh_needed(kind, &plan.applied_versions(), newest.as_ref()) {
+                None => newest.map(|m| m.id).unwrap_or_else(|| "latest".into()),
+                Some(why) => {
+                    tracing::info!(reason = %why, "Taking a fresh snapshot to rehearse on.");
+                    fresh = Some(why);
+                    snapshot::take(config, state, store, target, snapshot::Reason::Rehearsal, cancel).await?.id
+                }
+            }
+        }
+    };
+    let m = catalog::resolve(store, &target.name, &id).await?;
+    if m.verified_at().is_some() {
+        return Ok((m, fresh));
+    }
+    tracing::info!(snapshot = %m.id, "The snapshot was never verified: running its restore drill first.");
+    let drill = drill::verify(config, state, store, target, &m.id, false, false).await?;
+    if !drill.ok {
+        return Err(RehearsalError::SnapshotBroken { id: m.id, problems: drill.mismatches.join("; ") });
+    }
+    Ok((catalog::resolve(store, &target.name, &m.id).await?, fresh))
+}
+
+/// Migrations live applied after the snapshot was taken, to replay on the
+/// copy before the plan (so the plan runs on the history live has).
+pub(super) async fn catch_up(
+    source: &Source<'_>,
+    plan: &Plan,
+    conn: &mut sqlx::PgConnection,
+    m: &Manifest,
+) -> Result<Vec<Migration>, RehearsalError> {
+    if source.kind() == MigrationKind::Command {
+        return Ok(Vec::new());
+    }
+    let copy: HashSet<String> = source.history(conn).await?.into_iter().filter(|a| a.ok).map(|a| a.version).collect();
+    let live: HashSet<String> = plan.applied_versions().into_iter().collect();
+    let ahead: Vec<String> = copy.difference(&live).cloned().collect();
+    if !ahead.is_empty() {
+        return Err(RehearsalError::SnapshotAhead { snapshot: m.id.clone(), versions: ahead.join(", ") });
+    }
+    let missing: Vec<&String> = live.difference(&copy).collect();
+    if missing.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !source.is_native() {
+        let mut v: Vec<String> = missing.into_iter().cloned().collect();
+        v.sort();
+        return Err(RehearsalError::CatchUpExternal {
+            snapshot: m.id.clone(),
+            versions: v.join(", "),
+            kind: format!("{:?}", source.kind()).to_lowercase(),
+        });
+    }
+    let files = source.files().await?;
+    let replay: Vec<Migration> = files.into_iter().filter(|f| missing.contains(&&f.version)).collect();
+    if replay.len() != missing.len() {
+        let have: HashSet<&String> = replay.iter().map(|f| &f.version).collect();
+        let gone: Vec<String> = missing.into_iter().filter(|v| !have.contains(v)).cloned().collect();
+        return Err(RehearsalError::CatchUpMissing { versions: gone.join(", ") });
+    }
+    Ok(replay)
 }
 
 #[cfg(test)]

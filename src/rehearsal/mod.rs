@@ -27,14 +27,13 @@ pub mod seeds;
 pub use error::RehearsalError;
 pub use report::{Report, report_key};
 
-use std::collections::HashSet;
 use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, MigrationKind, Target};
+use crate::config::{Config, Target};
 use crate::conn_url::ConnUrl;
 use crate::drill;
 use crate::lint_rule::Severity;
@@ -160,7 +159,8 @@ async fn run(
 ) -> Result<Report, RehearsalError> {
     let started_at = Utc::now();
     let t0 = Instant::now();
-    let (m, fresh) = pick_snapshot(config, state, target, source.kind(), plan, store, &opts.snapshot, cancel).await?;
+    let (m, fresh) =
+        freshness::pick_snapshot(config, state, target, source.kind(), plan, store, &opts.snapshot, cancel).await?;
     let db = shadow.scratch_name(id);
     let (method, restore_ms) = crate::shadow::load::scratch_copy(config, target, store, &m, shadow, &db).await?;
     tracing::info!(database = %db, method, restore_ms, snapshot = %m.id, "Scratch copy ready.");
@@ -193,48 +193,6 @@ async fn run(
     Ok(report)
 }
 
-/// The snapshot to rehearse on: verified first if it never was. For
-/// `latest`, a fresh one when the newest cannot carry the rehearsal (see
-/// [`freshness`]); the second value then says why.
-#[allow(clippy::too_many_arguments)]
-async fn pick_snapshot(
-    config: &Config,
-    state: &State,
-    target: &Target,
-    kind: MigrationKind,
-    plan: &Plan,
-    store: &dyn Store,
-    choice: &Choice,
-    cancel: &CancellationToken,
-) -> Result<(Manifest, Option<String>), RehearsalError> {
-    let mut fresh = None;
-    let id = match choice {
-        Choice::Id(id) => id.clone(),
-        Choice::Fresh => snapshot::take(config, state, store, target, snapshot::Reason::Rehearsal, cancel).await?.id,
-        Choice::Latest => {
-            let newest = catalog::manifests(store, &target.name).await?.into_iter().next();
-            match freshness::fresh_needed(kind, &plan.applied_versions(), newest.as_ref()) {
-                None => newest.map(|m| m.id).unwrap_or_else(|| "latest".into()),
-                Some(why) => {
-                    tracing::info!(reason = %why, "Taking a fresh snapshot to rehearse on.");
-                    fresh = Some(why);
-                    snapshot::take(config, state, store, target, snapshot::Reason::Rehearsal, cancel).await?.id
-                }
-            }
-        }
-    };
-    let m = catalog::resolve(store, &target.name, &id).await?;
-    if m.verified_at().is_some() {
-        return Ok((m, fresh));
-    }
-    tracing::info!(snapshot = %m.id, "The snapshot was never verified: running its restore drill first.");
-    let drill = drill::verify(config, state, store, target, &m.id, false, false).await?;
-    if !drill.ok {
-        return Err(RehearsalError::SnapshotBroken { id: m.id, problems: drill.mismatches.join("; ") });
-    }
-    Ok((catalog::resolve(store, &target.name, &m.id).await?, fresh))
-}
-
 /// Everything that happens on the scratch copy.
 #[allow(clippy::too_many_arguments)]
 async fn measure(
@@ -252,7 +210,7 @@ async fn measure(
     let q = |source| PgError::Query { url: url.redacted(), source };
     let table = source.table();
     let mut conn = runner::session(url, target, "pgrehearse-rehearse").await?;
-    let catch_up = catch_up(source, plan, &mut conn, m).await?;
+    let catch_up = freshness::catch_up(source, plan, &mut conn, m).await?;
     if !catch_up.is_empty() {
         tracing::info!(count = catch_up.len(), "Replaying migrations live applied after the snapshot.");
         let (results, ok) =
@@ -452,46 +410,6 @@ fn judge_name(db: &str) -> String {
 
 fn plan_versions(list: &[Migration]) -> Vec<String> {
     list.iter().map(|m| m.version.clone()).collect()
-}
-
-/// Migrations live applied after the snapshot was taken, to replay on the
-/// copy before the plan (so the plan runs on the history live has).
-async fn catch_up(
-    source: &Source<'_>,
-    plan: &Plan,
-    conn: &mut sqlx::PgConnection,
-    m: &Manifest,
-) -> Result<Vec<Migration>, RehearsalError> {
-    if source.kind() == MigrationKind::Command {
-        return Ok(Vec::new());
-    }
-    let copy: HashSet<String> = source.history(conn).await?.into_iter().filter(|a| a.ok).map(|a| a.version).collect();
-    let live: HashSet<String> = plan.applied_versions().into_iter().collect();
-    let ahead: Vec<String> = copy.difference(&live).cloned().collect();
-    if !ahead.is_empty() {
-        return Err(RehearsalError::SnapshotAhead { snapshot: m.id.clone(), versions: ahead.join(", ") });
-    }
-    let missing: Vec<&String> = live.difference(&copy).collect();
-    if missing.is_empty() {
-        return Ok(Vec::new());
-    }
-    if !source.is_native() {
-        let mut v: Vec<String> = missing.into_iter().cloned().collect();
-        v.sort();
-        return Err(RehearsalError::CatchUpExternal {
-            snapshot: m.id.clone(),
-            versions: v.join(", "),
-            kind: format!("{:?}", source.kind()).to_lowercase(),
-        });
-    }
-    let files = source.files().await?;
-    let replay: Vec<Migration> = files.into_iter().filter(|f| missing.contains(&&f.version)).collect();
-    if replay.len() != missing.len() {
-        let have: HashSet<&String> = replay.iter().map(|f| &f.version).collect();
-        let gone: Vec<String> = missing.into_iter().filter(|v| !have.contains(v)).cloned().collect();
-        return Err(RehearsalError::CatchUpMissing { versions: gone.join(", ") });
-    }
-    Ok(replay)
 }
 
 /// Problems fail the rehearsal (exit 2); warnings inform the approval.
