@@ -13,10 +13,15 @@
 
 use std::collections::HashSet;
 
-use crate::config::MigrationKind;
-use crate::snapshot::manifest::Manifest;
+use tokio_util::sync::CancellationToken;
 
-use super::*;
+use super::{Choice, RehearsalError};
+use crate::config::{Config, MigrationKind, Target};
+use crate::drill;
+use crate::migrations::{Migration, Plan, Source};
+use crate::snapshot::{self, catalog, manifest::Manifest};
+use crate::state::State;
+use crate::store::Store;
 
 /// Why a rehearsal asked for the newest snapshot takes a fresh one itself;
 /// `None` when `newest` can carry it. `live_applied` is live's history as
@@ -63,7 +68,7 @@ pub(super) async fn pick_snapshot(
         Choice::Fresh => snapshot::take(config, state, store, target, snapshot::Reason::Rehearsal, cancel).await?.id,
         Choice::Latest => {
             let newest = catalog::manifests(store, &target.name).await?.into_iter().next();
-            match freshness::fresh_needed(kind, &plan.applied_versions(), newest.as_ref()) {
+            match fresh_needed(kind, &plan.applied_versions(), newest.as_ref()) {
                 None => newest.map(|m| m.id).unwrap_or_else(|| "latest".into()),
                 Some(why) => {
                     tracing::info!(reason = %why, "Taking a fresh snapshot to rehearse on.");

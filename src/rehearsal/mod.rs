@@ -35,7 +35,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Target};
 use crate::conn_url::ConnUrl;
-use crate::drill;
 use crate::lint_rule::Severity;
 use crate::migrations::executor::Mode;
 use crate::migrations::{self, Migration, Plan, Source};
@@ -44,7 +43,6 @@ use crate::pg::lock::HeavyLock;
 use crate::pg::tools;
 use crate::shadow::Shadow;
 use crate::snapshot;
-use crate::snapshot::catalog;
 use crate::snapshot::manifest::Manifest;
 use crate::state::{RehearsalStatus, State};
 use crate::store::Store;
