@@ -71,7 +71,14 @@ fn payload_plan_is_rehearsed_through_its_cli_and_live_is_only_read() {
     // Live: nothing written, nothing locked, history unchanged.
     assert_eq!(write_counters(&rig.live, "app"), counters, "rows written on live during the rehearsal");
     assert!(ticks > 10, "the poller ran ({ticks} polls)");
-    let user_locks: Vec<_> = seen.iter().filter(|l| l.on_user_relation()).collect();
+    // Reading live's history (the plan) takes ACCESS SHARE on it for a moment,
+    // which the 10 ms poller may catch; any other lock on a user relation is
+    // more than a read.
+    let user_locks: Vec<_> = seen
+        .iter()
+        .filter(|l| l.on_user_relation())
+        .filter(|l| !(l.mode == "AccessShareLock" && l.relation == "payload_migrations"))
+        .collect();
     assert!(user_locks.is_empty(), "relation locks on live during the rehearsal: {user_locks:?}");
     assert_eq!(history(&rig), before);
     assert!(

@@ -15,7 +15,6 @@
 use crate::harness::migrations::*;
 use crate::harness::release::*;
 use std::io::Write;
-use std::process::Stdio;
 use std::time::Duration;
 
 const SETUP: &str = "CREATE TABLE t (id int PRIMARY KEY, email text);
@@ -120,22 +119,9 @@ struct Holder(std::process::Child);
 
 impl Holder {
     fn start(rig: &Rig) -> Holder {
-        let mut child = rig
+        let child = rig
             .live
-            .client("psql")
-            .args(["-XAtq", "-d", "app"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .as_mut()
-            .unwrap()
-            .write_all(b"SET ROLE app;\nBEGIN;\nLOCK TABLE t IN ACCESS SHARE MODE;\nSELECT 'locked';\n")
-            .unwrap();
-        child.stdin.as_mut().unwrap().flush().unwrap();
+            .psql_session("app", "SET ROLE app;\nBEGIN;\nLOCK TABLE t IN ACCESS SHARE MODE;\nSELECT 'locked';\n");
         crate::harness::wait_for("the holder's lock", Duration::from_secs(20), Duration::from_millis(20), || {
             let n = rig.live.psql("app", "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 't' AND l.mode = 'AccessShareLock' AND l.pid <> pg_backend_pid() AND l.granted");
             (n != "0").then_some(())

@@ -10,8 +10,7 @@
 use crate::harness::migrations::*;
 use crate::harness::release::*;
 use crate::harness::wait_for;
-use std::io::Write;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 const SETUP: &str = "CREATE TABLE t (id int PRIMARY KEY, email text);
@@ -25,19 +24,8 @@ struct Writer(Child);
 
 impl Writer {
     fn start(rig: &Rig) -> Writer {
-        let mut child = rig
-            .live
-            .client("psql")
-            .args(["-XAtq", "-d", "app"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
         let script = "SET ROLE app;\nINSERT INTO events (note) VALUES ('written during the release');\n\\watch 0.02\n";
-        child.stdin.as_mut().unwrap().write_all(script.as_bytes()).unwrap();
-        child.stdin.as_mut().unwrap().flush().unwrap();
-        Writer(child)
+        Writer(rig.live.psql_session("app", script))
     }
 }
 

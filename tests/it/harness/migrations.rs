@@ -237,9 +237,11 @@ pub fn rows(c: &Cluster, db: &str, sql: &str) -> Vec<String> {
     c.psql(db, sql).lines().filter(|l| !l.is_empty()).map(str::to_string).collect()
 }
 
-/// The write counters of `db` in `pg_stat_database`: `inserted,updated,deleted`.
-/// Waits until no other backend is connected to `db` and the counters are
-/// stable (a backend flushes its statistics while it exits).
+/// The write counters of `db`'s user tables (`pg_stat_user_tables`, summed):
+/// `inserted,updated,deleted`. Not `pg_stat_database`, which also counts
+/// catalog rows, and autovacuum's ANALYZE writes those (`pg_statistic`) at
+/// any time. Waits until no other backend is connected to `db` and the
+/// counters are stable (a backend flushes its statistics while it exits).
 pub fn write_counters(c: &Cluster, db: &str) -> String {
     wait_for(&format!("no other sessions on {db}"), Duration::from_secs(20), Duration::from_millis(20), || {
         let n = c.psql(
@@ -250,11 +252,9 @@ pub fn write_counters(c: &Cluster, db: &str) -> String {
     });
     let read = || {
         c.psql(
-            "postgres",
-            &format!(
-                "SELECT pg_stat_force_next_flush(); SELECT tup_inserted || ',' || tup_updated || ',' || tup_deleted
-                   FROM pg_stat_database WHERE datname = '{db}'"
-            ),
+            db,
+            "SELECT pg_stat_force_next_flush(); SELECT coalesce(sum(n_tup_ins), 0) || ',' || coalesce(sum(n_tup_upd), 0)
+               || ',' || coalesce(sum(n_tup_del), 0) FROM pg_stat_user_tables",
         )
         .lines()
         .last()
@@ -270,7 +270,7 @@ pub fn write_counters(c: &Cluster, db: &str) -> String {
         }
         last = now;
     }
-    panic!("pg_stat_database counters of {db} do not settle (last {last})");
+    panic!("write counters of {db} do not settle (last {last})");
 }
 
 /// One relation lock the poller saw.

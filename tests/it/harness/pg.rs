@@ -130,6 +130,26 @@ impl Cluster {
 
     /// A `psql`/`pg_dump`-style command connected as `postgres` over the
     /// socket. The binary runs as root: no peer auth is involved.
+    /// A `psql` session on `db` that has been fed `script` and stays open
+    /// (stdin kept) until the child is killed or its stdin closed: a lock
+    /// holder, or an application writer looping with `\watch`.
+    pub fn psql_session(&self, db: &str, script: &str) -> std::process::Child {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut child = self
+            .client("psql")
+            .args(["-XAtq", "-d", db])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.as_mut().unwrap();
+        stdin.write_all(script.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        child
+    }
+
     pub fn client(&self, bin: &str) -> Command {
         let mut cmd = Command::new(self.bindir.join(bin));
         cmd.arg("-h")
