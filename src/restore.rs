@@ -319,19 +319,10 @@ pub(crate) async fn swap(
             return Err(e);
         }
         between(old).await;
-        if let Err(e) = second_rename(conn, url, live, new, old).await {
-            // Put live back where it was: never leave the name without a database.
-            rename(conn, url, old, live).await?;
-            exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(live))).await?;
-            return Err(e);
-        }
+        finish_swap(conn, url, live, new, old).await?;
     } else if !has_live && has_new && has_old {
         tracing::warn!(database = live, "Finishing a swap interrupted between its renames.");
-        if let Err(e) = second_rename(conn, url, live, new, old).await {
-            rename(conn, url, old, live).await?;
-            exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(live))).await?;
-            return Err(e);
-        }
+        finish_swap(conn, url, live, new, old).await?;
     } else if !(has_live && has_old) {
         return Err(PgError::Query {
             url: url.redacted(),
@@ -350,8 +341,7 @@ pub(crate) async fn swap(
 /// snapshot keep their ids, and the restored database never hands them out
 /// again), then renames `new` to `live`. `old` was closed to connections for
 /// the swap; it is opened for the read (the application does not know its
-/// name). On an error the caller puts `old` back as live: a restored
-/// database that could hand out ids twice never takes the live name.
+/// name).
 async fn second_rename(
     conn: &mut PgConnection,
     url: &ConnUrl,
@@ -365,6 +355,18 @@ async fn second_rename(
         tracing::info!(sequence = %m.sequence, restored = ?m.from, now = m.to, "Set a restored sequence past the ids the replaced database handed out.");
     }
     rename(conn, url, new, live).await
+}
+
+/// [`second_rename`], and on its error `old` put back as live: the name is
+/// never left without a database, and a restored database that could hand
+/// out ids twice never takes it.
+async fn finish_swap(conn: &mut PgConnection, url: &ConnUrl, live: &str, new: &str, old: &str) -> Result<(), PgError> {
+    if let Err(e) = second_rename(conn, url, live, new, old).await {
+        rename(conn, url, old, live).await?;
+        exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(live))).await?;
+        return Err(e);
+    }
+    Ok(())
 }
 
 pub(crate) async fn rename(conn: &mut PgConnection, url: &ConnUrl, from: &str, to: &str) -> Result<(), PgError> {
