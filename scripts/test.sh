@@ -31,6 +31,8 @@ fi
 # zstd decompresses stored dumps; age-keygen makes test keys.
 command -v zstd >/dev/null 2>&1 || apt_install zstd
 command -v age-keygen >/dev/null 2>&1 || apt_install age
+# sqlite3 edits the state store as an older pgrehearse wrote it (report_accuracy).
+command -v sqlite3 >/dev/null 2>&1 || apt_install sqlite3
 # systemd-analyze (verify, security), systemd-sysusers and systemd-tmpfiles
 # check the shipped unit and its sysusers/tmpfiles files; systemd need not
 # be PID 1 for that.
