@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 const LAYERS: &[(&str, &[&str])] = &[
     ("leaf", &["format", "host", "conn_url", "lint_rule", "error_class"]),
     ("infrastructure", &["config", "pg", "store", "state", "metrics", "progress"]),
-    ("domain", &["snapshot", "shadow", "migrations"]),
+    ("domain", &["snapshot", "shadow", "migrations", "stranded"]),
     ("operations", &["drill", "restore", "rehearsal", "release", "status"]),
     ("reports", &["report"]),
     ("jobs", &["jobs"]),

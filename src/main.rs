@@ -27,6 +27,7 @@ mod restore;
 mod shadow;
 mod snapshot;
 mod state;
+mod stranded;
 mod status;
 mod store;
 
