@@ -30,6 +30,11 @@ use schedule::{Schedule, Window};
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
     pub state_dir: PathBuf,
+    /// How long a PostgreSQL server may go without answering a fresh
+    /// connection before a job that talks to it is stopped as stalled (see
+    /// `pg::stall`); also the client programs' `tcp_user_timeout`.
+    #[serde(with = "humantime_serde_compat")]
+    pub stall_timeout: Duration,
     pub store: StoreConfig,
     pub snapshot: SnapshotConfig,
     pub email: Option<EmailConfig>,

@@ -10,6 +10,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub state_dir: Option<PathBuf>,
+    pub stall_timeout: Option<String>,
     #[serde(default)]
     pub store: RawStore,
     #[serde(default)]

@@ -111,6 +111,14 @@ pub fn from_source(file: &Path, src: &str) -> Result<Config, Vec<Problem>> {
     let root = KeyPath::root();
     let state_dir = cx.path(raw.state_dir.as_deref().unwrap_or(Path::new("/var/lib/pgrehearse")));
     let store = store(&mut cx, &raw.store, &state_dir);
+    let stall_timeout = match cx.duration(&root.key("stall_timeout"), raw.stall_timeout.as_deref(), Some(STALL_TIMEOUT))
+    {
+        Some(d) if d < Duration::from_secs(1) => {
+            cx.problem(&root.key("stall_timeout"), "must be at least 1s (it bounds how long a stalled server can hold a job; 60s is the default)");
+            STALL_TIMEOUT
+        }
+        d => d.unwrap_or(STALL_TIMEOUT),
+    };
     let snapshot = SnapshotConfig {
         zstd_level: match raw.snapshot.zstd_level {
             Some(l) if !(1..=19).contains(&l) => {
@@ -155,7 +163,7 @@ pub fn from_source(file: &Path, src: &str) -> Result<Config, Vec<Problem>> {
         return Err(cx.problems);
     }
     let rehearsal = RehearsalConfig { strict_column_order: raw.rehearsal.strict_column_order.unwrap_or(false) };
-    Ok(Config { state_dir, store, snapshot, email, api, daemon, rehearsal, targets })
+    Ok(Config { state_dir, stall_timeout, store, snapshot, email, api, daemon, rehearsal, targets })
 }
 
 fn daemon(cx: &mut Ctx, raw: &RawDaemon) -> DaemonConfig {
@@ -432,6 +440,10 @@ fn migrations(cx: &mut Ctx, p: &KeyPath, raw: &RawMigrations) -> Option<Migratio
         password_in_url: raw.password_in_url.unwrap_or(false),
     })
 }
+
+/// The default `stall_timeout`: long enough for a loaded server to accept a
+/// connection, short enough that a stalled one does not hold a window.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
 

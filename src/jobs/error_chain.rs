@@ -16,6 +16,7 @@ classifier!(
         migrations::payload::PayloadError,
         pg::PgError,
         pg::lock::LockError,
+        pg::stall::Stalled,
         pg::tools::ToolError,
         rehearsal::RehearsalError,
         release::ReleaseError,

@@ -15,6 +15,15 @@
 //! hands the outcome to the reporter (mail and metrics in the daemon, mail
 //! in the CLI).
 //!
+//! Every job that talks to PostgreSQL runs under the stall watchdog
+//! (`pg::stall`): when a server it uses stops answering, the job is
+//! stopped — told to cancel and given `stall_timeout` to clean up (kill
+//! pg_dump, abort the upload), then dropped (its sessions close, its tools
+//! are killed) — and fails with [`pg::stall::Stalled`]. A release is never
+//! cancelled: it is dropped at once and recorded `interrupted`, as for a
+//! crash, so the next command on the target finishes it from its journal
+//! once the server answers again.
+//!
 //! Errors keep their domain type (the first cause in the chain), so the
 //! edge classifies them as before.
 
@@ -30,6 +39,7 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Target};
+use crate::pg::{self, ConnUrl};
 use crate::snapshot::{self, Reason};
 use crate::state::State;
 use crate::store::{self, Store};
@@ -169,6 +179,22 @@ impl Job {
     fn recovers_first(&self) -> bool {
         !matches!(self, Job::Apply | Job::Releases { .. } | Job::Snapshots | Job::Download { .. })
     }
+
+    /// The PostgreSQL servers the job works on, which the stall watchdog
+    /// watches (none for the jobs that read only the stores).
+    fn servers(&self, target: &Target) -> Vec<ConnUrl> {
+        let live = || target.live_url.clone();
+        let shadow = || target.shadow_url.clone().into_iter();
+        match self {
+            Job::Snapshot { .. } | Job::Status | Job::Apply => vec![live()],
+            Job::RestoreAs { .. } | Job::ReplaceLive { .. } => vec![target.admin().with_database("postgres")],
+            Job::Verify { .. } => shadow().collect(),
+            Job::Rehearse(_) => std::iter::once(live()).chain(shadow()).collect(),
+            Job::Snapshots | Job::Download { .. } | Job::Approve { .. } | Job::Releases { .. } | Job::Prune { .. } => {
+                Vec::new()
+            }
+        }
+    }
 }
 
 /// What a job produced.
@@ -198,6 +224,7 @@ pub async fn run(env: &Env, target: &Target, job: Job) -> anyhow::Result<Done> {
 
 async fn run_in_span(env: &Env, target: &Target, job: Job) -> anyhow::Result<Done> {
     crate::progress::set_mode(env.progress);
+    pg::stall::set_timeout(env.config.stall_timeout);
     let name = job.name();
     if job.recovers_first()
         && let Some(r) = recover_interrupted(env, target).await?
@@ -206,7 +233,7 @@ async fn run_in_span(env: &Env, target: &Target, job: Job) -> anyhow::Result<Don
         env.reporter.report(env, &target.name, "recovery", &Ok(Done::Released(Box::new(r)))).await;
     }
     let then_prune = matches!(job, Job::Snapshot { then_prune: true, .. });
-    let result = operate(env, target, job).await;
+    let result = watched(env, target, job).await;
     env.reporter.report(env, &target.name, name, &result).await;
     if then_prune && result.is_ok() {
         prune_after_snapshot(env, target).await;
@@ -245,15 +272,44 @@ async fn prune_after_snapshot(env: &Env, target: &Target) {
     }
 }
 
+/// [`operate`] under the stall watchdog (see the module doc).
+async fn watched(env: &Env, target: &Target, job: Job) -> anyhow::Result<Done> {
+    let servers = job.servers(target);
+    if servers.is_empty() {
+        return operate(env, target, job, &env.cancel).await;
+    }
+    let (name, is_release) = (job.name(), matches!(job, Job::Apply));
+    let limit = env.config.stall_timeout;
+    let stop = env.cancel.child_token();
+    let op = operate(env, target, job, &stop);
+    tokio::pin!(op);
+    let stalled = tokio::select! {
+        r = &mut op => return r,
+        s = pg::stall::watch(&servers, limit, name) => s,
+    };
+    if !is_release {
+        stop.cancel();
+        if tokio::time::timeout(limit, &mut op).await.is_err() {
+            tracing::warn!("The stalled job did not stop within stall_timeout; dropped (its sessions close, its tools are killed).");
+        }
+    }
+    drop(op);
+    if is_release {
+        release::suspend_stalled(&env.state, target, &stalled.to_string()).await;
+    }
+    Err(stalled.into())
+}
+
 /// The operation itself, with the state store and the object store of
-/// `env` (the object store opened only by the jobs that use it).
-async fn operate(env: &Env, target: &Target, job: Job) -> anyhow::Result<Done> {
+/// `env` (the object store opened only by the jobs that use it); `cancel`
+/// stops the operations that can be stopped.
+async fn operate(env: &Env, target: &Target, job: Job, cancel: &CancellationToken) -> anyhow::Result<Done> {
     let config = env.config.as_ref();
     let state = &env.state;
     Ok(match job {
         Job::Snapshot { reason, .. } => {
             let store = env.store().await?;
-            Done::Snapshot(snapshot::take(config, state, store, target, reason, &env.cancel).await?)
+            Done::Snapshot(snapshot::take(config, state, store, target, reason, cancel).await?)
         }
         Job::Snapshots => {
             let store = env.store().await?;
@@ -270,7 +326,7 @@ async fn operate(env: &Env, target: &Target, job: Job) -> anyhow::Result<Done> {
             let verify = drill::verify(config, state, store, target, &snapshot, full, keep);
             tokio::select! {
                 r = verify => Done::Verified(r?),
-                _ = env.cancel.cancelled() => return Err(Cancelled.into()),
+                _ = cancel.cancelled() => return Err(Cancelled.into()),
             }
         }
         Job::RestoreAs { snapshot, name } => {
@@ -287,14 +343,14 @@ async fn operate(env: &Env, target: &Target, job: Job) -> anyhow::Result<Done> {
         }
         Job::Rehearse(opts) => {
             let store = env.store().await?;
-            Done::Rehearsed(Box::new(rehearsal::rehearse(config, state, store, target, &opts, &env.cancel).await?))
+            Done::Rehearsed(Box::new(rehearsal::rehearse(config, state, store, target, &opts, cancel).await?))
         }
         Job::Approve { plan, by, note } => {
             // Stopped by the token (the API's deadline) before it is recorded, nothing is approved.
             let approving = release::approval::approve(state, target, &plan, by.as_deref(), note.as_deref());
             tokio::select! {
                 r = approving => Done::Approved(r?),
-                _ = env.cancel.cancelled() => return Err(Cancelled.into()),
+                _ = cancel.cancelled() => return Err(Cancelled.into()),
             }
         }
         // Never cancelled: a release finishes or recovers.

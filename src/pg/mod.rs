@@ -1,10 +1,12 @@
 //! Everything that talks to PostgreSQL: sessions (URLs are `conn_url`), the
-//! client programs (pg_dump, pg_dumpall, pg_restore) and the per-target
-//! advisory lock that keeps heavy jobs from overlapping.
+//! client programs (pg_dump, pg_dumpall, pg_restore), the per-target
+//! advisory lock that keeps heavy jobs from overlapping, and the watchdog
+//! for servers that stall (`stall`).
 
 mod diagnostic;
 pub mod lock;
 pub mod sequences;
+pub mod stall;
 pub mod tools;
 
 pub use diagnostic::{Diagnostic, explain};
@@ -28,6 +30,11 @@ pub enum PgError {
         explain(.source)
     )]
     Query { url: String, source: sqlx::Error },
+    #[error(
+        "cannot connect to {url}: the server accepted no session within {}s (stall_timeout); check the server and the network between (a proxy or firewall holding the connection), then retry",
+        .after.as_secs()
+    )]
+    Stalled { url: String, after: std::time::Duration },
 }
 
 impl PgError {
@@ -35,14 +42,14 @@ impl PgError {
     /// (wrong password, no such role or database): the configuration is
     /// wrong, not the server down.
     pub fn is_config(&self) -> bool {
-        let (PgError::Connect { source, .. } | PgError::Query { source, .. }) = self;
+        let (PgError::Connect { source, .. } | PgError::Query { source, .. }) = self else { return false };
         matches!(source, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("28P01" | "28000" | "3D000")))
     }
 
     /// Connection failures are a dependency being unavailable (exit 69).
     pub fn is_unavailable(&self) -> bool {
         match self {
-            PgError::Connect { .. } => true,
+            PgError::Connect { .. } | PgError::Stalled { .. } => true,
             PgError::Query { source, .. } => matches!(source, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut),
         }
     }
@@ -62,6 +69,8 @@ impl Classify for PgError {
     fn kind(&self) -> &'static str {
         if self.is_config() {
             "pg_rejected"
+        } else if matches!(self, PgError::Stalled { .. }) {
+            "pg_stalled"
         } else if self.is_unavailable() {
             "pg_unreachable"
         } else {
@@ -71,10 +80,16 @@ impl Classify for PgError {
 }
 
 /// Opens a session; `application_name` makes it visible in pg_stat_activity.
+/// A server that does not finish the handshake within `stall_timeout`
+/// (see [`stall`]) fails it with [`PgError::Stalled`].
 pub async fn connect(url: &ConnUrl, application_name: &str) -> Result<PgConnection, PgError> {
     let opts =
         url.connect_options(application_name).map_err(|source| PgError::Connect { url: url.redacted(), source })?;
-    PgConnection::connect_with(&opts).await.map_err(|source| PgError::Connect { url: url.redacted(), source })
+    let after = stall::timeout();
+    match tokio::time::timeout(after, PgConnection::connect_with(&opts)).await {
+        Ok(c) => c.map_err(|source| PgError::Connect { url: url.redacted(), source }),
+        Err(_) => Err(PgError::Stalled { url: url.redacted(), after }),
+    }
 }
 
 /// Facts about a server and database, read once per job.

@@ -1,6 +1,7 @@
 //! The PostgreSQL client programs: finding them, checking their versions,
 //! and building their command lines and environments so that a password is
-//! passed by `PGPASSWORD` in the child's environment, never in argv.
+//! passed by `PGPASSWORD` in the child's environment, never in argv, and the
+//! connection carries TCP keepalives and `tcp_user_timeout` (see `stall`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -131,16 +132,34 @@ pub async fn find(name: &str, configured: Option<&Path>, server_major: u32) -> R
 }
 
 /// A command for a client program connecting with `url`: the URL without
-/// password goes in `--dbname`, the password in `PGPASSWORD`.
+/// password, with keepalive parameters added, goes in `--dbname`; the
+/// password in `PGPASSWORD`.
 pub fn command(tool: &Tool, url: &ConnUrl, application_name: &str) -> Command {
     let mut cmd = Command::new(&tool.path);
-    cmd.arg(format!("--dbname={}", url.without_password()));
+    cmd.arg(format!("--dbname={}", conninfo(url, tool.major)));
     finish(cmd, url, application_name)
+}
+
+/// `url` without its password, with the libpq keepalive parameters of the
+/// stall timeout in force added (a parameter the URL sets itself wins).
+pub fn conninfo(url: &ConnUrl, client_major: u32) -> String {
+    let plain = url.without_password();
+    let Ok(mut u) = url::Url::parse(&plain) else { return plain };
+    let set: Vec<String> = u.query_pairs().map(|(k, _)| k.into_owned()).collect();
+    let add: Vec<(&str, String)> = super::stall::libpq_params(super::stall::timeout(), client_major)
+        .into_iter()
+        .filter(|(k, _)| !set.iter().any(|s| s == k))
+        .collect();
+    if !add.is_empty() {
+        u.query_pairs_mut().extend_pairs(add);
+    }
+    u.to_string()
 }
 
 /// For programs that do not take a connection string (`pg_amcheck`): the
 /// server and role go in `PGHOST`/`PGPORT`/`PGUSER`, the database name in
-/// `flag`.
+/// `flag`. libpq has no environment variable for keepalives: such a
+/// program relies on the job's stall watchdog alone.
 pub fn command_with_flag(tool: &Tool, url: &ConnUrl, application_name: &str, flag: &str) -> Command {
     let mut cmd = Command::new(&tool.path);
     let (host, port) = url.server_key();
@@ -219,6 +238,18 @@ mod tests {
         assert_eq!(ok.major, 14);
         let missing = find("pg_restore", Some(dir.path()), 15).await.unwrap_err();
         assert!(matches!(missing, ToolError::NotFound { .. }));
+    }
+
+    #[test]
+    fn client_urls_carry_keepalives_but_no_password() {
+        let url = ConnUrl::parse("postgres://app:s3cret@db.example:5433/app?sslmode=require&keepalives_idle=7").unwrap();
+        let info = conninfo(&url, 16);
+        assert!(!info.contains("s3cret"), "{info}");
+        assert!(info.contains("sslmode=require") && info.contains("keepalives=1"), "{info}");
+        assert!(info.contains("tcp_user_timeout="), "{info}");
+        // The URL's own setting wins.
+        assert_eq!(info.matches("keepalives_idle=").count(), 1, "{info}");
+        assert!(info.contains("keepalives_idle=7"), "{info}");
     }
 
     #[test]

@@ -399,6 +399,38 @@ pub async fn list(state: &State, target: &Target, id: Option<&str>) -> Result<Ve
     Ok(out)
 }
 
+/// Records the releases of `target` this process was running as
+/// `interrupted` (journal: `suspended`), after the stall watchdog stopped
+/// the release because live's server stopped answering (see `jobs`).
+/// Nothing is done on live, which does not answer: as after a crash, the
+/// next command on the target finishes the release from its journal once
+/// it answers again. A failure to record is logged; the journal stands.
+pub async fn suspend_stalled(state: &State, target: &Target, why: &str) {
+    let rows = match state.unfinished_releases(&target.name).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot read the release records to mark the stalled release interrupted; the next run finishes it from its journal.");
+            return;
+        }
+    };
+    let mine = |r: &ReleaseRow| r.outcome == Outcome::Running && r.pid == std::process::id();
+    for mut row in rows.into_iter().filter(mine) {
+        row.outcome = Outcome::Interrupted;
+        row.error_kind = Some(ReleaseErrorKind::LiveStalled);
+        row.reason = Some(format!(
+            "{why}. Live may hold part of the plan: once its server answers again, any pgrehearse command on this target (e.g. `pgrehearse status`) finishes the release from its journal"
+        ));
+        let recorded = async {
+            Journal::new(state, &row.id).step(Step::Suspended, Some("live stalled")).await?;
+            state.release_update(&row).await
+        };
+        match recorded.await {
+            Ok(()) => tracing::error!(release = %row.id, "Release stopped: live's server stalled; recorded interrupted."),
+            Err(e) => tracing::error!(release = %row.id, error = %e, "Cannot record the stalled release; the next run finishes it from its journal."),
+        }
+    }
+}
+
 /// Finishes a release of `target` that a crash interrupted, if there is one
 /// and no other process holds the target's lock (then it is not
 /// interrupted, just running). Every command that acts on a target calls

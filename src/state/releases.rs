@@ -101,6 +101,8 @@ pub enum ReleaseErrorKind {
     SnapshotFailed,
     MigrationFailed,
     LiveUnreachable,
+    /// Live's server stopped answering mid-release (the stall watchdog).
+    LiveStalled,
     Interrupted,
     Unknown,
 }
@@ -126,6 +128,7 @@ impl ReleaseErrorKind {
             ReleaseErrorKind::SnapshotFailed => "snapshot_failed",
             ReleaseErrorKind::MigrationFailed => "migration_failed",
             ReleaseErrorKind::LiveUnreachable => "live_unreachable",
+            ReleaseErrorKind::LiveStalled => "live_stalled",
             ReleaseErrorKind::Interrupted => "interrupted",
             ReleaseErrorKind::Unknown => "unknown",
         }
@@ -152,6 +155,7 @@ impl ReleaseErrorKind {
             "snapshot_failed" => ReleaseErrorKind::SnapshotFailed,
             "migration_failed" => ReleaseErrorKind::MigrationFailed,
             "live_unreachable" => ReleaseErrorKind::LiveUnreachable,
+            "live_stalled" => ReleaseErrorKind::LiveStalled,
             "interrupted" => ReleaseErrorKind::Interrupted,
             _ => ReleaseErrorKind::Unknown,
         }
@@ -472,6 +476,7 @@ mod vocabulary_tests {
             ReleaseErrorKind::SnapshotFailed,
             ReleaseErrorKind::MigrationFailed,
             ReleaseErrorKind::LiveUnreachable,
+            ReleaseErrorKind::LiveStalled,
             ReleaseErrorKind::Interrupted,
             ReleaseErrorKind::Unknown,
         ] {
