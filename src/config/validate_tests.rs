@@ -103,3 +103,17 @@ fn migration_role_is_a_name_or_absent() {
     assert_eq!(c.targets[0].migration_role.as_deref(), Some("app_owner"));
     assert_eq!(c.targets[0].restore_no_owner, None, "unset: owners restored when roles are mirrored");
 }
+
+#[test]
+fn stall_timeout_is_a_duration_of_at_least_a_second() {
+    let target = "[[targets]]\nname = \"a\"\nlive_url = \"postgres://u@h/db\"\n";
+    let ok = from_source(Path::new("/t.toml"), &format!("stall_timeout = \"5s\"\n{target}")).unwrap();
+    assert_eq!(ok.stall_timeout, Duration::from_secs(5));
+    let default = from_source(Path::new("/t.toml"), target).unwrap();
+    assert_eq!(default.stall_timeout, Duration::from_secs(60));
+    for bad in ["500ms", "soon"] {
+        let p = problems(&format!("stall_timeout = \"{bad}\"\n{target}"));
+        assert_eq!(p.len(), 1, "{bad}: {p:?}");
+        assert_eq!((p[0].line, p[0].key.as_str()), (Some(1), "stall_timeout"));
+    }
+}

@@ -31,7 +31,7 @@ pub enum PgError {
     )]
     Query { url: String, source: sqlx::Error },
     #[error(
-        "cannot connect to {url}: the server accepted no session within {}s (stall_timeout); check the server and the network between (a proxy or firewall holding the connection), then retry",
+        "cannot connect to {url}: the server stalled, it finished no session handshake within {}s (stall_timeout); check the server and the network between (a proxy or firewall holding the connection), then retry",
         .after.as_secs()
     )]
     Stalled { url: String, after: std::time::Duration },

@@ -5,8 +5,9 @@
 //! the fault on live, `verify --full` and `rehearse` with it on the shadow,
 //! under: every connection dropped (FIN), every connection reset (RST), a
 //! stall of 2 s, a reset after 1 MiB forwarded on every connection (mid
-//! `pg_dump` / `pg_restore` stream), and, for `apply`, live's connections
-//! reset while a migration runs.
+//! `pg_dump` / `pg_restore` stream), a stall that never ends from 1 MiB
+//! forwarded on (mid stream), and, for `apply`, live's connections reset
+//! while a migration runs and live stalling for good while a migration runs.
 //!
 //! Each run survives or fails cleanly (see `faults_s3`): nothing new in the
 //! store after a failed snapshot and the earlier snapshots intact (SHA-256
@@ -16,9 +17,12 @@
 //! record that says so (or exactly post-release, recorded `applied`). Then
 //! the fault is cleared and the operation must succeed.
 //!
-//! Not tested: a stall that never ends. `pg_dump`, `pg_restore` and `psql`
-//! have no timeout of their own, so such a run waits as long as the kernel
-//! keeps the TCP connection (see the report of this suite's author).
+//! A stall that never ends (the proxy holds every connection open and
+//! forwards nothing) must end each run within [`STALL_BOUND`] with exit 69
+//! and an error naming the stall: the config sets `stall_timeout` to
+//! [`STALL_TIMEOUT`]. A scratch database the stalled run could not drop is
+//! dropped by the retry (it was made by a run that died), and a stalled
+//! release is recorded `interrupted` until the next command finishes it.
 
 use crate::harness::cli::{Run, local_store_path, local_store_toml, target_toml, toml_string};
 use crate::harness::faults::{Expect, case, failed_how, finish, finish_run};
@@ -36,6 +40,15 @@ const SETUP: &str = "CREATE TABLE t (id int PRIMARY KEY, note text NOT NULL);
     INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 2000) g;
     CREATE TABLE ctl (pause float8 NOT NULL);
     INSERT INTO ctl VALUES (0);";
+
+/// The `stall_timeout` of this suite's config: well above the 2 s stall
+/// that must be survived, small enough to keep the permanent stall short.
+const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a run may take once a permanent stall strikes: 3 stall
+/// timeouts (the watchdog's probe interval, its probe, the job's grace to
+/// clean up) plus setup.
+const STALL_BOUND: Duration = Duration::from_secs(3 * 5 + 30);
 
 struct PgFault {
     name: &'static str,
@@ -63,7 +76,23 @@ fn pg_faults() -> Vec<PgFault> {
             set: |p| p.set(Fault::ResetAfter { bytes: 1 << 20, conns: None }),
             expect: [Fail; 4],
         },
+        PgFault {
+            name: PERMANENT_STALL,
+            set: |p| p.set_after(1 << 20, Fault::Stall { until: None }),
+            expect: [Fail; 4],
+        },
     ]
+}
+
+const PERMANENT_STALL: &str = "PostgreSQL: stall that never ends, from 1 MiB forwarded on (connections held open)";
+
+/// A run under a permanent stall ended within [`STALL_BOUND`], exit 69,
+/// naming the stall.
+fn assert_stall_stopped(r: &Run, took: Duration) {
+    assert!(took < STALL_BOUND, "a stalled run took {took:?} (bound {STALL_BOUND:?})");
+    assert_eq!(r.code, 69, "a stalled run must exit 69 (unavailable):\n{}\n{}", r.stdout, r.stderr);
+    let said = format!("{}{}", r.stdout, r.stderr);
+    assert!(said.contains("stalled") && said.contains("stall_timeout"), "the error does not name the stall:\n{said}");
 }
 
 /// A URL through `proxy` (TCP on loopback) for `user` on `db`.
@@ -97,7 +126,8 @@ impl World {
             toml_string(&rig.dir.display().to_string()),
         );
         rig.pgr.write_config(&format!(
-            "{}{}",
+            "stall_timeout = \"{}s\"\n{}{}",
+            STALL_TIMEOUT.as_secs(),
             local_store_toml(&rig.pgr, ""),
             target_toml("app", &proxied_url(&live, "app", "app", PASSWORD), &target)
         ));
@@ -175,19 +205,23 @@ impl World {
 
 /// Puts the fault on `proxy`, runs `args` in the background, clears the
 /// fault; checks the fault was dealt.
-fn under(w: &World, proxy: &Proxy, set: fn(&Proxy), expect: Expect, args: &[&str]) -> (Run, Duration, u64) {
+/// `op` indexes `f.expect` (snapshot, verify, rehearse, apply).
+fn under(w: &World, proxy: &Proxy, f: &PgFault, op: usize, args: &[&str]) -> (Run, Duration, u64) {
     let injected = proxy.injected();
-    set(proxy);
-    let (r, took) = finish_run(w.rig.pgr.spawn(args), expect, args[1]);
+    (f.set)(proxy);
+    let (r, took) = finish_run(w.rig.pgr.spawn(args), f.expect[op], args[1]);
     let dealt = proxy.injected() - injected;
     proxy.clear();
     assert!(dealt > 0, "the proxy dealt no fault: the case proves nothing");
+    if f.name == PERMANENT_STALL {
+        assert_stall_stopped(&r, took);
+    }
     (r, took, dealt)
 }
 
 fn snapshot_case(w: &World, f: &PgFault) -> String {
     let (listed, files) = (w.listed(), files_under(&w.store()));
-    let (r, took, dealt) = under(w, &w.live, f.set, f.expect[0], &["--json", "snapshot"]);
+    let (r, took, dealt) = under(w, &w.live, f, 0, &["--json", "snapshot"]);
     let outcome = if r.code == 0 {
         w.assert_whole(r.json()["id"].as_str().expect("id"));
         format!("survived ({dealt} faults dealt, {:.1}s); stored dump SHA-256 checked", took.as_secs_f64())
@@ -201,16 +235,32 @@ fn snapshot_case(w: &World, f: &PgFault) -> String {
     format!("{outcome}; the first snapshot still listed, its SHA-256 re-verified; retry after clearing: ok ({again})")
 }
 
+/// No scratch database on the shadow (a reset backend may take a moment
+/// to go; the database must go with it).
+fn no_scratch(w: &World) {
+    wait_for("no scratch database", Duration::from_secs(10), Duration::from_millis(100), || {
+        w.scratch().is_empty().then_some(())
+    });
+}
+
+/// After a failed run: no scratch database, except after a permanent stall,
+/// where the run could not reach the shadow to drop it (the retry must).
+fn left_scratch(w: &World, f: &PgFault) -> String {
+    if f.name != PERMANENT_STALL {
+        no_scratch(w);
+        return "no scratch database".into();
+    }
+    match w.scratch().len() {
+        0 => "no scratch database".into(),
+        n => format!("{n} scratch database(s) left on the stalled shadow"),
+    }
+}
+
 fn verify_case(w: &World, f: &PgFault) -> String {
     let id = w.baseline.0.clone();
     let manifest = w.manifest(&id);
-    let (r, took, dealt) = under(w, &w.shadow, f.set, f.expect[1], &["--json", "verify", &id, "--full"]);
-    // A reset backend may take a moment to go; the database must go with it.
-    let scratch = wait_for("no scratch database", Duration::from_secs(10), Duration::from_millis(100), || {
-        let s = w.scratch();
-        s.is_empty().then_some(s)
-    });
-    assert_eq!(scratch, Vec::<String>::new());
+    let (r, took, dealt) = under(w, &w.shadow, f, 1, &["--json", "verify", &id, "--full"]);
+    let left = left_scratch(w, f);
     assert_eq!(staging_files(&w.rig.pgr), Vec::<PathBuf>::new(), "staging files left");
     let outcome = if r.code == 0 {
         assert_eq!(r.json()["ok"], true);
@@ -218,14 +268,12 @@ fn verify_case(w: &World, f: &PgFault) -> String {
         format!("survived ({dealt} faults dealt, {:.1}s): restored, checked, recorded", took.as_secs_f64())
     } else {
         assert_eq!(w.manifest(&id), manifest, "a failed verify changed the manifest");
-        format!(
-            "{}; manifest unchanged (not marked verified), no scratch database, staging empty",
-            failed_how(&r, took)
-        )
+        format!("{}; manifest unchanged (not marked verified), {left}, staging empty", failed_how(&r, took))
     };
     let (r, _) = finish_run(w.rig.pgr.spawn(&["--json", "verify", &id, "--full"]), Expect::Survive, "verify again");
     assert_eq!(r.json()["ok"], true);
-    format!("{outcome}; retry after clearing: ok")
+    no_scratch(w);
+    format!("{outcome}; retry after clearing: ok, no scratch database left")
 }
 
 fn rehearse_case(w: &mut World, f: &PgFault) -> String {
@@ -234,26 +282,25 @@ fn rehearse_case(w: &mut World, f: &PgFault) -> String {
     let live = fingerprint(&w.rig.live, "app");
     // A reset after 1 MiB needs a restore to stream through the proxy: a
     // fresh snapshot (the latest is already a template on the shadow).
-    let args: &[&str] = if f.name.contains("reset after") {
+    let args: &[&str] = if f.name.contains("reset after") || f.name == PERMANENT_STALL {
         &["--json", "rehearse", "--snapshot", "fresh"]
     } else {
         &["--json", "rehearse"]
     };
-    let (r, took, dealt) = under(w, &w.shadow, f.set, f.expect[2], args);
+    let (r, took, dealt) = under(w, &w.shadow, f, 2, args);
     assert_eq!(fingerprint(&w.rig.live, "app"), live, "a rehearsal changed live");
-    wait_for("no scratch database", Duration::from_secs(10), Duration::from_millis(100), || {
-        w.scratch().is_empty().then_some(())
-    });
+    let left = left_scratch(w, f);
     let outcome = if r.code == 0 {
         assert_eq!(r.json()["ok"], true);
         format!("survived ({dealt} faults dealt, {:.1}s)", took.as_secs_f64())
     } else {
         let a = w.approve(&plan);
         assert_eq!(a.code, 75, "a plan whose rehearsal failed was approvable:\n{}\n{}", a.stdout, a.stderr);
-        format!("{}; live untouched, approval refused (exit 75), no scratch database", failed_how(&r, took))
+        format!("{}; live untouched, approval refused (exit 75), {left}", failed_how(&r, took))
     };
     let (r, _) = finish_run(w.rig.pgr.spawn(&["--json", "rehearse"]), Expect::Survive, "rehearse again");
     assert_eq!(r.json()["ok"], true);
+    no_scratch(w);
     w.approve(&plan).ok();
     assert!(!w.applied_versions().contains(&version), "a rehearsal applied migration {version} to live");
     format!("{outcome}; retry after clearing: passed and approved")
@@ -315,7 +362,7 @@ fn check_release(
 fn apply_case(w: &mut World, f: &PgFault) -> String {
     let (version, plan, before) = ready_release(w);
     let releases = release_ids(&w.rig);
-    let (r, took, dealt) = under(w, &w.live, f.set, f.expect[3], &["--json", "apply"]);
+    let (r, took, dealt) = under(w, &w.live, f, 3, &["--json", "apply"]);
     eprintln!("{dealt} faults dealt");
     check_release(w, &r, took, &version, &plan, &before, &releases)
 }
@@ -330,13 +377,7 @@ fn apply_reset_mid_migration(w: &mut World) -> String {
     let releases = release_ids(&w.rig);
     let t0 = Instant::now();
     let bg = w.rig.pgr.spawn(&["--json", "apply"]);
-    wait_for("the migration to sleep on live", Duration::from_secs(60), Duration::from_millis(20), || {
-        let n = w.rig.live.psql(
-            "postgres",
-            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep((SELECT pause%' AND pid <> pg_backend_pid()",
-        );
-        (n != "0").then_some(())
-    });
+    wait_migration_sleeping(w);
     let injected = w.live.injected();
     w.live.set(Fault::Reset);
     std::thread::sleep(Duration::from_secs(1));
@@ -346,6 +387,65 @@ fn apply_reset_mid_migration(w: &mut World) -> String {
     let out = check_release(w, &r, t0.elapsed(), &version, &plan, &before, &releases);
     as_app(&w.rig.live, "app", "UPDATE ctl SET pause = 0");
     out
+}
+
+fn wait_migration_sleeping(w: &World) {
+    wait_for("the migration to sleep on live", Duration::from_secs(60), Duration::from_millis(20), || {
+        let n = w.rig.live.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep((SELECT pause%' AND pid <> pg_backend_pid()",
+        );
+        (n != "0").then_some(())
+    });
+}
+
+/// Live stalls for good while migration N sleeps inside the plan's
+/// transaction: the release stops within the bound, recorded `interrupted`
+/// (`live_stalled`); live's server rolls the transaction back once the
+/// session is gone; the next command finishes the release; a retry applies.
+fn apply_stalled_mid_migration(w: &mut World) -> String {
+    let (version, plan, _) = ready_release(w);
+    as_app(&w.rig.live, "app", "UPDATE ctl SET pause = 3");
+    let before = fingerprint(&w.rig.live, "app");
+    let releases = release_ids(&w.rig);
+    let bg = w.rig.pgr.spawn(&["--json", "apply"]);
+    wait_migration_sleeping(w);
+    let injected = w.live.injected();
+    w.live.set(Fault::Stall { until: None });
+    let (r, took) = finish_run(bg, Expect::Fail, "apply");
+    let dealt = w.live.injected() - injected;
+    w.live.clear();
+    assert!(dealt > 0, "the proxy dealt no fault: the case proves nothing");
+    assert_stall_stopped(&r, took);
+    let id = release_ids(&w.rig).into_iter().find(|i| !releases.contains(i)).expect("the stalled release is recorded");
+    let rec = crate::harness::release::release(&w.rig, &id);
+    assert_eq!(rec["outcome"], "interrupted", "{rec:#}");
+    assert_eq!(rec["error_kind"], "live_stalled", "{rec:#}");
+    assert!(rec["reason"].as_str().is_some_and(|m| m.contains("stalled")), "{rec:#}");
+    // The server rolls the plan's transaction back once the session is gone.
+    wait_for("live back to its pre-release state", Duration::from_secs(60), Duration::from_millis(200), || {
+        (fingerprint(&w.rig.live, "app") == before).then_some(())
+    });
+    // Any command on the target finishes the interrupted release.
+    let status = w.rig.pgr.run_json(&["status"]);
+    let rec = crate::harness::release::release(&w.rig, &id);
+    let finished = rec["outcome"].as_str().unwrap_or_default().to_string();
+    assert!(
+        ["rolled_back", "aborted"].contains(&finished.as_str()),
+        "`status` (exit {}) did not finish the stalled release: {rec:#}\n{}",
+        status.code,
+        status.stderr
+    );
+    assert_eq!(fingerprint(&w.rig.live, "app"), before, "live changed while the release was finished");
+    as_app(&w.rig.live, "app", "UPDATE ctl SET pause = 0");
+    w.approve(&plan).ok();
+    let (again, _) = finish_run(w.rig.pgr.spawn(&["--json", "apply"]), Expect::Survive, "apply again");
+    assert_eq!(again.json()["outcome"], "applied");
+    assert!(w.applied_versions().contains(&version), "live lacks {version} after the retry");
+    format!(
+        "{}; release recorded `interrupted` (live_stalled), live exactly pre-release once the server dropped the session; `status` finished it `{finished}`; retry after clearing: applied",
+        failed_how(&r, took)
+    )
 }
 
 #[test]
@@ -372,7 +472,13 @@ fn faults_pg_rehearse_and_apply() {
         case(&mut failures, "rehearse", f.name, || rehearse_case(&mut w, &f));
     }
     for f in pg_faults() {
-        case(&mut failures, "apply", f.name, || apply_case(&mut w, &f));
+        if f.name == PERMANENT_STALL {
+            case(&mut failures, "apply", "PostgreSQL: live stalls for good (connections held open) during a migration", || {
+                apply_stalled_mid_migration(&mut w)
+            });
+        } else {
+            case(&mut failures, "apply", f.name, || apply_case(&mut w, &f));
+        }
     }
     case(&mut failures, "apply", "PostgreSQL: live's connections reset (RST) for 1 s during a migration", || {
         apply_reset_mid_migration(&mut w)
