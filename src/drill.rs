@@ -20,7 +20,7 @@ use crate::pg::lock::HeavyLock;
 use crate::pg::tools::{self, ToolError};
 use crate::pg::{self, PgError};
 use crate::shadow::Shadow;
-use crate::shadow::load::{analyze, check, check_space, clean_staging, restore_into, staging_file};
+use crate::shadow::load::{Staged, analyze, check, check_space, clean_staging, restore_into, staging_file};
 use crate::snapshot::catalog::{self, CatalogError};
 use crate::snapshot::manifest::Manifest;
 use crate::state::{State, Verification};
@@ -119,6 +119,7 @@ async fn drill(
     let template_holds_it = template.as_deref() == Some(m.id.as_str());
     let use_template = !full && template_holds_it;
     let file = staging_file(staging, target, m);
+    let _staged = Staged(file.clone());
     let fetched = if use_template {
         catalog::check_stored(store, m).await
     } else {

@@ -101,6 +101,7 @@ pub async fn restore_as(
     std::fs::create_dir_all(&staging).map_err(|source| LoadError::Staging { dir: staging.clone(), source })?;
     load::check_space(&staging, &m, config.store.staging_reserve)?;
     let file = load::staging_file(&staging, target, &m);
+    let _staged = load::Staged(file.clone());
     let t0 = Instant::now();
     let fetched = catalog::fetch(config, store, &m, None, &file, false).await;
     if let Err(e) = fetched {

@@ -44,7 +44,7 @@ pub fn timeout() -> Duration {
 /// A server stopped answering while a job talked to it.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "PostgreSQL at {server} stalled: it accepted the connection but answered nothing for {}s (stall_timeout), so the {job} was stopped; check the server and the network between (a proxy, a firewall, a load balancer that holds connections open), then run it again",
+    "PostgreSQL at {server} stalled: it accepted the connection but answered nothing for {}s (stall_timeout), so the job `{job}` was stopped; check the server and the network between (a proxy, a firewall, a load balancer that holds connections open), then run it again",
     .after.as_secs()
 )]
 pub struct Stalled {

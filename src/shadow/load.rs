@@ -110,6 +110,7 @@ pub async fn scratch_copy(
     clean_staging(&staging, &target.name);
     check_space(&staging, m, config.store.staging_reserve)?;
     let file = staging_file(&staging, target, m);
+    let _staged = Staged(file.clone());
     let fetched = catalog::fetch(config, store, m, None, &file, false).await;
     let restored = match fetched {
         Ok(_) => restore_into(config, target, shadow, db, m, &file).await,
@@ -222,6 +223,16 @@ async fn watch_restore(url: pg::ConnUrl, live_size: u64, mut stop: tokio::sync::
 /// that `clean_staging` can tell files of dead runs.
 pub fn staging_file(staging: &Path, target: &Target, m: &Manifest) -> PathBuf {
     staging.join(format!("{}-{}-{}.pgdump", target.name, std::process::id(), m.id))
+}
+
+/// Removes a staging file when dropped: also when a stopped job (a stalled
+/// server, a signal) drops the load mid-restore.
+pub struct Staged(pub PathBuf);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// `ANALYZE` of a freshly restored database's own tables (not the shared
