@@ -289,8 +289,13 @@ async fn watched(env: &Env, target: &Target, job: Job) -> anyhow::Result<Done> {
     };
     if !is_release {
         stop.cancel();
-        if tokio::time::timeout(limit, &mut op).await.is_err() {
-            tracing::warn!("The stalled job did not stop within stall_timeout; dropped (its sessions close, its tools are killed).");
+        match tokio::time::timeout(limit, &mut op).await {
+            // It finished before it saw the cancellation: the server came back.
+            Ok(Ok(done)) => return Ok(done),
+            Ok(Err(_)) => {}
+            Err(_) => tracing::warn!(
+                "The stalled job did not stop within stall_timeout; dropped (its sessions close, its tools are killed)."
+            ),
         }
     }
     drop(op);
