@@ -23,11 +23,14 @@ pub enum LintRule {
     DropTable,
     Rename,
     TableRewrite,
+    /// The probes measured reads or writes of an existing table waiting a
+    /// second or more, and no other finding names that table.
+    BlocksTraffic,
 }
 
 impl LintRule {
     /// Every rule, in the order the docs list them.
-    pub const ALL: [LintRule; 10] = [
+    pub const ALL: [LintRule; 11] = [
         LintRule::IndexNotConcurrent,
         LintRule::VolatileDefault,
         LintRule::TypeChangeRewrite,
@@ -38,6 +41,7 @@ impl LintRule {
         LintRule::DropTable,
         LintRule::Rename,
         LintRule::TableRewrite,
+        LintRule::BlocksTraffic,
     ];
 
     /// The rule's id, as written in configs and reports.
@@ -53,6 +57,7 @@ impl LintRule {
             LintRule::DropTable => "drop_table",
             LintRule::Rename => "rename",
             LintRule::TableRewrite => "table_rewrite",
+            LintRule::BlocksTraffic => "blocks_traffic",
         }
     }
 }

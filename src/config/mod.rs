@@ -45,11 +45,20 @@ pub struct Config {
 }
 
 /// How rehearsals judge what they find (`[rehearsal]`).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RehearsalConfig {
     /// A down that restores every object but leaves re-added columns at the
     /// end of their tables fails the rehearsal (by default it is a note).
     pub strict_column_order: bool,
+    /// Probe sessions measure how long the application's reads and writes
+    /// would wait while each migration runs (`blocking[]`); on by default.
+    pub probes: bool,
+}
+
+impl Default for RehearsalConfig {
+    fn default() -> Self {
+        RehearsalConfig { strict_column_order: false, probes: true }
+    }
 }
 
 /// How `pgrehearse daemon` runs its jobs.

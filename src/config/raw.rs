@@ -29,6 +29,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawRehearsal {
     pub strict_column_order: Option<bool>,
+    pub probes: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -162,7 +162,10 @@ pub fn from_source(file: &Path, src: &str) -> Result<Config, Vec<Problem>> {
     if !cx.problems.is_empty() {
         return Err(cx.problems);
     }
-    let rehearsal = RehearsalConfig { strict_column_order: raw.rehearsal.strict_column_order.unwrap_or(false) };
+    let rehearsal = RehearsalConfig {
+        strict_column_order: raw.rehearsal.strict_column_order.unwrap_or(false),
+        probes: raw.rehearsal.probes.unwrap_or(true),
+    };
     Ok(Config { state_dir, stall_timeout, store, snapshot, email, api, daemon, rehearsal, targets })
 }
 

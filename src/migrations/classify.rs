@@ -410,6 +410,28 @@ fn calls_volatile(toks: &[Token]) -> bool {
     toks.windows(2).any(|w| w[1].is("(") && ident_of(&w[0]).is_some_and(|name| VOLATILE.contains(&name.as_str())))
 }
 
+/// Every name a script mentions, normalised as [`Op`]'s names are: each identifier on its own,
+/// and each dotted pair also as `schema.name`. Meant to be matched against a catalog (the tables
+/// a migration may lock): over-inclusive by design, since a keyword or a column that happens to
+/// share a table's name only adds a table to look at.
+pub fn names(sql: &str) -> Vec<String> {
+    let tokens: Vec<Token> = split::tokens(sql).collect();
+    let mut out: Vec<String> = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        let Some(name) = ident_of(t) else { continue };
+        let dotted = match (tokens.get(i + 1), tokens.get(i + 2)) {
+            (Some(dot), Some(next)) if dot.is(".") => ident_of(next).map(|n| format!("{name}.{n}")),
+            _ => None,
+        };
+        for n in [Some(name), dotted].into_iter().flatten() {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 #[path = "classify_tests.rs"]
 mod tests;

@@ -424,3 +424,11 @@ fn serialises_tagged() {
     assert_eq!(json["kind"], "foreign_key");
     assert_eq!(serde_json::to_value(Op::Other).unwrap(), serde_json::json!({ "op": "other" }));
 }
+
+#[test]
+fn names_lists_every_identifier_and_dotted_pair() {
+    let n = names("LOCK TABLE app.\"Orders\" IN ACCESS EXCLUSIVE MODE; DROP INDEX orders_idx; SELECT 'customers'");
+    assert!(n.contains(&s("app.Orders")), "{n:?}");
+    assert!(n.contains(&s("Orders")) && n.contains(&s("orders_idx")), "{n:?}");
+    assert!(!n.contains(&s("customers")), "a string constant is not a name: {n:?}");
+}

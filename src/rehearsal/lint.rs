@@ -1,7 +1,7 @@
 //! Lint of dangerous operations, weighted by what the rehearsal measured on
 //! real data. The statement tells what kind of danger it is (`migrations::classify`); the
-//! shadow's table sizes and the measured locks, durations and rewrites say
-//! how bad it is here. A finding names the statement, the lock, the table's
+//! shadow's table sizes and the measured locks, durations, rewrites and
+//! the probes' waits (`blocking`) say how bad it is here. A finding names the statement, the lock, the table's
 //! size and the measured effect. Findings are warnings unless the target's
 //! `lint.deny` lists the rule; `lint.allow` silences one.
 
@@ -184,6 +184,23 @@ pub fn lint(
                 message,
             );
         }
+        // Waits the probes measured that no finding above explains (a LOCK
+        // TABLE, a long transaction, a statement the classifier does not know).
+        let explained: HashSet<String> = cx.out.iter().filter_map(|f| f.relation.clone()).collect();
+        for b in r.blocking.iter().filter(|b| b.reads_blocked_ms.max(b.writes_blocked_ms) >= BLOCKS_TRAFFIC_MS) {
+            if explained.iter().any(|e| same(e, &b.relation)) {
+                continue;
+            }
+            let sql = b.statement.clone().unwrap_or_default();
+            let index = r.statements.iter().find(|s| s.sql == sql).map(|s| s.index);
+            let line = r.statements.iter().find(|s| s.sql == sql).map(|s| s.line);
+            let at = At { index, line, sql: &sql };
+            let size = cx.size(&b.relation);
+            let by = if sql.is_empty() { String::new() } else { format!(" behind `{sql}`") };
+            cx.push(LintRule::BlocksTraffic, &at, &b.relation.clone(), None, size, None, format!(
+                "the application's traffic to `{}` would queue{by} on live; shorten what holds the lock, or move it to a quieter window",
+                b.relation));
+        }
         out.append(&mut cx.out);
     }
     out.retain(|f| !config.allow.contains(&f.rule));
@@ -194,6 +211,9 @@ pub fn lint(
     }
     out
 }
+
+/// Waits from this long up are a `blocks_traffic` finding.
+const BLOCKS_TRAFFIC_MS: u64 = 1000;
 
 fn is_zero(v: &str) -> bool {
     let v = v.trim_matches(|c| c == '\'' || c == '"').trim();
@@ -271,6 +291,19 @@ impl Cx<'_> {
             .max_by_key(|l| (strength(&l.mode), l.held_ms))
     }
 
+    /// What the probes measured on `table` during this migration: "reads of
+    /// `orders` would wait 41 s, writes 41 s"; None when nothing waited.
+    fn waits(&self, table: &str) -> Option<String> {
+        let b = self.r.blocking.iter().find(|b| same(&b.relation, table))?;
+        let (r, w) = (b.reads_blocked_ms, b.writes_blocked_ms);
+        match (r > 0, w > 0) {
+            (false, false) => None,
+            (true, false) => Some(format!("reads of `{}` would wait {}", b.relation, secs(r))),
+            (false, true) => Some(format!("writes to `{}` would wait {}", b.relation, secs(w))),
+            (true, true) => Some(format!("reads of `{}` would wait {}, writes {}", b.relation, secs(r), secs(w))),
+        }
+    }
+
     fn duration_ms(&self, index: Option<usize>) -> u64 {
         index.and_then(|i| self.r.statements.get(i)).map_or(self.r.duration_ms, |s| s.duration_ms)
     }
@@ -311,6 +344,10 @@ impl Cx<'_> {
         effect: Option<String>,
         message: String,
     ) {
+        let (effect, message) = match self.waits(table) {
+            Some(w) => (Some(effect.map_or_else(|| w.clone(), |e| format!("{e}; {w}"))), format!("{message} (measured: {w})")),
+            None => (effect, message),
+        };
         self.out.push(Finding {
             rule,
             severity: Severity::Warning,

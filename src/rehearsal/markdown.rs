@@ -1,5 +1,6 @@
 //! The rehearsal report as Markdown: verdict first, then a table per
-//! migration (duration, locks with mode and held time, rewrites, WAL), the
+//! migration (duration, locks with mode and held time, rewrites, what the
+//! application would wait for, WAL), the
 //! lint findings with their measured effects, reversibility, seeds, and the
 //! exact command that approves the plan. Text from outside — statements,
 //! file and relation names, PostgreSQL's messages — is escaped ([`code`],
@@ -99,6 +100,17 @@ pub fn markdown(r: &Report) -> String {
                 })
                 .collect();
             let _ = writeln!(s, "\nRewrites: {}", list.join(", "));
+        }
+        if !m.blocking.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nWhat the application would wait for (probes; longest single wait):\n\n| table | reads wait | writes wait | caused by |\n|---|---|---|---|"
+            );
+            for b in &m.blocking {
+                let by = b.statement.as_deref().map(cell).unwrap_or_default();
+                let (r, w) = (secs(b.reads_blocked_ms), secs(b.writes_blocked_ms));
+                let _ = writeln!(s, "| {} | {r} | {w} | {by} |", cell(&b.relation));
+            }
         }
         if let Some(w) = m.wal_bytes {
             let _ = writeln!(s, "\nWAL: {}", human_bytes(w));

@@ -19,6 +19,7 @@ mod freshness;
 pub mod lint;
 pub mod markdown;
 pub mod observer;
+pub mod probes;
 mod report;
 pub mod reversibility;
 pub mod runner;
@@ -212,7 +213,8 @@ async fn measure(
     if !catch_up.is_empty() {
         tracing::info!(count = catch_up.len(), "Replaying migrations live applied after the snapshot.");
         let (results, ok) =
-            runner::run_native(&mut conn, url, source.kind(), &table, &catch_up, &Catalog::default(), false).await?;
+            runner::run_native(&mut conn, url, source.kind(), &table, &catch_up, &Catalog::default(), false, false)
+                .await?;
         if !ok {
             let failed = results.iter().find(|r| r.status == Status::Failed);
             return Err(RehearsalError::CatchUpFailed {
@@ -268,6 +270,7 @@ async fn measure(
         &pg_dump,
         catch_up,
         strict_column_order,
+        config.rehearsal.probes,
     )
     .await;
     if let Some(name) = reference {
@@ -293,6 +296,7 @@ async fn plan_and_checks(
     pg_dump: &tools::Tool,
     catch_up: Vec<Migration>,
     strict_column_order: bool,
+    probe: bool,
 ) -> Result<Report, RehearsalError> {
     let s0_missing = s0.is_none() && !plan.pending.is_empty();
     let table = source.table();
@@ -301,7 +305,7 @@ async fn plan_and_checks(
     let mode = Mode::of(source.kind(), &plan.pending);
     let (mut results, ok) = match mode {
         Mode::SingleTransaction | Mode::PerMigration => {
-            runner::run_native(conn, url, source.kind(), &table, &plan.pending, &pre, true).await?
+            runner::run_native(conn, url, source.kind(), &table, &plan.pending, &pre, true, probe).await?
         }
         Mode::Payload => external::payload(source, url, &plan.pending, &pre).await?,
         Mode::Command => external::command(source, url, &plan.pending, &pre).await?,

@@ -14,6 +14,7 @@ use serde::Serialize;
 use sqlx::PgConnection;
 
 use super::observer::{self, Catalog, Rewrite, Sampler, SizeDelta};
+use super::probes::{self, Blocking, Held, Probed, Probes, Ran};
 use crate::config::MigrationKind;
 use crate::conn_url::ConnUrl;
 use crate::migrations::Migration;
@@ -42,6 +43,9 @@ pub struct MigrationResult {
     pub rewrites: Vec<Rewrite>,
     pub size_deltas: Vec<SizeDelta>,
     pub wal_bytes: Option<u64>,
+    /// What the application would have waited for while it ran, per table
+    /// it names (see `probes`); empty when probes were off or did not run.
+    pub blocking: Vec<Blocking>,
     pub error: Option<Failure>,
     /// Filled by the reversibility check.
     pub reversible: Option<super::reversibility::Reversal>,
@@ -93,6 +97,7 @@ impl MigrationResult {
             rewrites: Vec::new(),
             size_deltas: Vec::new(),
             wal_bytes: None,
+            blocking: Vec::new(),
             error: None,
             reversible: None,
         }
@@ -116,7 +121,8 @@ impl MigrationResult {
 /// The rehearsal's hooks into the executor: the locks each statement took
 /// (its session's own `pg_locks` inside a transaction, the sampler
 /// outside one), the WAL and the catalog (rewrites, sizes) after each
-/// migration. With `on = false` (a catch-up replay) it measures nothing.
+/// migration, and the probes' waits (`probes`). With `on = false` (a
+/// catch-up replay) it measures nothing.
 struct Measure<'a> {
     url: &'a ConnUrl,
     pre: &'a Catalog,
@@ -136,6 +142,13 @@ struct Measure<'a> {
     rewrites: Vec<Vec<Rewrite>>,
     size_deltas: Vec<Vec<SizeDelta>>,
     wal_bytes: Vec<Option<u64>>,
+    /// The tables each migration names, probed while the plan runs (empty
+    /// when probes are off).
+    named: Vec<Vec<Probed>>,
+    probes: Option<Probes>,
+    /// The plan's locks and statements, to blame each wait on one.
+    held: Vec<Held>,
+    ran: Vec<Ran>,
 }
 
 impl Measure<'_> {
@@ -158,6 +171,10 @@ impl Hooks for Measure<'_> {
         }
         self.pid = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await.map_err(&q)?;
         self.before = Catalog::capture(conn).await.map_err(&q)?;
+        let tables: Vec<Probed> = self.named.iter().flatten().cloned().collect();
+        if !tables.is_empty() {
+            self.probes = Some(Probes::start(self.url, &tables).await?);
+        }
         Ok(())
     }
 
@@ -193,6 +210,7 @@ impl Hooks for Measure<'_> {
         if !self.on {
             return Ok(());
         }
+        self.ran.push(Ran { migration: i, statement: s, from: at, to: at + took });
         if in_tx {
             for lock in observer::own_locks(conn).await.map_err(self.q())? {
                 if self.seen.insert(lock.clone()) {
@@ -201,6 +219,8 @@ impl Hooks for Measure<'_> {
             }
         } else if let Some(sampler) = &self.sampler {
             for l in sampler.held(at, Instant::now() + observer::SAMPLE_INTERVAL, Some(self.pid)) {
+                let (oid, mode) = (l.oid, l.mode.clone());
+                self.held.push(Held { oid, mode, from: at, to: at + took, migration: i, statement: s });
                 if let Some(rel) = self.pre.get(l.oid).filter(|r| r.is_table()) {
                     self.locks[i].push(LockHeld {
                         relation: rel.qualified(),
@@ -224,6 +244,7 @@ impl Hooks for Measure<'_> {
     fn transaction_ended(&mut self, end: Instant) {
         self.seen.clear();
         for (oid, mode, at, mig, stmt) in std::mem::take(&mut self.open) {
+            self.held.push(Held { oid, mode: mode.clone(), from: at, to: end, migration: mig, statement: stmt });
             let Some(rel) = self.pre.get(oid).filter(|r| r.is_table()) else { continue };
             let lock = LockHeld {
                 relation: rel.qualified(),
@@ -269,8 +290,10 @@ impl Hooks for Measure<'_> {
 /// Runs a native plan on `conn` through the executor, exactly as the
 /// release will (one transaction when every migration is transactional,
 /// so a lock is held until the plan commits), without lock-timeout retries
-/// (see `migrations::executor`). Measures when `measure`. Returns one
-/// result per migration and whether the whole plan applied.
+/// (see `migrations::executor`). Measures when `measure`, with probes
+/// (`probes`) when `probe`. Returns one result per migration and whether
+/// the whole plan applied.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_native(
     conn: &mut PgConnection,
     url: &ConnUrl,
@@ -279,8 +302,14 @@ pub async fn run_native(
     plan: &[Migration],
     pre: &Catalog,
     measure: bool,
+    probe: bool,
 ) -> Result<(Vec<MigrationResult>, bool), PgError> {
     let n = plan.len();
+    let named = if measure && probe {
+        probes::tables(conn, plan).await.map_err(|source| PgError::Query { url: url.redacted(), source })?
+    } else {
+        Vec::new()
+    };
     let mut hooks = Measure {
         url,
         pre,
@@ -297,13 +326,30 @@ pub async fn run_native(
         rewrites: vec![Vec::new(); n],
         size_deltas: vec![Vec::new(); n],
         wal_bytes: vec![None; n],
+        named,
+        probes: None,
+        held: Vec::new(),
+        ran: Vec::new(),
     };
     let executor = Executor { kind, table, retry: Retry::NONE, place: "the scratch copy" };
     let ran = executor.run(conn, plan, &mut hooks).await;
     if let Some(s) = hooks.sampler.take() {
         s.stop().await;
     }
+    let waits = match hooks.probes.take() {
+        Some(p) => p.stop().await,
+        None => Vec::new(),
+    };
     let run = ran?;
+    let mut blocking = if hooks.named.is_empty() {
+        vec![Vec::new(); n]
+    } else {
+        let sql = |mig: usize, stmt: usize| {
+            let steps = run.steps.get(mig)?;
+            steps.statements.iter().find(|s| s.index == stmt).map(|s| s.sql.clone())
+        };
+        probes::blocking(&hooks.named, &waits, &hooks.held, &hooks.ran, sql)
+    };
     let ok = run.ok();
     let mut results = Vec::with_capacity(n);
     for (i, (m, step)) in plan.iter().zip(run.steps).enumerate() {
@@ -318,6 +364,9 @@ pub async fn run_native(
         r.rewrites = std::mem::take(&mut hooks.rewrites[i]);
         r.size_deltas = std::mem::take(&mut hooks.size_deltas[i]);
         r.wal_bytes = hooks.wal_bytes[i];
+        if step.status != Status::NotRun {
+            r.blocking = std::mem::take(&mut blocking[i]);
+        }
         results.push(r);
     }
     Ok((results, ok))

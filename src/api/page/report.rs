@@ -1,6 +1,6 @@
 //! A rehearsal report as the status page shows it: the verdict and its
 //! problems, a table per migration (status, duration, strongest lock and
-//! how long it was held, rewrites) and a chart of duration and lock time
+//! how long it was held, rewrites, how long the application would wait) and a chart of duration and lock time
 //! per migration drawn with inline-styled divs (no script, no image).
 //!
 //! It reads the report as stored (JSON) through lenient views: a report
@@ -42,7 +42,16 @@ struct MigrationView {
     duration_ms: u64,
     locks: Vec<LockView>,
     rewrites: Vec<RewriteView>,
+    blocking: Vec<BlockingView>,
     error: Option<FailureView>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct BlockingView {
+    relation: String,
+    reads_blocked_ms: u64,
+    writes_blocked_ms: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,7 +170,7 @@ pub fn render(h: &mut String, json: &serde_json::Value) {
 fn table(h: &mut String, migrations: &[MigrationView]) {
     h.push_str(
         "<table class=\"migrations\"><tr><th>version</th><th>name</th><th>status</th><th>duration</th>\
-         <th>strongest lock</th><th>held</th><th>rewrites</th></tr>",
+         <th>strongest lock</th><th>held</th><th>rewrites</th><th>application would wait</th></tr>",
     );
     for m in migrations {
         let status = match m.status.as_str() {
@@ -194,10 +203,28 @@ fn table(h: &mut String, migrations: &[MigrationView]) {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let waited: Vec<String> = m
+            .blocking
+            .iter()
+            .filter(|b| b.reads_blocked_ms > 0 || b.writes_blocked_ms > 0)
+            .map(|b| {
+                format!(
+                    "<code>{}</code>: reads {}, writes {}",
+                    esc(&b.relation),
+                    esc(&secs(b.reads_blocked_ms)),
+                    esc(&secs(b.writes_blocked_ms))
+                )
+            })
+            .collect();
+        let waits = match (m.blocking.is_empty(), waited.is_empty()) {
+            (true, _) => "<span class=\"muted\">not probed</span>".to_string(),
+            (false, true) => "<span class=\"muted\">none</span>".to_string(),
+            (false, false) => waited.join("<br>"),
+        };
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{status}{error}</td><td class=\"num\">{}</td><td>{lock}</td>\
-             <td class=\"num\">{held}</td><td>{rewrites}</td></tr>",
+             <td class=\"num\">{held}</td><td>{rewrites}</td><td>{waits}</td></tr>",
             esc(&m.version),
             esc(&m.name),
             esc(&secs(m.duration_ms)),
@@ -255,7 +282,8 @@ mod tests {
                 {"version": "1", "name": "add_<b>", "status": "applied", "duration_ms": 400,
                  "locks": [{"relation": "t", "mode": "RowExclusiveLock", "held_ms": 100},
                            {"relation": "t", "mode": "AccessExclusiveLock", "held_ms": 800}],
-                 "rewrites": [{"relation": "t", "kind": "table", "bytes_before": 2048}]},
+                 "rewrites": [{"relation": "t", "kind": "table", "bytes_before": 2048}],
+                 "blocking": [{"relation": "t<i>", "reads_blocked_ms": 2000, "writes_blocked_ms": 2010, "statement": "LOCK"}]},
                 {"version": "2", "name": "seed", "status": "applied", "duration_ms": 0, "locks": []}
             ],
             "future_field": {"ignored": true}
@@ -265,6 +293,8 @@ mod tests {
         assert!(h.contains("add_&lt;b&gt;") && !h.contains("add_<b>"), "{h}");
         assert!(h.contains("ACCESS EXCLUSIVE on <code>t</code>"), "{h}");
         assert!(h.contains("table <code>t</code> (2.0 KiB)"), "{h}");
+        assert!(h.contains("<code>t&lt;i&gt;</code>: reads 2.0 s, writes 2.0 s"), "{h}");
+        assert!(h.contains("not probed"), "a report without blocking says so: {h}");
         // The longest bar (800 ms of ACCESS EXCLUSIVE) is the full width; the
         // 400 ms duration half of it.
         assert!(h.contains("background:#c0392b;width:100.0%"), "{h}");

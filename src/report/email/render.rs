@@ -69,6 +69,25 @@ pub fn rehearsal(r: &crate::rehearsal::Report) -> Mail {
         let rows: Vec<Vec<Cell>> = r.migrations.iter().map(row).collect();
         p.table(&["version", "name", "status", "duration", "strongest lock", "held", "rewrites"], &rows);
     }
+    let waits: Vec<Vec<Cell>> = r
+        .migrations
+        .iter()
+        .flat_map(|m| m.blocking.iter().map(move |b| (m, b)))
+        .map(|(m, b)| {
+            let tone = |ms: u64| if ms >= 1000 { Tone::Bad } else { Tone::Plain };
+            vec![
+                Cell::mono(&m.version),
+                Cell::mono(&b.relation),
+                Cell::tone(secs(b.reads_blocked_ms), tone(b.reads_blocked_ms)),
+                Cell::tone(secs(b.writes_blocked_ms), tone(b.writes_blocked_ms)),
+                Cell::mono(b.statement.as_deref().unwrap_or("")),
+            ]
+        })
+        .collect();
+    if !waits.is_empty() {
+        p.heading("What the application would wait for (probes, longest single wait)");
+        p.table(&["version", "table", "reads wait", "writes wait", "caused by"], &waits);
+    }
     let down_broken =
         |m: &&MigrationResult| matches!(m.reversible, Some(Reversal::Failed { .. } | Reversal::Differs { .. }));
     for m in r.migrations.iter().filter(|m| m.error.is_some() || down_broken(m)) {

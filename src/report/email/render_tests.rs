@@ -22,6 +22,7 @@ fn migration(version: &str, name: &str, ms: u64, status: Status) -> MigrationRes
         rewrites: Vec::new(),
         size_deltas: Vec::new(),
         wal_bytes: None,
+        blocking: Vec::new(),
         error: None,
         reversible: Some(Reversal::Reversible),
     }
