@@ -212,6 +212,10 @@ pub fn lint(
     out
 }
 
+/// Shorter waits are not quoted in findings: a probe's round trip on a busy
+/// copy, or a catalog change's instant of ACCESS EXCLUSIVE.
+const WAIT_WORTH_TELLING_MS: u64 = 50;
+
 /// Waits from this long up are a `blocks_traffic` finding.
 const BLOCKS_TRAFFIC_MS: u64 = 1000;
 
@@ -292,11 +296,12 @@ impl Cx<'_> {
     }
 
     /// What the probes measured on `table` during this migration: "reads of
-    /// `orders` would wait 41 s, writes 41 s"; None when nothing waited.
+    /// `orders` would wait 41 s, writes 41 s"; None when nothing waited
+    /// [`WAIT_WORTH_TELLING_MS`] or more.
     fn waits(&self, table: &str) -> Option<String> {
         let b = self.r.blocking.iter().find(|b| same(&b.relation, table))?;
         let (r, w) = (b.reads_blocked_ms, b.writes_blocked_ms);
-        match (r > 0, w > 0) {
+        match (r >= WAIT_WORTH_TELLING_MS, w >= WAIT_WORTH_TELLING_MS) {
             (false, false) => None,
             (true, false) => Some(format!("reads of `{}` would wait {}", b.relation, secs(r))),
             (false, true) => Some(format!("writes to `{}` would wait {}", b.relation, secs(w))),
@@ -345,7 +350,7 @@ impl Cx<'_> {
         message: String,
     ) {
         let (effect, message) = match self.waits(table) {
-            Some(w) => (Some(effect.map_or_else(|| w.clone(), |e| format!("{e}; {w}"))), format!("{message} (measured: {w})")),
+            Some(w) => (Some(effect.map_or_else(|| w.clone(), |e| format!("{e}; {w}"))), format!("{message}. Probes measured: {w}")),
             None => (effect, message),
         };
         self.out.push(Finding {
