@@ -38,8 +38,9 @@ use crate::pg::{self, PgError};
 const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// The pause between two attempts that were not blocked: how late a probe
-/// may notice the start of a wait (and what keeps probes light).
-pub const PAUSE: Duration = Duration::from_millis(20);
+/// may notice the start of a wait (a wait is under-measured by at most
+/// this), and what keeps probes light (`bench/probes.py`).
+pub const PAUSE: Duration = Duration::from_millis(50);
 
 /// Waits shorter than this are a probe's own round trip, not a wait.
 pub const MIN_WAIT: Duration = Duration::from_millis(5);
@@ -63,7 +64,7 @@ impl Access {
             Access::Read => format!("EXPLAIN SELECT FROM {table}"),
             Access::Write => format!("EXPLAIN DELETE FROM {table} WHERE false"),
         };
-        format!("BEGIN; SET LOCAL lock_timeout = {}; {probe}; ROLLBACK", ATTEMPT_TIMEOUT.as_millis())
+        format!("BEGIN; {probe}; ROLLBACK")
     }
 
     /// Whether a lock of `mode` (as `pg_locks` names it) held by another
@@ -160,7 +161,9 @@ impl Probes {
         let mut tasks = Vec::new();
         for t in largest.into_iter().take(MAX_TABLES) {
             for access in [Access::Read, Access::Write] {
-                let conn = pg::connect(url, "pgrehearse-probe").await?;
+                let mut conn = pg::connect(url, "pgrehearse-probe").await?;
+                let timeout = format!("SET lock_timeout = {}", ATTEMPT_TIMEOUT.as_millis());
+                exec(&mut conn, &timeout).await.map_err(|source| PgError::Query { url: url.redacted(), source })?;
                 let (w, s, sql) = (waits.clone(), stop.clone(), access.statement(&t.quoted));
                 tasks.push(tokio::spawn(probe(conn, t.oid, access, sql, w, s)));
             }
