@@ -144,6 +144,8 @@ impl Wait {
 
 /// The probe sessions of a plan, running until [`Probes::stop`].
 pub struct Probes {
+    /// The tables probed (OIDs): at most [`MAX_TABLES`] of those asked for.
+    pub probed: Vec<i64>,
     waits: Arc<Mutex<Vec<Wait>>>,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -151,24 +153,37 @@ pub struct Probes {
 
 impl Probes {
     /// Opens a read and a write session on `url` for each of `tables` (the
-    /// [`MAX_TABLES`] largest) and starts probing.
+    /// [`MAX_TABLES`] largest; the sessions connect at once, so the plan
+    /// waits for one connection, not for all) and starts probing.
     pub async fn start(url: &ConnUrl, tables: &[Probed]) -> Result<Probes, PgError> {
-        let mut largest: Vec<&Probed> = tables.iter().collect();
+        let mut largest: Vec<&Probed> = Vec::new();
+        for t in tables {
+            if !largest.iter().any(|l| l.oid == t.oid) {
+                largest.push(t);
+            }
+        }
         largest.sort_by_key(|p| std::cmp::Reverse(p.bytes));
-        largest.dedup_by_key(|p| p.oid);
+        if largest.len() > MAX_TABLES {
+            let skipped: Vec<&str> = largest[MAX_TABLES..].iter().map(|p| p.relation.as_str()).collect();
+            tracing::warn!(skipped = %skipped.join(", "), "Probing only the {MAX_TABLES} largest tables the plan names.");
+            largest.truncate(MAX_TABLES);
+        }
+        let sessions = largest.iter().flat_map(|t| [Access::Read, Access::Write].map(|a| (*t, a)));
+        let connected = futures::future::try_join_all(sessions.map(|(t, access)| async move {
+            let mut conn = pg::connect(url, "pgrehearse-probe").await?;
+            let timeout = format!("SET lock_timeout = {}", ATTEMPT_TIMEOUT.as_millis());
+            exec(&mut conn, &timeout).await.map_err(|source| PgError::Query { url: url.redacted(), source })?;
+            Ok::<_, PgError>((conn, t, access))
+        }))
+        .await?;
         let waits = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
-        for t in largest.into_iter().take(MAX_TABLES) {
-            for access in [Access::Read, Access::Write] {
-                let mut conn = pg::connect(url, "pgrehearse-probe").await?;
-                let timeout = format!("SET lock_timeout = {}", ATTEMPT_TIMEOUT.as_millis());
-                exec(&mut conn, &timeout).await.map_err(|source| PgError::Query { url: url.redacted(), source })?;
-                let (w, s, sql) = (waits.clone(), stop.clone(), access.statement(&t.quoted));
-                tasks.push(tokio::spawn(probe(conn, t.oid, access, sql, w, s)));
-            }
+        for (conn, t, access) in connected {
+            let (w, s, sql) = (waits.clone(), stop.clone(), access.statement(&t.quoted));
+            tasks.push(tokio::spawn(probe(conn, t.oid, access, sql, w, s)));
         }
-        Ok(Probes { waits, stop, tasks })
+        Ok(Probes { probed: largest.iter().map(|p| p.oid).collect(), waits, stop, tasks })
     }
 
     /// Stops the probes and hands back every wait they measured.
