@@ -22,6 +22,7 @@
 //! diesel), through the executor's hooks (see `runner`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -148,6 +149,8 @@ pub struct Probes {
     pub probed: Vec<i64>,
     waits: Arc<Mutex<Vec<Wait>>>,
     stop: CancellationToken,
+    /// Attempts made by every session (for the log).
+    attempts: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -178,21 +181,36 @@ impl Probes {
         .await?;
         let waits = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
+        let attempts = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
         for (conn, t, access) in connected {
-            let (w, s, sql) = (waits.clone(), stop.clone(), access.statement(&t.quoted));
-            tasks.push(tokio::spawn(probe(conn, t.oid, access, sql, w, s)));
+            let (w, s, n, sql) = (waits.clone(), stop.clone(), attempts.clone(), access.statement(&t.quoted));
+            tasks.push(tokio::spawn(probe(conn, t.oid, access, sql, w, s, n)));
         }
-        Ok(Probes { probed: largest.iter().map(|p| p.oid).collect(), waits, stop, tasks })
+        Ok(Probes { probed: largest.iter().map(|p| p.oid).collect(), waits, stop, attempts, tasks })
     }
 
     /// Stops the probes and hands back every wait they measured.
-    pub async fn stop(self) -> Vec<Wait> {
+    pub async fn stop(mut self) -> Vec<Wait> {
         self.stop.cancel();
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
-        std::mem::take(&mut *self.waits.lock().expect("probe mutex"))
+        let waits = std::mem::take(&mut *self.waits.lock().expect("probe mutex"));
+        let attempts = self.attempts.load(Ordering::Relaxed);
+        tracing::info!(tables = self.probed.len(), attempts, waits = waits.len(), "Probes stopped.");
+        waits
+    }
+}
+
+/// A rehearsal dropped mid-plan (SIGTERM) ends its probes' sessions too, so
+/// that its scratch database can be dropped.
+impl Drop for Probes {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
@@ -204,6 +222,7 @@ async fn probe(
     sql: String,
     waits: Arc<Mutex<Vec<Wait>>>,
     stop: CancellationToken,
+    attempts: Arc<AtomicU64>,
 ) {
     let mut waiting_since: Option<Instant> = None;
     let record = |from: Instant, to: Instant| {
@@ -213,6 +232,7 @@ async fn probe(
     };
     while !stop.is_cancelled() {
         let t = Instant::now();
+        attempts.fetch_add(1, Ordering::Relaxed);
         let res = exec(&mut conn, &sql).await;
         let now = Instant::now();
         match res {
