@@ -159,7 +159,9 @@ pub async fn replace_live(
     let admin_url = target.admin().with_database("postgres");
     let mut admin = pg::connect(&admin_url, "pgrehearse-restore").await?;
     carry_over(&mut admin, &admin_url, &live, &new).await?;
-    swap(&mut admin, &admin_url, &live, &new, &old, async |_: &str| {}).await?;
+    // No stranded-writes comparison here: the snapshot may be of any age,
+    // and everything written since it is kept in `old`.
+    swap(&mut admin, &admin_url, &live, &new, &old, async |_: &str| {}, async |_: &str, _: &str| {}).await?;
     lock.release().await;
     tracing::warn!(database = %live, kept_as = %old, snapshot = %restored.snapshot_id, "Live database replaced by the restored snapshot; the previous one is kept.");
     restored.database = live;
@@ -282,7 +284,11 @@ fn setting_value(name: &str, value: &str) -> String {
 /// earlier swap between the two renames (`live` gone, `old` and `new`
 /// there) it finishes it, and when both were done it only reopens `old`.
 /// `between` is called with `old` between the two renames (a release
-/// journals that state there).
+/// journals that state there); `offline` with `old` and `new` once the
+/// sequences are carried forward, just before `new` takes the live name —
+/// live is offline then, so nothing written into `old` escapes a comparison
+/// made there (a release finds its stranded writes). It must not fail the
+/// swap. A swap resumed after both renames were done calls neither.
 pub(crate) async fn swap(
     conn: &mut PgConnection,
     url: &ConnUrl,
@@ -290,6 +296,7 @@ pub(crate) async fn swap(
     new: &str,
     old: &str,
     between: impl AsyncFnOnce(&str),
+    offline: impl AsyncFnOnce(&str, &str),
 ) -> Result<(), PgError> {
     let (has_live, has_new, has_old) = (
         database_exists(conn, url, live).await?,
@@ -320,10 +327,10 @@ pub(crate) async fn swap(
             return Err(e);
         }
         between(old).await;
-        finish_swap(conn, url, live, new, old).await?;
+        finish_swap(conn, url, live, new, old, offline).await?;
     } else if !has_live && has_new && has_old {
         tracing::warn!(database = live, "Finishing a swap interrupted between its renames.");
-        finish_swap(conn, url, live, new, old).await?;
+        finish_swap(conn, url, live, new, old, offline).await?;
     } else if !(has_live && has_old) {
         return Err(PgError::Query {
             url: url.redacted(),
@@ -342,27 +349,36 @@ pub(crate) async fn swap(
 /// snapshot keep their ids, and the restored database never hands them out
 /// again), then renames `new` to `live`. `old` was closed to connections for
 /// the swap; it is opened for the read (the application does not know its
-/// name).
+/// name). `offline` runs after the sequences, before the rename.
 async fn second_rename(
     conn: &mut PgConnection,
     url: &ConnUrl,
     live: &str,
     new: &str,
     old: &str,
+    offline: impl AsyncFnOnce(&str, &str),
 ) -> Result<(), PgError> {
     exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(old))).await?;
     let moved = crate::pg::sequences::carry_forward(url, old, new).await?;
     for m in &moved {
         tracing::info!(sequence = %m.sequence, restored = ?m.from, now = m.to, "Set a restored sequence past the ids the replaced database handed out.");
     }
+    offline(old, new).await;
     rename(conn, url, new, live).await
 }
 
 /// [`second_rename`], and on its error `old` put back as live: the name is
 /// never left without a database, and a restored database that could hand
 /// out ids twice never takes it.
-async fn finish_swap(conn: &mut PgConnection, url: &ConnUrl, live: &str, new: &str, old: &str) -> Result<(), PgError> {
-    if let Err(e) = second_rename(conn, url, live, new, old).await {
+async fn finish_swap(
+    conn: &mut PgConnection,
+    url: &ConnUrl,
+    live: &str,
+    new: &str,
+    old: &str,
+    offline: impl AsyncFnOnce(&str, &str),
+) -> Result<(), PgError> {
+    if let Err(e) = second_rename(conn, url, live, new, old, offline).await {
         rename(conn, url, old, live).await?;
         exec(conn, url, &format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", quote_ident(live))).await?;
         return Err(e);

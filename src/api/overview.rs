@@ -134,6 +134,8 @@ pub struct ReleaseSummary {
     pub started_at: String,
     pub finished_at: Option<String>,
     pub duration_ms: Option<u64>,
+    /// What a restore stranded; null when no restore happened.
+    pub stranded_writes: Option<crate::stranded::StrandedWrites>,
 }
 
 /// A summary plus what the status page shows in full.
@@ -320,5 +322,6 @@ fn release_summary(r: &ReleaseRow) -> ReleaseSummary {
         started_at: r.started_at.clone(),
         finished_at: r.finished_at.clone(),
         duration_ms: r.timings.get("total_ms").and_then(|t| t.as_u64()),
+        stranded_writes: crate::stranded::StrandedWrites::of_record(&r.stranded_writes),
     }
 }

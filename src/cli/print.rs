@@ -321,6 +321,11 @@ pub fn released(json: bool, rel: &crate::release::Release) {
     if let Some(db) = &r.failed_database {
         println!("The failed database is kept as `{db}`.");
     }
+    if let Some(s) = crate::stranded::StrandedWrites::of_record(&r.stranded_writes) {
+        for line in s.lines(&r.id) {
+            println!("{line}");
+        }
+    }
     for m in r.migrations.as_array().into_iter().flatten() {
         println!(
             "  {:<12} {:<40} {:>8} ms  {}",

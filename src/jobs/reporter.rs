@@ -155,8 +155,29 @@ impl Reporter {
             return;
         }
         self.mail(email::release(rel)).await;
+        let stranded = crate::stranded::StrandedWrites::of_record(&rel.record.stranded_writes);
+        if let (Some(m), Some(s)) = (&self.metrics, &stranded) {
+            for (op, n) in [
+                ("insert", s.tables.iter().map(|t| t.inserted).sum::<u64>()),
+                ("update", s.tables.iter().map(|t| t.updated).sum()),
+                ("delete", s.tables.iter().map(|t| t.deleted).sum()),
+            ] {
+                m.set("pgrehearse_stranded_rows", "Rows the last restore of a release stranded in the kept failed database, by what happened to them.", &[("target", target), ("op", op)], n as f64);
+            }
+            let unknown = s.unknown.len() + usize::from(s.error.is_some());
+            m.set(
+                "pgrehearse_stranded_unknown_tables",
+                "Tables the last restore's comparison could not tell exactly (1 more when the comparison failed).",
+                &[("target", target)],
+                unknown as f64,
+            );
+        }
         if outcome != "applied" {
-            self.alert(target, "release", rel.record.reason.as_deref().unwrap_or(outcome)).await;
+            let mut error = rel.record.reason.clone().unwrap_or_else(|| outcome.to_string());
+            if let Some(s) = &stranded {
+                error = format!("{error}\n\n{}", s.lines(&rel.record.id).join("\n"));
+            }
+            self.alert(target, "release", &error).await;
         }
     }
 

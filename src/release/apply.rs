@@ -70,11 +70,29 @@ impl Outcome {
 }
 
 /// The release's hooks: every migration is journaled before it runs (once
-/// per attempt of the whole plan in one transaction), every retry too.
+/// per attempt of the whole plan in one transaction), every retry too, and
+/// so is every transaction id the plan's statements got on live, before the
+/// transaction commits (a restore leaves rows with those ids out of the
+/// stranded writes, even after a kill -9). A statement that ran outside a
+/// transaction and may write rows is journaled as `unattributed`.
 struct Journaling<'a> {
     journal: &'a Journal,
+    plan: &'a [Migration],
     mode: Mode,
     last: Option<usize>,
+    last_xid: Option<String>,
+}
+
+/// Whether a statement run outside a transaction may write rows (by its
+/// first word: DDL writes none the application could also write).
+fn may_write_rows(sql: &str) -> bool {
+    let first = crate::migrations::split::tokens(sql)
+        .find(|t| t.kind == crate::migrations::split::TokenKind::Word)
+        .map(|t| t.text.to_ascii_lowercase());
+    matches!(
+        first.as_deref(),
+        Some("insert" | "update" | "delete" | "merge" | "copy" | "call" | "do" | "with" | "truncate" | "select")
+    )
 }
 
 impl Hooks for Journaling<'_> {
@@ -95,6 +113,42 @@ impl Hooks for Journaling<'_> {
         if self.last != Some(i) {
             self.last = Some(i);
             self.journal.step(JournalStep::Migration, Some(&m.version)).await?;
+        }
+        Ok(())
+    }
+
+    async fn statement_done(
+        &mut self,
+        conn: &mut PgConnection,
+        i: usize,
+        s: usize,
+        in_tx: bool,
+        _at: std::time::Instant,
+        _took: Duration,
+    ) -> Result<(), StateError> {
+        if !in_tx {
+            let m = &self.plan[i];
+            let writes = crate::migrations::split::split(&m.up_sql).get(s).is_none_or(|st| may_write_rows(&st.sql));
+            if writes {
+                let detail = format!("migration {} statement {} ran outside a transaction", m.version, s + 1);
+                self.journal.step(JournalStep::Unattributed, Some(&detail)).await?;
+            }
+            return Ok(());
+        }
+        let xid: Option<String> =
+            match sqlx::query_scalar("SELECT pg_current_xact_id_if_assigned()::text").fetch_one(&mut *conn).await {
+                Ok(x) => x,
+                Err(e) => {
+                    // The statement after it fails the same way; only the
+                    // attribution is lost, and said so.
+                    let detail = format!("migration {}: cannot read its transaction id: {e}", self.plan[i].version);
+                    self.journal.step(JournalStep::Unattributed, Some(&detail)).await?;
+                    return Ok(());
+                }
+            };
+        if xid.is_some() && xid != self.last_xid {
+            self.journal.step(JournalStep::Xid, xid.as_deref()).await?;
+            self.last_xid = xid;
         }
         Ok(())
     }
@@ -144,7 +198,7 @@ pub async fn run(
             let table = source.table();
             let executor =
                 Executor { kind: source.kind(), table: &table, retry: Retry::of(&target.release), place: "live" };
-            let mut hooks = Journaling { journal, mode, last: None };
+            let mut hooks = Journaling { journal, plan, mode, last: None, last_xid: None };
             let run = executor.run(&mut conn, plan, &mut hooks).await?;
             Ok(Outcome::of(plan, run))
         }
@@ -156,6 +210,8 @@ pub async fn run(
         }
         Mode::Command => {
             journal.step(JournalStep::Migration, Some("apply")).await?;
+            let why = "the `command` migration tool writes in transactions pgrehearse cannot see";
+            journal.step(JournalStep::Unattributed, Some(why)).await?;
             let run = external::command(source, url, "pgrehearse-release-command", plan).await;
             Ok(Outcome::of(plan, run))
         }

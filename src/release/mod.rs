@@ -19,6 +19,7 @@ pub mod journal;
 mod postcheck;
 pub mod preflight;
 mod recovery;
+mod stranding;
 
 use std::time::Instant;
 
@@ -234,6 +235,8 @@ fn new_row(cx: &Ctx<'_>, plan: &Plan, outcome: Outcome) -> ReleaseRow {
         timings: serde_json::json!({}),
         warnings: Vec::new(),
         server_version: None,
+        stranded_writes: serde_json::Value::Null,
+        write_counters: serde_json::Value::Null,
         pending: serde_json::Value::Array(
             plan.pending
                 .iter()
@@ -268,6 +271,7 @@ async fn run(
 ) -> Result<ReleaseRow, ReleaseError> {
     let journal = Journal::new(&cx.state, &row.id);
     tracing::info!(plan = %plan.hash, pending = plan.pending.len(), window_closes = %ready.opening.end, "Release started: taking the pre-release snapshot.");
+    row.write_counters = stranding::counters(cx.target).await;
     journal.step(Step::Snapshot, None).await?;
     let t = Instant::now();
     let snap = snapshot::take_with(

@@ -23,6 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::journal::{Journal, Step};
+use super::stranding;
 use super::{Ctx, Outcome, Release, ReleaseError, on_failure_name, release_doc};
 use crate::config::MigrationKind;
 use crate::migrations::executor::{self, Direction, Executor, Retry};
@@ -71,14 +72,22 @@ pub async fn recover(
     cx.state.release_update(row).await?;
     let failed = row.reason.clone().unwrap_or_default();
     match how {
-        "restore" => match restore_live(cx, journal, row).await {
-            Ok(kept) => {
+        "restore" => match restore_live(cx, journal, row, plan).await {
+            Ok((kept, found)) => {
                 tracing::warn!(kept_as = %kept, snapshot = ?row.pre_snapshot_id, "Live restored to its pre-release state; the failed database is kept.");
+                row.stranded_writes = stranding::after_swap(found, &row.stranded_writes, &kept);
                 row.failed_database = Some(kept);
                 row.outcome = Outcome::Restored;
             }
-            Err(e) if !live_reachable(cx).await => suspend(row, &failed, "restoring the pre-release snapshot", &e),
-            Err(e) => halt(row, format!("{failed}; then restoring the pre-release snapshot failed: {e}")),
+            Err(e) => {
+                // Live was not restored: nothing was stranded by a restore.
+                row.stranded_writes = serde_json::Value::Null;
+                if !live_reachable(cx).await {
+                    suspend(row, &failed, "restoring the pre-release snapshot", &e)
+                } else {
+                    halt(row, format!("{failed}; then restoring the pre-release snapshot failed: {e}"))
+                }
+            }
         },
         "down" => match down(cx, journal, plan).await {
             Ok(reverted) => {
@@ -138,8 +147,15 @@ fn previous_recovery(journal: &[JournalEntry]) -> Option<&'static str> {
 }
 
 /// Restores the pinned snapshot next to live and swaps it in (resuming
-/// where an interrupted run of this stopped). Returns the kept database.
-async fn restore_live(cx: &Ctx<'_>, journal: &Journal, row: &ReleaseRow) -> Result<String, String> {
+/// where an interrupted run of this stopped), finding the stranded writes
+/// while live is offline. Returns the kept database and, when this run
+/// compared, what it found.
+async fn restore_live(
+    cx: &Ctx<'_>,
+    journal: &Journal,
+    row: &ReleaseRow,
+    plan: &[Migration],
+) -> Result<(String, Option<serde_json::Value>), String> {
     let snap = row.pre_snapshot_id.clone().ok_or("the release has no pre-release snapshot to restore")?;
     let live = cx.target.live_url.database();
     let tag = row.id.to_ascii_lowercase().replace('-', "_");
@@ -167,9 +183,14 @@ async fn restore_live(cx: &Ctx<'_>, journal: &Journal, row: &ReleaseRow) -> Resu
             tracing::warn!(error = %e, "Cannot journal the swap's first rename; finishing the swap.");
         }
     };
-    restore::swap(&mut admin, &admin_url, &live, &new, &kept, renamed).await.map_err(|e| e.to_string())?;
+    let found = std::sync::Mutex::new(None);
+    let offline = async |old: &str, restored: &str| {
+        let v = stranding::find(cx, journal, row, plan, old, restored).await;
+        *found.lock().expect("not poisoned") = Some(v);
+    };
+    restore::swap(&mut admin, &admin_url, &live, &new, &kept, renamed, offline).await.map_err(|e| e.to_string())?;
     journal.step(Step::SwapDone, Some(&kept)).await.map_err(|e| e.to_string())?;
-    Ok(kept)
+    Ok((kept, found.into_inner().expect("not poisoned")))
 }
 
 /// Ends the sessions a killed earlier run of this recovery left on the

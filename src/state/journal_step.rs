@@ -18,6 +18,12 @@ pub enum Step {
     MigrationDone,
     /// A lock timeout: the migration (or the plan's transaction) is retried.
     LockRetry,
+    /// One of pgrehearse's own transactions on live (its id, journaled
+    /// before it commits): rows it wrote are not stranded writes.
+    Xid,
+    /// A write of the plan no transaction id tells apart (a statement
+    /// outside a transaction, an external `command` tool).
+    Unattributed,
     Applied,
     Postcheck,
     Failed,
@@ -26,6 +32,10 @@ pub enum Step {
     RestoreDone,
     Swap,
     SwapRenamed,
+    /// Comparing the failed database with the restored one (live offline).
+    Stranded,
+    /// The comparison's summary (or why it could not be made).
+    StrandedDone,
     SwapDone,
     Down,
     Interrupted,
@@ -36,13 +46,15 @@ pub enum Step {
     Unknown,
 }
 
-const ALL: [Step; 20] = [
+const ALL: [Step; 24] = [
     Step::Snapshot,
     Step::SnapshotDone,
     Step::Apply,
     Step::Migration,
     Step::MigrationDone,
     Step::LockRetry,
+    Step::Xid,
+    Step::Unattributed,
     Step::Applied,
     Step::Postcheck,
     Step::Failed,
@@ -51,6 +63,8 @@ const ALL: [Step; 20] = [
     Step::RestoreDone,
     Step::Swap,
     Step::SwapRenamed,
+    Step::Stranded,
+    Step::StrandedDone,
     Step::SwapDone,
     Step::Down,
     Step::Interrupted,
@@ -68,6 +82,8 @@ impl Step {
             Step::Migration => "migration",
             Step::MigrationDone => "migration_done",
             Step::LockRetry => "lock_retry",
+            Step::Xid => "xid",
+            Step::Unattributed => "unattributed",
             Step::Applied => "applied",
             Step::Postcheck => "postcheck",
             Step::Failed => "failed",
@@ -76,6 +92,8 @@ impl Step {
             Step::RestoreDone => "restore_done",
             Step::Swap => "swap",
             Step::SwapRenamed => "swap_renamed",
+            Step::Stranded => "stranded",
+            Step::StrandedDone => "stranded_done",
             Step::SwapDone => "swap_done",
             Step::Down => "down",
             Step::Interrupted => "interrupted",

@@ -205,6 +205,13 @@ pub struct ReleaseRow {
     /// preflight; null for releases refused before that or recorded by
     /// earlier versions.
     pub server_version: Option<String>,
+    /// What a restore stranded (`stranded::StrandedWrites` as JSON); null
+    /// when no restore happened.
+    pub stranded_writes: serde_json::Value,
+    /// Live's write counters before the pre-release snapshot
+    /// (`stranded::detect::Counters`); internal, not reported.
+    #[serde(skip)]
+    pub write_counters: serde_json::Value,
 }
 
 /// One journaled step.
@@ -226,12 +233,12 @@ pub struct Evidence {
 
 const COLUMNS: &str = "id, target, plan_hash, content_hash, approval_id, rehearsal_id, database, on_failure, outcome, \
     reason, error_kind, pre_snapshot_id, failed_database, recovery, started_at, finished_at, pid, host, migrations, \
-    timings, warnings, pending, server_version";
+    timings, warnings, pending, server_version, stranded_writes, write_counters";
 
 impl State {
     pub async fn release_insert(&self, r: &ReleaseRow) -> Result<(), StateError> {
         sqlx::query(&format!(
-            "INSERT INTO releases ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO releases ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&r.id)
         .bind(&r.target)
@@ -256,6 +263,8 @@ impl State {
         .bind(serde_json::to_string(&r.warnings).expect("strings serialize"))
         .bind(r.pending.to_string())
         .bind(&r.server_version)
+        .bind(opt_json(&r.stranded_writes))
+        .bind(opt_json(&r.write_counters))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -266,7 +275,7 @@ impl State {
         sqlx::query(
             "UPDATE releases SET outcome = ?, reason = ?, error_kind = ?, pre_snapshot_id = ?, failed_database = ?, \
              recovery = ?, finished_at = ?, migrations = ?, timings = ?, warnings = ?, pid = ?, host = ?, \
-             server_version = ? WHERE id = ?",
+             server_version = ?, stranded_writes = ?, write_counters = ? WHERE id = ?",
         )
         .bind(r.outcome.as_str())
         .bind(&r.reason)
@@ -281,6 +290,8 @@ impl State {
         .bind(r.pid as i64)
         .bind(&r.host)
         .bind(&r.server_version)
+        .bind(opt_json(&r.stranded_writes))
+        .bind(opt_json(&r.write_counters))
         .bind(&r.id)
         .execute(&self.pool)
         .await?;
@@ -424,6 +435,9 @@ fn release_from_row(r: &sqlx::sqlite::SqliteRow) -> ReleaseRow {
     let json = |col: &str| -> serde_json::Value {
         serde_json::from_str(&r.get::<String, _>(col)).unwrap_or(serde_json::Value::Null)
     };
+    let opt_col = |col: &str| -> serde_json::Value {
+        r.get::<Option<String>, _>(col).and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(serde_json::Value::Null)
+    };
     ReleaseRow {
         id: r.get("id"),
         target: r.get("target"),
@@ -448,7 +462,14 @@ fn release_from_row(r: &sqlx::sqlite::SqliteRow) -> ReleaseRow {
         warnings: serde_json::from_str(&r.get::<String, _>("warnings")).unwrap_or_default(),
         pending: json("pending"),
         server_version: r.get("server_version"),
+        stranded_writes: opt_col("stranded_writes"),
+        write_counters: opt_col("write_counters"),
     }
+}
+
+/// A JSON column that may be NULL: null is stored as NULL.
+fn opt_json(v: &serde_json::Value) -> Option<String> {
+    (!v.is_null()).then(|| v.to_string())
 }
 
 #[cfg(test)]

@@ -27,6 +27,10 @@
 
 use serde::{Deserialize, Serialize};
 
+mod compare;
+pub mod detect;
+mod text;
+
 /// The schema in the kept database that lists its stranded rows.
 pub const SCHEMA: &str = "pgrehearse_stranded";
 
@@ -44,6 +48,11 @@ pub struct StrandedWrites {
     /// Tables whose writes could not be told exactly, with why.
     #[serde(default)]
     pub unknown: Vec<UnknownTable>,
+    /// Set when the finding itself failed or could not run (the restore
+    /// still happened): then nothing above is complete, and every write made
+    /// between `since` and `until` is only in `kept_in`.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// The stranded rows of one table, counted by what happened to them.
@@ -115,7 +124,14 @@ mod tests {
 
     #[test]
     fn an_empty_result_has_an_empty_table_list() {
-        let s = StrandedWrites { since: "a".into(), until: "b".into(), kept_in: "app_failed_x".into(), tables: vec![], unknown: vec![] };
+        let s = StrandedWrites {
+            since: "a".into(),
+            until: "b".into(),
+            kept_in: "app_failed_x".into(),
+            tables: vec![],
+            unknown: vec![],
+            error: None,
+        };
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["tables"], serde_json::json!([]));
         assert_eq!(v["kept_in"], "app_failed_x");

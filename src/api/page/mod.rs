@@ -326,6 +326,24 @@ fn releases(h: &mut String, o: &Overview) {
             esc(short(&r.plan)),
             esc(r.reason.as_deref().unwrap_or("")),
         );
+        if let Some(s) = &r.stranded_writes {
+            let class = if s.nothing() { "muted" } else { "bad" };
+            let _ = write!(
+                h,
+                "<tr class=\"stranded\"><td></td><td colspan=\"5\"><span class=\"{class}\">{}</span>",
+                esc(&s.headline())
+            );
+            let mut items = s.table_lines();
+            items.extend(s.next_commands(&r.id));
+            if !items.is_empty() {
+                h.push_str("<ul>");
+                for i in items {
+                    let _ = write!(h, "<li><code>{}</code></li>", esc(&i));
+                }
+                h.push_str("</ul>");
+            }
+            h.push_str("</td></tr>");
+        }
     }
     h.push_str("</table>");
 }

@@ -314,6 +314,17 @@ pub fn release(rel: &crate::release::Release) -> Mail {
     let mut p = Page::new(&title, badge, tone);
     p.para(meaning, tone);
     p.facts(&facts);
+    if let Some(s) = crate::stranded::StrandedWrites::of_record(&r.stranded_writes) {
+        let tone = if s.nothing() { Tone::Good } else { Tone::Bad };
+        p.heading("Stranded writes");
+        p.para(&s.headline(), tone);
+        let mut items = s.table_lines();
+        items.extend(s.next_commands(&r.id));
+        if !items.is_empty() {
+            p.list(&items, Tone::Plain);
+        }
+        let _ = writeln!(text, "\n{}", s.lines(&r.id).join("\n"));
+    }
     let steps: Vec<&serde_json::Value> = r.migrations.as_array().into_iter().flatten().collect();
     if !steps.is_empty() {
         let field = |m: &serde_json::Value, k: &str| m[k].as_str().unwrap_or_default().to_string();

@@ -203,6 +203,11 @@ fn a_restored_release_says_what_recovery_did() {
         warnings: Vec::new(),
         pending: serde_json::json!([]),
         server_version: Some("16.4 (Debian 16.4-1)".into()),
+        stranded_writes: serde_json::json!({
+            "since": "2026-11-24T02:00:01Z", "until": "2026-11-24T02:00:20Z", "kept_in": "app_failed_r_77",
+            "tables": [{"table": "public.orders", "inserted": 41, "updated": 2, "deleted": 0}], "unknown": [], "error": null,
+        }),
+        write_counters: serde_json::Value::Null,
     };
     let rel = crate::release::Release { record: row, journal: Vec::new(), finished_by_recovery: false };
     let m = release(&rel);
@@ -214,9 +219,13 @@ fn a_restored_release_says_what_recovery_did() {
         "preflight 200 ms, pre-release snapshot 4.1 s, apply 1.8 s, recovery 9.0 s, total 15.1 s",
         "failed       2 b — 300 ms, 2 attempts: could not create unique index \"sites_homepage_key\" DETAIL: Key (homepage)=(https://a.example) is duplicated.",
         "Live's server: PostgreSQL 16.4 (Debian 16.4-1)",
+        "Stranded writes: 43 row(s) other sessions wrote on live between 2026-11-24T02:00:01Z and 2026-11-24T02:00:20Z are NOT in live; they are kept in `app_failed_r_77`.",
+        "public.orders: inserted 41, updated 2, deleted 0",
+        "pgrehearse salvage r-20261124T020000Z-77 --apply",
     ] {
         assert!(m.text.contains(needle), "missing {needle:?} in\n{}", m.text);
     }
+    assert!(m.html.contains("public.orders: inserted 41, updated 2, deleted 0"), "{}", m.html);
     assert!(m.html.contains("width:320px;height:10px;background:#2563eb"), "{}", m.html);
     assert!(m.html.contains("duplicate key &lt;script&gt;"), "{}", m.html);
 }
