@@ -156,18 +156,24 @@ impl Reporter {
         }
         self.mail(email::release(rel)).await;
         let stranded = crate::stranded::StrandedWrites::of_record(&rel.record.stranded_writes);
-        if let (Some(m), Some(s)) = (&self.metrics, &stranded) {
-            for (op, n) in [
-                ("insert", s.tables.iter().map(|t| t.inserted).sum::<u64>()),
-                ("update", s.tables.iter().map(|t| t.updated).sum()),
-                ("delete", s.tables.iter().map(|t| t.deleted).sum()),
-            ] {
-                m.set("pgrehearse_stranded_rows", "Rows the last restore of a release stranded in the kept failed database, by what happened to them.", &[("target", target), ("op", op)], n as f64);
+        if let Some(m) = &self.metrics {
+            // The latest release's: zeros when it needed no restore.
+            let tables = stranded.as_ref().map(|s| s.tables.as_slice()).unwrap_or_default();
+            let sum = |f: fn(&crate::stranded::TableWrites) -> u64| tables.iter().map(f).sum::<u64>() as f64;
+            for (op, n) in
+                [("insert", sum(|t| t.inserted)), ("update", sum(|t| t.updated)), ("delete", sum(|t| t.deleted))]
+            {
+                m.set(
+                    "pgrehearse_stranded_rows",
+                    "Rows the latest release's restore stranded in the kept failed database (0 without a restore).",
+                    &[("target", target), ("op", op)],
+                    n,
+                );
             }
-            let unknown = s.unknown.len() + usize::from(s.error.is_some());
+            let unknown = stranded.as_ref().map_or(0, |s| s.unknown.len() + usize::from(s.error.is_some()));
             m.set(
                 "pgrehearse_stranded_unknown_tables",
-                "Tables the last restore's comparison could not tell exactly (1 more when the comparison failed).",
+                "Tables the latest release's restore could not compare exactly (1 more when the comparison failed).",
                 &[("target", target)],
                 unknown as f64,
             );

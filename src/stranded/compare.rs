@@ -79,10 +79,7 @@ impl Listing<'_> {
 /// The SELECT that reads `relation` for the comparison: the key as JSON
 /// text, the digest over `$1` (the columns both sides have) and `xmin`.
 fn select(relation: &str, key: &[String]) -> String {
-    let pairs: Vec<String> = key
-        .iter()
-        .map(|c| format!("'{}', t.{}", c.replace('\'', "''"), quote_ident(c)))
-        .collect();
+    let pairs: Vec<String> = key.iter().map(|c| format!("'{}', t.{}", c.replace('\'', "''"), quote_ident(c))).collect();
     let k = format!("(jsonb_build_object({}))::text", pairs.join(", "));
     format!(
         "SELECT {k} AS k, {} AS d, t.xmin::text::bigint AS x FROM ONLY {relation} t ORDER BY {k} COLLATE \"C\"",
@@ -164,14 +161,16 @@ pub(super) async fn table(
 
 /// Rows of `relation` in the connected database whose `xmin` is not in
 /// `own` (for a table only the kept database has).
-pub(super) async fn others_rows(conn: &mut PgConnection, relation: &str, own: &HashSet<i64>) -> Result<i64, sqlx::Error> {
+pub(super) async fn others_rows(
+    conn: &mut PgConnection,
+    relation: &str,
+    own: &HashSet<i64>,
+) -> Result<i64, sqlx::Error> {
     let own: Vec<i64> = own.iter().copied().collect();
-    sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM ONLY {relation} t WHERE NOT (t.xmin::text::bigint = ANY($1))"
-    ))
-    .bind(own)
-    .fetch_one(conn)
-    .await
+    sqlx::query_scalar(&format!("SELECT count(*) FROM ONLY {relation} t WHERE NOT (t.xmin::text::bigint = ANY($1))"))
+        .bind(own)
+        .fetch_one(conn)
+        .await
 }
 
 #[cfg(test)]

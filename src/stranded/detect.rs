@@ -48,8 +48,9 @@ pub struct Counters {
     /// `pg_stat_database.stats_reset` of the database (a reset starts the
     /// counters again: then every table is compared).
     pub stats_reset: Option<String>,
-    /// `schema.table` (quoted as `%I.%I`) → inserts + updates + deletes.
-    pub tables: BTreeMap<String, i64>,
+    /// `schema.table` (quoted as `%I.%I`) → rows inserted, updated,
+    /// deleted, and live (a `TRUNCATE` moves only the last).
+    pub tables: BTreeMap<String, Vec<i64>>,
 }
 
 /// Reads the write counters of the database `url` points at.
@@ -65,12 +66,12 @@ async fn read_counters(conn: &mut PgConnection) -> Result<Counters, sqlx::Error>
             .await?
             .flatten();
     let rows = sqlx::query(
-        "SELECT format('%I.%I', schemaname, relname) AS rel, (n_tup_ins + n_tup_upd + n_tup_del)::bigint AS n \
-         FROM pg_stat_user_tables",
+        "SELECT format('%I.%I', schemaname, relname) AS rel, \
+         ARRAY[n_tup_ins, n_tup_upd, n_tup_del, n_live_tup]::bigint[] AS n FROM pg_stat_user_tables",
     )
     .fetch_all(&mut *conn)
     .await?;
-    let tables = rows.iter().map(|r| (r.get::<String, _>("rel"), r.get::<i64, _>("n"))).collect();
+    let tables = rows.iter().map(|r| (r.get::<String, _>("rel"), r.get::<Vec<i64>, _>("n"))).collect();
     Ok(Counters { stats_reset, tables })
 }
 
@@ -207,7 +208,12 @@ async fn run(
     let mut reasons: HashMap<String, String> = HashMap::new();
     for rel in order {
         let t = &kept_tables[rel];
-        let Some(old) = restored_tables.get(rel) else {
+        let old = restored_tables.get(rel);
+        if is_history(t, &attribution.history_table) {
+            own.extend(history_xmins(&mut k, &mut r, rel, t, old).await.map_err(q)?);
+            continue;
+        }
+        let Some(old) = old else {
             let others = compare::others_rows(&mut k, rel, &own).await.map_err(q)?;
             if others > 0 {
                 reasons.insert(
@@ -220,14 +226,6 @@ async fn run(
             continue;
         };
         let columns: Vec<String> = t.columns.iter().filter(|c| old.columns.contains(c)).cloned().collect();
-        if is_history(t, &attribution.history_table) {
-            if !old.key.is_empty() && old.key.iter().all(|c| columns.contains(c)) {
-                let d =
-                    compare::table(&mut k, &mut r, None, rel, &old.key, &columns, &HashSet::new()).await.map_err(q)?;
-                own.extend(d.xmins);
-            }
-            continue;
-        }
         let moved = match (before, now.tables.get(rel)) {
             (Some(b), Some(n)) if b.stats_reset == now.stats_reset => b.tables.get(rel) != Some(n),
             _ => true,
@@ -291,6 +289,25 @@ async fn run(
     unknown.sort_by(|a, b| a.table.cmp(&b.table));
     found.sort_by(|a, b| a.table.cmp(&b.table));
     Ok((found, unknown, compared))
+}
+
+/// The transactions that wrote the history table's new rows (the plan's):
+/// every row's when the release created the table.
+async fn history_xmins(
+    k: &mut PgConnection,
+    r: &mut PgConnection,
+    rel: &str,
+    t: &Table,
+    old: Option<&Table>,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let Some(old) = old else {
+        return sqlx::query_scalar(&format!("SELECT DISTINCT xmin::text::bigint FROM ONLY {rel}")).fetch_all(k).await;
+    };
+    let columns: Vec<String> = t.columns.iter().filter(|c| old.columns.contains(c)).cloned().collect();
+    if old.key.is_empty() || !old.key.iter().all(|c| columns.contains(c)) {
+        return Ok(Vec::new());
+    }
+    Ok(compare::table(k, r, None, rel, &old.key, &columns, &HashSet::new()).await?.xmins)
 }
 
 async fn row_counts(k: &mut PgConnection, r: &mut PgConnection, rel: &str) -> Result<String, sqlx::Error> {

@@ -51,6 +51,7 @@ mod snapshot_failures; // snapshots that fail midway leave nothing that looks li
 mod snapshot_local; // snapshots to the local store; row counts in the dump's MVCC snapshot
 mod snapshot_s3; // snapshots to S3 read back with the AWS CLI and pg_restore
 mod status_page; // the status page in headless Chromium: approve with the token
+mod stranded; // writes a restore strands: counted exactly, told everywhere, an honest unknown on failure
 mod systemd; // the shipped unit, sysusers and tmpfiles checked with systemd's tools
 mod targets; // multi-target configs, credentials directory, dump_globals
 mod verify; // restore drills: restore, template clone, RTO, mismatches
