@@ -241,7 +241,10 @@ async fn run(
             Some("the release changed its primary key's columns".to_string())
         } else {
             compared += 1;
-            let d = compare::table(&mut k, &mut r, Some(&mut *tx), rel, &old.key, &columns, &own).await.map_err(q)?;
+            let whole = (columns.len() == t.columns.len(), columns.len() == old.columns.len());
+            let d = compare::table(&mut k, &mut r, Some(&mut *tx), rel, &old.key, &columns, whole, &own)
+                .await
+                .map_err(q)?;
             let differs = d.inserted + d.updated + d.deleted > 0;
             match (&attribution.unattributed, &attribution.deletes) {
                 (Some(why), _) if differs => Some(why.clone()),
@@ -307,7 +310,8 @@ async fn history_xmins(
     if old.key.is_empty() || !old.key.iter().all(|c| columns.contains(c)) {
         return Ok(Vec::new());
     }
-    Ok(compare::table(k, r, None, rel, &old.key, &columns, &HashSet::new()).await?.xmins)
+    let whole = (columns.len() == t.columns.len(), columns.len() == old.columns.len());
+    Ok(compare::table(k, r, None, rel, &old.key, &columns, whole, &HashSet::new()).await?.xmins)
 }
 
 async fn row_counts(k: &mut PgConnection, r: &mut PgConnection, rel: &str) -> Result<String, sqlx::Error> {
