@@ -213,6 +213,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             print::pruned(json, &outcome);
             exit::OK
         }
+        jobs::Done::Salvaged(s) => {
+            print::salvaged(json, &s);
+            if s.needs_a_person() { exit::PROBLEMS } else { exit::OK }
+        }
     })
 }
 
@@ -246,6 +250,10 @@ fn job_of(command: Command) -> jobs::Job {
         Command::Apply => Job::Apply,
         Command::Releases(args) => Job::Releases { id: args.id },
         Command::Prune(args) => Job::Prune { dry_run: args.dry_run },
+        Command::Salvage(args) => Job::Salvage {
+            release: args.id,
+            options: release::salvage::Options { output: args.output, apply: args.apply },
+        },
     }
 }
 

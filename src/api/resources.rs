@@ -92,7 +92,7 @@ pub async fn release(
         ))
     })?;
     let journal = state.journal(&record.id).await?;
-    Ok(Json(Release { record, journal, finished_by_recovery: false }))
+    Ok(Json(Release::new(record, journal, false)))
 }
 
 /// The `{id}` of a path, or a JSON 400 like every other API error (axum's

@@ -122,6 +122,19 @@ pub enum Command {
     Apply,
     /// Show the target's recent releases (or one, with its journal).
     Releases(ReleasesArgs),
+    /// Put the writes a restored release stranded back into live.
+    ///
+    /// Reads the rows other sessions wrote on live between the release's
+    /// pre-release snapshot and the restore from the kept database
+    /// (`<db>_failed_<release>`) and writes SQL that puts them into live in
+    /// one transaction (stdout, or -o FILE): inserts with ON CONFLICT DO
+    /// NOTHING, updates and deletes by primary key, guarded so that a row
+    /// live changed since is skipped, never overwritten. --apply runs it
+    /// under the heavy-job lock and records it in the release. Exit 0 every
+    /// row is in (or in the SQL), 2 rows were skipped or tables need a
+    /// person, 64 nothing to salvage (release not restored, kept database
+    /// gone, no list).
+    Salvage(SalvageArgs),
     /// Run every target's schedules, the HTTP API and metrics.
     ///
     /// For systemd: Type=notify, reload with SIGHUP, stop with SIGTERM (a
@@ -194,6 +207,20 @@ pub struct ReleasesArgs {
     /// A release id (`r-…`); without it, the newest 50.
     #[arg(value_name = "ID")]
     pub id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SalvageArgs {
+    /// The id (`r-…`) of a release that ended `restored`.
+    #[arg(value_name = "RELEASE_ID")]
+    pub id: String,
+    /// Write the SQL to this file (must not exist) instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Run the SQL against live now (one transaction, under the heavy-job
+    /// lock) and report what was applied and skipped.
+    #[arg(long)]
+    pub apply: bool,
 }
 
 #[derive(Debug, Args)]

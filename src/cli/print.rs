@@ -326,6 +326,12 @@ pub fn released(json: bool, rel: &crate::release::Release) {
             println!("{line}");
         }
     }
+    for s in &rel.salvaged {
+        println!(
+            "Salvaged at {}: {} inserted, {} updated, {} deleted, {} skipped.",
+            s.at, s.inserted, s.updated, s.deleted, s.skipped
+        );
+    }
     for m in r.migrations.as_array().into_iter().flatten() {
         println!(
             "  {:<12} {:<40} {:>8} ms  {}",
@@ -359,6 +365,45 @@ pub fn releases(json: bool, list: &[crate::release::Release], one: bool) {
     for r in list {
         let r = &r.record;
         println!("{:<28} {:<16} {} {}", r.id, r.outcome, r.started_at, r.reason.as_deref().unwrap_or(""));
+    }
+}
+
+/// `salvage`: the SQL itself when it goes to stdout; otherwise what was
+/// (or would be) put into live and what was skipped.
+pub fn salvaged(json: bool, s: &crate::release::salvage::Salvage) {
+    if json {
+        return print_json(s);
+    }
+    if let Some(sql) = &s.sql {
+        print!("{sql}");
+        return;
+    }
+    let verb = if s.applied { "put into" } else { "to put into" };
+    println!("Stranded writes of release {} (kept in `{}`), {verb} live `{}`:", s.release_id, s.kept_in, s.database);
+    if s.tables.is_empty() {
+        println!("  no table with stranded rows by key");
+    }
+    for t in &s.tables {
+        println!(
+            "  {:<32} {} inserted, {} updated, {} deleted ({} already present)",
+            t.table, t.inserted, t.updated, t.deleted, t.already_present
+        );
+    }
+    if let Some(path) = &s.output {
+        println!("SQL written to {}.", path.display());
+    }
+    if !s.skipped.is_empty() {
+        println!("Skipped ({}), never overwritten:", s.skipped.len());
+        for k in &s.skipped {
+            println!("  {} {} {}: {} ({})", k.table, k.op.as_str(), k.key, k.reason.as_str(), k.detail);
+        }
+    }
+    for u in &s.unknown {
+        let diff = match (u.rows_only_in_kept, u.rows_only_in_live) {
+            (Some(k), Some(l)) => format!("; {k} row(s) only in the kept database, {l} only in live"),
+            _ => String::new(),
+        };
+        println!("Not salvaged by key: {} ({}{diff}); `salvage -o FILE` exports its rows for a person.", u.table, u.reason);
     }
 }
 

@@ -23,6 +23,7 @@ classifier!(
         release::approval::ApprovalError,
         release::preflight::PreflightError,
         release::preflight::Refusal,
+        release::salvage::SalvageError,
         report::email::EmailError,
         restore::RestoreError,
         shadow::ShadowError,

@@ -152,6 +152,11 @@ pub enum Job {
     Prune {
         dry_run: bool,
     },
+    /// Put a restored release's stranded writes back (`--apply`) or write them as SQL.
+    Salvage {
+        release: String,
+        options: release::salvage::Options,
+    },
 }
 
 impl Job {
@@ -169,6 +174,7 @@ impl Job {
             Job::Apply => "release",
             Job::Releases { .. } => "releases",
             Job::Prune { .. } => "prune",
+            Job::Salvage { .. } => "salvage",
         }
     }
 
@@ -211,6 +217,7 @@ pub enum Done {
     Released(Box<release::Release>),
     Releases(Vec<release::Release>),
     Pruned(snapshot::catalog::PruneOutcome),
+    Salvaged(Box<release::salvage::Salvage>),
 }
 
 /// Runs `job` on `target` in `env`: finishes an interrupted release first
@@ -367,6 +374,9 @@ async fn operate(env: &Env, target: &Target, job: Job, cancel: &CancellationToke
         Job::Prune { dry_run } => {
             let store = env.store().await.map_err(snapshot::catalog::CatalogError::from)?;
             Done::Pruned(snapshot::catalog::prune(&env.state, store, target, dry_run).await?)
+        }
+        Job::Salvage { release: id, options } => {
+            Done::Salvaged(Box::new(release::salvage::salvage(state, target, &id, &options).await?))
         }
     })
 }

@@ -20,6 +20,7 @@ mod postcheck;
 pub mod preflight;
 mod recovery;
 mod stranding;
+pub mod salvage;
 
 use std::time::Instant;
 
@@ -60,9 +61,18 @@ pub struct Release {
     /// crash (or live's server going away) had interrupted. Not whether a
     /// recovery of live (`recovery`) succeeded: that is the `outcome`.
     pub finished_by_recovery: bool,
+    /// Every `salvage --apply` of this release's stranded writes (when,
+    /// how many rows), oldest first; empty when never salvaged.
+    pub salvaged: Vec<salvage::SalvageRun>,
 }
 
 impl Release {
+    /// The document of `record` with its `journal`.
+    pub fn new(record: ReleaseRow, journal: Vec<JournalEntry>, finished_by_recovery: bool) -> Release {
+        let salvaged = salvage::SalvageRun::from_journal(&journal);
+        Release { record, journal, finished_by_recovery, salvaged }
+    }
+
     pub fn outcome(&self) -> Outcome {
         self.record.outcome
     }
@@ -381,7 +391,7 @@ async fn not_valid_on_live(target: &Target) -> Vec<String> {
 
 async fn release_doc(state: &State, record: ReleaseRow, finished_by_recovery: bool) -> Result<Release, ReleaseError> {
     let journal = state.journal(&record.id).await?;
-    Ok(Release { record, journal, finished_by_recovery })
+    Ok(Release::new(record, journal, finished_by_recovery))
 }
 
 /// `pgrehearse releases [ID]`: the target's recent releases, or one.

@@ -42,11 +42,14 @@ pub enum Step {
     /// This run stopped unfinished: live's server went away during recovery.
     Suspended,
     Finished,
+    /// Stranded writes were put back into live (`pgrehearse salvage
+    /// --apply`, after the release finished); the detail holds the counts.
+    Salvaged,
     /// A stored name this version does not know.
     Unknown,
 }
 
-const ALL: [Step; 24] = [
+const ALL: [Step; 25] = [
     Step::Snapshot,
     Step::SnapshotDone,
     Step::Apply,
@@ -70,6 +73,7 @@ const ALL: [Step; 24] = [
     Step::Interrupted,
     Step::Suspended,
     Step::Finished,
+    Step::Salvaged,
     Step::Unknown,
 ];
 
@@ -99,6 +103,7 @@ impl Step {
             Step::Interrupted => "interrupted",
             Step::Suspended => "suspended",
             Step::Finished => "finished",
+            Step::Salvaged => "salvaged",
             Step::Unknown => "unknown",
         }
     }

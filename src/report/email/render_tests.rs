@@ -209,7 +209,7 @@ fn a_restored_release_says_what_recovery_did() {
         }),
         write_counters: serde_json::Value::Null,
     };
-    let rel = crate::release::Release { record: row, journal: Vec::new(), finished_by_recovery: false };
+    let rel = crate::release::Release::new(row, Vec::new(), false);
     let m = release(&rel);
     assert_eq!(m.subject, "app: release r-20261124T020000Z-77 restored");
     for needle in [
