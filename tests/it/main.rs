@@ -45,6 +45,7 @@ mod release_writes; // the application's writes during a release that ends resto
 mod report_accuracy; // what failure reports say: PostgreSQL's DETAIL/HINT, one error object, server version, sampling
 mod restore; // disaster recovery: `restore --as` and `--replace-live`
 mod roundtrip; // shared checks of a snapshot read back with independent clients
+mod salvage; // `salvage`: stranded writes of a restored release put back into live, skips, refusals
 mod secrets; // the password never in argv, logs or written files
 mod smoke; // the harness itself (moto, AWS CLI, fault proxy)
 mod snapshot_failures; // snapshots that fail midway leave nothing that looks like one

@@ -47,6 +47,7 @@ pub(super) struct KeptRow {
     pub values: serde_json::Map<String, serde_json::Value>,
     /// The same as a quoted JSON literal.
     pub lit: String,
+    /// Its digest over the columns live still has (see [`stranded_rows`]).
     pub digest: String,
     /// `age(xmin)`: larger is older (committed earlier).
     pub age: i64,
@@ -144,15 +145,18 @@ pub(super) fn key_match(keys: &[String], t: &str, k: &str) -> String {
 }
 
 /// The stranded rows of one table (`rel`: the kept database's quoted name,
-/// `keys` its primary key), each with its kept version.
+/// `keys` its primary key), each with its kept version and that version's
+/// digest over `common` (the list's columns live still has), which tells
+/// whether live already holds the row.
 pub(super) async fn stranded_rows(
     kept: &mut PgConnection,
     url: &ConnUrl,
     t: &Listed,
     rel: &str,
     keys: &[String],
+    common: &[String],
 ) -> Result<Vec<Stranded>, PgError> {
-    let digest = digest_sql("t", "$2::text[]");
+    let digest = digest_sql("t", "$3::text[]");
     let sql = format!(
         "SELECT r.op::text AS op, r.key::text AS key, r.before_digest::text AS before_digest, \
                 format('%L', r.key::text) AS key_lit, format('%L', r.before_digest::text) AS before_lit, \
@@ -166,7 +170,13 @@ pub(super) async fn stranded_rows(
          WHERE r.relation = $1",
         on = key_match(keys, "t", "k")
     );
-    let rows = sqlx::query(&sql).bind(&t.relation).bind(&t.columns).fetch_all(kept).await.map_err(query_err(url))?;
+    let rows = sqlx::query(&sql)
+        .bind(&t.relation)
+        .bind(&t.columns)
+        .bind(common)
+        .fetch_all(kept)
+        .await
+        .map_err(query_err(url))?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let op = match r.get::<String, _>("op").as_str() {
@@ -201,30 +211,51 @@ pub(super) async fn stranded_rows(
     Ok(out)
 }
 
-/// Live's digest (over `cols_lit`) of the row with each key, none where live
-/// has no such row.
+/// Live's row with each key, as two digests: over the list's columns
+/// (`cols_lit`, compared with the restore's `before_digest`) and over the
+/// columns live still has (`common_lit`, compared with the kept row's);
+/// none where live has no such row.
 pub(super) async fn live_digests(
     live: &mut PgConnection,
     url: &ConnUrl,
     rel: &str,
     keys: &[String],
-    cols_lit: &str,
+    (cols_lit, common_lit): (&str, &str),
     rows: &[Stranded],
-) -> Result<Vec<Option<String>>, PgError> {
+) -> Result<Vec<Option<LiveRow>>, PgError> {
     let list = serde_json::Value::Array(rows.iter().map(|r| r.key.clone()).collect()).to_string();
     let sql = format!(
-        "SELECT (SELECT {digest} FROM jsonb_populate_record(NULL::{rel}, e.key) k JOIN {rel} t ON {on}) \
-         FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e(key, ord) ORDER BY e.ord",
-        digest = digest_sql("t", cols_lit),
+        "SELECT x.listed, x.common FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e(key, ord) \
+         LEFT JOIN LATERAL (SELECT {listed} AS listed, {common} AS common \
+             FROM jsonb_populate_record(NULL::{rel}, e.key) k JOIN {rel} t ON {on}) x ON true \
+         ORDER BY e.ord",
+        listed = digest_sql("t", cols_lit),
+        common = digest_sql("t", common_lit),
         on = key_match(keys, "t", "k")
     );
-    let got: Vec<Option<String>> =
-        sqlx::query_scalar(&sql).bind(list).fetch_all(live).await.map_err(query_err(url))?;
-    Ok(got)
+    let got = sqlx::query(&sql).bind(list).fetch_all(live).await.map_err(query_err(url))?;
+    Ok(got
+        .iter()
+        .map(|r| {
+            let listed: Option<String> = r.get("listed");
+            listed.map(|listed| LiveRow { listed, common: r.get("common") })
+        })
+        .collect())
 }
 
-/// What to do with one stranded row, given live's digest of its key.
-pub(super) fn decide(row: &Stranded, live: Option<&str>, writable: &BTreeSet<String>) -> Decision {
+/// Live's row with a stranded row's key, by its digests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct LiveRow {
+    /// Over the list's columns: equal to `before_digest` while live holds
+    /// the row as the restore left it.
+    pub listed: String,
+    /// Over the columns live still has: equal to the kept row's digest when
+    /// live already holds the row as the kept database does.
+    pub common: String,
+}
+
+/// What to do with one stranded row, given live's row with its key.
+pub(super) fn decide(row: &Stranded, live: Option<&LiveRow>, writable: &BTreeSet<String>) -> Decision {
     if let Some(k) = &row.kept {
         let lacking: Vec<&str> = k
             .values
@@ -246,7 +277,7 @@ pub(super) fn decide(row: &Stranded, live: Option<&str>, writable: &BTreeSet<Str
             "the kept database does not hold this row as its list says (was it changed since the restore?)".into(),
         ),
         (Op::Insert, _, None) => Decision::Apply,
-        (_, Some(a), Some(l)) if a == l => Decision::Already,
+        (_, Some(a), Some(l)) if a == l.common => Decision::Already,
         (Op::Delete, _, None) => Decision::Already,
         (Op::Insert, _, Some(_)) => {
             Decision::Skip(SkipReason::Conflict, "live holds a different row with this key".into())
@@ -254,7 +285,9 @@ pub(super) fn decide(row: &Stranded, live: Option<&str>, writable: &BTreeSet<Str
         (Op::Update, _, None) => {
             Decision::Skip(SkipReason::Conflict, "live deleted this row since the restore".into())
         }
-        (Op::Update | Op::Delete, _, Some(l)) if row.before_digest.as_deref() == Some(l) => Decision::Apply,
+        (Op::Update | Op::Delete, _, Some(l)) if row.before_digest.as_deref() == Some(l.listed.as_str()) => {
+            Decision::Apply
+        }
         (Op::Update | Op::Delete, _, Some(_)) => {
             Decision::Skip(SkipReason::Conflict, "live changed this row since the restore; it is not overwritten".into())
         }

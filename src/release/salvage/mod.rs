@@ -340,7 +340,13 @@ async fn plan(
             continue;
         }
         let kept_rel = kept_rel.expect("known tables are in the kept database");
-        let rows = list::stranded_rows(kept, kept_url, &t, &kept_rel, &keys).await?;
+        let writable = match &live_rel {
+            Some(rel) => list::writable_columns(live, live_url, rel).await?,
+            None => Default::default(),
+        };
+        let common: Vec<String> = t.columns.iter().filter(|c| writable.contains(*c)).cloned().collect();
+        let common_lit = list::array_literal(kept, kept_url, &common).await?;
+        let rows = list::stranded_rows(kept, kept_url, &t, &kept_rel, &keys, &common).await?;
         if rows.is_empty() {
             continue;
         }
@@ -357,16 +363,15 @@ async fn plan(
             skip_all(SkipReason::TableMissing, "live has no such table any more", s);
             continue;
         };
-        let writable = list::writable_columns(live, live_url, &live_rel).await?;
         let lacking: Vec<&String> = keys.iter().filter(|k| !writable.contains(*k)).collect();
         if !lacking.is_empty() {
             let detail = format!("live's table has no key column {}", lacking.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", "));
             skip_all(SkipReason::ColumnsMissing, &detail, s);
             continue;
         }
-        let digests = list::live_digests(live, live_url, &live_rel, &keys, &cols_lit, &rows).await?;
-        for (row, digest) in rows.iter().zip(digests) {
-            match list::decide(row, digest.as_deref(), &writable) {
+        let in_live = list::live_digests(live, live_url, &live_rel, &keys, (&cols_lit, &common_lit), &rows).await?;
+        for (row, live_row) in rows.iter().zip(in_live) {
+            match list::decide(row, live_row.as_ref(), &writable) {
                 Decision::Apply => {
                     count(entry, row.op, 1);
                     statements.push(script::statement(&t.relation, &live_rel, &keys, &cols_lit, &writable, row));

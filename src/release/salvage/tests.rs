@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use super::list::{Decision, KeptRow, Stranded, decide};
+use super::list::{Decision, KeptRow, LiveRow, Stranded, decide};
 use super::*;
 
 fn row(op: Op, kept: Option<(&str, serde_json::Value, i64)>, before: Option<&str>) -> Stranded {
@@ -22,6 +22,11 @@ fn row(op: Op, kept: Option<(&str, serde_json::Value, i64)>, before: Option<&str
     }
 }
 
+/// Live's row: its digest over the list's columns, and over the common ones.
+fn at(listed: &str, common: &str) -> Option<LiveRow> {
+    Some(LiveRow { listed: listed.into(), common: common.into() })
+}
+
 fn cols(c: &[&str]) -> BTreeSet<String> {
     c.iter().map(|s| s.to_string()).collect()
 }
@@ -30,9 +35,9 @@ fn cols(c: &[&str]) -> BTreeSet<String> {
 fn updates_apply_only_over_the_row_the_restore_left() {
     let live = cols(&["id", "email"]);
     let r = row(Op::Update, Some(("after", serde_json::json!({"id": 7, "email": "x"}), 3)), Some("before"));
-    assert_eq!(decide(&r, Some("before"), &live), Decision::Apply);
-    assert_eq!(decide(&r, Some("after"), &live), Decision::Already);
-    assert!(matches!(decide(&r, Some("other"), &live), Decision::Skip(SkipReason::Conflict, _)));
+    assert_eq!(decide(&r, at("before", "x").as_ref(), &live), Decision::Apply);
+    assert_eq!(decide(&r, at("y", "after").as_ref(), &live), Decision::Already);
+    assert!(matches!(decide(&r, at("other", "other").as_ref(), &live), Decision::Skip(SkipReason::Conflict, _)));
     assert!(matches!(decide(&r, None, &live), Decision::Skip(SkipReason::Conflict, _)));
 }
 
@@ -41,12 +46,12 @@ fn inserts_and_deletes_are_decided_by_the_key() {
     let live = cols(&["id", "email"]);
     let ins = row(Op::Insert, Some(("after", serde_json::json!({"id": 7, "email": "x"}), 3)), None);
     assert_eq!(decide(&ins, None, &live), Decision::Apply);
-    assert_eq!(decide(&ins, Some("after"), &live), Decision::Already);
-    assert!(matches!(decide(&ins, Some("else"), &live), Decision::Skip(SkipReason::Conflict, _)));
+    assert_eq!(decide(&ins, at("z", "after").as_ref(), &live), Decision::Already);
+    assert!(matches!(decide(&ins, at("else", "else").as_ref(), &live), Decision::Skip(SkipReason::Conflict, _)));
     let del = row(Op::Delete, None, Some("before"));
-    assert_eq!(decide(&del, Some("before"), &live), Decision::Apply);
+    assert_eq!(decide(&del, at("before", "c").as_ref(), &live), Decision::Apply);
     assert_eq!(decide(&del, None, &live), Decision::Already);
-    assert!(matches!(decide(&del, Some("changed"), &live), Decision::Skip(SkipReason::Conflict, _)));
+    assert!(matches!(decide(&del, at("changed", "c").as_ref(), &live), Decision::Skip(SkipReason::Conflict, _)));
 }
 
 #[test]
