@@ -168,7 +168,10 @@ fn salvage_puts_stranded_writes_into_live_skips_what_it_must_and_changes_nothing
     assert_eq!(rel["outcome"], "restored", "{rel:#}");
     let id = rel["release_id"].as_str().unwrap().to_string();
     let failed = rel["failed_database"].as_str().expect("failed_database").to_string();
-    wait_no_sessions(&rig.live, "psql");
+    // The writer's session is gone before the comparison.
+    wait_for("the writer's session to end", Duration::from_secs(20), Duration::from_millis(20), || {
+        (rig.live.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app'") == "0").then_some(())
+    });
 
     let t = compare(&rig, &failed, "t", "email,id");
     let events = compare(&rig, &failed, "events", "id,note,tag");
