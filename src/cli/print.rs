@@ -403,7 +403,10 @@ pub fn salvaged(json: bool, s: &crate::release::salvage::Salvage) {
             (Some(k), Some(l)) => format!("; {k} row(s) only in the kept database, {l} only in live"),
             _ => String::new(),
         };
-        println!("Not salvaged by key: {} ({}{diff}); `salvage -o FILE` exports its rows for a person.", u.table, u.reason);
+        println!(
+            "Not salvaged by key: {} ({}{diff}); `salvage -o FILE` exports its rows for a person.",
+            u.table, u.reason
+        );
     }
 }
 

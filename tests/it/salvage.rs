@@ -175,8 +175,16 @@ fn salvage_puts_stranded_writes_into_live_skips_what_it_must_and_changes_nothing
 
     let t = compare(&rig, &failed, "t", "email,id");
     let events = compare(&rig, &failed, "events", "id,note,tag");
-    eprintln!("stranded: t {} updated, {} deleted; events {} inserted", t.updated.len(), t.deleted.len(), events.inserted.len());
-    assert!(t.updated.len() >= 5 && t.deleted.len() >= 5 && events.inserted.len() >= 5, "too few stranded: {t:?} {events:?}");
+    eprintln!(
+        "stranded: t {} updated, {} deleted; events {} inserted",
+        t.updated.len(),
+        t.deleted.len(),
+        events.inserted.len()
+    );
+    assert!(
+        t.updated.len() >= 5 && t.deleted.len() >= 5 && events.inserted.len() >= 5,
+        "too few stranded: {t:?} {events:?}"
+    );
     assert!(t.inserted.is_empty() && events.updated.is_empty() && events.deleted.is_empty(), "{t:?} {events:?}");
     stand_in_list(&rig, &failed, &t, &events);
     let audit_kept: i64 = rig.live.psql(&failed, "SELECT count(*) FROM audit").parse().unwrap();
@@ -212,7 +220,12 @@ fn salvage_puts_stranded_writes_into_live_skips_what_it_must_and_changes_nothing
     let audit_lines = sql.lines().filter(|l| l.starts_with("-- {\"note\": \"event ")).count() as i64;
     assert_eq!(audit_lines, audit_kept - audit_live, "audit's kept-only rows exported as data:\n{sql}");
     sql_until_it_runs(&rig, "CREATE DATABASE salvage_copy TEMPLATE app");
-    let ran = rig.live.client("psql").args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-d", "salvage_copy", "-f", sql_arg]).output().unwrap();
+    let ran = rig
+        .live
+        .client("psql")
+        .args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-d", "salvage_copy", "-f", sql_arg])
+        .output()
+        .unwrap();
     assert!(ran.status.success(), "psql -f: {}", String::from_utf8_lossy(&ran.stderr));
     assert_eq!(values(&rig, "salvage_copy", "events", "note", &plain), values(&rig, &failed, "events", "note", &plain));
     rig.live.psql("postgres", "DROP DATABASE salvage_copy");

@@ -96,7 +96,11 @@ pub(super) async fn tables(kept: &mut PgConnection, url: &ConnUrl) -> Result<Vec
 }
 
 /// The primary key's columns of `relation`, in key order (empty without one).
-pub(super) async fn key_columns(conn: &mut PgConnection, url: &ConnUrl, relation: &str) -> Result<Vec<String>, PgError> {
+pub(super) async fn key_columns(
+    conn: &mut PgConnection,
+    url: &ConnUrl,
+    relation: &str,
+) -> Result<Vec<String>, PgError> {
     sqlx::query_scalar(
         "SELECT a.attname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -130,7 +134,11 @@ pub(super) async fn writable_columns(
 }
 
 /// `columns` as a quoted `text[]` literal, quoted by the server.
-pub(super) async fn array_literal(conn: &mut PgConnection, url: &ConnUrl, columns: &[String]) -> Result<String, PgError> {
+pub(super) async fn array_literal(
+    conn: &mut PgConnection,
+    url: &ConnUrl,
+    columns: &[String],
+) -> Result<String, PgError> {
     let lit: String = sqlx::query_scalar("SELECT format('%L::text[]', $1::text[])")
         .bind(columns)
         .fetch_one(conn)
@@ -282,15 +290,14 @@ pub(super) fn decide(row: &Stranded, live: Option<&LiveRow>, writable: &BTreeSet
         (Op::Insert, _, Some(_)) => {
             Decision::Skip(SkipReason::Conflict, "live holds a different row with this key".into())
         }
-        (Op::Update, _, None) => {
-            Decision::Skip(SkipReason::Conflict, "live deleted this row since the restore".into())
-        }
+        (Op::Update, _, None) => Decision::Skip(SkipReason::Conflict, "live deleted this row since the restore".into()),
         (Op::Update | Op::Delete, _, Some(l)) if row.before_digest.as_deref() == Some(l.listed.as_str()) => {
             Decision::Apply
         }
-        (Op::Update | Op::Delete, _, Some(_)) => {
-            Decision::Skip(SkipReason::Conflict, "live changed this row since the restore; it is not overwritten".into())
-        }
+        (Op::Update | Op::Delete, _, Some(_)) => Decision::Skip(
+            SkipReason::Conflict,
+            "live changed this row since the restore; it is not overwritten".into(),
+        ),
     }
 }
 
@@ -310,10 +317,11 @@ pub(super) async fn digest_counts(
     rel: &str,
     cols_lit: &str,
 ) -> Result<HashMap<String, i64>, PgError> {
-    let rows = sqlx::query(&format!("SELECT {} AS d, count(*) AS n FROM {rel} t GROUP BY 1", digest_sql("t", cols_lit)))
-        .fetch_all(conn)
-        .await
-        .map_err(query_err(url))?;
+    let rows =
+        sqlx::query(&format!("SELECT {} AS d, count(*) AS n FROM {rel} t GROUP BY 1", digest_sql("t", cols_lit)))
+            .fetch_all(conn)
+            .await
+            .map_err(query_err(url))?;
     Ok(rows.iter().map(|r| (r.get::<String, _>("d"), r.get::<i64, _>("n"))).collect())
 }
 

@@ -18,6 +18,7 @@
 //! heavy-job lock, in one transaction, counts what each did, and journals
 //! the salvage in the release's record (`releases ID` shows it).
 
+mod error;
 mod list;
 mod script;
 
@@ -29,11 +30,11 @@ use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
 use crate::config::Target;
-use crate::error_class::{Class, Classify};
-use crate::pg::lock::{HeavyLock, LockError};
+use crate::pg::lock::HeavyLock;
 use crate::pg::{self, ConnUrl, PgError};
-use crate::state::{Outcome, State, StateError, Step};
+use crate::state::{Outcome, State, Step};
 use crate::stranded::Op;
+pub use error::SalvageError;
 use list::{Decision, Listed};
 use script::Statement;
 
@@ -157,70 +158,6 @@ impl SalvageRun {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SalvageError {
-    #[error("release {id} of target `{target}` was not found; list them with `pgrehearse releases`")]
-    UnknownRelease { target: String, id: String },
-    #[error(
-        "release {id} ended `{outcome}`, not `restored`: only a restore strands writes, so there is nothing to salvage"
-    )]
-    NotRestored { id: String, outcome: Outcome },
-    #[error(
-        "the database `{database}` that release {id} kept is gone (dropped or renamed), and the stranded rows with it; \
-         if you renamed it, rename it back to `{database}` and run salvage again"
-    )]
-    KeptGone { id: String, database: String },
-    #[error(
-        "`{database}` holds no list of stranded rows (schema pgrehearse_stranded): this release was restored by an \
-         earlier version of pgrehearse, which did not record them; compare `{database}` with live by primary key yourself"
-    )]
-    NoList { database: String },
-    #[error("{path} already exists; choose another file or remove it (salvage never overwrites a file)")]
-    OutputExists { path: PathBuf },
-    #[error("cannot write {path}: {source}; choose a writable path")]
-    Output { path: PathBuf, source: std::io::Error },
-    #[error("salvage failed on live at a {op} in {table}, so nothing was applied (one transaction): {source}")]
-    Apply { table: String, op: &'static str, source: PgError },
-    #[error(transparent)]
-    Pg(#[from] PgError),
-    #[error(transparent)]
-    Lock(#[from] LockError),
-    #[error(transparent)]
-    State(#[from] StateError),
-}
-
-impl Classify for SalvageError {
-    fn class(&self) -> Class {
-        match self {
-            SalvageError::UnknownRelease { .. }
-            | SalvageError::NotRestored { .. }
-            | SalvageError::KeptGone { .. }
-            | SalvageError::NoList { .. }
-            | SalvageError::OutputExists { .. } => Class::Usage,
-            SalvageError::Output { .. } => Class::Failed,
-            SalvageError::Apply { source, .. } => source.class(),
-            SalvageError::Pg(e) => e.class(),
-            SalvageError::Lock(e) => e.class(),
-            SalvageError::State(e) => e.class(),
-        }
-    }
-
-    fn kind(&self) -> &'static str {
-        match self {
-            SalvageError::UnknownRelease { .. } => "release_not_found",
-            SalvageError::NotRestored { .. } => "release_not_restored",
-            SalvageError::KeptGone { .. } => "kept_database_gone",
-            SalvageError::NoList { .. } => "no_stranded_list",
-            SalvageError::OutputExists { .. } => "output_exists",
-            SalvageError::Output { .. } => "output_unwritable",
-            SalvageError::Apply { source, .. } => source.kind(),
-            SalvageError::Pg(e) => e.kind(),
-            SalvageError::Lock(e) => e.kind(),
-            SalvageError::State(e) => e.kind(),
-        }
-    }
-}
-
 const APP: &str = "pgrehearse-salvage";
 
 /// `pgrehearse salvage`: see the module doc.
@@ -333,8 +270,8 @@ async fn plan(
         let live_rel = list::resolve(live, live_url, &t.relation).await?;
         let cols_lit = list::array_literal(kept, kept_url, &t.columns).await?;
         if let Some(reason) = why_unknown {
-            let (u, rows) = unknown(kept, kept_url, live, live_url, &t, reason, (&kept_rel, &live_rel), &cols_lit, export)
-                .await?;
+            let (u, rows) =
+                unknown(kept, kept_url, live, live_url, &t, reason, (&kept_rel, &live_rel), &cols_lit, export).await?;
             s.unknown.push(u);
             unknown_rows.push((t.relation.clone(), rows));
             continue;
@@ -350,13 +287,18 @@ async fn plan(
         if rows.is_empty() {
             continue;
         }
-        let entry = counts.entry(t.relation.clone()).or_insert_with(|| TableSalvage {
-            table: t.relation.clone(),
-            ..TableSalvage::default()
-        });
+        let entry = counts
+            .entry(t.relation.clone())
+            .or_insert_with(|| TableSalvage { table: t.relation.clone(), ..TableSalvage::default() });
         let skip_all = |reason: SkipReason, detail: &str, s: &mut Salvage| {
             for r in &rows {
-                s.skipped.push(Skipped { table: t.relation.clone(), op: r.op, key: r.key.clone(), reason, detail: detail.into() });
+                s.skipped.push(Skipped {
+                    table: t.relation.clone(),
+                    op: r.op,
+                    key: r.key.clone(),
+                    reason,
+                    detail: detail.into(),
+                });
             }
         };
         let Some(live_rel) = live_rel else {
@@ -365,7 +307,10 @@ async fn plan(
         };
         let lacking: Vec<&String> = keys.iter().filter(|k| !writable.contains(*k)).collect();
         if !lacking.is_empty() {
-            let detail = format!("live's table has no key column {}", lacking.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", "));
+            let detail = format!(
+                "live's table has no key column {}",
+                lacking.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+            );
             skip_all(SkipReason::ColumnsMissing, &detail, s);
             continue;
         }
@@ -422,7 +367,9 @@ async fn unknown(
     let in_kept = list::digest_counts(kept, kept_url, kept_rel, cols_lit).await?;
     let in_live = list::digest_counts(live, live_url, live_rel, cols_lit).await?;
     let excess = |a: &std::collections::HashMap<String, i64>, b: &std::collections::HashMap<String, i64>| {
-        a.iter().filter_map(|(d, n)| (n > b.get(d).unwrap_or(&0)).then(|| (d.clone(), (n - b.get(d).unwrap_or(&0)) as u64))).collect::<Vec<_>>()
+        a.iter()
+            .filter_map(|(d, n)| (n > b.get(d).unwrap_or(&0)).then(|| (d.clone(), (n - b.get(d).unwrap_or(&0)) as u64)))
+            .collect::<Vec<_>>()
     };
     let only_kept = excess(&in_kept, &in_live);
     u.rows_only_in_kept = Some(only_kept.iter().map(|(_, n)| n).sum());

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use super::list::{Decision, KeptRow, LiveRow, Stranded, decide};
 use super::*;
+use crate::error_class::{Class, Classify};
 
 fn row(op: Op, kept: Option<(&str, serde_json::Value, i64)>, before: Option<&str>) -> Stranded {
     Stranded {
