@@ -217,6 +217,12 @@ fn salvage_puts_stranded_writes_into_live_skips_what_it_must_and_changes_nothing
     assert_eq!(statement_lines.last(), Some(&"COMMIT;"), "{sql}");
     assert_eq!(statement_lines.iter().filter(|l| **l == "BEGIN;" || **l == "COMMIT;").count(), 2, "{sql}");
     assert!(!sql.contains(PASSWORD), "the password is in the SQL file");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&sql_path).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the rows are the owner's only"
+    );
     let audit_lines = sql.lines().filter(|l| l.starts_with("-- {\"note\": \"event ")).count() as i64;
     assert_eq!(audit_lines, audit_kept - audit_live, "audit's kept-only rows exported as data:\n{sql}");
     sql_until_it_runs(&rig, "CREATE DATABASE salvage_copy TEMPLATE app");
@@ -232,6 +238,27 @@ fn salvage_puts_stranded_writes_into_live_skips_what_it_must_and_changes_nothing
     let again = rig.pgr.run_json(&["salvage", &id, "-o", sql_arg]);
     again.expect_code(64);
     assert!(again.stdout.contains("already exists") || again.stderr.contains("already exists"), "{again:?}");
+
+    // While another heavy job holds the target's lock, --apply is refused
+    // (75) and live is untouched.
+    let key = {
+        use sha2::{Digest, Sha256};
+        i64::from_be_bytes(Sha256::digest(b"pgrehearse:heavy:app")[..8].try_into().unwrap())
+    };
+    let count_events = || rig.live.psql("app", "SELECT count(*) FROM events");
+    let events_before = count_events();
+    let holder = Writer(rig.live.psql_session("postgres", &format!("SELECT pg_advisory_lock({key});\n")));
+    wait_for("the lock holder", Duration::from_secs(20), Duration::from_millis(20), || {
+        let held = format!(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND ((classid::bigint << 32) | objid::bigint) = {key}"
+        );
+        (rig.live.psql("postgres", &held) == "1").then_some(())
+    });
+    let busy = rig.pgr.run_json(&["salvage", &id, "--apply"]);
+    busy.expect_code(75);
+    assert!(busy.stdout.contains("heavy job") || busy.stderr.contains("heavy job"), "{busy:?}");
+    assert_eq!(count_events(), events_before, "a refused salvage wrote to live");
+    drop(holder);
 
     // --apply: every stranded insert, update and delete in live but the skipped.
     let applied = rig.pgr.run_json(&["salvage", &id, "--apply"]);

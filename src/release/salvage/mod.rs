@@ -422,8 +422,12 @@ async fn run(tx: &mut PgConnection, statements: &[Statement], s: &mut Salvage) -
 
 fn write_new(path: &std::path::Path, text: &str) -> Result<(), SalvageError> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let err = |source| SalvageError::Output { path: path.to_path_buf(), source };
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| match e.kind() {
+    // The application's rows: readable by the owner only.
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create_new(true).mode(0o600);
+    let mut f = open.open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::AlreadyExists => SalvageError::OutputExists { path: path.to_path_buf() },
         _ => err(e),
     })?;
