@@ -314,6 +314,16 @@ fn salvage_puts_stranded_writes_into_live_skips_what_it_must_and_changes_nothing
     assert_eq!(runs[0]["updated"], t.updated.len() - 1);
     assert_eq!(runs[1]["inserted"], 0);
     assert!(runs[0]["at"].as_str().is_some_and(|a| !a.is_empty()), "{runs:#}");
+    let text = rig.pgr.run(&["releases", &id]);
+    text.ok();
+    let line = format!(
+        "{} inserted, {} updated, {} deleted, {} skipped.",
+        plain.len(),
+        t.updated.len() - 1,
+        t.deleted.len(),
+        tagged.len() + 1
+    );
+    assert!(text.stdout.contains(&line), "`releases ID` should say {line:?}:\n{}", text.stdout);
 
     // Refusals: clear errors and exit 64.
     let refuse = |args: &[&str], says: &str| {

@@ -115,3 +115,33 @@ fn error_kinds_are_labels() {
     assert_eq!(SkipReason::ColumnsMissing.as_str(), "columns_missing");
     assert_eq!(serde_json::to_value(SkipReason::ListStale).unwrap(), "list_stale");
 }
+
+#[test]
+fn the_file_is_one_transaction_and_free_text_stays_inside_its_comments() {
+    let s = Salvage {
+        release_id: "r-1".into(),
+        kept_in: "app_failed_r_1".into(),
+        database: "app".into(),
+        applied: false,
+        output: None,
+        tables: Vec::new(),
+        skipped: vec![Skipped {
+            table: "public.t".into(),
+            op: Op::Update,
+            key: serde_json::json!({"id": "1\nDROP TABLE t;"}),
+            reason: SkipReason::Conflict,
+            detail: "changed\nDROP TABLE t;".into(),
+        }],
+        unknown: vec![Unknown {
+            table: "public.audit".into(),
+            reason: "no primary key\r\nDROP TABLE audit;".into(),
+            rows_only_in_kept: Some(1),
+            rows_only_in_live: Some(0),
+        }],
+        sql: None,
+    };
+    let rows = vec![("public.audit".to_string(), vec!["{\"note\": \"a\nDROP TABLE audit;\"}".to_string()])];
+    let text = script::file(&s, &[], &rows);
+    let code: Vec<&str> = text.lines().filter(|l| !l.starts_with("-- ") && !l.is_empty()).collect();
+    assert_eq!(code, ["BEGIN;", "SET CONSTRAINTS ALL DEFERRED;", "COMMIT;"], "{text}");
+}
