@@ -9,10 +9,9 @@
 //! `--apply` changes nothing; `releases ID` shows the salvage; and each
 //! refusal has its message and exit code.
 //!
-//! STAND-IN: until the finding (engineer `detect`) lands, this test writes
-//! the kept database's list of stranded rows itself ([`stand_in_list`]), by
-//! the contract of `src/stranded/mod.rs`: a primary-key comparison of the
-//! failed and the restored database done here with psql.
+//! The list salvage reads is the finding's (`src/stranded/`): the test's own
+//! primary-key comparison of the kept and the live database, done with psql,
+//! must give the counts `stranded_writes` reports.
 
 use crate::harness::migrations::*;
 use crate::harness::release::*;
@@ -87,29 +86,6 @@ fn compare(rig: &Rig, failed: &str, table: &str, cols: &str) -> Stranded {
     }
     s.deleted = old.iter().filter(|(id, _)| !new.contains_key(id)).map(|(id, d)| (*id, d.clone())).collect();
     s
-}
-
-/// STAND-IN for the finding: writes the list into the kept database.
-#[allow(dead_code)]
-fn stand_in_list(rig: &Rig, failed: &str, t: &Stranded, events: &Stranded) {
-    let mut values = Vec::new();
-    for (table, s) in [("public.t", t), ("public.events", events)] {
-        values.extend(s.inserted.iter().map(|id| format!("('{table}', 'insert', '{{\"id\": {id}}}', NULL)")));
-        values.extend(s.updated.iter().map(|(id, d)| format!("('{table}', 'update', '{{\"id\": {id}}}', '{d}')")));
-        values.extend(s.deleted.iter().map(|(id, d)| format!("('{table}', 'delete', '{{\"id\": {id}}}', '{d}')")));
-    }
-    rig.live.psql(
-        failed,
-        &format!(
-            "CREATE SCHEMA pgrehearse_stranded;
-             CREATE TABLE pgrehearse_stranded.tables (relation text PRIMARY KEY, columns text[] NOT NULL, unknown_reason text);
-             CREATE TABLE pgrehearse_stranded.rows (relation text NOT NULL, op text NOT NULL, key jsonb NOT NULL, before_digest text);
-             INSERT INTO pgrehearse_stranded.tables VALUES ('public.t', '{{email,id}}', NULL),
-               ('public.events', '{{id,note,tag}}', NULL), ('public.audit', '{{note}}', 'no primary key');
-             INSERT INTO pgrehearse_stranded.rows VALUES {};",
-            values.join(", ")
-        ),
-    );
 }
 
 /// Runs `sql` in `postgres`, retrying while the sessions of a client that
