@@ -192,7 +192,7 @@ impl Job {
         let live = || target.live_url.clone();
         let shadow = || target.shadow_url.clone().into_iter();
         match self {
-            Job::Snapshot { .. } | Job::Status | Job::Apply => vec![live()],
+            Job::Snapshot { .. } | Job::Status | Job::Apply | Job::Salvage { .. } => vec![live()],
             Job::RestoreAs { .. } | Job::ReplaceLive { .. } => vec![target.admin().with_database("postgres")],
             Job::Verify { .. } => shadow().collect(),
             Job::Rehearse(_) => std::iter::once(live()).chain(shadow()).collect(),
