@@ -158,7 +158,7 @@ pub async fn replace_live(
     let mut restored = restore_as(config, store, target, id, &new).await?;
     let admin_url = target.admin().with_database("postgres");
     let mut admin = pg::connect(&admin_url, "pgrehearse-restore").await?;
-    carry_over(&mut admin, &admin_url, &live, &new).await?;
+    carry_over(&mut admin, &admin_url, &live, &new, &[]).await?;
     // No stranded-writes comparison here: the snapshot may be of any age,
     // and everything written since it is kept in `old`.
     swap(&mut admin, &admin_url, &live, &new, &old, async |_: &str| {}, async |_: &str, _: &str| {}).await?;
@@ -190,8 +190,16 @@ pub(crate) async fn database_exists(conn: &mut PgConnection, url: &ConnUrl, name
 }
 
 /// Owner, database-level settings (also per role) and grants of `from`,
-/// applied to `to`.
-pub(crate) async fn carry_over(conn: &mut PgConnection, url: &ConnUrl, from: &str, to: &str) -> Result<(), PgError> {
+/// applied to `to`, except the database-level settings named in
+/// `keep_out` (a release's write fence: the restored database must not
+/// inherit it).
+pub(crate) async fn carry_over(
+    conn: &mut PgConnection,
+    url: &ConnUrl,
+    from: &str,
+    to: &str,
+    keep_out: &[&str],
+) -> Result<(), PgError> {
     let q = |source| PgError::Query { url: url.redacted(), source };
     let owner: String = sqlx::query_scalar("SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1")
         .bind(from)
@@ -210,6 +218,9 @@ pub(crate) async fn carry_over(conn: &mut PgConnection, url: &ConnUrl, from: &st
     .map_err(q)?;
     for (role, kv) in settings {
         let Some((k, v)) = kv.split_once('=') else { continue };
+        if role.is_none() && keep_out.contains(&k) {
+            continue;
+        }
         let set = format!("SET {} = {}", quote_ident(k), setting_value(k, v));
         let sql = match role {
             None => format!("ALTER DATABASE {} {set}", quote_ident(to)),

@@ -332,6 +332,9 @@ pub fn released(json: bool, rel: &crate::release::Release) {
             s.at, s.inserted, s.updated, s.deleted, s.skipped
         );
     }
+    if let Some(f) = &rel.fence {
+        println!("Write fence: {}.", f.sentence());
+    }
     for m in r.migrations.as_array().into_iter().flatten() {
         println!(
             "  {:<12} {:<40} {:>8} ms  {}",

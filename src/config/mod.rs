@@ -263,6 +263,10 @@ pub struct ReleasePolicy {
     /// preflight refuse: it would block the migrations' locks.
     #[serde(with = "humantime_serde_compat")]
     pub max_transaction_age: Duration,
+    /// Put live in a write fence for the part of a release that may end in
+    /// a restore (see `release::fence`): other sessions' writes fail there
+    /// instead of being stranded in the failed database.
+    pub fence_writes: bool,
 }
 
 impl Default for ReleasePolicy {
@@ -273,6 +277,7 @@ impl Default for ReleasePolicy {
             lock_retries: 5,
             lock_retry_backoff: Duration::from_secs(1),
             max_transaction_age: Duration::from_secs(300),
+            fence_writes: false,
         }
     }
 }

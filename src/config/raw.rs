@@ -134,6 +134,7 @@ pub struct RawTarget {
     pub lock_retries: Option<u32>,
     pub lock_retry_backoff: Option<String>,
     pub max_transaction_age: Option<String>,
+    pub fence_writes: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

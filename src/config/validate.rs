@@ -466,7 +466,25 @@ fn release(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> ReleasePolicy {
         max_transaction_age: cx
             .duration(&p.key("max_transaction_age"), raw.max_transaction_age.as_deref(), Some(d.max_transaction_age))
             .unwrap_or(d.max_transaction_age),
+        fence_writes: fence_writes(cx, p, raw),
     }
+}
+
+/// `fence_writes` fences the part of a release that may end in a restore:
+/// with another `on_failure` no release restores, so the key would promise
+/// something it never does.
+fn fence_writes(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> bool {
+    let on = raw.fence_writes.unwrap_or(false);
+    let on_failure = raw.on_failure.as_deref().unwrap_or("restore");
+    if on && on_failure != "restore" {
+        cx.problem(
+            &p.key("fence_writes"),
+            format!(
+                "fences writes during a release that may end in a restore, but on_failure = \"{on_failure}\" never restores (live keeps the application's writes): remove fence_writes or set on_failure = \"restore\""
+            ),
+        );
+    }
+    on
 }
 
 fn lint(cx: &mut Ctx, p: &KeyPath, raw: Option<&RawLint>) -> LintConfig {

@@ -117,3 +117,14 @@ fn stall_timeout_is_a_duration_of_at_least_a_second() {
         assert_eq!((p[0].line, p[0].key.as_str()), (Some(1), "stall_timeout"));
     }
 }
+
+#[test]
+fn fence_writes_needs_a_release_that_can_restore() {
+    let base = "[[targets]]\nname = \"a\"\nlive_url = \"postgres://u@h/db\"\n";
+    let p = problems(&format!("{base}on_failure = \"down\"\nfence_writes = true\n"));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!((p[0].line, p[0].key.as_str()), (Some(5), "targets[0].fence_writes"));
+    assert!(p[0].to_string().contains("on_failure = \"restore\""), "{}", p[0]);
+    let ok = from_source(Path::new("/t.toml"), &format!("{base}fence_writes = true\n")).unwrap();
+    assert!(ok.targets[0].release.fence_writes);
+}

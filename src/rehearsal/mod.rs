@@ -47,6 +47,7 @@ use crate::snapshot;
 use crate::snapshot::manifest::Manifest;
 use crate::state::{RehearsalStatus, State};
 use crate::store::Store;
+use crate::stranded::exposure::Exposure;
 use observer::Catalog;
 use runner::{MigrationResult, Status};
 
@@ -331,6 +332,14 @@ async fn plan_and_checks(
         m.id,
         m.started_at.format("%Y-%m-%d %H:%M UTC")
     )];
+    let exposure = Exposure::of(target, mode == Mode::SingleTransaction.as_str());
+    match exposure {
+        Exposure::Unfenced => notes.push(format!("Writes during the release: {}.", exposure.note().unwrap_or_default())),
+        Exposure::Fenced => notes.push(
+            "Writes during the release: live will be in a write fence (fence_writes = true) from before the pre-release snapshot until the outcome is settled; the application's writes fail meanwhile instead of being stranded by a restore.".into(),
+        ),
+        Exposure::OneTransaction | Exposure::NoRestore => {}
+    }
     let mut reversible = None;
     let mut reverse_ms = None;
     if ok && let Some(s0) = s0 {

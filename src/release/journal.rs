@@ -25,6 +25,11 @@ impl Journal {
         Journal { state: state.clone(), release: release.to_string() }
     }
 
+    /// The release this journal belongs to.
+    pub fn release(&self) -> &str {
+        &self.release
+    }
+
     /// Records that `step` is about to be taken (with an optional detail:
     /// a version, a database name, a snapshot id).
     pub async fn step(&self, step: Step, detail: Option<&str>) -> Result<(), StateError> {

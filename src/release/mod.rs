@@ -15,6 +15,7 @@
 
 pub mod apply;
 pub mod approval;
+pub mod fence;
 pub mod journal;
 mod postcheck;
 pub mod preflight;
@@ -37,6 +38,7 @@ use crate::snapshot::{self, SnapshotError};
 pub use crate::state::Outcome;
 use crate::state::{JournalEntry, ReleaseErrorKind, ReleaseRow, State, StateError};
 use crate::store::{Store, StoreError};
+use crate::stranded::exposure::Exposure;
 use journal::{Journal, Step};
 
 impl Outcome {
@@ -57,6 +59,10 @@ pub struct Release {
     #[serde(flatten)]
     pub record: ReleaseRow,
     pub journal: Vec<JournalEntry>,
+    /// Whether live was in a write fence during the release (`fence_writes`),
+    /// or, without one, whether writes could have been stranded; null for a
+    /// release that never reached its pre-release snapshot.
+    pub fence: Option<fence::FenceUse>,
     /// True when this run finished, by crash recovery, a release that a
     /// crash (or live's server going away) had interrupted. Not whether a
     /// recovery of live (`recovery`) succeeded: that is the `outcome`.
@@ -67,10 +73,12 @@ pub struct Release {
 }
 
 impl Release {
-    /// The document of `record` with its `journal`.
+    /// The document of `record` with its `journal` (the fence and the
+    /// salvages are read from it).
     pub fn new(record: ReleaseRow, journal: Vec<JournalEntry>, finished_by_recovery: bool) -> Release {
         let salvaged = salvage::SalvageRun::from_journal(&journal);
-        Release { record, journal, finished_by_recovery, salvaged }
+        let fence = fence::report(&record, &journal);
+        Release { record, journal, fence, finished_by_recovery, salvaged }
     }
 
     pub fn outcome(&self) -> Outcome {
@@ -143,6 +151,8 @@ pub(crate) struct Ctx<'a> {
     pub state: &'a State,
     pub store: &'a dyn Store,
     pub source: Source<'a>,
+    /// The write fence this process put up and has not lifted.
+    pub fence: fence::Held,
 }
 
 /// `pgrehearse apply`: releases the approved plan now, if preflight allows,
@@ -156,7 +166,7 @@ pub async fn apply(
     target: &Target,
 ) -> Result<Release, ReleaseError> {
     let source = Source::of(target).map_err(PlanError::from)?;
-    let cx = Ctx { config, target, state, store, source };
+    let cx = Ctx { config, target, state, store, source, fence: fence::Held::default() };
     let t0 = Instant::now();
     let lock = match HeavyLock::for_target(target.admin(), &target.name, "release").await {
         Ok(l) => l,
@@ -196,6 +206,11 @@ pub async fn apply(
     cx.state.release_insert(&row).await?;
     let span = tracing::info_span!("release", run_id = %row.id, target = %target.name, job = "release");
     let result = tracing::Instrument::instrument(run(&cx, &plan, &ready, row.clone(), t0), span).await;
+    if result.is_err() {
+        // The release stops here unfinished (the next run finishes it): live
+        // must not stay fenced until then.
+        fence::lift(&cx, &Journal::new(cx.state, &row.id)).await;
+    }
     lock.release().await;
     let row = match result {
         Ok(r) => r,
@@ -280,6 +295,20 @@ async fn run(
     t0: Instant,
 ) -> Result<ReleaseRow, ReleaseError> {
     let journal = Journal::new(&cx.state, &row.id);
+    let mode = Mode::of(cx.source.kind(), &plan.pending);
+    let exposure = Exposure::of(cx.target, mode == Mode::SingleTransaction);
+    if exposure == Exposure::Fenced
+        && let Err(e) = fence::raise(cx, &journal).await?
+    {
+        row.outcome = Outcome::Aborted;
+        row.reason =
+            Some(format!("the write fence (fence_writes = true) could not be put up on live, so nothing was applied: {e}"));
+        row.error_kind = Some(ReleaseErrorKind::FenceFailed);
+        return finish(cx, &journal, row, t0).await;
+    }
+    if exposure == Exposure::Unfenced {
+        tracing::warn!(note = exposure.note().unwrap_or_default(), "No write fence.");
+    }
     tracing::info!(plan = %plan.hash, pending = plan.pending.len(), window_closes = %ready.opening.end, "Release started: taking the pre-release snapshot.");
     row.write_counters = stranding::counters(cx.target).await;
     journal.step(Step::Snapshot, None).await?;
@@ -312,7 +341,6 @@ async fn run(
     recovery::pin(cx.store, &cx.target.name, &snap.id, Some(&row.id)).await?;
 
     let before_not_valid = not_valid_on_live(cx.target).await;
-    let mode = Mode::of(cx.source.kind(), &plan.pending);
     journal.step(Step::Apply, Some(mode.as_str())).await?;
     tracing::info!(mode = mode.as_str(), snapshot = %snap.id, "Applying the plan to live.");
     let t = Instant::now();
@@ -322,6 +350,8 @@ async fn run(
     match &outcome.failure {
         None => {
             journal.step(Step::Applied, None).await?;
+            // Applied: no restore can follow, the application may write again.
+            let unlifted = fence::lift(cx, &journal).await;
             cx.state.release_update(&row).await?;
             journal.step(Step::Postcheck, None).await?;
             let t = Instant::now();
@@ -333,6 +363,7 @@ async fn run(
                 &before_not_valid,
             )
             .await;
+            row.warnings.extend(unlifted);
             timing(&mut row, "postcheck_ms", t.elapsed().as_millis() as u64);
             row.outcome = Outcome::Applied;
             recovery::unpin_older(cx, &row.id).await;
@@ -367,8 +398,12 @@ async fn finish(cx: &Ctx<'_>, journal: &Journal, mut row: ReleaseRow, t0: Instan
 /// during recovery (the release stays unfinished for the next run).
 pub(crate) async fn close(cx: &Ctx<'_>, journal: &Journal, row: &mut ReleaseRow) -> Result<(), ReleaseError> {
     if row.outcome == Outcome::Interrupted {
+        // Live's server is away: a fence stays up until the next run
+        // finishes the release.
         journal.step(Step::Suspended, Some("live unreachable")).await?;
     } else {
+        // Every settled outcome: applied, rolled back, restored, halted, aborted.
+        row.warnings.extend(fence::lift(cx, journal).await);
         row.finished_at = Some(Utc::now().to_rfc3339());
         journal.step(Step::Finished, Some(row.outcome.as_str())).await?;
     }
@@ -466,7 +501,7 @@ pub async fn recover_interrupted<'s>(
     };
     let store = store().await?;
     let source = Source::of(target).map_err(PlanError::from)?;
-    let cx = Ctx { config, target, state, store, source };
+    let cx = Ctx { config, target, state, store, source, fence: fence::Held::default() };
     let r = recovery::finish_interrupted(&cx).await;
     lock.release().await;
     r

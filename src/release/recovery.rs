@@ -175,7 +175,10 @@ async fn restore_live(
         tracing::info!(snapshot = %snap, database = %new, "Restoring the pre-release snapshot.");
         restore::restore_as(cx.config, cx.store, cx.target, &snap, &new).await.map_err(|e| e.to_string())?;
         journal.step(Step::RestoreDone, Some(&new)).await.map_err(|e| e.to_string())?;
-        restore::carry_over(&mut admin, &admin_url, &live, &new).await.map_err(|e| e.to_string())?;
+        // A fenced live's fence stays behind: the restored database takes
+        // writes once it is live (the fence is lifted on both afterwards).
+        let keep_out: &[&str] = if super::fence::is_up(&steps) { &[super::fence::SETTING] } else { &[] };
+        restore::carry_over(&mut admin, &admin_url, &live, &new, keep_out).await.map_err(|e| e.to_string())?;
     }
     journal.step(Step::Swap, Some(&kept)).await.map_err(|e| e.to_string())?;
     let renamed = async |old: &str| {

@@ -11,6 +11,9 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
+    /// The write fence is about to go up on live; the detail keeps the
+    /// database and its original setting, to put back (`release::fence`).
+    FenceOn,
     Snapshot,
     SnapshotDone,
     Apply,
@@ -38,6 +41,8 @@ pub enum Step {
     StrandedDone,
     SwapDone,
     Down,
+    /// The write fence was lifted (journaled after it is down).
+    FenceOff,
     Interrupted,
     /// This run stopped unfinished: live's server went away during recovery.
     Suspended,
@@ -49,7 +54,8 @@ pub enum Step {
     Unknown,
 }
 
-const ALL: [Step; 25] = [
+const ALL: [Step; 27] = [
+    Step::FenceOn,
     Step::Snapshot,
     Step::SnapshotDone,
     Step::Apply,
@@ -70,6 +76,7 @@ const ALL: [Step; 25] = [
     Step::StrandedDone,
     Step::SwapDone,
     Step::Down,
+    Step::FenceOff,
     Step::Interrupted,
     Step::Suspended,
     Step::Finished,
@@ -80,6 +87,7 @@ const ALL: [Step; 25] = [
 impl Step {
     pub fn as_str(self) -> &'static str {
         match self {
+            Step::FenceOn => "fence_on",
             Step::Snapshot => "snapshot",
             Step::SnapshotDone => "snapshot_done",
             Step::Apply => "apply",
@@ -100,6 +108,7 @@ impl Step {
             Step::StrandedDone => "stranded_done",
             Step::SwapDone => "swap_done",
             Step::Down => "down",
+            Step::FenceOff => "fence_off",
             Step::Interrupted => "interrupted",
             Step::Suspended => "suspended",
             Step::Finished => "finished",

@@ -99,6 +99,8 @@ pub enum ReleaseErrorKind {
     ClientTooOld,
     ShadowIsLive,
     SnapshotFailed,
+    /// The write fence could not be put up (before anything ran).
+    FenceFailed,
     MigrationFailed,
     LiveUnreachable,
     /// Live's server stopped answering mid-release (the stall watchdog).
@@ -126,6 +128,7 @@ impl ReleaseErrorKind {
             ReleaseErrorKind::ClientTooOld => "client_too_old",
             ReleaseErrorKind::ShadowIsLive => "shadow_is_live",
             ReleaseErrorKind::SnapshotFailed => "snapshot_failed",
+            ReleaseErrorKind::FenceFailed => "fence_failed",
             ReleaseErrorKind::MigrationFailed => "migration_failed",
             ReleaseErrorKind::LiveUnreachable => "live_unreachable",
             ReleaseErrorKind::LiveStalled => "live_stalled",
@@ -153,6 +156,7 @@ impl ReleaseErrorKind {
             "client_too_old" => ReleaseErrorKind::ClientTooOld,
             "shadow_is_live" => ReleaseErrorKind::ShadowIsLive,
             "snapshot_failed" => ReleaseErrorKind::SnapshotFailed,
+            "fence_failed" => ReleaseErrorKind::FenceFailed,
             "migration_failed" => ReleaseErrorKind::MigrationFailed,
             "live_unreachable" => ReleaseErrorKind::LiveUnreachable,
             "live_stalled" => ReleaseErrorKind::LiveStalled,

@@ -25,6 +25,8 @@
 //!   restored database held it (null for an insert), so salvage can tell
 //!   whether live changed the row since.
 
+pub mod exposure;
+
 use serde::{Deserialize, Serialize};
 
 mod compare;

@@ -22,6 +22,7 @@ mod errors; // errors classify themselves: exit codes and the daemon's error_kin
 mod faults_kill; // live's server stopped and SIGKILL at random points of releases
 mod faults_pg; // network faults between pgrehearse and PostgreSQL (fault proxy)
 mod faults_s3; // network faults between pgrehearse and S3 (fault proxy)
+mod fence; // the write fence (fence_writes): a writer's attempts fail, nothing stranded, lifted on every path
 mod jobs; // the job runner: CLI mail, --no-mail, pruning and the mail digest in the daemon
 mod migration_files; // odd migration files (BOM, CRLF, empty, bad names) as tools run them
 mod payload_after_release; // a Payload project's next rehearsal after a release (CLI and daemon)

@@ -24,9 +24,11 @@ pub fn project(source: &Source<'_>) -> Payload {
 
 /// The target's session as `PGOPTIONS` for external tools' sessions: its
 /// timeouts, and its `migration_role` as `-c role=…` (libpq and
-/// node-postgres read `PGOPTIONS`), like [`super::Session`] for native ones.
+/// node-postgres read `PGOPTIONS`), like [`super::Session`] for native ones;
+/// and read-write whatever the database's default (a release's write fence,
+/// see [`super::READ_WRITE`]).
 pub fn pg_options(target: &Target) -> String {
-    let mut o = format!("-c lock_timeout={}", target.lock_timeout.as_millis());
+    let mut o = format!("-c lock_timeout={} -c default_transaction_read_only=off", target.lock_timeout.as_millis());
     if let Some(st) = target.statement_timeout {
         o.push_str(&format!(" -c statement_timeout={}", st.as_millis()));
     }

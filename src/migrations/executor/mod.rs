@@ -118,7 +118,7 @@ impl Session {
     pub async fn connect(&self, url: &ConnUrl, application_name: &str) -> Result<PgConnection, PgError> {
         let mut conn = pg::connect(url, application_name).await?;
         let q = |source| PgError::Query { url: url.redacted(), source };
-        let mut sql = format!("SET lock_timeout = {}", self.lock_timeout.as_millis());
+        let mut sql = format!("{READ_WRITE}; SET lock_timeout = {}", self.lock_timeout.as_millis());
         if let Some(st) = self.statement_timeout {
             sql.push_str(&format!("; SET statement_timeout = {}", st.as_millis()));
         }
@@ -129,6 +129,11 @@ impl Session {
         Ok(conn)
     }
 }
+
+/// Every session that applies migrations writes, whatever the database's
+/// default: a release's write fence (`release::fence`) sets live's
+/// `default_transaction_read_only`, for every session but pgrehearse's own.
+pub const READ_WRITE: &str = "SET default_transaction_read_only = off";
 
 /// Session settings every run uses, as live will (see [`Session`]).
 pub async fn session(url: &ConnUrl, target: &Target, application_name: &str) -> Result<PgConnection, PgError> {

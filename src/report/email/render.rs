@@ -294,6 +294,9 @@ pub fn release(rel: &crate::release::Release) -> Mail {
         facts.push(("Failed database kept as", db.clone()));
     }
     facts.push(("Pre-release snapshot", r.pre_snapshot_id.clone().unwrap_or_else(|| "none".into())));
+    if let Some(f) = &rel.fence {
+        facts.push(("Write fence", f.sentence()));
+    }
     facts.push(("Timings", timings(&r.timings)));
     facts.push(("Started", r.started_at.clone()));
     if let Some(f) = &r.finished_at {
