@@ -7,9 +7,11 @@
 //! never commits; and after the release — applied, restored, finished
 //! after SIGTERM, or recovered after `kill -9` — it writes again and live's
 //! (and the kept database's) settings in `pg_db_role_setting` equal the
-//! originals.
+//! originals. Payload's CLI, given the fence's exception in `PGOPTIONS`,
+//! migrates through it.
 
 use crate::harness::migrations::*;
+use crate::harness::payload::{SLUG, add, by_name, payload_rig};
 use crate::harness::release::*;
 use crate::harness::wait_for;
 use std::collections::BTreeSet;
@@ -76,7 +78,14 @@ fn with_writer<T>(rig: &Rig, after: usize, during: impl FnOnce() -> T) -> (T, Se
         stop.store(true, Ordering::SeqCst);
         out
     });
-    (out, seen.into_inner().unwrap())
+    let seen = seen.into_inner().unwrap();
+    eprintln!(
+        "writer: {} rows committed, {} attempts failed read-only, {} failed otherwise",
+        seen.committed.len(),
+        seen.read_only_errors(),
+        seen.errors.len() - seen.read_only_errors()
+    );
+    (out, seen)
 }
 
 /// `db`'s own settings (`pg_db_role_setting`, not per role), as one line.
@@ -234,4 +243,20 @@ fn recovery_after_kill_9_inside_the_fence_restores_and_lifts_it() {
     assert_eq!(settings(&rig, "app"), original, "the restored live's settings");
     assert_eq!(settings(&rig, &failed), original, "the kept failed database's settings");
     as_app(&rig.live, "app", "INSERT INTO events (note) VALUES ('after recovery');");
+}
+
+#[test]
+fn payload_s_cli_migrates_through_the_fence() {
+    let rig = payload_rig();
+    add(&rig, "migrations", SLUG);
+    configure(&rig, "fence_writes = true");
+    let original = settings(&rig, "app");
+    rehearse_and_approve(&rig);
+    let r = apply(&rig);
+    r.ok();
+    let rel = r.json();
+    assert_eq!(rel["outcome"], "applied", "{rel:#}");
+    assert_fence_used(&rel);
+    assert_eq!(by_name(&rel, SLUG)["status"], "applied", "{rel:#}");
+    assert_eq!(settings(&rig, "app"), original);
 }
