@@ -12,8 +12,9 @@
 //! pre-release snapshot. pgrehearse's own writing sessions set the setting
 //! off for themselves (the executor's session, and `PGOPTIONS` for the
 //! tools it runs). A database setting needs no extension, no superuser
-//! (the database's owner may set it, `admin_url` ends sessions) and no
-//! change to the application, and it is undone by one statement; its limit:
+//! (the database's owner may set it; `admin_url`'s role sees and ends the
+//! sessions with `pg_monitor` and `pg_signal_backend`) and no change to the
+//! application, and it is undone by one statement; its limit:
 //! a client that turns read-only off itself, or a role with its own
 //! `default_transaction_read_only` setting, is not fenced.
 //!
@@ -181,6 +182,18 @@ fn query_failed(url: &ConnUrl, e: sqlx::Error) -> String {
 }
 
 async fn fence_up(admin: &mut PgConnection, url: &ConnUrl, live: &str) -> Result<(), String> {
+    // pg_stat_activity hides other roles' sessions' details (backend_start
+    // among them) from a role without pg_read_all_stats: it could not tell
+    // which sessions to end, and would miss them silently.
+    let sees_all: bool = sqlx::query_scalar("SELECT pg_has_role('pg_read_all_stats', 'USAGE')")
+        .fetch_one(&mut *admin)
+        .await
+        .map_err(|e| query_failed(url, e))?;
+    if !sees_all {
+        return Err(
+            "admin_url's role cannot see other roles' sessions on live, which the write fence must end: grant it pg_monitor (or pg_read_all_stats) and pg_signal_backend".into(),
+        );
+    }
     let sql = format!("ALTER DATABASE {} SET {SETTING} = on", quote_ident(live));
     sqlx::raw_sql(&sql).execute(&mut *admin).await.map_err(|e| query_failed(url, e))?;
     // A session that started after this reads the setting when it starts:

@@ -8,8 +8,12 @@
 //! after SIGTERM, or recovered after `kill -9` — it writes again and live's
 //! (and the kept database's) settings in `pg_db_role_setting` equal the
 //! originals. Payload's CLI, given the fence's exception in `PGOPTIONS`,
-//! migrates through it.
+//! migrates through it. A fence that cannot end a session stops the
+//! release before anything ran, and is lifted. A plan that cannot end in a
+//! restore (one transaction) is not fenced; without the fence, the
+//! rehearsal report and the release say that writes would be stranded.
 
+use crate::harness::cli::toml_string;
 use crate::harness::migrations::*;
 use crate::harness::payload::{SLUG, add, by_name, payload_rig};
 use crate::harness::release::*;
@@ -120,14 +124,23 @@ fn two_step_plan(rig: &Rig) {
     );
 }
 
-fn assert_fence_used(rel: &serde_json::Value) {
+/// The release was fenced and the fence came down.
+fn assert_fence_used_and_lifted(rel: &serde_json::Value) {
     assert_eq!(rel["fence"]["used"], true, "{rel:#}");
     assert!(rel["fence"]["from"].is_string() && rel["fence"]["until"].is_string(), "{:#}", rel["fence"]);
+    let steps = journal_steps(rel);
+    assert!(steps.iter().any(|s| s == "fence_on"), "no fence_on: {steps:?}");
+    assert!(steps.iter().any(|s| s == "fence_off"), "the fence was not lifted: {steps:?}");
+}
+
+/// The release was fenced from before its pre-release snapshot, and the
+/// fence came down.
+fn assert_fence_used(rel: &serde_json::Value) {
+    assert_fence_used_and_lifted(rel);
     let steps = journal_steps(rel);
     let on = steps.iter().position(|s| s == "fence_on").unwrap_or_else(|| panic!("no fence_on: {steps:?}"));
     let snap = steps.iter().position(|s| s == "snapshot").unwrap_or_else(|| panic!("no snapshot: {steps:?}"));
     assert!(on < snap, "the fence goes up before the pre-release snapshot: {steps:?}");
-    assert!(steps.iter().any(|s| s == "fence_off"), "the fence was not lifted: {steps:?}");
 }
 
 #[test]
@@ -259,4 +272,76 @@ fn payload_s_cli_migrates_through_the_fence() {
     assert_fence_used(&rel);
     assert_eq!(by_name(&rel, SLUG)["status"], "applied", "{rel:#}");
     assert_eq!(settings(&rig, "app"), original);
+}
+
+#[test]
+fn a_plan_in_one_transaction_is_not_fenced() {
+    let rig = Rig::start("sqlx", SETUP);
+    configure(&rig, "fence_writes = true");
+    let original = settings(&rig, "app");
+    rig.sqlx("1", "add_score", "ALTER TABLE t ADD COLUMN score int;\n", Some("ALTER TABLE t DROP COLUMN score;\n"));
+    rehearse_and_approve(&rig);
+    let r = apply(&rig);
+    r.ok();
+    let rel = r.json();
+    assert_eq!(rel["outcome"], "applied", "{rel:#}");
+    assert_eq!(rel["fence"]["used"], false, "{rel:#}");
+    assert!(rel["fence"]["note"].as_str().unwrap_or_default().contains("one transaction"), "{:#}", rel["fence"]);
+    assert!(!journal_steps(&rel).iter().any(|s| s.starts_with("fence")), "{rel:#}");
+    assert_eq!(settings(&rig, "app"), original);
+}
+
+#[test]
+fn without_the_fence_the_rehearsal_and_the_release_say_writes_would_be_stranded() {
+    let rig = Rig::start("sqlx", SETUP);
+    configure(&rig, "");
+    two_step_plan(&rig);
+    let report = rig.rehearse(&[]);
+    report.ok();
+    let notes = report.json()["notes"].to_string();
+    assert!(notes.contains("stranded") && notes.contains("fence_writes = true"), "rehearsal notes: {notes}");
+    let plan = plan_of(&rig);
+    rig.pgr.run_json(&["approve", "--plan", &plan, "--by", "test"]).ok();
+    let r = apply(&rig);
+    r.ok();
+    let rel = r.json();
+    assert_eq!(rel["fence"]["used"], false, "{rel:#}");
+    let note = rel["fence"]["note"].as_str().unwrap_or_default();
+    assert!(note.contains("stranded") && note.contains("fence_writes = true"), "{:#}", rel["fence"]);
+    let id = rel["release_id"].as_str().expect("release_id");
+    let text = rig.pgr.run(&["releases", id]);
+    text.ok();
+    assert!(text.stdout.contains("Write fence: not used; if this plan fails"), "{}", text.stdout);
+}
+
+#[test]
+fn a_fence_that_cannot_end_a_session_stops_the_release_before_anything_ran_and_is_lifted() {
+    let rig = Rig::start("sqlx", SETUP);
+    // admin_url's role may set app's settings (it is a member of app, the
+    // owner) and see and end other roles' sessions, but not a superuser's.
+    rig.live.psql("postgres", &format!("CREATE ROLE fencer LOGIN PASSWORD '{PASSWORD}'"));
+    rig.live.psql("postgres", "GRANT app, pg_monitor, pg_signal_backend TO fencer");
+    let admin = toml_string(&rig.live.url("postgres", "fencer", PASSWORD));
+    rig.configure(&format!("admin_url = {admin}\n{ALWAYS_OPEN}\nfence_writes = true"));
+    let original = settings(&rig, "app");
+    two_step_plan(&rig);
+    rehearse_and_approve(&rig);
+    let mut superuser = rig.live.psql_session("app", "SELECT pg_sleep(120);\n");
+    wait_for("the superuser's session", Duration::from_secs(20), Duration::from_millis(20), || {
+        let sql = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(120)%' AND pid <> pg_backend_pid()";
+        (rig.live.psql("postgres", sql) == "1").then_some(())
+    });
+    let r = apply(&rig);
+    let _ = superuser.kill();
+    let _ = superuser.wait();
+    r.expect_code(1);
+    let rel = r.json();
+    assert_eq!(rel["outcome"], "aborted", "{rel:#}");
+    assert_eq!(rel["error_kind"], "fence_failed", "{rel:#}");
+    assert!(rel["reason"].as_str().unwrap_or_default().contains("pg_signal_backend"), "{rel:#}");
+    assert_fence_used_and_lifted(&rel);
+    assert!(!journal_steps(&rel).iter().any(|s| s == "snapshot"), "{rel:#}");
+    assert_eq!(applied_versions(&rig.live), Vec::<String>::new(), "nothing ran on live");
+    assert_eq!(settings(&rig, "app"), original);
+    as_app(&rig.live, "app", "INSERT INTO events (note) VALUES ('after the aborted release');");
 }
