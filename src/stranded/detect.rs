@@ -178,6 +178,10 @@ async fn run(
     let q = |source| PgError::Query { url: kept_url.redacted(), source };
     let mut k = pg::connect(&kept_url, "pgrehearse-stranded").await?;
     let mut list = pg::connect(&kept_url, "pgrehearse-stranded").await?;
+    // The kept database may still carry the write fence (`fence_writes`):
+    // its original settings come back only after the swap, and the list
+    // is written before.
+    sqlx::Executor::execute(&mut list, "SET default_transaction_read_only = off").await.map_err(q)?;
     let restored_url = admin.with_database(restored);
     let mut r = pg::connect(&restored_url, "pgrehearse-stranded").await?;
     injected().map_err(q)?;

@@ -182,6 +182,12 @@ fn a_fenced_release_that_restores_strands_no_write() {
     let stranded: Vec<String> = notes(&rig, &failed).difference(&live).cloned().collect();
     assert!(stranded.is_empty(), "rows only in the failed database (stranded): {stranded:?}");
     assert!(!live.contains("open before the fence"), "the transaction open before the fence committed");
+    // pgrehearse's own finding agrees: nothing stranded, nothing unknown.
+    let sw = &rel["stranded_writes"];
+    assert_eq!(sw["tables"], serde_json::json!([]), "{sw:#}");
+    assert_eq!(sw["unknown"], serde_json::json!([]), "{sw:#}");
+    assert_eq!(sw["error"], serde_json::Value::Null, "{sw:#}");
+    assert_eq!(sw["kept_in"], failed.as_str(), "{sw:#}");
 
     assert_eq!(settings(&rig, "app"), original, "the restored live's settings");
     assert_eq!(settings(&rig, &failed), original, "the kept failed database's settings");
