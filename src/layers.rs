@@ -17,7 +17,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("leaf", &["format", "host", "conn_url", "lint_rule", "error_class"]),
     ("infrastructure", &["config", "pg", "store", "state", "metrics", "progress"]),
     ("domain", &["snapshot", "shadow", "migrations", "stranded"]),
-    ("operations", &["drill", "restore", "rehearsal", "release", "status"]),
+    ("operations", &["drill", "restore", "rehearsal", "release", "status", "watch"]),
     ("reports", &["report"]),
     ("jobs", &["jobs"]),
     ("edges", &["main", "cli", "cli_docs", "daemon", "api", "demo"]),

@@ -27,9 +27,10 @@ mod restore;
 mod shadow;
 mod snapshot;
 mod state;
-mod stranded;
 mod status;
 mod store;
+mod stranded;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -209,6 +210,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             print::releases(json, &list, single_release);
             exit::OK
         }
+        jobs::Done::Watched(w) => {
+            print::watched(json, &w);
+            if w.slower.is_empty() { exit::OK } else { exit::PROBLEMS }
+        }
         jobs::Done::Pruned(outcome) => {
             print::pruned(json, &outcome);
             exit::OK
@@ -249,6 +254,7 @@ fn job_of(command: Command) -> jobs::Job {
         Command::Approve(args) => Job::Approve { plan: args.plan, by: args.by, note: args.note },
         Command::Apply => Job::Apply,
         Command::Releases(args) => Job::Releases { id: args.id },
+        Command::Watch(args) => Job::Watch { release: args.id },
         Command::Prune(args) => Job::Prune { dry_run: args.dry_run },
         Command::Salvage(args) => Job::Salvage {
             release: args.id,

@@ -92,7 +92,9 @@ pub async fn release(
         ))
     })?;
     let journal = state.journal(&record.id).await?;
-    Ok(Json(Release::new(record, journal, false)))
+    let mut rel = Release::new(record, journal, false);
+    rel.watch = state.watch(&rel.record.id).await?.map(|w| crate::release::watch_view(&w));
+    Ok(Json(rel))
 }
 
 /// The `{id}` of a path, or a JSON 400 like every other API error (axum's

@@ -135,6 +135,14 @@ pub enum Command {
     /// person, 64 nothing to salvage (release not restored, kept database
     /// gone, no list).
     Salvage(SalvageArgs),
+    /// Run the performance watch of a release now.
+    ///
+    /// Waits for the end of its `watch_after` period if it has not come,
+    /// compares live's pg_stat_statements before the release and after it,
+    /// keeps the result in the release record and alerts on queries that got
+    /// slower (the daemon does this by itself when the period ends). Exit 0
+    /// none slower, 2 some slower.
+    Watch(WatchArgs),
     /// Run every target's schedules, the HTTP API and metrics.
     ///
     /// For systemd: Type=notify, reload with SIGHUP, stop with SIGTERM (a
@@ -221,6 +229,13 @@ pub struct SalvageArgs {
     /// lock) and report what was applied and skipped.
     #[arg(long)]
     pub apply: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// A release id (`r-…`) of an applied release of a target with `watch_after`.
+    #[arg(value_name = "ID")]
+    pub id: String,
 }
 
 #[derive(Debug, Args)]

@@ -335,6 +335,14 @@ pub fn released(json: bool, rel: &crate::release::Release) {
     if let Some(f) = &rel.fence {
         println!("Write fence: {}.", f.sentence());
     }
+    if let Some(w) = &rel.watch {
+        let slower = w["slower"].as_array().map_or(0, |s| s.len());
+        match w["status"].as_str().unwrap_or_default() {
+            "done" => println!("Performance watch: {slower} queries slower (pgrehearse watch {} for details).", r.id),
+            "pending" => println!("Performance watch: running until {}.", w["until"].as_str().unwrap_or("?")),
+            other => println!("Performance watch: {other} ({}).", w["note"].as_str().unwrap_or("")),
+        }
+    }
     for m in r.migrations.as_array().into_iter().flatten() {
         println!(
             "  {:<12} {:<40} {:>8} ms  {}",
@@ -410,6 +418,36 @@ pub fn salvaged(json: bool, s: &crate::release::salvage::Salvage) {
             "Not salvaged by key: {} ({}{diff}); `salvage -o FILE` exports its rows for a person.",
             u.table, u.reason
         );
+    }
+}
+
+/// `watch ID`.
+pub fn watched(json: bool, w: &crate::watch::Watched) {
+    if json {
+        return print_json(w);
+    }
+    match w.status {
+        crate::state::WatchStatus::Done => {
+            println!(
+                "Performance watch of release {}: {} queries compared, {} slower by {}x or more.",
+                w.release_id,
+                w.queries.len(),
+                w.slower.len(),
+                w.slower_ratio
+            );
+            for c in &w.slower {
+                println!(
+                    "  {:>20}  {:.3} ms -> {:.3} ms ({:.1}x)  {}",
+                    c.queryid, c.mean_ms_before, c.mean_ms_after, c.ratio, c.query
+                );
+            }
+        }
+        _ => println!(
+            "Performance watch of release {}: {}{}.",
+            w.release_id,
+            w.status.as_str(),
+            w.note.as_deref().map_or(String::new(), |n| format!(" ({n})"))
+        ),
     }
 }
 

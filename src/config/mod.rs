@@ -242,6 +242,25 @@ pub struct Target {
     pub approval_expires_after: Duration,
     /// How releases of this target run (windows, retries, promotion).
     pub release: ReleasePolicy,
+    /// The performance watch after an applied release (`watch_after` set).
+    pub watch: Option<WatchPolicy>,
+}
+
+/// How the performance watch after a release compares live's
+/// `pg_stat_statements` (see the `watch` operation).
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchPolicy {
+    /// How long after the release the "after" period runs.
+    #[serde(with = "humantime_serde_compat")]
+    pub after: Duration,
+    /// A query is compared only with at least this many calls before the
+    /// release and in the period after.
+    pub min_calls: u64,
+    /// Mean time after / before at which a query counts as slower.
+    pub slower_ratio: f64,
+    /// And only if its mean time grew by at least this many milliseconds
+    /// (a 0.02 ms query at 0.05 ms is noise, not a regression).
+    pub min_increase_ms: f64,
 }
 
 /// Release rules of a target beyond its windows and `on_failure`.

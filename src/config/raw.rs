@@ -135,6 +135,10 @@ pub struct RawTarget {
     pub lock_retry_backoff: Option<String>,
     pub max_transaction_age: Option<String>,
     pub fence_writes: Option<bool>,
+    pub watch_after: Option<String>,
+    pub watch_min_calls: Option<u64>,
+    pub watch_slower_ratio: Option<f64>,
+    pub watch_min_increase_ms: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -114,7 +114,10 @@ pub fn from_source(file: &Path, src: &str) -> Result<Config, Vec<Problem>> {
     let stall_timeout = match cx.duration(&root.key("stall_timeout"), raw.stall_timeout.as_deref(), Some(STALL_TIMEOUT))
     {
         Some(d) if d < Duration::from_secs(1) => {
-            cx.problem(&root.key("stall_timeout"), "must be at least 1s (it bounds how long a stalled server can hold a job; 60s is the default)");
+            cx.problem(
+                &root.key("stall_timeout"),
+                "must be at least 1s (it bounds how long a stalled server can hold a job; 60s is the default)",
+            );
             STALL_TIMEOUT
         }
         d => d.unwrap_or(STALL_TIMEOUT),
@@ -400,6 +403,7 @@ fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
             .unwrap_or(WEEK),
         lint: lint(cx, &p.key("lint"), raw.lint.as_ref()),
         release: release(cx, p, raw),
+        watch: watch(cx, p, raw),
         pg_bindir: raw.pg_bindir.as_deref().map(|d| cx.path(d)),
     })
 }
@@ -449,6 +453,34 @@ fn migrations(cx: &mut Ctx, p: &KeyPath, raw: &RawMigrations) -> Option<Migratio
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The performance watch: on when `watch_after` is set.
+fn watch(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<WatchPolicy> {
+    let after = cx.duration(&p.key("watch_after"), raw.watch_after.as_deref(), None);
+    let ratio = raw.watch_slower_ratio.unwrap_or(2.0);
+    if !(ratio > 1.0 && ratio.is_finite()) {
+        cx.problem(
+            &p.key("watch_slower_ratio"),
+            "must be a number above 1 (2.0, the default, flags queries twice as slow)",
+        );
+    }
+    let min_increase_ms = raw.watch_min_increase_ms.unwrap_or(1.0);
+    if !(min_increase_ms >= 0.0 && min_increase_ms.is_finite()) {
+        cx.problem(&p.key("watch_min_increase_ms"), "must be 0 or more milliseconds (1.0 is the default)");
+    }
+    let min_calls = raw.watch_min_calls.unwrap_or(20).max(1);
+    if after.is_none()
+        && (raw.watch_min_calls.is_some() || raw.watch_slower_ratio.is_some() || raw.watch_min_increase_ms.is_some())
+    {
+        cx.problem(&p.key("watch_after"), "is needed by the other watch_ keys: set how long to watch, e.g. \"15m\"");
+    }
+    let after = after?;
+    if after.is_zero() {
+        cx.problem(&p.key("watch_after"), "must be longer than 0s, e.g. \"15m\"");
+        return None;
+    }
+    Some(WatchPolicy { after, min_calls, slower_ratio: ratio, min_increase_ms })
+}
 
 fn release(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> ReleasePolicy {
     let d = ReleasePolicy::default();

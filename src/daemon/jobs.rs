@@ -25,6 +25,8 @@ pub enum Job {
     /// files already. Scheduled rehearsals always run (the data changes).
     RehearseChanged,
     Release,
+    /// The performance watches of the target's releases whose period ended.
+    Watch,
 }
 
 impl Job {
@@ -34,6 +36,7 @@ impl Job {
             Job::Verify => "verify",
             Job::Rehearse | Job::RehearseChanged => "rehearse",
             Job::Release => "release",
+            Job::Watch => "watch",
         }
     }
 }
@@ -46,8 +49,9 @@ const MIN_AVAILABLE_MEMORY: u64 = 128 << 20;
 /// Why the host cannot take `job` now, if it cannot.
 fn host_short(job: Job) -> Option<String> {
     use sysinfo::{MemoryRefreshKind, RefreshKind, System};
-    if job == Job::Release {
-        // A release's own preflight decides (staging space for its restore).
+    if matches!(job, Job::Release | Job::Watch) {
+        // A release's own preflight decides (staging space for its restore);
+        // a watch reads one view.
         return None;
     }
     let sys = System::new_with_specifics(RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()));
@@ -181,6 +185,9 @@ async fn run(shared: Arc<Shared>, config: Arc<Config>, target: String, job: Job,
         tracing::info!(target = %target, "The plan as it is now was rehearsed already: no new rehearsal.");
         return Ended::Ok;
     }
+    if job == Job::Watch {
+        return finish(m, &target, job, run_watches(&env, t).await, t0);
+    }
     let work = match job {
         Job::Snapshot => jobs::Job::Snapshot { reason: crate::snapshot::Reason::Scheduled, then_prune: true },
         Job::Verify => jobs::Job::Verify { snapshot: "latest".into(), full: false, keep: false },
@@ -190,6 +197,7 @@ async fn run(shared: Arc<Shared>, config: Arc<Config>, target: String, job: Job,
             reverse: true,
         }),
         Job::Release => jobs::Job::Apply,
+        Job::Watch => unreachable!("run above"),
     };
     let ended = match jobs::run(&env, t, work).await {
         Ok(jobs::Done::Verified(r)) if !r.ok => Ended::Problems,
@@ -204,6 +212,25 @@ async fn run(shared: Arc<Shared>, config: Arc<Config>, target: String, job: Job,
         Err(e) => Ended::Error { kind: jobs::error_kind(&e), message: e.to_string() },
     };
     finish(m, &target, job, ended, t0)
+}
+
+/// Runs every watch of `t` whose period ended (each through the job
+/// runner, which reports it); problems when one found slower queries.
+async fn run_watches(env: &jobs::Env, t: &crate::config::Target) -> Ended {
+    let due = match env.state.watches_due(&t.name, chrono::Utc::now()).await {
+        Ok(due) => due,
+        Err(e) => return Ended::Error { kind: e.kind(), message: e.to_string() },
+    };
+    let mut ended = Ended::Ok;
+    for id in due {
+        match jobs::run(env, t, jobs::Job::Watch { release: id }).await {
+            Ok(jobs::Done::Watched(w)) if !w.slower.is_empty() => ended = Ended::Problems,
+            Ok(_) => {}
+            Err(e) if jobs::is_cancelled(&e) => return Ended::Cancelled,
+            Err(e) => return Ended::Error { kind: jobs::error_kind(&e), message: e.to_string() },
+        }
+    }
+    ended
 }
 
 /// Records a finished run in the job metrics and the log.

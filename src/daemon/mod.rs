@@ -344,6 +344,10 @@ async fn schedule(cfg: &Config, state: &crate::state::State, states: &mut HashMa
         if release_due(cfg, state, t, st).await {
             st.enqueue(Job::Release);
         }
+        // Watches whose period ended (also those a restart left pending).
+        if t.watch.is_some() && state.watches_due(&t.name, now).await.is_ok_and(|due| !due.is_empty()) {
+            st.enqueue(Job::Watch);
+        }
     }
 }
 

@@ -5,7 +5,9 @@
 
 use super::ThreadError;
 use crate::error_class::classifier;
-use crate::{config, migrations, pg, rehearsal, release, report, restore, shadow, snapshot, state, status, store};
+use crate::{
+    config, migrations, pg, rehearsal, release, report, restore, shadow, snapshot, state, status, store, watch,
+};
 
 classifier!(
     /// `cause` as a classified domain error, if it is one.
@@ -33,6 +35,7 @@ classifier!(
         state::StateError,
         status::StatusError,
         store::StoreError,
+        watch::WatchError,
         ThreadError,
     ]
 );

@@ -43,7 +43,7 @@ use crate::pg::{self, ConnUrl};
 use crate::snapshot::{self, Reason};
 use crate::state::State;
 use crate::store::{self, Store};
-use crate::{drill, rehearsal, release, restore, status};
+use crate::{drill, rehearsal, release, restore, status, watch};
 
 #[cfg(test)]
 pub use error_chain::DOMAIN_ERRORS;
@@ -149,6 +149,11 @@ pub enum Job {
     Releases {
         id: Option<String>,
     },
+    /// The performance watch of a release: waits for the end of its
+    /// period, compares, keeps and reports the result.
+    Watch {
+        release: String,
+    },
     Prune {
         dry_run: bool,
     },
@@ -173,6 +178,7 @@ impl Job {
             Job::Approve { .. } => "approve",
             Job::Apply => "release",
             Job::Releases { .. } => "releases",
+            Job::Watch { .. } => "watch",
             Job::Prune { .. } => "prune",
             Job::Salvage { .. } => "salvage",
         }
@@ -192,7 +198,7 @@ impl Job {
         let live = || target.live_url.clone();
         let shadow = || target.shadow_url.clone().into_iter();
         match self {
-            Job::Snapshot { .. } | Job::Status | Job::Apply | Job::Salvage { .. } => vec![live()],
+            Job::Snapshot { .. } | Job::Status | Job::Apply | Job::Salvage { .. } | Job::Watch { .. } => vec![live()],
             Job::RestoreAs { .. } | Job::ReplaceLive { .. } => vec![target.admin().with_database("postgres")],
             Job::Verify { .. } => shadow().collect(),
             Job::Rehearse(_) => std::iter::once(live()).chain(shadow()).collect(),
@@ -216,6 +222,7 @@ pub enum Done {
     Approved(release::approval::Approved),
     Released(Box<release::Release>),
     Releases(Vec<release::Release>),
+    Watched(Box<watch::Watched>),
     Pruned(snapshot::catalog::PruneOutcome),
     Salvaged(Box<release::salvage::Salvage>),
 }
@@ -371,6 +378,10 @@ async fn operate(env: &Env, target: &Target, job: Job, cancel: &CancellationToke
             Done::Released(Box::new(release::apply(config, state, store, target).await?))
         }
         Job::Releases { id } => Done::Releases(release::list(&env.state, target, id.as_deref()).await?),
+        Job::Watch { release } => tokio::select! {
+            r = watch::run(state, target, &release) => Done::Watched(Box::new(r?)),
+            _ = cancel.cancelled() => return Err(Cancelled.into()),
+        },
         Job::Prune { dry_run } => {
             let store = env.store().await.map_err(snapshot::catalog::CatalogError::from)?;
             Done::Pruned(snapshot::catalog::prune(&env.state, store, target, dry_run).await?)

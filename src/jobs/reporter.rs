@@ -137,6 +137,7 @@ impl Reporter {
                 }
             }
             Done::Released(rel) => self.release(target, rel).await,
+            Done::Watched(w) => self.watch(target, w).await,
             _ => {}
         }
     }
@@ -184,6 +185,32 @@ impl Reporter {
                 error = format!("{error}\n\n{}", s.lines(&rel.record.id).join("\n"));
             }
             self.alert(target, "release", &error).await;
+        }
+    }
+
+    /// A performance watch: its metrics; an alert when queries got slower
+    /// (a watch that found none, or had no `pg_stat_statements`, mails
+    /// nothing).
+    async fn watch(&self, target: &str, w: &crate::watch::Watched) {
+        if let Some(m) = &self.metrics {
+            m.set(
+                "pgrehearse_watch_slower_queries",
+                "Queries slower after the latest watched release (0: none).",
+                &[("target", target)],
+                w.slower.len() as f64,
+            );
+            // Only the alerting queries get a series: the labels stay bounded.
+            for c in &w.slower {
+                m.set(
+                    "pgrehearse_watch_slower_query_ratio",
+                    "Mean time after / before of each query a release made slower.",
+                    &[("target", target), ("release", w.release_id.as_str()), ("queryid", c.queryid.as_str())],
+                    c.ratio,
+                );
+            }
+        }
+        if !w.slower.is_empty() {
+            self.mail(email::watch_alert(w)).await;
         }
     }
 

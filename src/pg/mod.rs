@@ -7,6 +7,7 @@ mod diagnostic;
 pub mod lock;
 pub mod sequences;
 pub mod stall;
+pub mod stat_statements;
 pub mod tools;
 
 pub use diagnostic::{Diagnostic, explain};

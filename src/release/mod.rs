@@ -22,6 +22,7 @@ pub mod preflight;
 mod recovery;
 mod stranding;
 pub mod salvage;
+mod watch;
 
 use std::time::Instant;
 
@@ -70,6 +71,9 @@ pub struct Release {
     /// Every `salvage --apply` of this release's stranded writes (when,
     /// how many rows), oldest first; empty when never salvaged.
     pub salvaged: Vec<salvage::SalvageRun>,
+    /// The performance watch after the release (targets with
+    /// `watch_after`): `{status, until, note, …result}`; null without one.
+    pub watch: Option<serde_json::Value>,
 }
 
 impl Release {
@@ -78,7 +82,7 @@ impl Release {
     pub fn new(record: ReleaseRow, journal: Vec<JournalEntry>, finished_by_recovery: bool) -> Release {
         let salvaged = salvage::SalvageRun::from_journal(&journal);
         let fence = fence::report(&record, &journal);
-        Release { record, journal, fence, finished_by_recovery, salvaged }
+        Release { record, journal, fence, finished_by_recovery, salvaged, watch: None }
     }
 
     pub fn outcome(&self) -> Outcome {
@@ -204,6 +208,7 @@ pub async fn apply(
     row.server_version = Some(ready.server_version.clone());
     row.timings = serde_json::json!({ "preflight_ms": preflight_ms });
     cx.state.release_insert(&row).await?;
+    watch::started(&cx, &row.id).await;
     let span = tracing::info_span!("release", run_id = %row.id, target = %target.name, job = "release");
     let result = tracing::Instrument::instrument(run(&cx, &plan, &ready, row.clone(), t0), span).await;
     if result.is_err() {
@@ -221,6 +226,7 @@ pub async fn apply(
             return Err(e);
         }
     };
+    watch::ended(&cx, &row).await;
     release_doc(&cx.state, row, false).await
 }
 
@@ -426,7 +432,25 @@ async fn not_valid_on_live(target: &Target) -> Vec<String> {
 
 async fn release_doc(state: &State, record: ReleaseRow, finished_by_recovery: bool) -> Result<Release, ReleaseError> {
     let journal = state.journal(&record.id).await?;
-    Ok(Release::new(record, journal, finished_by_recovery))
+    let mut rel = Release::new(record, journal, finished_by_recovery);
+    rel.watch = state.watch(&rel.record.id).await?.map(|w| watch_view(&w));
+    Ok(rel)
+}
+
+/// A release's watch as records show it: status, until, note, and the
+/// comparison's result fields once made (no samples).
+pub fn watch_view(w: &crate::state::WatchRow) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "status": w.status,
+        "until": w.until.map(|u| u.to_rfc3339()),
+        "note": w.note,
+    });
+    if let (Some(o), Some(serde_json::Value::Object(r))) = (v.as_object_mut(), &w.result) {
+        for (k, x) in r {
+            o.insert(k.clone(), x.clone());
+        }
+    }
+    v
 }
 
 /// `pgrehearse releases [ID]`: the target's recent releases, or one.
@@ -474,8 +498,12 @@ pub async fn suspend_stalled(state: &State, target: &Target, why: &str) {
             state.release_update(&row).await
         };
         match recorded.await {
-            Ok(()) => tracing::error!(release = %row.id, "Release stopped: live's server stalled; recorded interrupted."),
-            Err(e) => tracing::error!(release = %row.id, error = %e, "Cannot record the stalled release; the next run finishes it from its journal."),
+            Ok(()) => {
+                tracing::error!(release = %row.id, "Release stopped: live's server stalled; recorded interrupted.")
+            }
+            Err(e) => {
+                tracing::error!(release = %row.id, error = %e, "Cannot record the stalled release; the next run finishes it from its journal.")
+            }
         }
     }
 }

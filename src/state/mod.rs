@@ -9,11 +9,13 @@ mod rehearsals;
 mod releases;
 mod releases_compat;
 mod status;
+mod watches;
 
 pub use journal_step::Step;
 pub use rehearsals::{ApprovalRow, RehearsalRow};
 pub use releases::{Evidence, JournalEntry, Outcome, ReleaseErrorKind, ReleaseRow};
 pub use status::{RehearsalStatus, RunStatus};
+pub use watches::{WatchRow, WatchStatus};
 
 use std::path::Path;
 use std::str::FromStr;

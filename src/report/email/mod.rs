@@ -14,6 +14,7 @@
 pub mod digest;
 pub(crate) mod html;
 mod render;
+mod watch;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use crate::metrics::Metrics;
 
 pub use digest::Digest;
 pub use render::{alert, drill, rehearsal, release, test_message};
+pub use watch::watch_alert;
 
 /// Delivery attempts per message.
 pub const ATTEMPTS: usize = 3;
