@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 const ORDERS: &str = "CREATE TABLE orders (id bigint PRIMARY KEY, customer_id int NOT NULL, total numeric NOT NULL);
-    INSERT INTO orders SELECT g, 1 + (g * 7919) % 10000, (g % 1000) / 10.0 FROM generate_series(1, 1000000) g;
+    INSERT INTO orders SELECT g, 1 + (g::bigint * 7919) % 10000, (g % 1000) / 10.0 FROM generate_series(1, 1000000) g;
     CREATE INDEX orders_customer ON orders (customer_id);
     ANALYZE orders;";
 
@@ -144,6 +144,7 @@ fn a_dropped_index_raises_the_alert_and_the_metric_within_the_period() {
     // The record keeps the result: the query, its mean before and after.
     let rec = release(&rig, &id);
     let w = &rec["watch"];
+    eprintln!("watch of {id}: {w:#}");
     assert_eq!(w["status"], "done", "{rec:#}");
     let slower = w["slower"].as_array().unwrap();
     assert_eq!(slower.len(), 1, "{w:#}");
@@ -183,6 +184,7 @@ fn an_unused_column_raises_nothing() {
     let w = rig.pgr.run_json(&["watch", &id]);
     assert_eq!(w.code, 0, "{}\n{}", w.stdout, w.stderr);
     let w = w.json();
+    eprintln!("watch of {id}: {w:#}");
     assert_eq!(w["status"], "done", "{w:#}");
     let compared = w["queries"].as_array().unwrap();
     assert!(compared.iter().any(|q| q["query"] == APP_QUERY), "the application's query must be compared: {w:#}");
