@@ -234,6 +234,8 @@ pub struct Target {
     /// must change nothing).
     pub seeds: Vec<PathBuf>,
     pub lint: LintConfig,
+    /// The queries whose plans a rehearsal compares before and after the plan.
+    pub queries: QueriesConfig,
     /// Only a plan whose passing rehearsal is younger than this can be approved.
     #[serde(with = "humantime_serde_compat")]
     pub approval_max_age: Duration,
@@ -297,6 +299,45 @@ impl Default for ReleasePolicy {
             lock_retry_backoff: Duration::from_secs(1),
             max_transaction_age: Duration::from_secs(300),
             fence_writes: false,
+        }
+    }
+}
+
+/// The queries a rehearsal compares before and after the plan (`queries =
+/// { … }` of a target; see `rehearsal::queries`).
+#[derive(Debug, Clone, Serialize)]
+pub struct QueriesConfig {
+    /// The project's queries file (`[[query]] id, sql, params`); when not
+    /// set, `queries.toml` beside the migrations directory if it exists.
+    pub file: Option<PathBuf>,
+    /// Read live's `pg_stat_statements` (top `top` by total time) when the
+    /// extension is installed there.
+    pub from_live: bool,
+    pub top: u32,
+    /// A sequential scan replacing an index scan is a finding on tables of
+    /// at least this many rows.
+    pub seq_scan_rows: u64,
+    /// Cost (and, for queries with values, median time) growing past these
+    /// ratios is a finding.
+    pub cost_ratio: f64,
+    pub time_ratio: f64,
+    /// Timed runs of a query with values (the median is reported).
+    pub runs: u32,
+    /// Query ids whose findings are accepted (reported, not failing).
+    pub accept: Vec<String>,
+}
+
+impl Default for QueriesConfig {
+    fn default() -> Self {
+        QueriesConfig {
+            file: None,
+            from_live: true,
+            top: 20,
+            seq_scan_rows: 10_000,
+            cost_ratio: 2.0,
+            time_ratio: 2.0,
+            runs: 5,
+            accept: Vec::new(),
         }
     }
 }

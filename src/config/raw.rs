@@ -129,6 +129,7 @@ pub struct RawTarget {
     pub approval_max_age: Option<String>,
     pub approval_expires_after: Option<String>,
     pub lint: Option<RawLint>,
+    pub queries: Option<RawQueries>,
     pub requires_release_on: Option<String>,
     pub window_safety_factor: Option<f64>,
     pub lock_retries: Option<u32>,
@@ -148,6 +149,20 @@ pub struct RawLint {
     pub deny: Vec<String>,
     #[serde(default)]
     pub allow: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueries {
+    pub file: Option<PathBuf>,
+    pub from_live: Option<bool>,
+    pub top: Option<u32>,
+    pub seq_scan_rows: Option<u64>,
+    pub cost_ratio: Option<f64>,
+    pub time_ratio: Option<f64>,
+    pub runs: Option<u32>,
+    #[serde(default)]
+    pub accept: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

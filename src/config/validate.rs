@@ -16,6 +16,9 @@ use email::email;
 #[path = "validate_store.rs"]
 mod store;
 use store::store;
+#[path = "validate_queries.rs"]
+mod queries;
+use queries::queries;
 
 struct Ctx<'a> {
     file: &'a Path,
@@ -402,6 +405,7 @@ fn target(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> Option<Target> {
             .duration(&p.key("approval_expires_after"), raw.approval_expires_after.as_deref(), Some(WEEK))
             .unwrap_or(WEEK),
         lint: lint(cx, &p.key("lint"), raw.lint.as_ref()),
+        queries: queries(cx, &p.key("queries"), raw.queries.as_ref()),
         release: release(cx, p, raw),
         watch: watch(cx, p, raw),
         pg_bindir: raw.pg_bindir.as_deref().map(|d| cx.path(d)),

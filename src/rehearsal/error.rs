@@ -39,6 +39,8 @@ pub enum RehearsalError {
         "live has applied migrations since snapshot {snapshot} ({versions}); a {kind} project cannot replay them separately from the plan: rehearse on a fresh snapshot (`--snapshot fresh`)"
     )]
     CatchUpExternal { snapshot: String, versions: String, kind: String },
+    #[error("the queries file {path} is not valid: {message}; fix it, or set `queries = {{ file = … }}` of the target")]
+    QueriesFile { path: String, message: String },
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error(transparent)]
@@ -74,6 +76,7 @@ impl Classify for RehearsalError {
             | RehearsalError::SnapshotAhead { .. }
             | RehearsalError::CatchUpFailed { .. }
             | RehearsalError::CatchUpExternal { .. } => Class::Failed,
+            RehearsalError::QueriesFile { .. } => Class::Configuration,
             RehearsalError::Plan(e) => e.class(),
             RehearsalError::Source(e) => e.class(),
             RehearsalError::Payload(e) => e.class(),
@@ -97,6 +100,7 @@ impl Classify for RehearsalError {
             RehearsalError::SnapshotAhead { .. } => "snapshot_ahead_of_live",
             RehearsalError::CatchUpFailed { .. } => "catch_up_failed",
             RehearsalError::CatchUpExternal { .. } => "catch_up_external",
+            RehearsalError::QueriesFile { .. } => "queries_file_invalid",
             RehearsalError::Plan(e) => e.kind(),
             RehearsalError::Source(e) => e.kind(),
             RehearsalError::Payload(e) => e.kind(),

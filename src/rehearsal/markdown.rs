@@ -1,7 +1,8 @@
 //! The rehearsal report as Markdown: verdict first, then a table per
 //! migration (duration, locks with mode and held time, rewrites, what the
 //! application would wait for, WAL), the
-//! lint findings with their measured effects, reversibility, seeds, and the
+//! lint findings with their measured effects, reversibility, seeds, the
+//! queries' plans before and after, and the
 //! exact command that approves the plan. Text from outside — statements,
 //! file and relation names, PostgreSQL's messages — is escaped ([`code`],
 //! [`cell`], [`text`]) so that a backtick or a pipe in it cannot break a
@@ -153,6 +154,18 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(s, "\n## Lint\n");
         for f in &r.lint {
             let _ = writeln!(s, "- **{}** `{}` (migration {}): {}", f.severity, f.rule, f.migration, f.message);
+        }
+    }
+    if !r.queries.is_empty() {
+        let ms = r.queries_ms.map(|ms| format!(", in {}", secs(ms))).unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "\n## Query plans\n\n{} queries compared before and after the plan on the copy{ms}.\n\n| query | before | after | verdict |\n|---|---|---|---|",
+            r.queries.len()
+        );
+        let brief = |side: &Option<crate::rehearsal::queries::Side>| side.as_ref().map(|x| cell(&x.brief())).unwrap_or_default();
+        for q in &r.queries {
+            let _ = writeln!(s, "| {} | {} | {} | {} |", cell(&q.id), brief(&q.before), brief(&q.after), text(&q.outcome()));
         }
     }
     if r.reversible.is_some() {

@@ -3,14 +3,15 @@
 //! to prove its downs, its seeds run twice, and its statements linted with
 //! the measured effects. The live database is only read — its history table
 //! to know the plan, and the catalog of its roles (`shadow::roles`) so that
-//! the copy runs as live's role — and never locked or written.
+//! the copy runs as live's role, and its `pg_stat_statements` (see
+//! `queries::live`) — and never locked or written.
 //!
-//! Steps: plan from live → snapshot (the latest; verified on the way if it
+//! Steps: plan from live → the queries that matter (see [`queries`]) → snapshot (the latest; verified on the way if it
 //! never was; a fresh one when there is none or it cannot carry the plan,
 //! see [`freshness`]) → scratch copy (template clone
 //! when the template holds it) → bring the copy's history up to live's →
-//! run the plan as live will (as live's role), measuring → reversibility → seeds → lint →
-//! report, kept in the state store and the object store.
+//! explain the queries → run the plan as live will (as live's role), measuring →
+//! the queries again → reversibility → seeds → lint → report, kept in the state store and the object store.
 
 mod error;
 mod external;
@@ -20,6 +21,7 @@ pub mod lint;
 pub mod markdown;
 pub mod observer;
 pub mod probes;
+pub mod queries;
 mod report;
 pub mod reversibility;
 pub mod runner;
@@ -92,8 +94,13 @@ pub async fn rehearse(
 ) -> Result<Report, RehearsalError> {
     state.reap_dead_rehearsals().await?;
     let source = Source::of(target)?;
-    // Live is read twice: its history here, its roles in `Shadow::open`.
+    // Live is read three times: its history here, its statements' statistics
+    // in `queries::gather`, its roles in `Shadow::open`.
     let plan = migrations::plan_for(state, &source, &target.live_url).await?;
+    // A bad queries file stops the rehearsal before any copy is made.
+    let trail = queries::gather(target)
+        .await
+        .map_err(|(path, message)| RehearsalError::QueriesFile { path: path.display().to_string(), message })?;
     let mut shadow = Shadow::open(target, state).await?;
     let shadow_url = target.shadow_url.clone().expect("Shadow::open checked the shadow URL");
     // The copy's sessions (and external tools, through `PGOPTIONS`) run as
@@ -108,7 +115,7 @@ pub async fn rehearse(
     state.rehearsal_started(&id, &target.name).await?;
     let span = tracing::info_span!("rehearse", run_id = %id, target = %target.name, job = "rehearse");
     let work = tracing::Instrument::instrument(
-        run(config, state, store, target, &source, &plan, &mut shadow, &id, opts, cancel),
+        run(config, state, store, target, &source, &plan, &mut shadow, &id, opts, trail, cancel),
         span,
     );
     // On SIGINT/SIGTERM the work is dropped (its sessions close, so the
@@ -155,6 +162,7 @@ async fn run(
     shadow: &mut Shadow,
     id: &str,
     opts: &Options,
+    trail: queries::Trail,
     cancel: &CancellationToken,
 ) -> Result<Report, RehearsalError> {
     let started_at = Utc::now();
@@ -165,7 +173,7 @@ async fn run(
     let (method, restore_ms) = crate::shadow::load::scratch_copy(config, target, store, &m, shadow, &db).await?;
     tracing::info!(database = %db, method, restore_ms, snapshot = %m.id, "Scratch copy ready.");
     let strict = config.rehearsal.strict_column_order;
-    let measured = measure(config, target, source, plan, &m, shadow, &db, opts, strict).await;
+    let measured = measure(config, target, source, plan, &m, shadow, &db, opts, strict, trail).await;
     if opts.keep {
         shadow.release(&db).await?;
     } else {
@@ -205,6 +213,7 @@ async fn measure(
     db: &str,
     opts: &Options,
     strict_column_order: bool,
+    trail: queries::Trail,
 ) -> Result<Report, RehearsalError> {
     let url = &shadow.url_for(db);
     let q = |source| PgError::Query { url: url.redacted(), source };
@@ -214,7 +223,7 @@ async fn measure(
     if !catch_up.is_empty() {
         tracing::info!(count = catch_up.len(), "Replaying migrations live applied after the snapshot.");
         let (results, ok) =
-            runner::run_native(&mut conn, url, source.kind(), &table, &catch_up, &Catalog::default(), false, false)
+            runner::run_native(&mut conn, url, source.kind(), &table, &catch_up, &Catalog::default(), false, false, None)
                 .await?;
         if !ok {
             let failed = results.iter().find(|r| r.status == Status::Failed);
@@ -272,6 +281,7 @@ async fn measure(
         catch_up,
         strict_column_order,
         config.rehearsal.probes,
+        trail,
     )
     .await;
     if let Some(name) = reference {
@@ -298,15 +308,21 @@ async fn plan_and_checks(
     catch_up: Vec<Migration>,
     strict_column_order: bool,
     probe: bool,
+    mut trail: queries::Trail,
 ) -> Result<Report, RehearsalError> {
     let s0_missing = s0.is_none() && !plan.pending.is_empty();
     let table = source.table();
+    if !trail.queries.is_empty() {
+        trail.before_plan(conn, target.queries.runs, plan.pending.len()).await;
+        tracing::info!(queries = trail.queries.len(), "Queries explained before the plan.");
+    }
     tracing::info!(pending = plan.pending.len(), "Running the plan.");
     let t_apply = Instant::now();
     let mode = Mode::of(source.kind(), &plan.pending);
     let (mut results, ok) = match mode {
         Mode::SingleTransaction | Mode::PerMigration => {
-            runner::run_native(conn, url, source.kind(), &table, &plan.pending, &pre, true, probe).await?
+            runner::run_native(conn, url, source.kind(), &table, &plan.pending, &pre, true, probe, Some(&mut trail))
+                .await?
         }
         Mode::Payload => external::payload(source, url, &plan.pending, &pre).await?,
         Mode::Command => external::command(source, url, &plan.pending, &pre).await?,
@@ -315,6 +331,8 @@ async fn plan_and_checks(
     let mode = mode.as_str().to_string();
     let apply_ms = t_apply.elapsed().as_millis() as u64;
     let server_version = server_version(conn).await;
+    let (query_results, query_notes) =
+        trail.compare(conn, &target.queries, &pre, &plan_versions(&plan.pending), ok).await;
     // What the release's post-checks compare live with.
     let (schema_after, not_valid) = if ok {
         let schema = reversibility::portable_schema(pg_dump, url, &table).await;
@@ -359,7 +377,10 @@ async fn plan_and_checks(
     }
     let seeds = if ok && !target.seeds.is_empty() { seeds::run(conn, &target.seeds).await } else { Vec::new() };
     let lint = lint::lint(&plan.pending, &results, &pre, target.lock_timeout.as_millis(), &target.lint);
-    let (problems, warnings) = verdict(plan, &results, &lint, &seeds, strict_column_order);
+    let (mut problems, mut warnings) = verdict(plan, &results, &lint, &seeds, strict_column_order);
+    queries::verdict(&query_results, &mut problems, &mut warnings);
+    warnings.append(&mut trail.warnings);
+    notes.extend(query_notes);
     let ok = problems.is_empty();
     Ok(Report {
         id: String::new(),
@@ -392,6 +413,8 @@ async fn plan_and_checks(
         reversibility_ignored: reversibility::IGNORED,
         lint,
         seeds,
+        queries: query_results,
+        queries_ms: (!trail.queries.is_empty()).then(|| trail.spent.as_millis() as u64),
         notes,
         approve: format!("pgrehearse approve --target {} --plan {}", target.name, plan.hash),
         fresh_snapshot: None,

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::runner::MigrationResult;
-use super::{lint, seeds};
+use super::{lint, queries, seeds};
 use crate::migrations::Drift;
 
 /// The rehearsal report (`--json` prints it; the state and object stores keep it).
@@ -64,6 +64,12 @@ pub struct Report {
     pub reversibility_ignored: &'static str,
     pub lint: Vec<lint::Finding>,
     pub seeds: Vec<seeds::SeedResult>,
+    /// The queries that matter (live's `pg_stat_statements`, the queries
+    /// file), their plans before and after the plan, and findings.
+    pub queries: Vec<queries::QueryResult>,
+    /// How long comparing the queries took (absent when there were none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queries_ms: Option<u64>,
     pub notes: Vec<String>,
     /// The command that approves this plan.
     pub approve: String,

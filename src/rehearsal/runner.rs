@@ -15,6 +15,7 @@ use sqlx::PgConnection;
 
 use super::observer::{self, Catalog, Rewrite, Sampler, SizeDelta};
 use super::probes::{self, Blocking, Held, Probed, Probes, Ran};
+use super::queries::Trail;
 use crate::config::MigrationKind;
 use crate::conn_url::ConnUrl;
 use crate::migrations::Migration;
@@ -149,6 +150,8 @@ struct Measure<'a> {
     /// The plan's locks and statements, to blame each wait on one.
     held: Vec<Held>,
     ran: Vec<Ran>,
+    /// The queries explained after each migration (see `queries`).
+    trail: Option<&'a mut Trail>,
 }
 
 impl Measure<'_> {
@@ -277,7 +280,7 @@ impl Hooks for Measure<'_> {
         conn: &mut PgConnection,
         i: usize,
         _m: &Migration,
-        _committed: bool,
+        committed: bool,
     ) -> Result<(), PgError> {
         if !self.on {
             return Ok(());
@@ -291,6 +294,9 @@ impl Hooks for Measure<'_> {
         self.rewrites[i] = rewrites;
         self.size_deltas[i] = deltas;
         self.before = after;
+        if let Some(trail) = self.trail.as_deref_mut() {
+            trail.after_migration(conn, i, !committed).await;
+        }
         Ok(())
     }
 }
@@ -299,8 +305,9 @@ impl Hooks for Measure<'_> {
 /// release will (one transaction when every migration is transactional,
 /// so a lock is held until the plan commits), without lock-timeout retries
 /// (see `migrations::executor`). Measures when `measure`, with probes
-/// (`probes`) when `probe`. Returns one result per migration and whether
-/// the whole plan applied.
+/// (`probes`) when `probe`, explaining `trail`'s queries after each
+/// migration when given. Returns one result per migration and whether the
+/// whole plan applied.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_native(
     conn: &mut PgConnection,
@@ -311,6 +318,7 @@ pub async fn run_native(
     pre: &Catalog,
     measure: bool,
     probe: bool,
+    trail: Option<&mut Trail>,
 ) -> Result<(Vec<MigrationResult>, bool), PgError> {
     let n = plan.len();
     let named = if measure && probe {
@@ -338,6 +346,7 @@ pub async fn run_native(
         probes: None,
         held: Vec::new(),
         ran: Vec::new(),
+        trail,
     };
     let executor = Executor { kind, table, retry: Retry::NONE, place: "the scratch copy" };
     let ran = executor.run(conn, plan, &mut hooks).await;

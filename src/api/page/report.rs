@@ -1,7 +1,8 @@
 //! A rehearsal report as the status page shows it: the verdict and its
 //! problems, a table per migration (status, duration, strongest lock and
 //! how long it was held, rewrites, how long the application would wait) and a chart of duration and lock time
-//! per migration drawn with inline-styled divs (no script, no image).
+//! per migration drawn with inline-styled divs (no script, no image), and
+//! the queries whose plans got worse.
 //!
 //! It reads the report as stored (JSON) through lenient views: a report
 //! written by an older or newer pgrehearse still renders, missing fields
@@ -30,7 +31,22 @@ struct ReportView {
     migrations: Vec<MigrationView>,
     reversible: Option<bool>,
     lint: Vec<LintView>,
+    queries: Vec<QueryView>,
     approve: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct QueryView {
+    id: String,
+    finding: Option<QueryFindingView>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct QueryFindingView {
+    message: String,
+    accepted: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +177,29 @@ pub fn render(h: &mut String, json: &serde_json::Value) {
             );
         }
         h.push_str("</ul>");
+    }
+    if !r.queries.is_empty() {
+        let worse: Vec<(&QueryView, &QueryFindingView)> =
+            r.queries.iter().filter_map(|q| q.finding.as_ref().map(|f| (q, f))).collect();
+        let _ = write!(
+            h,
+            "<h3>Query plans</h3><p class=\"muted\">{} queries compared before and after the plan; {} got worse.</p>",
+            r.queries.len(),
+            worse.len()
+        );
+        if !worse.is_empty() {
+            h.push_str("<ul class=\"lint\">");
+            for (q, f) in worse {
+                let (class, label) = if f.accepted { ("warn", "accepted") } else { ("bad", "finding") };
+                let _ = write!(
+                    h,
+                    "<li><span class=\"{class}\">{label}</span> <code>{}</code>: {}</li>",
+                    esc(&q.id),
+                    esc(&f.message)
+                );
+            }
+            h.push_str("</ul>");
+        }
     }
     if !r.approve.is_empty() {
         let _ = write!(h, "<p class=\"muted\">From a shell: <code>{}</code></p>", esc(&r.approve));

@@ -125,6 +125,23 @@ pub fn rehearsal(r: &crate::rehearsal::Report) -> Mail {
             .collect();
         p.table(&["severity", "rule", "migration", "finding"], &rows);
     }
+    if !r.queries.is_empty() {
+        p.heading("Query plans before and after the plan");
+        let rows: Vec<Vec<Cell>> = r
+            .queries
+            .iter()
+            .map(|q| {
+                let brief = |s: &Option<crate::rehearsal::queries::Side>| s.as_ref().map(|s| s.brief()).unwrap_or_default();
+                let tone = match &q.finding {
+                    Some(f) if f.accepted => Tone::Warn,
+                    Some(_) => Tone::Bad,
+                    None => Tone::Plain,
+                };
+                vec![Cell::mono(&q.id), Cell::mono(&brief(&q.before)), Cell::mono(&brief(&q.after)), Cell::tone(q.outcome(), tone)]
+            })
+            .collect();
+        p.table(&["query", "before", "after", "verdict"], &rows);
+    }
     if !r.seeds.is_empty() {
         p.heading("Seeds");
         let seeds: Vec<String> = r

@@ -85,6 +85,8 @@ fn report(ok: bool, migrations: Vec<MigrationResult>) -> crate::rehearsal::Repor
             message: format!("blocks writes on orders for 3.1 s {EVIL}"),
         }],
         seeds: Vec::new(),
+        queries: Vec::new(),
+        queries_ms: None,
         notes: vec!["Timings are from a restored (cold) copy.".into()],
         approve: format!("pgrehearse approve --target app --plan {}", "9f2c".repeat(16)),
         schema_after: None,
