@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import dataset  # noqa: E402
 
-BENCHMARKS = ["snapshot", "restore", "rehearse", "probes", "release", "daemon"]
+BENCHMARKS = ["snapshot", "restore", "rehearse", "probes", "queries", "release", "daemon"]
 # Run only when named with --only (not part of the 15-minute full run).
 OPTIONAL = ["downs"]
 BENCH_DIR = Path(__file__).resolve().parent

@@ -35,6 +35,7 @@ mod rehearse_diesel; // rehearsals and status of a diesel project
 mod rehearse_downs; // every down judged on its own: column order, failed, differing and no-op downs
 mod rehearse_payload; // rehearsals of a real Payload CMS 3 project through its CLI
 mod rehearse_probes; // what the application would wait for while each migration runs (probes, 1 M rows)
+mod rehearse_queries; // query plans before and after the plan on the copy: dropped index, unrelated column, live's pg_stat_statements (1 M rows)
 mod rehearse_roles; // the rehearsal runs as live's role: privileges, owners, shadow role changes, ANALYZE
 mod rehearse_sqlx; // rehearsals of a sqlx project on 1 M rows: locks, rewrites, timings
 mod release; // `apply` with sqlx: happy path, refusals, promotion, post-checks, signals

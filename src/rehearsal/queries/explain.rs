@@ -65,7 +65,7 @@ impl ScanNode {
 }
 
 /// The plan of `q` on `conn`, timed `runs` times when it has values
-/// (`runs = 0`: EXPLAIN only). `in_tx`: the session is inside a transaction
+/// ([`Query::timed`]; `runs = 0`: EXPLAIN only). `in_tx`: the session is inside a transaction
 /// that must survive (a savepoint is used). An error is the query's own
 /// (it cannot be prepared or planned); a broken session shows up as an
 /// error of the next statement.
@@ -102,7 +102,7 @@ async fn plan(conn: &mut PgConnection, q: &Query, runs: u32) -> Result<Side, Str
         if args.is_empty() { format!("EXECUTE {STATEMENT}") } else { format!("EXECUTE {STATEMENT}({})", args.join(", ")) };
     let json = fetch(conn, &format!("EXPLAIN (VERBOSE, FORMAT JSON) {execute}")).await?;
     let mut side = summarize(&json)?;
-    if q.valued() && runs > 0 {
+    if q.timed() && runs > 0 {
         let mut times = Vec::with_capacity(runs as usize);
         for _ in 0..runs {
             // Each run in its own savepoint: a timed INSERT does not collide with the one before.

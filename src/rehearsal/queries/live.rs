@@ -2,7 +2,11 @@
 //! execution time in live's database — read with one `SELECT`, nothing
 //! else. Its texts are normalized (constants are `$1`, `$2`…), so they
 //! carry no values; only statements that can be explained (`SELECT`,
-//! `WITH`, `INSERT`, `UPDATE`, `DELETE`, `TABLE`, `VALUES`) are kept.
+//! `WITH`, `INSERT`, `UPDATE`, `DELETE`, `TABLE`, `VALUES`) and name no
+//! `pg_…` catalog or function (pgrehearse's and pg_dump's own, monitoring)
+//! are kept. They are explained on the copy, never run there: a statement
+//! of live may do what a rollback does not undo (`nextval`, an advisory
+//! lock, a notification).
 
 use sqlx::Row;
 
@@ -30,7 +34,7 @@ pub async fn top(live: &ConnUrl, top: u32) -> Result<Option<Vec<Query>>, String>
         "SELECT queryid::text AS id, query FROM {schema}.pg_stat_statements
           WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
             AND query ~* '^\\s*(select|with|insert|update|delete|table|values)\\M'
-            AND query !~* 'pg_stat_statements|pg_catalog\\.|information_schema\\.'
+            AND query !~* '\\mpg_|information_schema\\.'
           ORDER BY total_exec_time DESC
           LIMIT $1"
     ))

@@ -16,7 +16,8 @@
 //! `seq_scan_rows` rows replaced by a sequential scan, or a cost (or median
 //! time, from 10 ms up) growing past its ratio. Findings fail the rehearsal
 //! unless `queries.accept` names the query. An index the plan creates that
-//! no listed query's plan uses is a note.
+//! no listed query's plan uses is a note (not a unique one: it enforces a
+//! constraint, whether a query uses it or not).
 
 pub mod explain;
 pub mod file;
@@ -59,10 +60,15 @@ pub struct Query {
 }
 
 impl Query {
-    /// Whether it runs with real values (then it is timed): it has values,
-    /// or needs none.
+    /// Whether it is planned with real values: it has values, or needs none.
     pub fn valued(&self) -> bool {
         self.params.is_some() || self.placeholders == 0
+    }
+
+    /// Whether it is run (timed, rolled back) on the copy: a query of the
+    /// file with its values. Live's statements are only explained.
+    pub fn timed(&self) -> bool {
+        self.origin == Origin::File && self.valued()
     }
 }
 
@@ -202,7 +208,7 @@ impl Trail {
             return (Vec::new(), vec!["The queries were not compared: the plan failed.".into()]);
         }
         let results = self.after_plan(conn, cfg, pre, versions).await;
-        let notes = match Catalog::capture(conn).await {
+        let notes = match plain_indexes(conn).await {
             Ok(after) => unused_indexes(pre, &after, &results),
             Err(e) => {
                 tracing::warn!(error = %e, "Cannot read the catalog after the plan; unused new indexes are not reported.");
@@ -290,11 +296,11 @@ pub fn judge(before: &Side, after: &Side, pre: &Catalog, cfg: &QueriesConfig) ->
                 Some(bitmap) if was.index.is_none() => format!("{} ({})", was.describe(), bitmap.describe()),
                 _ => was.describe(),
             };
-            return Some((
-                FindingKind::SeqScan,
-                cost_ratio,
-                format!("{was} became a Seq Scan on `{rel}` ({rows:.0} rows); {cost}; before: {}; after: {}", before.scan, after.scan),
-            ));
+            let time = match (before.ms, after.ms) {
+                (Some(b), Some(a)) => format!("; median time {b:.2} ms → {a:.2} ms"),
+                _ => String::new(),
+            };
+            return Some((FindingKind::SeqScan, cost_ratio, format!("{was} became a Seq Scan on `{rel}` ({rows:.0} rows); {cost}{time}")));
         }
     }
     if cost_ratio > cfg.cost_ratio {
@@ -313,8 +319,22 @@ pub fn judge(before: &Side, after: &Side, pre: &Catalog, cfg: &QueriesConfig) ->
     None
 }
 
-/// Notes on the indexes the plan created that no listed query's plan uses.
-pub fn unused_indexes(pre: &Catalog, after: &Catalog, results: &[QueryResult]) -> Vec<String> {
+/// The indexes that enforce nothing (not unique, not a primary key), as
+/// (schema, name): those a query may use or not.
+async fn plain_indexes(conn: &mut PgConnection) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT n.nspname::text, c.relname::text
+           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE NOT i.indisunique AND NOT i.indisprimary
+            AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Notes on the indexes the plan created (`after`: the plain indexes after
+/// it) that no compared query's plan uses.
+pub fn unused_indexes(pre: &Catalog, after: &[(String, String)], results: &[QueryResult]) -> Vec<String> {
     if results.is_empty() {
         return Vec::new();
     }
@@ -325,15 +345,11 @@ pub fn unused_indexes(pre: &Catalog, after: &Catalog, results: &[QueryResult]) -
         .collect();
     let existed = |s: &str, n: &str| pre.0.values().any(|r| r.kind == 'i' && r.schema == s && r.name == n);
     let mut notes: Vec<String> = after
-        .0
-        .values()
-        .filter(|r| r.kind == 'i' && !existed(&r.schema, &r.name) && !used.contains(&r.name.as_str()))
-        .map(|r| {
-            format!(
-                "index `{}` created by the plan is used by none of the {} compared queries' plans",
-                r.qualified(),
-                results.len()
-            )
+        .iter()
+        .filter(|(schema, name)| !existed(schema, name) && !used.contains(&name.as_str()))
+        .map(|(schema, name)| {
+            let index = if schema == "public" { name.clone() } else { format!("{schema}.{name}") };
+            format!("index `{index}` created by the plan is used by none of the {} compared queries' plans", results.len())
         })
         .collect();
     notes.sort();

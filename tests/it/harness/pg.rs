@@ -48,6 +48,12 @@ impl Cluster {
         self.dir.path().join("data")
     }
 
+    /// Appends settings to `postgresql.conf` (they apply at the next
+    /// [`Cluster::restart`]), e.g. `shared_preload_libraries`.
+    pub fn append_conf(&self, text: &str) {
+        append(&self.data().join("postgresql.conf"), &format!("\n{text}\n"));
+    }
+
     /// The directory that holds the unix socket (`host=` in URLs).
     pub fn socket_dir(&self) -> &Path {
         self.dir.path()
