@@ -142,12 +142,20 @@ pub async fn rehearse(
         }
     };
     let json = serde_json::to_string_pretty(&report).expect("report serializes");
+    // The reports are stored before the rehearsal is recorded finished:
+    // whoever sees it finished (the status page, a poller) finds them.
+    let text = crate::rehearsal::markdown::markdown(&report);
+    let stored = async {
+        store.put(&report_key(&target.name, &id, "report.json"), Bytes::from(json.clone())).await?;
+        store.put(&report_key(&target.name, &id, "report.md"), Bytes::from(text)).await
+    };
+    if let Err(e) = stored.await {
+        state.rehearsal_failed(&id, &format!("storing the report failed: {e}")).await?;
+        return Err(e.into());
+    }
     let status = if report.ok { RehearsalStatus::Passed } else { RehearsalStatus::Problems };
     state.rehearsal_finished(&id, &report.plan, &report.snapshot_id, status, &json).await?;
     state.rehearsal_evidence_set(&id, report.schema_after.as_deref(), &report.not_valid).await?;
-    store.put(&report_key(&target.name, &id, "report.json"), Bytes::from(json)).await?;
-    let text = crate::rehearsal::markdown::markdown(&report);
-    store.put(&report_key(&target.name, &id, "report.md"), Bytes::from(text)).await?;
     Ok(report)
 }
 
