@@ -117,7 +117,11 @@ fn a_dropped_index_raises_the_alert_and_the_metric_within_the_period() {
         watched_rig("DROP INDEX orders_customer;\n", "CREATE INDEX orders_customer ON orders (customer_id);\n");
     let port = http::free_port();
     let addr = format!("127.0.0.1:{port}");
-    configure(&rig, WATCH);
+    // The rehearsal's query comparison flags this very plan (live's top
+    // statement turns into a sequential scan): this test is about the watch
+    // after a release that went ahead anyway, so live's statements are not
+    // compared before it.
+    configure(&rig, &format!("{WATCH}queries = {{ from_live = false }}\n"));
     rehearse_and_approve(&rig);
     let text = std::fs::read_to_string(rig.pgr.config_path()).unwrap();
     rig.pgr.write_config(&format!("{text}{}{}", email_file_toml(), daemon_toml(port, None)));
