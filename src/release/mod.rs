@@ -28,7 +28,6 @@ mod watch;
 use std::time::Instant;
 
 use chrono::Utc;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, OnFailure, Target};
@@ -38,7 +37,7 @@ use crate::migrations::{self, Migration, Plan, PlanError, Source};
 use crate::pg::lock::{HeavyLock, LockError};
 use crate::snapshot::{self, SnapshotError};
 pub use crate::state::Outcome;
-use crate::state::{JournalEntry, ReleaseErrorKind, ReleaseRow, State, StateError};
+use crate::state::{ReleaseErrorKind, ReleaseRow, State, StateError};
 use crate::store::{Store, StoreError};
 use crate::stranded::exposure::Exposure;
 use journal::{Journal, Step};
