@@ -242,7 +242,8 @@ mod tests {
 
     #[test]
     fn client_urls_carry_keepalives_but_no_password() {
-        let url = ConnUrl::parse("postgres://app:s3cret@db.example:5433/app?sslmode=require&keepalives_idle=7").unwrap();
+        let url =
+            ConnUrl::parse("postgres://app:s3cret@db.example:5433/app?sslmode=require&keepalives_idle=7").unwrap();
         let info = conninfo(&url, 16);
         assert!(!info.contains("s3cret"), "{info}");
         assert!(info.contains("sslmode=require") && info.contains("keepalives=1"), "{info}");

@@ -350,7 +350,10 @@ impl Cx<'_> {
         message: String,
     ) {
         let (effect, message) = match self.waits(table) {
-            Some(w) => (Some(effect.map_or_else(|| w.clone(), |e| format!("{e}; {w}"))), format!("{message}. Probes measured: {w}")),
+            Some(w) => (
+                Some(effect.map_or_else(|| w.clone(), |e| format!("{e}; {w}"))),
+                format!("{message}. Probes measured: {w}"),
+            ),
             None => (effect, message),
         };
         self.out.push(Finding {

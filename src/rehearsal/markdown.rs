@@ -163,9 +163,18 @@ pub fn markdown(r: &Report) -> String {
             "\n## Query plans\n\n{} queries compared before and after the plan on the copy{ms}.\n\n| query | before | after | verdict |\n|---|---|---|---|",
             r.queries.len()
         );
-        let brief = |side: &Option<crate::rehearsal::queries::Side>| side.as_ref().map(|x| cell(&x.brief())).unwrap_or_default();
+        let brief = |side: &Option<crate::rehearsal::queries::Side>| {
+            side.as_ref().map(|x| cell(&x.brief())).unwrap_or_default()
+        };
         for q in &r.queries {
-            let _ = writeln!(s, "| {} | {} | {} | {} |", cell(&q.id), brief(&q.before), brief(&q.after), text(&q.outcome()));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                cell(&q.id),
+                brief(&q.before),
+                brief(&q.after),
+                text(&q.outcome())
+            );
         }
     }
     if r.reversible.is_some() {

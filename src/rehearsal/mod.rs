@@ -230,9 +230,18 @@ async fn measure(
     let catch_up = freshness::catch_up(source, plan, &mut conn, m).await?;
     if !catch_up.is_empty() {
         tracing::info!(count = catch_up.len(), "Replaying migrations live applied after the snapshot.");
-        let (results, ok) =
-            runner::run_native(&mut conn, url, source.kind(), &table, &catch_up, &Catalog::default(), false, false, None)
-                .await?;
+        let (results, ok) = runner::run_native(
+            &mut conn,
+            url,
+            source.kind(),
+            &table,
+            &catch_up,
+            &Catalog::default(),
+            false,
+            false,
+            None,
+        )
+        .await?;
         if !ok {
             let failed = results.iter().find(|r| r.status == Status::Failed);
             return Err(RehearsalError::CatchUpFailed {

@@ -362,7 +362,9 @@ pub fn blocking(
     }
     for list in &mut out {
         list.sort_by(|a, b| {
-            b.reads_blocked_ms.max(b.writes_blocked_ms).cmp(&a.reads_blocked_ms.max(a.writes_blocked_ms))
+            b.reads_blocked_ms
+                .max(b.writes_blocked_ms)
+                .cmp(&a.reads_blocked_ms.max(a.writes_blocked_ms))
                 .then_with(|| a.relation.cmp(&b.relation))
         });
     }
@@ -397,7 +399,14 @@ mod tests {
             Ran { migration: 0, statement: 1, from: at(1), to: at(2000) },
             Ran { migration: 1, statement: 0, from: at(2020), to: at(2030) },
         ];
-        let held = [Held { oid: 1, mode: "AccessExclusiveLock".into(), from: at(0), to: at(2010), migration: 0, statement: 0 }];
+        let held = [Held {
+            oid: 1,
+            mode: "AccessExclusiveLock".into(),
+            from: at(0),
+            to: at(2010),
+            migration: 0,
+            statement: 0,
+        }];
         let waits = [
             Wait { oid: 1, access: Access::Read, from: at(15), to: at(2010) },
             Wait { oid: 1, access: Access::Write, from: at(5), to: at(2011) },
@@ -408,10 +417,18 @@ mod tests {
         let b = blocking(&named, &waits, &held, &ran, |m, s| Some(format!("{m}/{s}")));
         assert_eq!(
             b[0],
-            [Blocking { relation: "orders".into(), reads_blocked_ms: 1995, writes_blocked_ms: 2006, statement: Some("0/0".into()) }]
+            [Blocking {
+                relation: "orders".into(),
+                reads_blocked_ms: 1995,
+                writes_blocked_ms: 2006,
+                statement: Some("0/0".into())
+            }]
         );
         assert_eq!(b[1].len(), 2, "every named table is listed, waits or not: {:?}", b[1]);
         assert_eq!((b[1][0].relation.as_str(), b[1][0].reads_blocked_ms), ("orders", 7));
-        assert_eq!((b[1][1].relation.as_str(), b[1][1].writes_blocked_ms, b[1][1].statement.as_deref()), ("customers", 0, None));
+        assert_eq!(
+            (b[1][1].relation.as_str(), b[1][1].writes_blocked_ms, b[1][1].statement.as_deref()),
+            ("customers", 0, None)
+        );
     }
 }

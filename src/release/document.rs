@@ -60,7 +60,11 @@ pub fn error_text(error: &serde_json::Value) -> String {
     out
 }
 
-pub(super) async fn release_doc(state: &State, record: ReleaseRow, finished_by_recovery: bool) -> Result<Release, ReleaseError> {
+pub(super) async fn release_doc(
+    state: &State,
+    record: ReleaseRow,
+    finished_by_recovery: bool,
+) -> Result<Release, ReleaseError> {
     let journal = state.journal(&record.id).await?;
     let mut rel = Release::new(record, journal, finished_by_recovery);
     rel.watch = state.watch(&rel.record.id).await?.map(|w| watch_view(&w));

@@ -198,8 +198,10 @@ async fn fence_up(admin: &mut PgConnection, url: &ConnUrl, live: &str) -> Result
     sqlx::raw_sql(&sql).execute(&mut *admin).await.map_err(|e| query_failed(url, e))?;
     // A session that started after this reads the setting when it starts:
     // it is fenced. One that started before may not be: it is ended.
-    let fenced_at: String =
-        sqlx::query_scalar("SELECT clock_timestamp()::text").fetch_one(&mut *admin).await.map_err(|e| query_failed(url, e))?;
+    let fenced_at: String = sqlx::query_scalar("SELECT clock_timestamp()::text")
+        .fetch_one(&mut *admin)
+        .await
+        .map_err(|e| query_failed(url, e))?;
     let t0 = Instant::now();
     loop {
         let n: i64 = sqlx::query_scalar(
@@ -313,6 +315,9 @@ mod tests {
         let r = Raised { database: "app".into(), original: Some("o'n".into()) };
         assert_eq!(put_back_sql(&r, "app"), "ALTER DATABASE \"app\" SET default_transaction_read_only = 'o''n'");
         let r = Raised { database: "app".into(), original: None };
-        assert_eq!(put_back_sql(&r, "app_failed_x"), "ALTER DATABASE \"app_failed_x\" RESET default_transaction_read_only");
+        assert_eq!(
+            put_back_sql(&r, "app_failed_x"),
+            "ALTER DATABASE \"app_failed_x\" RESET default_transaction_read_only"
+        );
     }
 }

@@ -21,8 +21,8 @@ pub mod journal;
 mod postcheck;
 pub mod preflight;
 mod recovery;
-mod stranding;
 pub mod salvage;
+mod stranding;
 mod watch;
 
 use std::time::Instant;
@@ -42,8 +42,8 @@ use crate::store::{Store, StoreError};
 use crate::stranded::exposure::Exposure;
 use journal::{Journal, Step};
 
-pub use document::{Release, error_text, list, watch_view};
 use document::release_doc;
+pub use document::{Release, error_text, list, watch_view};
 
 impl Outcome {
     /// The exit code of `apply` for this outcome (see README).
@@ -259,8 +259,9 @@ async fn run(
         && let Err(e) = fence::raise(cx, &journal).await?
     {
         row.outcome = Outcome::Aborted;
-        row.reason =
-            Some(format!("the write fence (fence_writes = true) could not be put up on live, so nothing was applied: {e}"));
+        row.reason = Some(format!(
+            "the write fence (fence_writes = true) could not be put up on live, so nothing was applied: {e}"
+        ));
         row.error_kind = Some(ReleaseErrorKind::FenceFailed);
         return finish(cx, &journal, row, t0).await;
     }

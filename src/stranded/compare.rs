@@ -86,11 +86,7 @@ impl Listing<'_> {
 fn select(relation: &str, key: &[String], whole: bool) -> String {
     let pairs: Vec<String> = key.iter().map(|c| format!("'{}', t.{}", c.replace('\'', "''"), quote_ident(c))).collect();
     let k = format!("(jsonb_build_object({}))::text", pairs.join(", "));
-    let digest = if whole {
-        "md5(to_jsonb(t.*)::text)".to_string()
-    } else {
-        digest_sql("t", "$1")
-    };
+    let digest = if whole { "md5(to_jsonb(t.*)::text)".to_string() } else { digest_sql("t", "$1") };
     format!(
         "SELECT {k} AS k, {digest} AS d, t.xmin::text::bigint AS x FROM ONLY {relation} t ORDER BY {k} COLLATE \"C\""
     )

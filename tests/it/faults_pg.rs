@@ -473,9 +473,12 @@ fn faults_pg_rehearse_and_apply() {
     }
     for f in pg_faults() {
         if f.name == PERMANENT_STALL {
-            case(&mut failures, "apply", "PostgreSQL: live stalls for good (connections held open) during a migration", || {
-                apply_stalled_mid_migration(&mut w)
-            });
+            case(
+                &mut failures,
+                "apply",
+                "PostgreSQL: live stalls for good (connections held open) during a migration",
+                || apply_stalled_mid_migration(&mut w),
+            );
         } else {
             case(&mut failures, "apply", f.name, || apply_case(&mut w, &f));
         }

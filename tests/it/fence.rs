@@ -76,9 +76,12 @@ fn with_writer<T>(rig: &Rig, after: usize, during: impl FnOnce() -> T) -> (T, Se
         });
         let out = during();
         let base = seen.lock().unwrap().committed.len();
-        wait_for("the writer to write again after the release", Duration::from_secs(20), Duration::from_millis(20), || {
-            (seen.lock().unwrap().committed.len() >= base + after).then_some(())
-        });
+        wait_for(
+            "the writer to write again after the release",
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            || (seen.lock().unwrap().committed.len() >= base + after).then_some(()),
+        );
         stop.store(true, Ordering::SeqCst);
         out
     });
@@ -161,7 +164,8 @@ fn a_fenced_release_that_restores_strands_no_write() {
         let open = "SET ROLE app;\nBEGIN;\nINSERT INTO events (note) VALUES ('open before the fence');\nSELECT pg_sleep(8);\nCOMMIT;\n";
         let mut holder = rig.live.psql_session("app", open);
         wait_for("the open transaction", Duration::from_secs(20), Duration::from_millis(20), || {
-            let sql = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(8)%' AND pid <> pg_backend_pid()";
+            let sql =
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(8)%' AND pid <> pg_backend_pid()";
             (rig.live.psql("postgres", sql) == "1").then_some(())
         });
         let r = apply(&rig);
@@ -334,7 +338,8 @@ fn a_fence_that_cannot_end_a_session_stops_the_release_before_anything_ran_and_i
     rehearse_and_approve(&rig);
     let mut superuser = rig.live.psql_session("app", "SELECT pg_sleep(120);\n");
     wait_for("the superuser's session", Duration::from_secs(20), Duration::from_millis(20), || {
-        let sql = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(120)%' AND pid <> pg_backend_pid()";
+        let sql =
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(120)%' AND pid <> pg_backend_pid()";
         (rig.live.psql("postgres", sql) == "1").then_some(())
     });
     let r = apply(&rig);

@@ -164,13 +164,17 @@ fn lint_and_markdown_quote_the_measured_waits() {
     let r = rehearsals();
     let blocks = findings(&r.with_probes, "blocks_traffic");
     let lock = blocks.iter().find(|f| f["migration"] == LOCK);
-    let lock = lock.unwrap_or_else(|| panic!("no blocks_traffic finding for the LOCK TABLE: {:#}", r.with_probes["lint"]));
+    let lock =
+        lock.unwrap_or_else(|| panic!("no blocks_traffic finding for the LOCK TABLE: {:#}", r.with_probes["lint"]));
     let text = lock["message"].as_str().unwrap_or_default();
     assert!(text.contains("reads of `orders` would wait 2."), "{text}");
     assert!(lock["sql"].as_str().unwrap_or_default().starts_with("LOCK TABLE"), "{lock:#}");
     let index = findings(&r.with_probes, "index_not_concurrent");
     let index = index.iter().find(|f| f["migration"] == INDEX).expect("index_not_concurrent on migration 2");
-    assert!(index["message"].as_str().unwrap_or_default().contains("Probes measured: writes to `orders` would wait"), "{index:#}");
+    assert!(
+        index["message"].as_str().unwrap_or_default().contains("Probes measured: writes to `orders` would wait"),
+        "{index:#}"
+    );
     assert!(
         !blocks.iter().any(|f| f["migration"] == INDEX),
         "the CREATE INDEX wait is explained by index_not_concurrent already: {blocks:?}"

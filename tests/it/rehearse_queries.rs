@@ -45,19 +45,43 @@ fn queries_toml() -> String {
     for k in 1..=6 {
         q.push((format!("by_id_{k}"), "SELECT * FROM orders WHERE id = $1".into(), Some(format!("[{}]", k * 1000))));
     }
-    q.push(("orders_of_customer".into(), "SELECT id, amount FROM orders WHERE customer_id = $1 ORDER BY id".into(), Some("[42]".into())));
+    q.push((
+        "orders_of_customer".into(),
+        "SELECT id, amount FROM orders WHERE customer_id = $1 ORDER BY id".into(),
+        Some("[42]".into()),
+    ));
     for k in 2..=5 {
-        q.push((format!("customer_{k}"), "SELECT id, amount FROM orders WHERE customer_id = $1 ORDER BY id".into(), Some(format!("[{}]", k * 7))));
+        q.push((
+            format!("customer_{k}"),
+            "SELECT id, amount FROM orders WHERE customer_id = $1 ORDER BY id".into(),
+            Some(format!("[{}]", k * 7)),
+        ));
     }
     q.push(("customer_generic".into(), "SELECT id FROM orders WHERE customer_id = $1".into(), None));
     q.push(("id_generic".into(), "SELECT amount FROM orders WHERE id = $1".into(), None));
-    q.push(("customers_any".into(), "SELECT count(*) FROM orders WHERE customer_id = ANY($1)".into(), Some("[\"{1,2,3}\"]".into())));
+    q.push((
+        "customers_any".into(),
+        "SELECT count(*) FROM orders WHERE customer_id = ANY($1)".into(),
+        Some("[\"{1,2,3}\"]".into()),
+    ));
     q.push(("latest".into(), "SELECT id FROM orders ORDER BY id DESC LIMIT 10".into(), None));
-    q.push(("range".into(), "SELECT sum(amount) FROM orders WHERE id BETWEEN $1 AND $2".into(), Some("[1000, 2000]".into())));
-    q.push(("self_join".into(), "SELECT a.id, b.id FROM orders a JOIN orders b ON b.id = a.id + 1 WHERE a.id = $1".into(), Some("[500]".into())));
+    q.push((
+        "range".into(),
+        "SELECT sum(amount) FROM orders WHERE id BETWEEN $1 AND $2".into(),
+        Some("[1000, 2000]".into()),
+    ));
+    q.push((
+        "self_join".into(),
+        "SELECT a.id, b.id FROM orders a JOIN orders b ON b.id = a.id + 1 WHERE a.id = $1".into(),
+        Some("[500]".into()),
+    ));
     q.push(("update_one".into(), "UPDATE orders SET amount = amount WHERE id = $1".into(), Some("[77]".into())));
     q.push(("customer_count".into(), "SELECT count(*) FROM orders WHERE customer_id = $1".into(), Some("[99]".into())));
-    q.push(("exists_customer".into(), "SELECT EXISTS (SELECT 1 FROM orders WHERE customer_id = $1)".into(), Some("[5]".into())));
+    q.push((
+        "exists_customer".into(),
+        "SELECT EXISTS (SELECT 1 FROM orders WHERE customer_id = $1)".into(),
+        Some("[5]".into()),
+    ));
     assert_eq!(q.len(), 20);
     q.iter()
         .map(|(id, sql, params)| {
@@ -212,7 +236,11 @@ fn dropping_the_index_a_listed_query_uses_is_a_finding_naming_the_query_and_the_
     // The history table's primary key (created by the plan on a copy without one) is no query's index.
     assert!(!notes.contains("_sqlx_migrations_pkey"), "{notes}");
     assert!(r.dropped_markdown.contains("## Query plans"), "{}", r.dropped_markdown);
-    assert!(r.dropped_markdown.contains(r"FINDING: query \`orders_of_customer\` after migration 2"), "{}", r.dropped_markdown);
+    assert!(
+        r.dropped_markdown.contains(r"FINDING: query \`orders_of_customer\` after migration 2"),
+        "{}",
+        r.dropped_markdown
+    );
 }
 
 #[test]

@@ -166,8 +166,13 @@ fn salvage_puts_stranded_writes_into_live_skips_what_it_must_and_changes_nothing
     // The finding's list (end to end): its counts are the comparison's.
     let sw = &rel["stranded_writes"];
     eprintln!("stranded_writes: {sw:#}");
-    let counted = |name: &str| sw["tables"].as_array().unwrap().iter().find(|x| x["table"] == name).cloned().unwrap_or_default();
-    assert_eq!((&counted("public.t")["updated"], &counted("public.t")["deleted"]), (&json!(t.updated.len()), &json!(t.deleted.len())), "{sw:#}");
+    let counted =
+        |name: &str| sw["tables"].as_array().unwrap().iter().find(|x| x["table"] == name).cloned().unwrap_or_default();
+    assert_eq!(
+        (&counted("public.t")["updated"], &counted("public.t")["deleted"]),
+        (&json!(t.updated.len()), &json!(t.deleted.len())),
+        "{sw:#}"
+    );
     assert_eq!(counted("public.events")["inserted"], events.inserted.len(), "{sw:#}");
     let audit_kept: i64 = rig.live.psql(&failed, "SELECT count(*) FROM audit").parse().unwrap();
     let audit_live: i64 = rig.live.psql("app", "SELECT count(*) FROM audit").parse().unwrap();

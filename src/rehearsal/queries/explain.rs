@@ -71,7 +71,10 @@ impl ScanNode {
 /// error of the next statement.
 pub async fn explain(conn: &mut PgConnection, q: &Query, runs: u32, in_tx: bool) -> Result<Side, String> {
     let (open, close) = if in_tx {
-        ("SAVEPOINT pgrehearse_queries", "ROLLBACK TO SAVEPOINT pgrehearse_queries; RELEASE SAVEPOINT pgrehearse_queries")
+        (
+            "SAVEPOINT pgrehearse_queries",
+            "ROLLBACK TO SAVEPOINT pgrehearse_queries; RELEASE SAVEPOINT pgrehearse_queries",
+        )
     } else {
         ("BEGIN", "ROLLBACK")
     };
@@ -98,8 +101,11 @@ async fn plan(conn: &mut PgConnection, q: &Query, runs: u32) -> Result<Side, Str
         Some(p) => p.clone(),
         None => vec!["NULL".to_string(); q.placeholders],
     };
-    let execute =
-        if args.is_empty() { format!("EXECUTE {STATEMENT}") } else { format!("EXECUTE {STATEMENT}({})", args.join(", ")) };
+    let execute = if args.is_empty() {
+        format!("EXECUTE {STATEMENT}")
+    } else {
+        format!("EXECUTE {STATEMENT}({})", args.join(", "))
+    };
     let json = fetch(conn, &format!("EXPLAIN (VERBOSE, FORMAT JSON) {execute}")).await?;
     let mut side = summarize(&json)?;
     if q.timed() && runs > 0 {

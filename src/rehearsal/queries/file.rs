@@ -41,7 +41,10 @@ pub fn read(path: &Path) -> Result<Vec<Query>, String> {
 
 pub fn parse(text: &str) -> Result<Vec<Query>, String> {
     let raw: RawFile = toml::from_str(text).map_err(|e| {
-        format!("{}; each query is `[[query]]` with `id = \"…\"`, `sql = \"…\"` and optional `params = [...]`", e.message())
+        format!(
+            "{}; each query is `[[query]]` with `id = \"…\"`, `sql = \"…\"` and optional `params = [...]`",
+            e.message()
+        )
     })?;
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(raw.query.len());
@@ -137,7 +140,8 @@ mod tests {
     fn bad_files_say_what_to_fix() {
         let e = parse("[[query]]\nid = \"a\"\nsql = \"SELECT $1\"\nparams = []\n").unwrap_err();
         assert!(e.contains("`params` has 0 values but the SQL uses 1 parameters"), "{e}");
-        let e = parse("[[query]]\nid = \"a\"\nsql = \"SELECT 1\"\n[[query]]\nid = \"a\"\nsql = \"SELECT 2\"\n").unwrap_err();
+        let e = parse("[[query]]\nid = \"a\"\nsql = \"SELECT 1\"\n[[query]]\nid = \"a\"\nsql = \"SELECT 2\"\n")
+            .unwrap_err();
         assert!(e.contains("used twice"), "{e}");
         let e = parse("[[query]]\nname = \"a\"\nsql = \"SELECT 1\"\n").unwrap_err();
         assert!(e.contains("unknown field `name`") && e.contains("[[query]]"), "{e}");

@@ -48,7 +48,13 @@ pub async fn top(live: &ConnUrl, top: u32) -> Result<Option<Vec<Query>>, String>
         let sql: String = r.try_get("query").map_err(|e| e.to_string())?;
         let Some(id) = id else { continue };
         let sql = sql.trim().trim_end_matches(';').trim().to_string();
-        out.push(Query { id: format!("queryid:{id}"), placeholders: placeholders(&sql), sql, params: None, origin: Origin::Live });
+        out.push(Query {
+            id: format!("queryid:{id}"),
+            placeholders: placeholders(&sql),
+            sql,
+            params: None,
+            origin: Origin::Live,
+        });
     }
     Ok(Some(out))
 }

@@ -268,7 +268,14 @@ impl Trail {
 
     /// The first migration after which query `k` is judged worse (or, failing
     /// that, changed); the only one of a one-migration plan.
-    fn culprit(&self, k: usize, before: &Side, pre: &Catalog, cfg: &QueriesConfig, versions: &[String]) -> Option<String> {
+    fn culprit(
+        &self,
+        k: usize,
+        before: &Side,
+        pre: &Catalog,
+        cfg: &QueriesConfig,
+        versions: &[String],
+    ) -> Option<String> {
         let at = |i: usize| self.steps.get(i).and_then(|s| s.get(k)).and_then(Option::as_ref);
         let worse = (0..self.steps.len()).find(|&i| at(i).is_some_and(|s| judge(before, s, pre, cfg).is_some()));
         let changed = || (0..self.steps.len()).find(|&i| at(i).is_some_and(|s| s.scan != before.scan));
@@ -300,11 +307,19 @@ pub fn judge(before: &Side, after: &Side, pre: &Catalog, cfg: &QueriesConfig) ->
                 (Some(b), Some(a)) => format!("; median time {b:.2} ms → {a:.2} ms"),
                 _ => String::new(),
             };
-            return Some((FindingKind::SeqScan, cost_ratio, format!("{was} became a Seq Scan on `{rel}` ({rows:.0} rows); {cost}{time}")));
+            return Some((
+                FindingKind::SeqScan,
+                cost_ratio,
+                format!("{was} became a Seq Scan on `{rel}` ({rows:.0} rows); {cost}{time}"),
+            ));
         }
     }
     if cost_ratio > cfg.cost_ratio {
-        return Some((FindingKind::CostRatio, cost_ratio, format!("{cost}, past {}×; before: {}; after: {}", cfg.cost_ratio, before.scan, after.scan)));
+        return Some((
+            FindingKind::CostRatio,
+            cost_ratio,
+            format!("{cost}, past {}×; before: {}; after: {}", cfg.cost_ratio, before.scan, after.scan),
+        ));
     }
     if let (Some(b), Some(a)) = (before.ms, after.ms) {
         let ratio = a / b.max(0.001);
@@ -312,7 +327,10 @@ pub fn judge(before: &Side, after: &Side, pre: &Catalog, cfg: &QueriesConfig) ->
             return Some((
                 FindingKind::TimeRatio,
                 ratio,
-                format!("median time {b:.1} ms → {a:.1} ms ({ratio:.1}×, past {}×); before: {}; after: {}", cfg.time_ratio, before.scan, after.scan),
+                format!(
+                    "median time {b:.1} ms → {a:.1} ms ({ratio:.1}×, past {}×); before: {}; after: {}",
+                    cfg.time_ratio, before.scan, after.scan
+                ),
             ));
         }
     }
@@ -349,7 +367,10 @@ pub fn unused_indexes(pre: &Catalog, after: &[(String, String)], results: &[Quer
         .filter(|(schema, name)| !existed(schema, name) && !used.contains(&name.as_str()))
         .map(|(schema, name)| {
             let index = if schema == "public" { name.clone() } else { format!("{schema}.{name}") };
-            format!("index `{index}` created by the plan is used by none of the {} compared queries' plans", results.len())
+            format!(
+                "index `{index}` created by the plan is used by none of the {} compared queries' plans",
+                results.len()
+            )
         })
         .collect();
     notes.sort();

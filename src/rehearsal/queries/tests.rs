@@ -7,14 +7,19 @@ use crate::rehearsal::observer::Relation;
 fn side(cost: f64, ms: Option<f64>, nodes: &[(&str, Option<&str>, Option<&str>)]) -> Side {
     let nodes: Vec<ScanNode> = nodes
         .iter()
-        .map(|(n, r, i)| ScanNode { node: n.to_string(), relation: r.map(str::to_string), index: i.map(str::to_string) })
+        .map(|(n, r, i)| ScanNode {
+            node: n.to_string(),
+            relation: r.map(str::to_string),
+            index: i.map(str::to_string),
+        })
         .collect();
     Side { cost, ms, scan: nodes.iter().map(ScanNode::describe).collect::<Vec<_>>().join("; "), nodes }
 }
 
 fn catalog(rows: f64) -> Catalog {
     let mut c = Catalog::default();
-    let rel = Relation { oid: 1, schema: "public".into(), name: "orders".into(), kind: 'r', filenode: 1, bytes: 0, rows };
+    let rel =
+        Relation { oid: 1, schema: "public".into(), name: "orders".into(), kind: 'r', filenode: 1, bytes: 0, rows };
     c.0.insert(1, rel);
     c
 }
@@ -26,7 +31,10 @@ fn an_index_scan_turned_seq_scan_on_a_large_table_is_a_finding() {
     let after = side(8.6, None, &[("Seq Scan", Some("orders"), None)]);
     let (kind, _, why) = judge(&before, &after, &catalog(1e6), &cfg).expect("a finding");
     assert_eq!(kind, FindingKind::SeqScan);
-    assert!(why.contains("Index Scan using orders_customer_idx on orders became a Seq Scan on `orders` (1000000 rows)"), "{why}");
+    assert!(
+        why.contains("Index Scan using orders_customer_idx on orders became a Seq Scan on `orders` (1000000 rows)"),
+        "{why}"
+    );
     // On a small table a sequential scan is the planner's right choice.
     assert!(judge(&before, &after, &catalog(500.0), &cfg).is_none());
 }

@@ -131,13 +131,19 @@ pub fn rehearsal(r: &crate::rehearsal::Report) -> Mail {
             .queries
             .iter()
             .map(|q| {
-                let brief = |s: &Option<crate::rehearsal::queries::Side>| s.as_ref().map(|s| s.brief()).unwrap_or_default();
+                let brief =
+                    |s: &Option<crate::rehearsal::queries::Side>| s.as_ref().map(|s| s.brief()).unwrap_or_default();
                 let tone = match &q.finding {
                     Some(f) if f.accepted => Tone::Warn,
                     Some(_) => Tone::Bad,
                     None => Tone::Plain,
                 };
-                vec![Cell::mono(&q.id), Cell::mono(&brief(&q.before)), Cell::mono(&brief(&q.after)), Cell::tone(q.outcome(), tone)]
+                vec![
+                    Cell::mono(&q.id),
+                    Cell::mono(&brief(&q.before)),
+                    Cell::mono(&brief(&q.after)),
+                    Cell::tone(q.outcome(), tone),
+                ]
             })
             .collect();
         p.table(&["query", "before", "after", "verdict"], &rows);
