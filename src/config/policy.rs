@@ -50,6 +50,13 @@ pub struct ReleasePolicy {
     /// a restore (see `release::fence`): other sessions' writes fail there
     /// instead of being stranded in the failed database.
     pub fence_writes: bool,
+    /// The lock-queue budget: during `apply`, a session that waited longer
+    /// than this behind a lock request of pgrehearse's gets the statement
+    /// cancelled and retried (`release::queue_guard`); preflight refuses
+    /// while a session holds a lock on the plan's tables in a transaction
+    /// older than this. Zero turns both off.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_queue_wait: Duration,
 }
 
 impl Default for ReleasePolicy {
@@ -61,6 +68,7 @@ impl Default for ReleasePolicy {
             lock_retry_backoff: Duration::from_secs(1),
             max_transaction_age: Duration::from_secs(300),
             fence_writes: false,
+            max_queue_wait: Duration::from_millis(500),
         }
     }
 }

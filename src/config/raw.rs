@@ -140,6 +140,7 @@ pub struct RawTarget {
     pub watch_min_calls: Option<u64>,
     pub watch_slower_ratio: Option<f64>,
     pub watch_min_increase_ms: Option<f64>,
+    pub max_queue_wait: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

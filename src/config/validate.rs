@@ -492,6 +492,18 @@ fn release(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> ReleasePolicy {
     if !(factor.is_finite() && factor >= 1.0) {
         cx.problem(&p.key("window_safety_factor"), format!("`{factor}`: use a number of at least 1.0, e.g. 1.5"));
     }
+    let max_queue_wait = cx
+        .duration(&p.key("max_queue_wait"), raw.max_queue_wait.as_deref(), Some(d.max_queue_wait))
+        .unwrap_or(d.max_queue_wait);
+    if !max_queue_wait.is_zero() && max_queue_wait < Duration::from_millis(100) {
+        cx.problem(
+            &p.key("max_queue_wait"),
+            format!(
+                "`{}` is shorter than the lock-queue guard can act on (it looks every 10–50 ms); use at least \"100ms\", or \"0s\" to turn the lock-queue guard off",
+                humantime::format_duration(max_queue_wait)
+            ),
+        );
+    }
     ReleasePolicy {
         requires_release_on: raw.requires_release_on.clone(),
         window_safety_factor: factor,
@@ -503,6 +515,7 @@ fn release(cx: &mut Ctx, p: &KeyPath, raw: &RawTarget) -> ReleasePolicy {
             .duration(&p.key("max_transaction_age"), raw.max_transaction_age.as_deref(), Some(d.max_transaction_age))
             .unwrap_or(d.max_transaction_age),
         fence_writes: fence_writes(cx, p, raw),
+        max_queue_wait,
     }
 }
 

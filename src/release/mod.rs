@@ -20,6 +20,7 @@ pub mod fence;
 pub mod journal;
 mod postcheck;
 pub mod preflight;
+pub mod queue_guard;
 mod recovery;
 pub mod salvage;
 mod stranding;
@@ -332,7 +333,10 @@ async fn run(
             tracing::error!(error = %failure, "A migration failed on live.");
             journal.step(Step::Failed, Some(failure)).await?;
             row.reason = Some(failure.clone());
-            row.error_kind = Some(ReleaseErrorKind::MigrationFailed);
+            row.error_kind = Some(match outcome.queue_blocked {
+                Some(_) => ReleaseErrorKind::LockQueue,
+                None => ReleaseErrorKind::MigrationFailed,
+            });
             if outcome.partial {
                 let t = Instant::now();
                 recovery::recover(cx, &journal, &mut row, &plan.pending).await?;

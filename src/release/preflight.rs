@@ -3,7 +3,9 @@
 //! live). Checked cheapest and most definite first: drift, the approval and
 //! the evidence it rests on, promotion, the window and whether the release
 //! fits in it, then the live server itself (dumps and old transactions
-//! running), staging space, client versions and the shadow's identity.
+//! running, sessions holding locks on the plan's tables in transactions
+//! older than `max_queue_wait`: the migrations would queue the application
+//! behind them), staging space, client versions and the shadow's identity.
 
 use std::time::Duration;
 
@@ -64,6 +66,10 @@ pub enum Refusal {
     )]
     LongTransaction { max: String, sessions: String },
     #[error(
+        "sessions on live hold locks on tables the plan changes, in transactions open longer than max_queue_wait ({budget}): {sessions}; the migrations would wait behind them and the application's queries would queue behind the migrations. End them or wait for them (an idle transaction, a dump, a long report), then release again"
+    )]
+    LocksHeld { budget: String, sessions: String },
+    #[error(
         "not enough free space in {dir} to restore the pre-release snapshot if the release fails: about {need} bytes needed, {free} free; free space or set [store] staging_reserve"
     )]
     NoStagingSpace { dir: String, need: u64, free: u64 },
@@ -90,6 +96,7 @@ impl Refusal {
             Refusal::Busy(_) => K::LockHeld,
             Refusal::DumpRunning(_) => K::DumpRunning,
             Refusal::LongTransaction { .. } => K::LongTransaction,
+            Refusal::LocksHeld { .. } => K::LocksHeld,
             Refusal::NoStagingSpace { .. } => K::NoStagingSpace,
             Refusal::Client(_) => K::ClientTooOld,
             Refusal::ShadowIsLive(_) => K::ShadowIsLive,
@@ -117,6 +124,7 @@ impl Classify for Refusal {
             | Refusal::Busy(_)
             | Refusal::DumpRunning(_)
             | Refusal::LongTransaction { .. }
+            | Refusal::LocksHeld { .. }
             | Refusal::NoStagingSpace { .. }
             | Refusal::Client(_)
             | Refusal::ShadowIsLive(_) => Class::Refused,
@@ -202,6 +210,10 @@ pub async fn check(
     let server = pg::server_info(&mut conn, live).await?;
     let activity = live_activity(&mut conn, target).await;
     if let Some(r) = activity.map_err(|source| PgError::Query { url: live.redacted(), source })? {
+        return Ok(Err(r));
+    }
+    let held = locks_held(&mut conn, target, &plan_tables(&evidence)).await;
+    if let Some(r) = held.map_err(|source| PgError::Query { url: live.redacted(), source })? {
         return Ok(Err(r));
     }
     if target.on_failure == OnFailure::Restore {
@@ -367,6 +379,42 @@ async fn live_activity(conn: &mut PgConnection, target: &Target) -> Result<Optio
         }));
     }
     Ok(None)
+}
+
+/// The relations the rehearsal saw the plan lock (`migrations[].locks[]`
+/// of its report), as it names them (`orders`, `sales.orders`).
+fn plan_tables(evidence: &Evidence) -> Vec<String> {
+    let mut out: Vec<String> = evidence
+        .report
+        .iter()
+        .flat_map(|r| r["migrations"].as_array().cloned().unwrap_or_default())
+        .flat_map(|m| m["locks"].as_array().cloned().unwrap_or_default())
+        .filter_map(|l| l["relation"].as_str().map(str::to_string))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Client sessions holding a lock on one of `tables` in a transaction
+/// open longer than `max_queue_wait` (when a lock was taken is not
+/// recorded; it is held since the transaction began at the latest).
+async fn locks_held(conn: &mut PgConnection, target: &Target, tables: &[String]) -> Result<Option<Refusal>, sqlx::Error> {
+    let budget = target.release.max_queue_wait;
+    if budget.is_zero() || tables.is_empty() {
+        return Ok(None);
+    }
+    let sessions: Vec<String> = sqlx::query_scalar(
+        "SELECT format('pid %s (role %s, %s, %s, open for %s s, holding %s on %s: %s)', a.pid, a.usename,                 coalesce(nullif(a.application_name, ''), 'no application_name'), a.state,                 round(extract(epoch FROM clock_timestamp() - a.xact_start)::numeric, 1),                 string_agg(DISTINCT l.mode, ', '), string_agg(DISTINCT r.name, ', '),                 left(split_part(ltrim(a.query, E' \n\r\t'), E'\n', 1), 200))            FROM pg_locks l            JOIN LATERAL (SELECT CASE WHEN n.nspname = 'public' THEN c.relname::text                                      ELSE n.nspname || '.' || c.relname END AS name                            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace                           WHERE c.oid = l.relation) r ON true            JOIN pg_stat_activity a ON a.pid = l.pid           WHERE l.locktype = 'relation' AND l.granted             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())             AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'             AND a.xact_start < clock_timestamp() - make_interval(secs => $1)             AND r.name = ANY($2)           GROUP BY a.pid, a.usename, a.application_name, a.state, a.xact_start, a.query           ORDER BY a.xact_start LIMIT 5",
+    )
+    .bind(budget.as_secs_f64())
+    .bind(tables)
+    .fetch_all(&mut *conn)
+    .await?;
+    if sessions.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Refusal::LocksHeld { budget: humantime::format_duration(budget).to_string(), sessions: sessions.join("; ") }))
 }
 
 /// The shadow must not be live (when it is reachable: the release itself

@@ -95,6 +95,8 @@ pub enum ReleaseErrorKind {
     LockHeld,
     DumpRunning,
     LongTransaction,
+    /// Sessions hold locks on the plan's tables longer than `max_queue_wait`.
+    LocksHeld,
     NoStagingSpace,
     ClientTooOld,
     ShadowIsLive,
@@ -102,6 +104,9 @@ pub enum ReleaseErrorKind {
     /// The write fence could not be put up (before anything ran).
     FenceFailed,
     MigrationFailed,
+    /// The lock-queue guard cancelled a migration's lock wait until the
+    /// retries ran out (the application queued behind it each time).
+    LockQueue,
     LiveUnreachable,
     /// Live's server stopped answering mid-release (the stall watchdog).
     LiveStalled,
@@ -124,12 +129,14 @@ impl ReleaseErrorKind {
             ReleaseErrorKind::LockHeld => "lock_held",
             ReleaseErrorKind::DumpRunning => "dump_running",
             ReleaseErrorKind::LongTransaction => "long_transaction",
+            ReleaseErrorKind::LocksHeld => "locks_held",
             ReleaseErrorKind::NoStagingSpace => "no_staging_space",
             ReleaseErrorKind::ClientTooOld => "client_too_old",
             ReleaseErrorKind::ShadowIsLive => "shadow_is_live",
             ReleaseErrorKind::SnapshotFailed => "snapshot_failed",
             ReleaseErrorKind::FenceFailed => "fence_failed",
             ReleaseErrorKind::MigrationFailed => "migration_failed",
+            ReleaseErrorKind::LockQueue => "lock_queue",
             ReleaseErrorKind::LiveUnreachable => "live_unreachable",
             ReleaseErrorKind::LiveStalled => "live_stalled",
             ReleaseErrorKind::Interrupted => "interrupted",
@@ -152,12 +159,14 @@ impl ReleaseErrorKind {
             "lock_held" => ReleaseErrorKind::LockHeld,
             "dump_running" => ReleaseErrorKind::DumpRunning,
             "long_transaction" => ReleaseErrorKind::LongTransaction,
+            "locks_held" => ReleaseErrorKind::LocksHeld,
             "no_staging_space" => ReleaseErrorKind::NoStagingSpace,
             "client_too_old" => ReleaseErrorKind::ClientTooOld,
             "shadow_is_live" => ReleaseErrorKind::ShadowIsLive,
             "snapshot_failed" => ReleaseErrorKind::SnapshotFailed,
             "fence_failed" => ReleaseErrorKind::FenceFailed,
             "migration_failed" => ReleaseErrorKind::MigrationFailed,
+            "lock_queue" => ReleaseErrorKind::LockQueue,
             "live_unreachable" => ReleaseErrorKind::LiveUnreachable,
             "live_stalled" => ReleaseErrorKind::LiveStalled,
             "interrupted" => ReleaseErrorKind::Interrupted,

@@ -318,7 +318,16 @@ pub trait Hooks {
         Ok(())
     }
 
-    /// Migration `m` hit a lock timeout and runs again after `wait`.
+    /// A statement of migration `i` was cancelled on request (SQLSTATE
+    /// 57014, not a `statement_timeout`): whether the release's lock-queue
+    /// guard did it — then it was a lock wait, retried like a lock
+    /// timeout, not a failure of the migration. Asked once per such error.
+    fn queue_cancelled(&mut self, _i: usize) -> bool {
+        false
+    }
+
+    /// Migration `m` hit a lock timeout (or the lock-queue guard cancelled
+    /// its lock wait) and runs again after `wait`.
     async fn retrying(&mut self, _m: &Migration, _attempt: u32, _wait: Duration) -> Result<(), Self::Error> {
         Ok(())
     }
@@ -358,6 +367,21 @@ impl Executor<'_> {
 /// Whether an error is a lock timeout (SQLSTATE 55P03), which is retried.
 fn is_lock_timeout(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+}
+
+/// Whether a statement was cancelled on request (`pg_cancel_backend`):
+/// SQLSTATE 57014 as `statement_timeout` also raises it, told apart by the
+/// server's message ("canceling statement due to user request").
+fn is_cancel_request(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some("57014") && db.message().contains("user request"))
+}
+
+/// Whether a failed statement of migration `i` was a lock wait, retried
+/// under the [`Retry`] policy: a lock timeout, or a cancel by the hooks'
+/// lock-queue guard (asked once per error).
+fn lock_wait<H: Hooks>(e: &sqlx::Error, hooks: &mut H, i: usize) -> bool {
+    is_lock_timeout(e) || (is_cancel_request(e) && hooks.queue_cancelled(i))
 }
 
 /// A failing statement as a report shows it: what the server said, and the

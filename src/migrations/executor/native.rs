@@ -1,14 +1,15 @@
 //! The executor's loop for plans pgrehearse runs itself (sqlx, diesel): the
 //! whole plan in one transaction, or file by file — a transactional file in
 //! its own transaction, another statement by statement — each file's
-//! statements followed by its history row, retried on lock timeouts as the
-//! [`Retry`] policy says.
+//! statements followed by its history row, retried on lock waits (a lock
+//! timeout, or a cancel by the release's lock-queue guard) as the [`Retry`]
+//! policy says.
 
 use std::time::Instant;
 
 use sqlx::PgConnection;
 
-use super::{Executor, Hooks, Run, StatementResult, Status, Step, describe, exec, failure, is_lock_timeout};
+use super::{Executor, Hooks, Run, StatementResult, Status, Step, describe, exec, failure, lock_wait};
 use crate::migrations::{self, Change, Migration, split};
 use crate::pg;
 
@@ -46,7 +47,7 @@ impl Executor<'_> {
                 if let Err(f) = ran {
                     let _ = exec(conn, "ROLLBACK").await;
                     hooks.transaction_ended(Instant::now());
-                    let locked = f.error.as_ref().is_some_and(is_lock_timeout);
+                    let locked = f.error.as_ref().is_some_and(|e| lock_wait(e, &mut *hooks, i));
                     if locked && attempt < self.retry.retries {
                         let wait = self.retry.wait(attempt);
                         hooks.retrying(m, attempt, wait).await?;
@@ -141,7 +142,8 @@ impl Executor<'_> {
                 Err(f) => {
                     let _ = exec(conn, "ROLLBACK").await;
                     hooks.transaction_ended(Instant::now());
-                    if f.error.as_ref().is_some_and(is_lock_timeout) && step.attempts <= self.retry.retries {
+                    let locked = f.error.as_ref().is_some_and(|e| lock_wait(e, &mut *hooks, i));
+                    if locked && step.attempts <= self.retry.retries {
                         let wait = self.retry.wait(step.attempts - 1);
                         hooks.retrying(m, step.attempts - 1, wait).await?;
                         tokio::time::sleep(wait).await;
@@ -176,14 +178,16 @@ impl Executor<'_> {
                 let t = Instant::now();
                 let res = exec(conn, &stmt.sql).await;
                 let took = t.elapsed();
+                let waited = matches!(&res, Err(e) if lock_wait(e, &mut *hooks, i));
                 match res {
                     Ok(()) => {
                         step.statements.push(statement(s, stmt, took));
                         hooks.statement_done(conn, i, s, false, t, took).await?;
                         break;
                     }
-                    Err(e) if is_lock_timeout(&e) && tries < self.retry.retries => {
-                        // An interrupted CREATE INDEX CONCURRENTLY leaves an invalid index behind.
+                    Err(_) if waited && tries < self.retry.retries => {
+                        // An interrupted (timed out or cancelled) CREATE INDEX
+                        // CONCURRENTLY leaves an invalid index behind.
                         for idx in crate::pg::invalid_indexes(conn).await.unwrap_or_default() {
                             if invalid_before.contains(&idx) {
                                 continue;
