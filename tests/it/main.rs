@@ -43,6 +43,7 @@ mod release_command; // releases of a `command` migration source
 mod release_crash; // SIGKILL at every journaled step of a release: live exactly pre or post
 mod release_failure; // releases that fail on live (rollback, restore, down, halt) and lock waits
 mod release_payload; // releases of a real Payload CMS 3 project, incl. password via PGPASSWORD
+mod release_queue; // the lock-queue guard: readers behind a waiting ALTER, retries, the blocker named, preflight
 mod release_watch; // the performance watch after a release: pg_stat_statements before and after
 mod release_writes; // the application's writes during a release that ends restored (sequences carried forward)
 mod report_accuracy; // what failure reports say: PostgreSQL's DETAIL/HINT, one error object, server version, sampling

@@ -145,7 +145,9 @@ impl Drop for Holder {
 #[test]
 fn lock_timeouts_are_retried_until_the_lock_goes_or_the_retries_run_out() {
     let rig = Rig::start("sqlx", SETUP);
-    let policy = "lock_timeout = \"200ms\"\nlock_retries = 4\nlock_retry_backoff = \"300ms\"";
+    // The holder is there before preflight: a long max_queue_wait keeps
+    // preflight's held-locks check (release_queue) out of this test.
+    let policy = "lock_timeout = \"200ms\"\nlock_retries = 4\nlock_retry_backoff = \"300ms\"\nmax_queue_wait = \"1h\"";
     configure(&rig, policy);
     rig.sqlx("1", "add_score", "ALTER TABLE t ADD COLUMN score int;\n", Some("ALTER TABLE t DROP COLUMN score;\n"));
     rehearse_and_approve(&rig);
@@ -172,7 +174,7 @@ fn lock_timeouts_are_retried_until_the_lock_goes_or_the_retries_run_out() {
     // Held all along: every retry times out; the plan's transaction rolled
     // back, live unchanged.
     rig.sqlx("2", "add_rank", "ALTER TABLE t ADD COLUMN rank int;\n", Some("ALTER TABLE t DROP COLUMN rank;\n"));
-    configure(&rig, "lock_timeout = \"100ms\"\nlock_retries = 2\nlock_retry_backoff = \"100ms\"");
+    configure(&rig, "lock_timeout = \"100ms\"\nlock_retries = 2\nlock_retry_backoff = \"100ms\"\nmax_queue_wait = \"1h\"");
     rehearse_and_approve(&rig);
     let holder = Holder::start(&rig);
     let before = live_fingerprint(&rig);
