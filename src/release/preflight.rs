@@ -399,7 +399,11 @@ fn plan_tables(evidence: &Evidence) -> Vec<String> {
 /// Client sessions holding a lock on one of `tables` in a transaction
 /// open longer than `max_queue_wait` (when a lock was taken is not
 /// recorded; it is held since the transaction began at the latest).
-async fn locks_held(conn: &mut PgConnection, target: &Target, tables: &[String]) -> Result<Option<Refusal>, sqlx::Error> {
+async fn locks_held(
+    conn: &mut PgConnection,
+    target: &Target,
+    tables: &[String],
+) -> Result<Option<Refusal>, sqlx::Error> {
     let budget = target.release.max_queue_wait;
     if budget.is_zero() || tables.is_empty() {
         return Ok(None);
@@ -414,7 +418,10 @@ async fn locks_held(conn: &mut PgConnection, target: &Target, tables: &[String])
     if sessions.is_empty() {
         return Ok(None);
     }
-    Ok(Some(Refusal::LocksHeld { budget: humantime::format_duration(budget).to_string(), sessions: sessions.join("; ") }))
+    Ok(Some(Refusal::LocksHeld {
+        budget: humantime::format_duration(budget).to_string(),
+        sessions: sessions.join("; "),
+    }))
 }
 
 /// The shadow must not be live (when it is reachable: the release itself

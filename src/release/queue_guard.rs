@@ -120,7 +120,8 @@ impl QueueGuard {
             }
         };
         // The guard's own queries must never wait long themselves.
-        if let Err(e) = sqlx::raw_sql("SET statement_timeout = 5000; SET lock_timeout = 1000").execute(&mut conn).await {
+        if let Err(e) = sqlx::raw_sql("SET statement_timeout = 5000; SET lock_timeout = 1000").execute(&mut conn).await
+        {
             tracing::warn!(error = %e, "The lock-queue guard cannot set up its session; running without it.");
             return None;
         }

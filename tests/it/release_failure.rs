@@ -174,7 +174,10 @@ fn lock_timeouts_are_retried_until_the_lock_goes_or_the_retries_run_out() {
     // Held all along: every retry times out; the plan's transaction rolled
     // back, live unchanged.
     rig.sqlx("2", "add_rank", "ALTER TABLE t ADD COLUMN rank int;\n", Some("ALTER TABLE t DROP COLUMN rank;\n"));
-    configure(&rig, "lock_timeout = \"100ms\"\nlock_retries = 2\nlock_retry_backoff = \"100ms\"\nmax_queue_wait = \"1h\"");
+    configure(
+        &rig,
+        "lock_timeout = \"100ms\"\nlock_retries = 2\nlock_retry_backoff = \"100ms\"\nmax_queue_wait = \"1h\"",
+    );
     rehearse_and_approve(&rig);
     let holder = Holder::start(&rig);
     let before = live_fingerprint(&rig);

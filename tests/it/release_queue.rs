@@ -236,7 +236,10 @@ fn preflight_refuses_while_a_session_holds_a_lock_on_the_plans_tables() {
     let rel = r.json();
     assert_eq!((rel["outcome"].as_str(), rel["error_kind"].as_str()), (Some("refused"), Some("locks_held")), "{rel:#}");
     let reason = rel["reason"].as_str().unwrap();
-    assert!(reason.contains(&format!("pid {} (role postgres, queue_holder, idle in transaction", holder.pid)), "{reason}");
+    assert!(
+        reason.contains(&format!("pid {} (role postgres, queue_holder, idle in transaction", holder.pid)),
+        "{reason}"
+    );
     assert!(reason.contains("AccessShareLock on t: SELECT 'held by the test')"), "{reason}");
     assert!(!has_score(&rig));
 
