@@ -113,18 +113,7 @@ fn notes(rig: &Rig, db: &str) -> BTreeSet<String> {
 /// A migration that commits and takes a while, then one outside a
 /// transaction: the plan runs file by file, so a failure restores.
 fn two_step_plan(rig: &Rig) {
-    rig.sqlx(
-        "1",
-        "add_score",
-        "ALTER TABLE t ADD COLUMN score int NOT NULL DEFAULT 7;\nSELECT pg_sleep(1.5);\n",
-        Some("ALTER TABLE t DROP COLUMN score;\n"),
-    );
-    rig.sqlx(
-        "2",
-        "index_score",
-        "-- no-transaction\nCREATE INDEX CONCURRENTLY t_score ON t (score);\n",
-        Some("-- no-transaction\nDROP INDEX CONCURRENTLY t_score;\n"),
-    );
+    score_steps(rig, SLOW_SCORE);
 }
 
 /// The release was fenced and the fence came down.
@@ -153,7 +142,7 @@ fn a_fenced_release_that_restores_strands_no_write() {
     rig.live.psql("postgres", "ALTER DATABASE app SET work_mem = '7MB'");
     let original = settings(&rig, "app");
     two_step_plan(&rig);
-    rig.sqlx("3", "unique_email", "CREATE UNIQUE INDEX t_email ON t (email);\n", Some("DROP INDEX t_email;\n"));
+    unique_email_step(&rig);
     rehearse_and_approve(&rig);
     // A duplicate on live only: migration 3 fails there, after 1 committed.
     as_app(&rig.live, "app", "INSERT INTO t VALUES (2001, 'user1@example.com');");

@@ -30,19 +30,8 @@ const DUPLICATE: &str = "INSERT INTO t VALUES (20001, 'user1@example.com');";
 /// after the rehearsal breaks. Rehearsed and approved; returns live's
 /// fingerprint just before the release.
 fn failing_plan(rig: &Rig) -> String {
-    rig.sqlx(
-        "1",
-        "add_score",
-        "ALTER TABLE t ADD COLUMN score int NOT NULL DEFAULT 7;\nUPDATE t SET score = id % 10;\n",
-        Some("ALTER TABLE t DROP COLUMN score;\n"),
-    );
-    rig.sqlx(
-        "2",
-        "index_score",
-        "-- no-transaction\nCREATE INDEX CONCURRENTLY t_score ON t (score);\n",
-        Some("-- no-transaction\nDROP INDEX CONCURRENTLY t_score;\n"),
-    );
-    rig.sqlx("3", "unique_email", "CREATE UNIQUE INDEX t_email ON t (email);\n", Some("DROP INDEX t_email;\n"));
+    score_steps(rig, "ALTER TABLE t ADD COLUMN score int NOT NULL DEFAULT 7;\nUPDATE t SET score = id % 10;\n");
+    unique_email_step(rig);
     rehearse_and_approve(rig);
     as_app(&rig.live, "app", DUPLICATE);
     live_fingerprint(rig)

@@ -8,9 +8,9 @@
 //! failed database holds).
 
 use crate::harness::migrations::*;
+use crate::harness::pg::Session;
 use crate::harness::release::*;
 use crate::harness::wait_for;
-use std::process::Child;
 use std::time::Duration;
 
 const SETUP: &str = "CREATE TABLE t (id int PRIMARY KEY, email text);
@@ -20,20 +20,9 @@ const SETUP: &str = "CREATE TABLE t (id int PRIMARY KEY, email text);
 
 /// An application session inserting one row into `events` every 20 ms
 /// (`\watch` repeats the insert) until it is killed or its database goes.
-struct Writer(Child);
-
-impl Writer {
-    fn start(rig: &Rig) -> Writer {
-        let script = "SET ROLE app;\nINSERT INTO events (note) VALUES ('written during the release');\n\\watch 0.02\n";
-        Writer(rig.live.psql_session("app", script))
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn writer(rig: &Rig) -> Session {
+    let script = "SET ROLE app;\nINSERT INTO events (note) VALUES ('written during the release');\n\\watch 0.02\n";
+    rig.live.session("app", script)
 }
 
 fn max_event_id(rig: &Rig, db: &str) -> i64 {
@@ -44,24 +33,13 @@ fn max_event_id(rig: &Rig, db: &str) -> i64 {
 fn a_restore_sets_every_sequence_past_the_ids_the_failed_database_handed_out() {
     let rig = Rig::start("sqlx", SETUP);
     configure(&rig, "");
-    rig.sqlx(
-        "1",
-        "add_score",
-        "ALTER TABLE t ADD COLUMN score int NOT NULL DEFAULT 7;\nSELECT pg_sleep(1.5);\n",
-        Some("ALTER TABLE t DROP COLUMN score;\n"),
-    );
-    rig.sqlx(
-        "2",
-        "index_score",
-        "-- no-transaction\nCREATE INDEX CONCURRENTLY t_score ON t (score);\n",
-        Some("-- no-transaction\nDROP INDEX CONCURRENTLY t_score;\n"),
-    );
-    rig.sqlx("3", "unique_email", "CREATE UNIQUE INDEX t_email ON t (email);\n", Some("DROP INDEX t_email;\n"));
+    score_steps(&rig, SLOW_SCORE);
+    unique_email_step(&rig);
     rehearse_and_approve(&rig);
     // A duplicate on live only: migration 3 fails there, after 1 committed.
     as_app(&rig.live, "app", "INSERT INTO t VALUES (2001, 'user1@example.com');");
 
-    let writer = Writer::start(&rig);
+    let writer = writer(&rig);
     wait_for("the writer's first rows", Duration::from_secs(20), Duration::from_millis(20), || {
         (max_event_id(&rig, "app") >= 5).then_some(())
     });

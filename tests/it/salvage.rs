@@ -18,7 +18,6 @@ use crate::harness::release::*;
 use crate::harness::wait_for;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::process::Child;
 use std::time::Duration;
 
 const SETUP: &str = "CREATE TABLE t (id int PRIMARY KEY, email text);
@@ -36,15 +35,6 @@ WITH i AS (INSERT INTO events (note, tag) SELECT 'written during the release', C
 DELETE FROM t USING i WHERE t.id = 1000 + i.id;
 \\watch 0.05
 ";
-
-struct Writer(Child);
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The row digest of the contract (`stranded::digest_sql`), written out here.
 fn digest(cols: &str) -> String {
@@ -113,19 +103,8 @@ fn values(rig: &Rig, db: &str, table: &str, col: &str, which: &[i64]) -> Vec<Str
 fn salvage_puts_stranded_writes_into_live_skips_what_it_must_and_changes_nothing_twice() {
     let rig = Rig::start("sqlx", SETUP);
     configure(&rig, "");
-    rig.sqlx(
-        "1",
-        "add_score",
-        "ALTER TABLE t ADD COLUMN score int NOT NULL DEFAULT 7;\nSELECT pg_sleep(1.5);\n",
-        Some("ALTER TABLE t DROP COLUMN score;\n"),
-    );
-    rig.sqlx(
-        "2",
-        "index_score",
-        "-- no-transaction\nCREATE INDEX CONCURRENTLY t_score ON t (score);\n",
-        Some("-- no-transaction\nDROP INDEX CONCURRENTLY t_score;\n"),
-    );
-    rig.sqlx("3", "unique_email", "CREATE UNIQUE INDEX t_email ON t (email);\n", Some("DROP INDEX t_email;\n"));
+    score_steps(&rig, SLOW_SCORE);
+    unique_email_step(&rig);
     // A release refused before approval: not restored, nothing to salvage.
     let refused = apply(&rig);
     refused.expect_code(75);
@@ -134,7 +113,7 @@ fn salvage_puts_stranded_writes_into_live_skips_what_it_must_and_changes_nothing
     // A duplicate on live only: migration 3 fails there, after 1 and 2 committed.
     as_app(&rig.live, "app", "INSERT INTO t VALUES (2001, 'user1999@example.com');");
 
-    let writer = Writer(rig.live.psql_session("app", WRITER));
+    let writer = rig.live.session("app", WRITER);
     wait_for("the writer's first rows", Duration::from_secs(20), Duration::from_millis(20), || {
         (rig.live.psql("app", "SELECT count(*) FROM events").parse::<i64>().unwrap() >= 5).then_some(())
     });
@@ -234,7 +213,7 @@ fn salvage_puts_stranded_writes_into_live_skips_what_it_must_and_changes_nothing
     };
     let count_events = || rig.live.psql("app", "SELECT count(*) FROM events");
     let events_before = count_events();
-    let holder = Writer(rig.live.psql_session("postgres", &format!("SELECT pg_advisory_lock({key});\n")));
+    let holder = rig.live.session("postgres", &format!("SELECT pg_advisory_lock({key});\n"));
     wait_for("the lock holder", Duration::from_secs(20), Duration::from_millis(20), || {
         let held = format!(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND ((classid::bigint << 32) | objid::bigint) = {key}"

@@ -14,12 +14,12 @@
 //! a restore reports `null`.
 
 use crate::harness::migrations::*;
+use crate::harness::pg::Session;
 use crate::harness::release::*;
 use crate::harness::smtp::eml_files;
 use crate::harness::wait_for;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Child;
 use std::time::Duration;
 
 const SETUP: &str = "CREATE TABLE t (id int PRIMARY KEY, email text);
@@ -36,22 +36,14 @@ const SEEDED: &str = "seeded by migration 1";
 /// 1–5), 2 runs outside a transaction (so the plan runs per migration), 3
 /// fails on live (a duplicate the rehearsal never saw).
 fn plan_that_restores(rig: &Rig) {
-    rig.sqlx(
-        "1",
-        "seed",
+    score_steps(
+        rig,
         &format!(
             "ALTER TABLE t ADD COLUMN score int NOT NULL DEFAULT 7;\nINSERT INTO events (note) VALUES ('{SEEDED}');\n\
              UPDATE accounts SET balance = balance + 1 WHERE id <= 5;\nSELECT pg_sleep(1.5);\n"
         ),
-        Some("ALTER TABLE t DROP COLUMN score;\n"),
     );
-    rig.sqlx(
-        "2",
-        "index_score",
-        "-- no-transaction\nCREATE INDEX CONCURRENTLY t_score ON t (score);\n",
-        Some("-- no-transaction\nDROP INDEX CONCURRENTLY t_score;\n"),
-    );
-    rig.sqlx("3", "unique_email", "CREATE UNIQUE INDEX t_email ON t (email);\n", Some("DROP INDEX t_email;\n"));
+    unique_email_step(rig);
     rehearse_and_approve(rig);
     as_app(&rig.live, "app", "INSERT INTO t VALUES (2001, 'user1@example.com');");
 }
@@ -59,23 +51,12 @@ fn plan_that_restores(rig: &Rig) {
 /// An application session: every 20 ms one statement (one transaction)
 /// inserts an event, inserts an account and updates an existing one
 /// (ids 101–400, which the plan never touches).
-struct Writer(Child);
-
-impl Writer {
-    fn start(rig: &Rig) -> Writer {
-        let script = "SET ROLE app;\n\
-            WITH e AS (INSERT INTO events (note) VALUES ('app') RETURNING id), \
-                 a AS (INSERT INTO accounts SELECT max(id) + 1, 0 FROM accounts RETURNING id) \
-            UPDATE accounts SET balance = balance + 1 WHERE id = 101 + (SELECT id FROM e) % 300;\n\\watch 0.02\n";
-        Writer(rig.live.psql_session("app", script))
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn writer(rig: &Rig) -> Session {
+    let script = "SET ROLE app;\n\
+        WITH e AS (INSERT INTO events (note) VALUES ('app') RETURNING id), \
+             a AS (INSERT INTO accounts SELECT max(id) + 1, 0 FROM accounts RETURNING id) \
+        UPDATE accounts SET balance = balance + 1 WHERE id = 101 + (SELECT id FROM e) % 300;\n\\watch 0.02\n";
+    rig.live.session("app", script)
 }
 
 /// `id` → the rest of the row, for a table of `db`.
@@ -109,7 +90,7 @@ fn writes_made_during_a_restored_release_are_counted_exactly_everywhere() {
     rig.pgr.write_config(&format!("{text}{}", mail_dir_toml()));
     plan_that_restores(&rig);
 
-    let writer = Writer::start(&rig);
+    let writer = writer(&rig);
     let count = "SELECT count(*) FROM events";
     wait_for("the writer's first rows", Duration::from_secs(20), Duration::from_millis(20), || {
         (rig.live.psql("app", count).parse::<i64>().unwrap() >= 5).then_some(())

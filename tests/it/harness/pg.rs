@@ -156,6 +156,11 @@ impl Cluster {
         child
     }
 
+    /// [`Cluster::psql_session`], killed (and reaped) when dropped.
+    pub fn session(&self, db: &str, script: &str) -> Session {
+        Session(self.psql_session(db, script))
+    }
+
     pub fn client(&self, bin: &str) -> Command {
         let mut cmd = Command::new(self.bindir.join(bin));
         cmd.arg("-h")
@@ -238,4 +243,16 @@ fn append(path: &Path, text: &str) {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new().append(true).open(path).expect("open for append");
     f.write_all(text.as_bytes()).expect("append");
+}
+
+/// A `psql` session ([`Cluster::session`]) that is killed and reaped on
+/// drop: an application writer or a lock holder lives as long as its test
+/// (or its scope) does, also when an assertion fails.
+pub struct Session(pub std::process::Child);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

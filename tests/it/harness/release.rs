@@ -15,6 +15,31 @@ use std::time::{Duration, Instant};
 /// A window that is always open: every second, for a day.
 pub const ALWAYS_OPEN: &str = "windows = [{ cron = \"* * * * * *\", duration = \"24h\", timezone = \"UTC\" }]";
 
+/// Migration 1 of most plans that end in a restore ([`score_steps`]): a
+/// column added with a default, then 1.5 s during which the application
+/// writes.
+pub const SLOW_SCORE: &str = "ALTER TABLE t ADD COLUMN score int NOT NULL DEFAULT 7;\nSELECT pg_sleep(1.5);\n";
+
+/// Migrations 1 and 2 of the plans that can end in a restore, on `t (id,
+/// email)`: 1 (`first_up`, which adds `t.score`; its down drops it)
+/// commits, 2 builds an index on `score` outside a transaction, so the plan
+/// runs file by file and a later failure restores.
+pub fn score_steps(rig: &Rig, first_up: &str) {
+    rig.sqlx("1", "add_score", first_up, Some("ALTER TABLE t DROP COLUMN score;\n"));
+    rig.sqlx(
+        "2",
+        "index_score",
+        "-- no-transaction\nCREATE INDEX CONCURRENTLY t_score ON t (score);\n",
+        Some("-- no-transaction\nDROP INDEX CONCURRENTLY t_score;\n"),
+    );
+}
+
+/// Migration 3: a unique index on `t.email`. The rehearsal passes; live
+/// fails it once the application has written a duplicate email since.
+pub fn unique_email_step(rig: &Rig) {
+    rig.sqlx("3", "unique_email", "CREATE UNIQUE INDEX t_email ON t (email);\n", Some("DROP INDEX t_email;\n"));
+}
+
 /// The target lines every release test needs, then `extra`.
 pub fn release_config(rig: &Rig, extra: &str) -> String {
     format!("admin_url = {}\n{ALWAYS_OPEN}\n{extra}", toml_string(&rig.live.url("postgres", "postgres", "")))
