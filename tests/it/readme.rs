@@ -10,20 +10,18 @@
 //! - the commands table lists exactly the commands of `pgrehearse --help`;
 //! - the metrics table lists exactly the metrics a real daemon exports
 //!   after snapshotting, verifying, rehearsing, releasing and a refused
-//!   reload, each with the labels it really has.
+//!   reload, each with the labels it really has (the performance watch's
+//!   two rows are checked by `release_watch.rs`, whose daemon watches).
 
 use crate::harness::cli::Pgr;
 use crate::harness::daemon::{daemon_toml, start};
 use crate::harness::http;
 use crate::harness::migrations::*;
+use crate::harness::readme::{Shape, documented_metrics, exported_metrics, is_watch_metric, readme};
 use crate::harness::release::configure;
 use crate::harness::wait_for;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-
-fn readme() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md")
-}
 
 /// The contents of the README's fenced blocks of `lang`.
 fn blocks(text: &str, lang: &str) -> Vec<String> {
@@ -155,47 +153,14 @@ fn the_commands_table_lists_every_command() {
     assert_eq!(documented, listed, "README commands table vs pgrehearse --help");
 }
 
-/// README metrics table: name → (type, label names).
-fn documented_metrics(text: &str) -> BTreeMap<String, (String, BTreeSet<String>)> {
-    let section = text.split("\n### Metrics\n").nth(1).expect("### Metrics section").split("\n#").next().unwrap();
-    section
-        .lines()
-        .filter_map(|l| l.strip_prefix("| `pgrehearse_"))
-        .map(|row| {
-            let cols: Vec<&str> = row.split('|').map(str::trim).collect();
-            let name = format!("pgrehearse_{}", cols[0].trim_end_matches('`'));
-            let kind = cols.get(1).copied().unwrap_or_default().to_string();
-            let labels = cols.get(2).copied().unwrap_or_default().split(['`', ',', ' ']).filter(|w| !w.is_empty());
-            (name, (kind, labels.map(str::to_string).collect()))
-        })
-        .collect()
-}
-
-/// /metrics text: name → (type, label names of its samples).
-fn exported_metrics(body: &str) -> BTreeMap<String, (String, BTreeSet<String>)> {
-    let mut out: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
-    for line in body.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap();
-            out.entry(name.to_string()).or_default().0 = kind.to_string();
-        } else if !line.starts_with('#') && !line.is_empty() {
-            let name = line.split(['{', ' ']).next().unwrap();
-            let labels = line
-                .split_once('{')
-                .map(|(_, l)| l.split('}').next().unwrap_or_default())
-                .unwrap_or_default()
-                .split(',')
-                .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.to_string()));
-            out.entry(name.to_string()).or_default().1.extend(labels);
-        }
-    }
-    out
-}
-
 #[test]
 fn the_metrics_table_is_what_a_real_daemon_exports() {
-    let documented = documented_metrics(&readme());
-    assert!(documented.len() >= 15, "metrics table rows: {documented:?}");
+    let all = documented_metrics();
+    assert!(all.len() >= 15, "metrics table rows: {all:?}");
+    // The performance watch's rows are checked by release_watch.rs, whose
+    // daemon watches a release; they must be there all the same.
+    assert!(all.keys().filter(|n| is_watch_metric(n)).count() == 2, "{all:?}");
+    let documented: BTreeMap<String, Shape> = all.into_iter().filter(|(n, _)| !is_watch_metric(n)).collect();
 
     // A daemon that runs every kind of job once: scheduled snapshots and
     // drills, the rehearsal of a plan pending at start, and its release
@@ -224,7 +189,8 @@ fn the_metrics_table_is_what_a_real_daemon_exports() {
         let m = exported_metrics(&http::get(&addr, "/metrics")?.body);
         wanted.iter().all(|n| m.get(*n).is_some_and(|(_, l)| !l.is_empty() || documented[*n].1.is_empty())).then_some(m)
     });
-    let names = |m: &BTreeMap<String, (String, BTreeSet<String>)>| m.keys().cloned().collect::<BTreeSet<_>>();
+    let names =
+        |m: &BTreeMap<String, Shape>| m.keys().filter(|n| !is_watch_metric(n)).cloned().collect::<BTreeSet<_>>();
     assert_eq!(names(&documented), names(&exported), "README metrics (left) vs the daemon's /metrics (right)");
     for (name, (kind, labels)) in &documented {
         assert_eq!((kind, labels), (&exported[name].0, &exported[name].1), "type and labels of {name}");

@@ -16,6 +16,7 @@ use crate::harness::daemon::{daemon_toml, metric, start};
 use crate::harness::http;
 use crate::harness::migrations::*;
 use crate::harness::pg::Cluster;
+use crate::harness::readme::{documented_metrics, exported_metrics, is_watch_metric};
 use crate::harness::release::*;
 use crate::harness::smtp::eml_files;
 use crate::harness::wait_for;
@@ -144,6 +145,13 @@ fn a_dropped_index_raises_the_alert_and_the_metric_within_the_period() {
         .find(|l| l.starts_with("pgrehearse_watch_slower_query_ratio{"))
         .unwrap_or_else(|| panic!("no ratio gauge:\n{body}"));
     assert!(ratio_line.contains(&format!("release=\"{id}\"")), "{ratio_line}");
+    // The README's rows for these two gauges are what this daemon exports.
+    let exported = exported_metrics(&body);
+    let documented: Vec<_> = documented_metrics().into_iter().filter(|(n, _)| is_watch_metric(n)).collect();
+    assert_eq!(documented.len(), 2, "{documented:?}");
+    for (name, shape) in &documented {
+        assert_eq!(Some(shape), exported.get(name), "README row vs /metrics for {name}");
+    }
 
     // The record keeps the result: the query, its mean before and after.
     let rec = release(&rig, &id);

@@ -19,6 +19,7 @@ pub mod payload;
 pub mod pg;
 pub mod proc;
 pub mod proxy;
+pub mod readme;
 pub mod release;
 pub mod s3;
 pub mod shadow;
