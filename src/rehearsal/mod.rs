@@ -26,9 +26,11 @@ mod report;
 pub mod reversibility;
 pub mod runner;
 pub mod seeds;
+mod verdict;
 
 pub use error::RehearsalError;
 pub use report::{Report, report_key};
+use verdict::verdict;
 
 use std::time::Instant;
 
@@ -38,7 +40,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Target};
 use crate::conn_url::ConnUrl;
-use crate::lint_rule::Severity;
 use crate::migrations::executor::Mode;
 use crate::migrations::{self, Migration, Plan, Source};
 use crate::pg::PgError;
@@ -51,7 +52,7 @@ use crate::state::{RehearsalStatus, State};
 use crate::store::Store;
 use crate::stranded::exposure::Exposure;
 use observer::Catalog;
-use runner::{MigrationResult, Status};
+use runner::Status;
 
 /// Which snapshot to rehearse on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -461,57 +462,4 @@ fn judge_name(db: &str) -> String {
 
 fn plan_versions(list: &[Migration]) -> Vec<String> {
     list.iter().map(|m| m.version.clone()).collect()
-}
-
-/// Problems fail the rehearsal (exit 2); warnings inform the approval.
-fn verdict(
-    plan: &Plan,
-    results: &[MigrationResult],
-    lint: &[lint::Finding],
-    seeds: &[seeds::SeedResult],
-    strict_column_order: bool,
-) -> (Vec<String>, Vec<String>) {
-    let mut problems = Vec::new();
-    let mut warnings = Vec::new();
-    for d in &plan.drift {
-        problems.push(format!("drift: {d}"));
-    }
-    for r in results {
-        if let Some(e) = &r.error {
-            let at = match (e.line, &e.sql) {
-                (Some(line), Some(sql)) => format!(" at line {line} ({sql})"),
-                _ => String::new(),
-            };
-            problems.push(format!("migration {} ({}) failed{at}: {}", r.version, e.file, e.full_message()));
-        }
-        match &r.reversible {
-            Some(reversibility::Reversal::Failed { reason } | reversibility::Reversal::Differs { reason, .. }) => {
-                problems.push(format!("migration {}: its down does not revert it: {reason}", r.version))
-            }
-            Some(reversibility::Reversal::ColumnOrderOnly { .. }) if strict_column_order => problems.push(format!(
-                "migration {}: its down re-adds columns at the end of their tables (column order only; `[rehearsal] strict_column_order` is set)",
-                r.version
-            )),
-            Some(reversibility::Reversal::NotReversible { reason }) => {
-                warnings.push(format!("migration {} is not reversible: {reason}", r.version))
-            }
-            _ => {}
-        }
-    }
-    for f in lint {
-        let line = format!("[{}] migration {}: {}", f.rule, f.migration, f.message);
-        if f.severity == Severity::Error {
-            problems.push(format!("{line} (denied by lint.deny)"))
-        } else {
-            warnings.push(line)
-        }
-    }
-    for s in seeds {
-        if let Some(e) = &s.error {
-            problems.push(format!("seed {} failed: {e}", s.file));
-        } else if s.idempotent == Some(false) {
-            warnings.push(format!("seed {} is not idempotent: a second run changed {}", s.file, s.changed.join(", ")));
-        }
-    }
-    (problems, warnings)
 }

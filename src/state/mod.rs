@@ -6,6 +6,7 @@
 
 mod journal_step;
 mod rehearsals;
+mod release_outcome;
 mod releases;
 mod releases_compat;
 mod status;
@@ -13,7 +14,8 @@ mod watches;
 
 pub use journal_step::Step;
 pub use rehearsals::{ApprovalRow, RehearsalRow};
-pub use releases::{Evidence, JournalEntry, Outcome, ReleaseErrorKind, ReleaseRow};
+pub use release_outcome::{Outcome, ReleaseErrorKind};
+pub use releases::{Evidence, JournalEntry, ReleaseRow};
 pub use status::{RehearsalStatus, RunStatus};
 pub use watches::{WatchRow, WatchStatus};
 

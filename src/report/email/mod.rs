@@ -13,6 +13,7 @@
 
 pub mod digest;
 pub(crate) mod html;
+mod release;
 mod render;
 mod watch;
 
@@ -31,7 +32,8 @@ use crate::error_class::{Class, Classify};
 use crate::metrics::Metrics;
 
 pub use digest::Digest;
-pub use render::{alert, drill, rehearsal, release, test_message};
+pub use release::release;
+pub use render::{alert, drill, rehearsal, test_message};
 pub use watch::watch_alert;
 
 /// Delivery attempts per message.

@@ -4,6 +4,7 @@
 use super::*;
 use crate::rehearsal::observer::Rewrite;
 use crate::rehearsal::runner::{Failure, LockHeld};
+use crate::report::email::release;
 
 const EVIL: &str = "<script>alert('x')</script> & \"q\"";
 
