@@ -136,6 +136,12 @@ struct Measure<'a> {
     started: Vec<bool>,
     /// Locks taken in the open transaction: (oid, mode, taken at, migration, statement).
     open: Vec<(i64, String, Instant, usize, usize)>,
+    /// When these hooks measured inside the plan's open transaction (its
+    /// own locks, the WAL, the catalog, the queries' plans). Live's release
+    /// does not spend that time, so it is taken out of the held times of
+    /// the transaction's locks and of the probes' waits, which would
+    /// otherwise grow with every measurement of every later migration.
+    measuring: Vec<(Instant, Instant)>,
     seen: HashSet<(i64, String)>,
     before: Catalog,
     wal0: Option<u64>,
@@ -200,12 +206,16 @@ impl Hooks for Measure<'_> {
         if !self.on {
             return Ok(());
         }
+        let t0 = Instant::now();
         let q = self.q();
         if in_tx {
             // What the session holds already (measurement reads) is not the migration's.
             self.seen.extend(observer::own_locks(conn).await.map_err(&q)?);
         }
         self.wal0 = Some(observer::wal_position(conn).await.map_err(&q)?);
+        if in_tx {
+            self.measuring.push((t0, Instant::now()));
+        }
         Ok(())
     }
 
@@ -223,11 +233,13 @@ impl Hooks for Measure<'_> {
         }
         self.ran.push(Ran { migration: i, statement: s, from: at, to: at + took });
         if in_tx {
+            let t0 = Instant::now();
             for lock in observer::own_locks(conn).await.map_err(self.q())? {
                 if self.seen.insert(lock.clone()) {
                     self.open.push((lock.0, lock.1, at, i, s));
                 }
             }
+            self.measuring.push((t0, Instant::now()));
         } else if let Some(sampler) = &self.sampler {
             for l in sampler.held(at, Instant::now() + observer::SAMPLE_INTERVAL, Some(self.pid)) {
                 let (oid, mode) = (l.oid, l.mode.clone());
@@ -260,7 +272,7 @@ impl Hooks for Measure<'_> {
             let lock = LockHeld {
                 relation: rel.qualified(),
                 mode,
-                held_ms: (end - at).as_millis() as u64,
+                held_ms: (end - at).saturating_sub(measuring_within(&self.measuring, at, end)).as_millis() as u64,
                 statement: Some(stmt),
                 sampled: false,
                 taken_by: None,
@@ -285,6 +297,7 @@ impl Hooks for Measure<'_> {
         if !self.on {
             return Ok(());
         }
+        let t0 = Instant::now();
         let q = self.q();
         if let Some(w0) = self.wal0 {
             self.wal_bytes[i] = Some(observer::wal_position(conn).await.map_err(&q)?.saturating_sub(w0));
@@ -297,8 +310,16 @@ impl Hooks for Measure<'_> {
         if let Some(trail) = self.trail.as_deref_mut() {
             trail.after_migration(conn, i, !committed).await;
         }
+        if !committed {
+            self.measuring.push((t0, Instant::now()));
+        }
         Ok(())
     }
+}
+
+/// How much of `from..to` the measurement `spans` (disjoint) cover.
+fn measuring_within(spans: &[(Instant, Instant)], from: Instant, to: Instant) -> Duration {
+    spans.iter().map(|&(a, b)| b.min(to).saturating_duration_since(a.max(from))).sum()
 }
 
 /// Runs a native plan on `conn` through the executor, exactly as the
@@ -335,6 +356,7 @@ pub async fn run_native(
         versions: plan.iter().map(|m| m.version.clone()).collect(),
         started: vec![false; n],
         open: Vec::new(),
+        measuring: Vec::new(),
         seen: HashSet::new(),
         before: Catalog::default(),
         wal0: None,
@@ -353,7 +375,7 @@ pub async fn run_native(
     if let Some(s) = hooks.sampler.take() {
         s.stop().await;
     }
-    let waits = match hooks.probes.take() {
+    let mut waits = match hooks.probes.take() {
         Some(p) => {
             // A table left out (past `MAX_TABLES`) is not reported as waiting 0.
             for list in &mut hooks.named {
@@ -364,6 +386,9 @@ pub async fn run_native(
         None => Vec::new(),
     };
     let run = ran?;
+    for w in &mut waits {
+        w.to -= measuring_within(&hooks.measuring, w.from, w.to);
+    }
     let mut blocking = if hooks.named.is_empty() {
         vec![Vec::new(); n]
     } else {
@@ -393,4 +418,20 @@ pub async fn run_native(
         results.push(r);
     }
     Ok((results, ok))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measuring_within_counts_only_the_overlap() {
+        let t = Instant::now();
+        let at = |ms| t + Duration::from_millis(ms);
+        let spans = [(at(10), at(20)), (at(30), at(60))];
+        assert_eq!(measuring_within(&spans, at(0), at(100)), Duration::from_millis(40));
+        assert_eq!(measuring_within(&spans, at(15), at(40)), Duration::from_millis(15));
+        assert_eq!(measuring_within(&spans, at(60), at(70)), Duration::ZERO);
+        assert_eq!(measuring_within(&[], at(0), at(100)), Duration::ZERO);
+    }
 }

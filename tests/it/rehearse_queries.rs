@@ -10,7 +10,9 @@
 //!   creates that no query uses is a note;
 //! - accepting the query by id (`queries.accept`) passes;
 //! - without a queries file, live's top statements are compared;
-//! - a bad queries file stops the rehearsal with a message saying what to fix.
+//! - a bad queries file stops the rehearsal with a message saying what to fix;
+//! - explaining inside the plan's transaction lengthens neither the locks
+//!   held nor the probes' waits nor `apply_ms` (its own small rig).
 //!
 //! Independent read-backs with `psql`: the kept copy's own `EXPLAIN` shows
 //! the sequential scan, live's `pg_stat_statements` names the statement the
@@ -278,4 +280,57 @@ fn a_bad_queries_file_says_what_to_fix() {
     let out = format!("{}{}", run.stdout, run.stderr);
     assert!(out.contains(&r.bad_file_path), "{out}");
     assert!(out.contains("`params` has 2 values but the SQL uses 1 parameters"), "{out}");
+}
+
+/// Explaining the queries after each migration happens inside the plan's
+/// transaction, but it is not the plan's time: with 5 listed queries that
+/// each take 0.1 s to plan (an IMMUTABLE function is evaluated by the
+/// planner), a plan of two migrations spends ≥ 1 s explaining between its
+/// statements, and still reports the ACCESS EXCLUSIVE lock of its first
+/// migration, the probes' waits behind it and `apply_ms` as what the plan
+/// itself takes (milliseconds).
+#[test]
+fn explaining_inside_the_transaction_lengthens_neither_the_locks_nor_the_waits() {
+    let rig = Rig::start(
+        "sqlx",
+        "CREATE TABLE t (id int PRIMARY KEY, note text);
+         INSERT INTO t SELECT g, 'n' FROM generate_series(1, 1000) g;
+         CREATE FUNCTION slow_one() RETURNS int IMMUTABLE LANGUAGE plpgsql
+             AS $$ BEGIN PERFORM pg_sleep(0.1); RETURN 1; END $$;",
+    );
+    let file = rig.pgr.dir().join("slow-queries.toml");
+    let list: String = (1..=5)
+        .map(|k| format!("[[query]]\nid = \"slow_{k}\"\nsql = \"SELECT note FROM t WHERE id = slow_one() + $1\"\nparams = [{k}]\n\n"))
+        .collect();
+    std::fs::write(&file, list).expect("write the queries file");
+    rig.configure(&format!("queries = {{ file = {:?}, from_live = false, runs = 1 }}", file.display().to_string()));
+    rig.sqlx("1", "add_score", "ALTER TABLE t ADD COLUMN score int;\n", None);
+    rig.sqlx("2", "touch", "SELECT 1;\n", None);
+    let r = rig.rehearse(&["--no-reverse"]);
+    r.ok();
+    let report = r.json();
+    assert_eq!(report["mode"], "single_transaction", "{report:#}");
+    let queries_ms = report["queries_ms"].as_u64().expect("queries_ms");
+    assert!(queries_ms >= 1000, "the 5 queries planned in {queries_ms} ms: the test needs ≥ 1 s of explaining");
+
+    let m1 = &report["migrations"][0];
+    let ax = m1["locks"]
+        .as_array()
+        .expect("locks")
+        .iter()
+        .find(|l| l["relation"] == "t" && l["mode"] == "AccessExclusiveLock")
+        .unwrap_or_else(|| panic!("no ACCESS EXCLUSIVE on t for migration 1: {m1:#}"));
+    let held = ax["held_ms"].as_u64().expect("held_ms");
+    let blocked = m1["blocking"]
+        .as_array()
+        .expect("blocking")
+        .iter()
+        .find(|b| b["relation"] == "t")
+        .unwrap_or_else(|| panic!("no probe of t for migration 1: {m1:#}"));
+    let reads = blocked["reads_blocked_ms"].as_u64().expect("reads_blocked_ms");
+    let apply_ms = report["apply_ms"].as_u64().expect("apply_ms");
+    eprintln!("explaining {queries_ms} ms; ACCESS EXCLUSIVE held {held} ms, reads waited {reads} ms, apply_ms {apply_ms}");
+    assert!(held < 400, "the lock's held time includes the explaining: {held} ms ({ax})");
+    assert!(reads < 400, "the probes' wait includes the explaining: {reads} ms ({blocked})");
+    assert!(apply_ms < 600, "apply_ms includes the explaining: {apply_ms} ms");
 }
