@@ -32,7 +32,7 @@ use crate::harness::migrations::*;
 use crate::harness::proc::signal;
 use crate::harness::release::*;
 use crate::harness::shadow::{databases, kill_and_wait, stopped_pg_restore, working_children};
-use crate::harness::{data, wait_for};
+use crate::harness::data;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -139,13 +139,7 @@ fn kill_during_dump(rig: &Rig) {
 
 /// Kills `apply` while live runs a migration's `pg_sleep` statement.
 fn kill_in_statement(rig: &Rig) {
-    let mut bg = rig.pgr.spawn(&["--json", "apply"]);
-    let sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgrehearse-release' \
-               AND state = 'active' AND query LIKE 'SELECT pg_sleep%'";
-    wait_for("the migration's pause to run on live", Duration::from_secs(60), Duration::from_millis(20), || {
-        assert!(bg.running(), "apply exited before its pause:\n{}", bg.stderr_so_far());
-        (rig.live.psql("postgres", sql) == "1").then_some(())
-    });
+    let bg = apply_until_sleeping(rig, Duration::from_secs(60));
     signal(bg.pid(), libc::SIGKILL);
     assert_ne!(bg.wait(Duration::from_secs(10)).code, 0);
 }

@@ -121,13 +121,7 @@ fn longest(waits: &[f64]) -> f64 {
 /// Starts `apply` and, once its migration runs on live (after preflight),
 /// the holder.
 fn apply_then_hold(rig: &Rig) -> (crate::harness::cli::Background, Holder) {
-    let mut bg = rig.pgr.spawn(&["--json", "apply"]);
-    let sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgrehearse-release' \
-               AND state = 'active' AND query LIKE 'SELECT pg_sleep%'";
-    wait_for("the migration to start on live", Duration::from_secs(120), Duration::from_millis(20), || {
-        assert!(bg.running(), "apply exited before its migration ran:\n{}", bg.stderr_so_far());
-        (rig.live.psql("postgres", sql) == "1").then_some(())
-    });
+    let bg = apply_until_sleeping(rig, Duration::from_secs(120));
     (bg, Holder::start(rig))
 }
 

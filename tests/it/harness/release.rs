@@ -5,7 +5,7 @@
 //! the crash and fault tests: live's pre-release fingerprint against the
 //! post-release state the test makes itself on a copy ([`post_state`]).
 
-use super::cli::{Run, toml_string};
+use super::cli::{Background, Run, toml_string};
 use super::migrations::{Rig, fingerprint, rows, sha384_hex, sqlx_apply, sqlx_record, table_exists, tail};
 use super::{run_ok, wait_for};
 use serde_json::Value;
@@ -75,6 +75,20 @@ pub fn apply(rig: &Rig) -> Run {
         tail(&r.stderr, 4000)
     );
     r
+}
+
+/// Starts `--json apply` and returns once live runs one of its
+/// migrations' `SELECT pg_sleep(…)` statements (preflight and the
+/// pre-release snapshot are behind it), waiting up to `within`.
+pub fn apply_until_sleeping(rig: &Rig, within: Duration) -> Background {
+    let mut bg = rig.pgr.spawn(&["--json", "apply"]);
+    let sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgrehearse-release' \
+               AND state = 'active' AND query LIKE 'SELECT pg_sleep%'";
+    wait_for("a migration's pg_sleep to run on live", within, Duration::from_millis(20), || {
+        assert!(bg.running(), "apply exited before its migration's pause ran:\n{}", bg.stderr_so_far());
+        (rig.live.psql("postgres", sql) == "1").then_some(())
+    });
+    bg
 }
 
 /// `--json releases ID`.
