@@ -1,7 +1,7 @@
 //! One query's plan on the copy: `PREPARE` it, then `EXPLAIN (VERBOSE,
 //! FORMAT JSON) EXECUTE` it — with its values (`plan_cache_mode =
-//! force_custom_plan`, then timed with `EXPLAIN (ANALYZE)`, the median of
-//! several runs) or, for a normalized statement without values, with NULLs
+//! force_custom_plan`, then timed with `EXPLAIN (ANALYZE, TIMING OFF)`, the
+//! median of up to `runs` runs, fewer once they took [`TIME_BOX`]) or, for a normalized statement without values, with NULLs
 //! under `force_generic_plan`: the generic plan, which does not look at the
 //! values (PostgreSQL 15 has no `EXPLAIN (GENERIC_PLAN)`; this works on
 //! every supported version).
@@ -10,12 +10,20 @@
 //! a savepoint) that is rolled back: a timed `UPDATE` changes nothing, and
 //! the locks the `EXPLAIN` took end with it.
 
+use std::time::{Duration, Instant};
+
 use serde::Serialize;
 use sqlx::{PgConnection, Row};
 
 use super::Query;
 
 const STATEMENT: &str = "pgrehearse_query";
+
+/// A query's timed runs stop once they took this long together (after at
+/// least one): the time of a slow query is steady enough in two or three
+/// runs, and a plan that turns 50 lookups into scans must not keep the
+/// rehearsal busy for minutes repeating them.
+const TIME_BOX: Duration = Duration::from_millis(500);
 
 /// A query's plan at one point: its total cost, its median time (queries
 /// with values, when timed) and its scan nodes.
@@ -110,12 +118,18 @@ async fn plan(conn: &mut PgConnection, q: &Query, runs: u32) -> Result<Side, Str
     let mut side = summarize(&json)?;
     if q.timed() && runs > 0 {
         let mut times = Vec::with_capacity(runs as usize);
+        let started = Instant::now();
         for _ in 0..runs {
             // Each run in its own savepoint: a timed INSERT does not collide with the one before.
             exec(conn, "SAVEPOINT pgrehearse_run").await?;
-            let json = fetch(conn, &format!("EXPLAIN (ANALYZE, FORMAT JSON) {execute}")).await;
+            // TIMING OFF: only the execution time is read, and per-node
+            // clocks would slow a scan down by a clock call per row.
+            let json = fetch(conn, &format!("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {execute}")).await;
             exec(conn, "ROLLBACK TO SAVEPOINT pgrehearse_run").await?;
             times.push(execution_ms(&json?)?);
+            if started.elapsed() >= TIME_BOX {
+                break;
+            }
         }
         side.ms = Some(median(&mut times));
     }
