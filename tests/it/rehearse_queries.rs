@@ -329,7 +329,9 @@ fn explaining_inside_the_transaction_lengthens_neither_the_locks_nor_the_waits()
         .unwrap_or_else(|| panic!("no probe of t for migration 1: {m1:#}"));
     let reads = blocked["reads_blocked_ms"].as_u64().expect("reads_blocked_ms");
     let apply_ms = report["apply_ms"].as_u64().expect("apply_ms");
-    eprintln!("explaining {queries_ms} ms; ACCESS EXCLUSIVE held {held} ms, reads waited {reads} ms, apply_ms {apply_ms}");
+    eprintln!(
+        "explaining {queries_ms} ms; ACCESS EXCLUSIVE held {held} ms, reads waited {reads} ms, apply_ms {apply_ms}"
+    );
     assert!(held < 400, "the lock's held time includes the explaining: {held} ms ({ax})");
     assert!(reads < 400, "the probes' wait includes the explaining: {reads} ms ({blocked})");
     assert!(apply_ms < 600, "apply_ms includes the explaining: {apply_ms} ms");
