@@ -31,13 +31,11 @@ Run it through the entry point, which sets up the cluster and the dataset:
   python3 bench/run.py --quick --only probes --bin /path/to/debug/pgrehearse
 """
 
-import json
-import os
 import sys
 from pathlib import Path
 
-from common import Cluster, log, measure, median, sh
-from restore import write_config
+from common import median
+from pair import Pair
 
 NAME = "probes"
 REPS = 3
@@ -54,42 +52,6 @@ PLAN = [
 ]
 
 
-class Bench:
-    def __init__(self, ctx, shadow):
-        self.ctx, self.shadow = ctx, shadow
-        base = ctx.workdir / "probes"
-        (base / "migrations").mkdir(parents=True)
-        for version, name, sql in PLAN:
-            (base / "migrations" / f"{version}_{name}.up.sql").write_text(sql + "\n")
-        self.configs = {}
-        for probes in ("on", "off"):
-            path = write_config(base / f"pgrehearse-{probes}.toml", base, ctx.cluster, ctx.db, shadow)
-            text = path.read_text() + f'migrations = {{ kind = "sqlx", dir = "{base / "migrations"}" }}\n'
-            if probes == "off":
-                text += "\n[rehearsal]\nprobes = false\n"
-            path.write_text(text)
-            self.configs[probes] = path
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-
-    def pgr(self, probes, *args):
-        return [self.ctx.binary, "-c", self.configs[probes], "--json", *args]
-
-    def prepare(self):
-        self.snapshot_id = json.loads(sh(self.pgr("on", "snapshot"), env=self.env))["id"]
-        drill = json.loads(sh(self.pgr("on", "verify", self.snapshot_id), env=self.env))
-        if not drill.get("ok"):
-            raise RuntimeError(f"the restore drill of {self.snapshot_id} failed: {drill}")
-        log(f"snapshot {self.snapshot_id} verified (restore {drill['restore_duration_ms'] / 1000:.1f} s)")
-
-    def rehearse(self, probes):
-        r = measure(self.pgr(probes, "rehearse", "--no-reverse", "--snapshot", self.snapshot_id),
-                    env=self.env, capture=True)
-        if r.returncode not in (0, 2):  # 2: the rehearsal ran and found problems (lint warnings do not)
-            raise RuntimeError(f"pgrehearse rehearse exited {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
-        r.report = json.loads(r.stdout)
-        return r
-
-
 def migration(report, version):
     return next(m for m in report["migrations"] if m["version"] == version)
 
@@ -100,22 +62,15 @@ def waits(report, version):
     return (None, None) if b is None else (b["reads_blocked_ms"], b["writes_blocked_ms"])
 
 
+
+
 def run(ctx):
-    shadow = Cluster()
-    ctx.stack.callback(shadow.stop)
-    shadow.start()
-    b = Bench(ctx, shadow)
-    b.prepare()
-    log("warm-up: one rehearsal with probes and one without (untimed)")
-    b.rehearse("on")
-    b.rehearse("off")
-    runs = {"on": [], "off": []}
-    for i in range(ctx.args.reps):
-        for probes in ("on", "off") if i % 2 == 0 else ("off", "on"):
-            runs[probes].append(b.rehearse(probes))
-        log(f"run {i + 1}/{ctx.args.reps}: apply_ms with probes {runs['on'][-1].report['apply_ms']} ms, "
-            f"without {runs['off'][-1].report['apply_ms']} ms")
-    return report(ctx, runs)
+    pair = Pair(ctx, NAME, PLAN, {"on": "", "off": "\n[rehearsal]\nprobes = false\n"})
+
+    def describe(runs):
+        return f"apply_ms with probes {runs['on'][-1].report['apply_ms']} ms, without {runs['off'][-1].report['apply_ms']} ms"
+
+    return report(ctx, pair.runs(describe))
 
 
 def report(ctx, runs):

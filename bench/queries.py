@@ -23,11 +23,14 @@ untimed warm-up of each: `pgrehearse rehearse --json --no-reverse`'s `duration_m
 
 Targets (PASS/FAIL computed from measured values):
   `queries_ms` per query <= 200 ms (50 queries: 10 s; each is explained 4 times and, with
-  values, timed 10 times, so this is ~14 round trips of EXPLAIN per query)
-  duration_ms with 50 queries / without  <= 1.5 on the full dataset, where a rehearsal
-  (clone, plan, checks) takes tens of seconds; with --quick the rehearsal itself takes
-  under a second and the ratio is reported, not judged
+  values, timed up to 10 times — 5 before and 5 after, fewer once a query's runs took
+  0.5 s — so this is up to ~14 round trips of EXPLAIN per query, some of them scans of
+  1.2 M rows once the plan dropped their index)
   every query compared (no `error`), and the one-day `created_at` counts flagged
+Reported, not judged: duration_ms with 50 queries / without. The rehearsal without
+queries is a template clone plus two catalog changes (about half a second, also on the
+full dataset), so that ratio says how short such a rehearsal is, not what the comparison
+costs; the comparison is judged by its own time per query.
 
 Run it through the entry point, which sets up the cluster and the dataset:
   python3 bench/run.py --only queries
@@ -35,19 +38,19 @@ Run it through the entry point, which sets up the cluster and the dataset:
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
-from common import Cluster, log, measure, median, sh
-from restore import write_config
+from common import median
+from pair import Pair
 
 NAME = "queries"
 REPS = 3
 TITLE = "Query plans before and after: what comparing 50 queries adds to a rehearsal"
 
-RATIO_GOAL = 1.5  # duration_ms with 50 queries / without, at most (full dataset)
 PER_QUERY_GOAL_MS = 200  # queries_ms / 50, at most
+
+QUERIES_FILE = "bench-queries.toml"  # written beside the configurations
 
 PLAN = [
     ("20240401000001", "orders_gift_note", "ALTER TABLE orders ADD COLUMN gift_note text;"),
@@ -92,68 +95,23 @@ def queries_toml():
     return "\n".join(out)
 
 
-class Bench:
-    def __init__(self, ctx, shadow):
-        self.ctx, self.shadow = ctx, shadow
-        base = ctx.workdir / "queries"
-        (base / "migrations").mkdir(parents=True)
-        for version, name, sql in PLAN:
-            (base / "migrations" / f"{version}_{name}.up.sql").write_text(sql + "\n")
-        (base / "bench-queries.toml").write_text(queries_toml())
-        self.configs = {}
-        for mode in ("on", "off"):
-            path = write_config(base / f"pgrehearse-{mode}.toml", base, ctx.cluster, ctx.db, shadow)
-            text = path.read_text() + f'migrations = {{ kind = "sqlx", dir = "{base / "migrations"}" }}\n'
-            if mode == "on":
-                text += f'queries = {{ file = "{base / "bench-queries.toml"}", from_live = false }}\n'
-            else:
-                text += "queries = { from_live = false }\n"
-            path.write_text(text)
-            self.configs[mode] = path
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-
-    def pgr(self, mode, *args):
-        return [self.ctx.binary, "-c", self.configs[mode], "--json", *args]
-
-    def prepare(self):
-        self.snapshot_id = json.loads(sh(self.pgr("on", "snapshot"), env=self.env))["id"]
-        drill = json.loads(sh(self.pgr("on", "verify", self.snapshot_id), env=self.env))
-        if not drill.get("ok"):
-            raise RuntimeError(f"the restore drill of {self.snapshot_id} failed: {drill}")
-        log(f"snapshot {self.snapshot_id} verified (restore {drill['restore_duration_ms'] / 1000:.1f} s)")
-
-    def rehearse(self, mode):
-        r = measure(self.pgr(mode, "rehearse", "--no-reverse", "--snapshot", self.snapshot_id),
-                    env=self.env, capture=True)
-        if r.returncode not in (0, 2):  # 2: the rehearsal ran and found problems (the created_at queries)
-            raise RuntimeError(f"pgrehearse rehearse exited {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
-        r.report = json.loads(r.stdout)
-        return r
-
-
 def run(ctx):
-    shadow = Cluster()
-    ctx.stack.callback(shadow.stop)
-    shadow.start()
-    b = Bench(ctx, shadow)
-    b.prepare()
-    log("warm-up: one rehearsal with queries and one without (untimed)")
-    b.rehearse("on")
-    b.rehearse("off")
-    runs = {"on": [], "off": []}
-    for i in range(ctx.args.reps):
-        for mode in ("on", "off") if i % 2 == 0 else ("off", "on"):
-            runs[mode].append(b.rehearse(mode))
-        log(f"run {i + 1}/{ctx.args.reps}: duration_ms with queries {runs['on'][-1].report['duration_ms']} ms "
-            f"(queries_ms {runs['on'][-1].report.get('queries_ms')}), without {runs['off'][-1].report['duration_ms']} ms")
-    return report(ctx, runs)
+    queries = ctx.workdir / NAME / QUERIES_FILE
+    extra = {"on": f'queries = {{ file = "{queries}", from_live = false }}\n', "off": "queries = { from_live = false }\n"}
+    pair = Pair(ctx, NAME, PLAN, extra, {QUERIES_FILE: queries_toml()})
+
+    def describe(runs):
+        on, off = runs["on"][-1].report, runs["off"][-1].report
+        return (f"duration_ms with queries {on['duration_ms']} ms (queries_ms {on.get('queries_ms')}), "
+                f"without {off['duration_ms']} ms")
+
+    return report(ctx, pair.runs(describe))
 
 
 def report(ctx, runs):
     on = median([r.report["duration_ms"] for r in runs["on"]])
     off = median([r.report["duration_ms"] for r in runs["off"]])
     q_ms = median([r.report.get("queries_ms") or 0 for r in runs["on"]])
-    ratio = on / off
     last = runs["on"][-1].report
     qs = last.get("queries", [])
     errors = [q["id"] for q in qs if q.get("error")]
@@ -175,18 +133,16 @@ def report(ctx, runs):
         f"| 50 (file) | {on:.0f} ms | {', '.join(str(r.report['duration_ms']) for r in runs['on'])} |",
         f"| none | {off:.0f} ms | {', '.join(str(r.report['duration_ms']) for r in runs['off'])} |",
         "",
-        f"Comparing 50 queries adds {(ratio - 1) * 100:+.1f} % (its own `queries_ms`: median {q_ms:.0f} ms: "
-        "50 explained and 40 timed 5 times before the plan, 50 explained after each of 2 migrations, "
-        "50 explained and 40 timed after the plan).",
+        f"Comparing 50 queries takes {q_ms:.0f} ms (its own `queries_ms`, median: 50 explained and 40 timed "
+        "up to 5 times before the plan, 50 explained after each of 2 migrations, 50 explained and 40 timed "
+        f"up to 5 times after the plan); the whole rehearsal takes {on / off:.1f}× as long as without queries "
+        "(reported, not judged: without queries this rehearsal is a template clone and two catalog changes).",
         "",
         f"Flagged in the last run ({len(flagged)}): {', '.join(flagged) or 'none'}. Not compared: {', '.join(errors) or 'none'}.",
     ]
     per_query = q_ms / 50
-    quick = ctx.args.quick
     checks = [
         ("`queries_ms` per query", per_query, f"≤ {PER_QUERY_GOAL_MS} ms", per_query <= PER_QUERY_GOAL_MS, "{:.0f} ms"),
-        ("`duration_ms` with 50 queries / without" + (" (--quick: reported, not judged)" if quick else ""),
-         ratio, "—" if quick else f"≤ {RATIO_GOAL}", quick or ratio <= RATIO_GOAL, "{:.3f}"),
         ("every query compared; the one-day `created_at` counts flagged",
          f"{len(qs)} compared, {len(errors)} errors, {len(by_date & set(flagged))}/{len(by_date)} flagged", "yes",
          len(qs) == 50 and not errors and by_date <= set(flagged), "{}"),
