@@ -19,9 +19,10 @@ mod demo; // `pgrehearse demo`, the README's first command
 mod email; // mail through a real SMTP server and the file transport
 mod encryption; // age client-side encryption round trip and a wrong identity
 mod errors; // errors classify themselves: exit codes and the daemon's error_kind
-mod faults_kill; // live's server stopped and SIGKILL at random points of releases
+mod faults_kill; // SIGKILL at random points of releases
 mod faults_pg; // network faults between pgrehearse and PostgreSQL (fault proxy)
 mod faults_s3; // network faults between pgrehearse and S3 (fault proxy)
+mod faults_stop; // live's server stopped mid-release, recovered after its restart
 mod fence; // the write fence (fence_writes): a writer's attempts fail, nothing stranded, lifted on every path
 mod jobs; // the job runner: CLI mail, --no-mail, pruning and the mail digest in the daemon
 mod migration_files; // odd migration files (BOM, CRLF, empty, bad names) as tools run them

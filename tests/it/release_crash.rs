@@ -27,12 +27,12 @@
 //! failing one is reported and the next still runs.
 
 use crate::harness::cli::local_store_path;
+use crate::harness::data;
 use crate::harness::dump::{step_until, stopped_pg_dump};
 use crate::harness::migrations::*;
 use crate::harness::proc::signal;
 use crate::harness::release::*;
 use crate::harness::shadow::{databases, kill_and_wait, stopped_pg_restore, working_children};
-use crate::harness::data;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -114,7 +114,7 @@ fn crash_point(rig: &Rig, e: &Expect, post: Option<&Post>, crash: impl FnOnce(&R
         Some(p) => {
             assert_eq!(history_rows(rig, "app"), p.history, "live's history after the release");
             same(&without_history(&live_fingerprint(rig)), &p.fingerprint, "live is not exactly the plan applied");
-            let invalid = rig.live.psql("app", "SELECT count(*) FROM pg_index WHERE NOT indisvalid");
+            let invalid = invalid_indexes(&rig.live, "app");
             assert_eq!(invalid, "0", "invalid indexes on live");
         }
     }

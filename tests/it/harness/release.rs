@@ -91,6 +91,11 @@ pub fn apply_until_sleeping(rig: &Rig, within: Duration) -> Background {
     bg
 }
 
+/// Invalid indexes in `db` (an interrupted concurrent build leaves one).
+pub fn invalid_indexes(c: &super::pg::Cluster, db: &str) -> String {
+    c.psql(db, "SELECT count(*) FROM pg_index WHERE NOT indisvalid")
+}
+
 /// `--json releases ID`.
 pub fn release(rig: &Rig, id: &str) -> Value {
     let r = rig.pgr.run_json(&["releases", id]);
