@@ -23,7 +23,7 @@ untimed warm-up of each: `pgrehearse rehearse --json --no-reverse`'s `duration_m
 
 Targets (PASS/FAIL computed from measured values):
   `queries_ms` per query <= 200 ms (50 queries: 10 s; each is explained 4 times and, with
-  values, timed up to 10 times — 5 before and 5 after, fewer once a query's runs took
+  values, timed up to 10 times — 5 before and 5 after, 3 once a query's runs took
   0.5 s — so this is up to ~14 round trips of EXPLAIN per query, some of them scans of
   1.2 M rows once the plan dropped their index)
   every query compared (no `error`), and the one-day `created_at` counts flagged

@@ -1,7 +1,8 @@
 //! One query's plan on the copy: `PREPARE` it, then `EXPLAIN (VERBOSE,
 //! FORMAT JSON) EXECUTE` it — with its values (`plan_cache_mode =
 //! force_custom_plan`, then timed with `EXPLAIN (ANALYZE, TIMING OFF)`, the
-//! median of up to `runs` runs, fewer once they took [`TIME_BOX`]) or, for a normalized statement without values, with NULLs
+//! median of up to `runs` runs, fewer — at least [`MIN_RUNS`] — once they
+//! took [`TIME_BOX`]) or, for a normalized statement without values, with NULLs
 //! under `force_generic_plan`: the generic plan, which does not look at the
 //! values (PostgreSQL 15 has no `EXPLAIN (GENERIC_PLAN)`; this works on
 //! every supported version).
@@ -19,11 +20,14 @@ use super::Query;
 
 const STATEMENT: &str = "pgrehearse_query";
 
-/// A query's timed runs stop once they took this long together (after at
-/// least one): the time of a slow query is steady enough in two or three
+/// A query's timed runs stop once they took this long together, after at
+/// least [`MIN_RUNS`]: the time of a slow query is steady enough in three
 /// runs, and a plan that turns 50 lookups into scans must not keep the
 /// rehearsal busy for minutes repeating them.
 const TIME_BOX: Duration = Duration::from_millis(500);
+
+/// The fewest timed runs whose median is a median (fewer when `runs` says so).
+const MIN_RUNS: usize = 3;
 
 /// A query's plan at one point: its total cost, its median time (queries
 /// with values, when timed) and its scan nodes.
@@ -127,7 +131,7 @@ async fn plan(conn: &mut PgConnection, q: &Query, runs: u32) -> Result<Side, Str
             let json = fetch(conn, &format!("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {execute}")).await;
             exec(conn, "ROLLBACK TO SAVEPOINT pgrehearse_run").await?;
             times.push(execution_ms(&json?)?);
-            if started.elapsed() >= TIME_BOX {
+            if times.len() >= MIN_RUNS && started.elapsed() >= TIME_BOX {
                 break;
             }
         }
