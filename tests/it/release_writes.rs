@@ -10,8 +10,6 @@
 use crate::harness::migrations::*;
 use crate::harness::pg::Session;
 use crate::harness::release::*;
-use crate::harness::wait_for;
-use std::time::Duration;
 
 const SETUP: &str = "CREATE TABLE t (id int PRIMARY KEY, email text);
     INSERT INTO t SELECT g, 'user' || g || '@example.com' FROM generate_series(1, 2000) g;
@@ -39,15 +37,7 @@ fn a_restore_sets_every_sequence_past_the_ids_the_failed_database_handed_out() {
     // A duplicate on live only: migration 3 fails there, after 1 committed.
     as_app(&rig.live, "app", "INSERT INTO t VALUES (2001, 'user1@example.com');");
 
-    let writer = writer(&rig);
-    wait_for("the writer's first rows", Duration::from_secs(20), Duration::from_millis(20), || {
-        (max_event_id(&rig, "app") >= 5).then_some(())
-    });
-    let r = apply(&rig);
-    drop(writer);
-    r.expect_code(1);
-    let rel = r.json();
-    assert_eq!(rel["outcome"], "restored", "{rel:#}");
+    let rel = restored_while_writing(&rig, writer(&rig));
     let failed = rel["failed_database"].as_str().expect("failed_database").to_string();
 
     // The writer committed rows after the snapshot: they are only in the

@@ -113,15 +113,7 @@ fn salvage_puts_stranded_writes_into_live_skips_what_it_must_and_changes_nothing
     // A duplicate on live only: migration 3 fails there, after 1 and 2 committed.
     as_app(&rig.live, "app", "INSERT INTO t VALUES (2001, 'user1999@example.com');");
 
-    let writer = rig.live.session("app", WRITER);
-    wait_for("the writer's first rows", Duration::from_secs(20), Duration::from_millis(20), || {
-        (rig.live.psql("app", "SELECT count(*) FROM events").parse::<i64>().unwrap() >= 5).then_some(())
-    });
-    let r = apply(&rig);
-    drop(writer);
-    r.expect_code(1);
-    let rel = r.json();
-    assert_eq!(rel["outcome"], "restored", "{rel:#}");
+    let rel = restored_while_writing(&rig, rig.live.session("app", WRITER));
     let id = rel["release_id"].as_str().unwrap().to_string();
     let failed = rel["failed_database"].as_str().expect("failed_database").to_string();
     // The writer's session is gone before the comparison.

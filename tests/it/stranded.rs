@@ -17,10 +17,8 @@ use crate::harness::migrations::*;
 use crate::harness::pg::Session;
 use crate::harness::release::*;
 use crate::harness::smtp::eml_files;
-use crate::harness::wait_for;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 const SETUP: &str = "CREATE TABLE t (id int PRIMARY KEY, email text);
     INSERT INTO t SELECT g, 'user' || g || '@example.com' FROM generate_series(1, 2000) g;
@@ -90,16 +88,7 @@ fn writes_made_during_a_restored_release_are_counted_exactly_everywhere() {
     rig.pgr.write_config(&format!("{text}{}", mail_dir_toml()));
     plan_that_restores(&rig);
 
-    let writer = writer(&rig);
-    let count = "SELECT count(*) FROM events";
-    wait_for("the writer's first rows", Duration::from_secs(20), Duration::from_millis(20), || {
-        (rig.live.psql("app", count).parse::<i64>().unwrap() >= 5).then_some(())
-    });
-    let r = apply(&rig);
-    drop(writer);
-    r.expect_code(1);
-    let rel = r.json();
-    assert_eq!(rel["outcome"], "restored", "{rel:#}");
+    let rel = restored_while_writing(&rig, writer(&rig));
     let id = rel["release_id"].as_str().unwrap().to_string();
     let kept = rel["failed_database"].as_str().expect("failed_database").to_string();
 

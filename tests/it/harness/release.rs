@@ -96,6 +96,21 @@ pub fn invalid_indexes(c: &super::pg::Cluster, db: &str) -> String {
     c.psql(db, "SELECT count(*) FROM pg_index WHERE NOT indisvalid")
 }
 
+/// `apply` while `writer`, an application session inserting into
+/// `events`, writes: waits for its first 5 rows, applies, ends the writer.
+/// The release must fail on live and be restored; returns its record.
+pub fn restored_while_writing(rig: &Rig, writer: super::pg::Session) -> Value {
+    wait_for("the writer's first rows", Duration::from_secs(20), Duration::from_millis(20), || {
+        (rig.live.psql("app", "SELECT count(*) FROM events").parse::<i64>().unwrap() >= 5).then_some(())
+    });
+    let r = apply(rig);
+    drop(writer);
+    r.expect_code(1);
+    let rel = r.json();
+    assert_eq!(rel["outcome"], "restored", "{rel:#}");
+    rel
+}
+
 /// `--json releases ID`.
 pub fn release(rig: &Rig, id: &str) -> Value {
     let r = rig.pgr.run_json(&["releases", id]);
